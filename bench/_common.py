@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from personadrift.chat import ChatFormat
+from personadrift.generation.chat import ChatFormat
 
 SYSTEM = "You love playing tennis and talk about it whenever you can."
 TURNS = [
@@ -32,13 +32,13 @@ def load(args, **tiny_kwargs):
 
     d = args.model_dir
     if d and (Path(d) / "manifest.json").exists():
-        from personadrift.models import load_model
+        from personadrift.generation.models import load_model
 
         lm = load_model(d)
         return lm.model, lm.tokenizer, lm.manifest.get("name", d)
     name = d or "tiny"
     if d is None:
-        from personadrift.tiny import build_tiny_model
+        from personadrift.generation.tiny import build_tiny_model
 
         d = str(build_tiny_model(tempfile.mkdtemp(prefix="pd-bench-"), **tiny_kwargs))
     kw = {"gguf_file": args.gguf_file} if args.gguf_file else {}

@@ -17,8 +17,6 @@ import subprocess
 import sys
 
 import torch
-
-
 from _common import add_model_args, dialog, load  # noqa: E402  (bench/ is on sys.path)
 
 

@@ -18,12 +18,12 @@ import argparse
 import time
 
 import torch
-
-from personadrift.chat import ChatFormat
-from personadrift.dialog import agent_messages, probe_messages, user_messages
-from personadrift.engine import GenRequest, HFEngine, Sampling
-
 from _common import add_model_args, load  # noqa: E402  (bench/ is on sys.path)
+
+from personadrift.generation.api import GenRequest, Sampling
+from personadrift.generation.chat import ChatFormat
+from personadrift.generation.dialog import agent_messages, probe_messages, user_messages
+from personadrift.generation.engine import HFEngine
 
 AGENT = "You love playing tennis and bring it up whenever you can."
 USER = "You are a curious traveller who always asks about food."

@@ -13,8 +13,6 @@ import argparse
 import time
 
 import torch
-
-
 from _common import add_model_args, dialog, load  # noqa: E402  (bench/ is on sys.path)
 
 

@@ -13,9 +13,9 @@ from personadrift.config import (
     validate_config,
 )
 from personadrift.errors import PersonaDriftError
-from personadrift.selfchat import n_shards
-from personadrift.settings import expand_settings
-from personadrift.tasks import load_pool
+from personadrift.generation.selfchat import n_shards
+from personadrift.interventions.settings import expand_settings
+from personadrift.benchmark.personas import load_pool
 
 # Without --configfile the embedded default config.yaml is used; --config KEY=VALUE
 # overrides still apply on top. (A configfile: directive would instead merge a user's
@@ -36,7 +36,7 @@ try:
     load_pool(config)
 except PersonaDriftError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
-validate(config, "../schemas/config.schema.yaml")
+validate(config, "../src/personadrift/schemas/config.schema.yaml")
 
 STUDY = config["study"]
 R = f"results/{STUDY}"

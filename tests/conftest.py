@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama chat model with a ChatML template that has a system role."""
-    from personadrift.tiny import build_tiny_model
+    from personadrift.generation.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-chatml"))
 
@@ -21,7 +21,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_nosys_model_dir(tmp_path_factory):
     """The same tiny model, but its chat template rejects the system role (folding needed)."""
-    from personadrift.tiny import NO_SYSTEM_TEMPLATE, build_tiny_model
+    from personadrift.generation.tiny import NO_SYSTEM_TEMPLATE, build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-nosys"), template=NO_SYSTEM_TEMPLATE)
 
@@ -52,7 +52,7 @@ def embedded_model_dir():
     from pathlib import Path
 
     from personadrift.errors import PersonaDriftError
-    from personadrift.models import fetch_model, verify_manifest
+    from personadrift.generation.models import fetch_model, verify_manifest
 
     folder = Path(os.environ.get("PERSONADRIFT_TEST_CACHE", Path.home() / ".cache" / "personadrift-tests")) / "smollm2"
     try:
@@ -64,7 +64,7 @@ def embedded_model_dir():
 
 @pytest.fixture(scope="session")
 def embedded_model(embedded_model_dir):
-    from personadrift.models import load_model
+    from personadrift.generation.models import load_model
 
     lm = load_model(embedded_model_dir)
     return lm.model, lm.tokenizer

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from test_workflow import REPO, snakemake
 
 

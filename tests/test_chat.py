@@ -2,7 +2,7 @@
 
 from transformers import AutoTokenizer
 
-from personadrift.chat import ChatFormat, fold_system
+from personadrift.generation.chat import ChatFormat, fold_system
 
 SYSTEM = "You love playing tennis."
 MSGS = [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from personadrift.dialog import (
+from personadrift.generation.dialog import (
     Repetition,
     agent_messages,
     clean_reply,
@@ -72,7 +72,7 @@ def test_clean_reply_flattens_like_upstream():
 
 
 def test_guidance_negative_branch_modes():
-    from personadrift.dialog import negative_branch
+    from personadrift.generation.dialog import negative_branch
 
     m = agent_messages("SYS", H[:2])
     assert roles(negative_branch(m)) == ["user", "assistant"]

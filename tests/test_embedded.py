@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from personadrift.attention.context import attention_context
-from personadrift.chat import ChatFormat
-from personadrift.dialog import agent_messages, user_messages
-from personadrift.engine import GenRequest, HFEngine, Intervention, Sampling
+from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.generation.chat import ChatFormat
+from personadrift.generation.dialog import agent_messages, user_messages
+from personadrift.generation.engine import HFEngine
 
 pytestmark = pytest.mark.slow
 

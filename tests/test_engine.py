@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from personadrift.engine import GenRequest, HFEngine, Intervention, Sampling
+from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.generation.engine import HFEngine
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
 
@@ -98,7 +99,7 @@ def test_next_token_logprobs_match_a_plain_forward(tiny_model):
 def test_nucleus_matches_transformers_top_p_and_falls_back_exactly():
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from personadrift import engine as E
+    from personadrift.generation import engine as E
 
     g = torch.Generator().manual_seed(0)
     for spread in (0.5, 3.0, 0.01):  # peaked, typical, nearly flat (forces the full sort)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from personadrift import judges
-from personadrift.judges import (
+from personadrift.benchmark import judges
+from personadrift.benchmark.judges import (
     FLUENCY_GATE,
     JudgeSpecError,
     check_judge_args,
@@ -276,7 +276,7 @@ def test_register_validates_and_registers():
             """1.0 always."""
             return 1.0
 
-    from personadrift.judges import registry
+    from personadrift.benchmark.judges import registry
 
     try:
         @register("tmp_shout", n=int)
@@ -294,7 +294,7 @@ def test_register_validates_and_registers():
 
 
 def test_a_judge_returning_nan_is_a_bug():
-    from personadrift.judges import registry
+    from personadrift.benchmark.judges import registry
 
     try:
         @register("tmp_nan")

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personadrift import mmlu
+from personadrift.capability import mmlu
+from personadrift.capability.mmlu import Question
 from personadrift.errors import ChecksumError, InputError
-from personadrift.mmlu import Question
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmlu"
 SAMPLE = FIXTURES / "sample.jsonl"  # 11 lines: 10 questions, 3 subjects, a header row at line 6
@@ -224,7 +224,7 @@ def test_stratified_subset_is_the_same_in_another_process():
     code = (
         "import sys; sys.path[:0] = [sys.argv[1]]\n"
         "from test_mmlu import _synthetic\n"
-        "from personadrift.mmlu import stratified_subset\n"
+        "from personadrift.capability.mmlu import stratified_subset\n"
         "print([q.index for q in stratified_subset(_synthetic({'a': 50, 'b': 20, 'c': 7}), 20)])\n"
     )
     out = subprocess.run(

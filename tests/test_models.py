@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from personadrift.errors import ChecksumError, InputError, PersonaDriftError
-from personadrift.models import fetch_model, load_model, verify_manifest
+from personadrift.generation.models import fetch_model, load_model, verify_manifest
 
 WEIGHTS = "model.safetensors"
 

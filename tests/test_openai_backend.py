@@ -6,15 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from personadrift import tasks
+from personadrift.benchmark.personas import load_personas, load_topics
 from personadrift.config import validate_config
-from personadrift.engine import GenRequest, HFEngine, Sampling
 from personadrift.errors import InputError
-from personadrift.openai_backend import OpenAIBackendError, OpenAIEngine, UnsupportedRequestError, cache_key
-from personadrift.personas import load_personas, load_topics
+from personadrift.generation.api import GenRequest, Sampling
+from personadrift.generation.engine import HFEngine
+from personadrift.generation.openai_backend import (
+    OpenAIBackendError,
+    OpenAIEngine,
+    UnsupportedRequestError,
+    cache_key,
+)
+from personadrift.generation.selfchat import persona_record
+from personadrift.generation.serve import ChatApp, FaultPlan, build_app
 from personadrift.seeding import derive_seed
-from personadrift.selfchat import persona_record
-from personadrift.serve import ChatApp, FaultPlan, build_app
+from personadrift.steps.models import fetch_model
+from personadrift.steps.selfchat import selfchat_shard
 from personadrift.storage import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +204,7 @@ def shard_config(model_dir, **top):
 
 
 def run_shard(cfg, root, name, model_dir):
-    tasks.selfchat_shard(cfg, setting_name="none", shard=0, model_dir=model_dir, pool_json=root / "pool.json",
+    selfchat_shard(cfg, setting_name="none", shard=0, model_dir=model_dir, pool_json=root / "pool.json",
                          out_dir=root / name / "out", checkpoint_dir=root / name / "ckpt", threads=None)
     return [json.loads(p.read_text()) for p in sorted((root / name / "out").glob("conv-*.json"))]
 
@@ -205,7 +212,7 @@ def run_shard(cfg, root, name, model_dir):
 def test_selfchat_shard_over_the_openai_backend(server, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     hf_cfg = shard_config(tiny_model_dir)
-    tasks.fetch_model(hf_cfg, tmp_path / "model")
+    fetch_model(hf_cfg, tmp_path / "model")
     personas = load_personas(hf_cfg["personas"]["files"])
     atomic_write_json(tmp_path / "pool.json", {
         "personas": [persona_record(p) for p in personas], "dropped": [],

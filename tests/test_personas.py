@@ -10,9 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from personadrift.errors import InputError
-from personadrift.judges import judge_info
-from personadrift.personas import (
+from personadrift.benchmark.judges import judge_info
+from personadrift.benchmark.personas import (
     CATEGORIES,
     PAPER_COUNTS,
     FrozenDict,
@@ -22,6 +21,7 @@ from personadrift.personas import (
     load_topics,
     persona_schema,
 )
+from personadrift.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "personas" / "benchmark"
@@ -78,9 +78,9 @@ def test_topics():
 
 # ---- schema -------------------------------------------------------------------------------------
 def test_schema_file_is_generated_from_the_registry():
-    on_disk = yaml.safe_load((ROOT / "schemas" / "persona.schema.yaml").read_text(encoding="utf-8"))
+    on_disk = yaml.safe_load((ROOT / "src" / "personadrift" / "schemas" / "persona.schema.yaml").read_text(encoding="utf-8"))
     assert on_disk == json.loads(json.dumps(persona_schema())), (
-        "schemas/persona.schema.yaml is stale: run personadrift.personas.write_schema('schemas/persona.schema.yaml')")
+        "src/personadrift/schemas/persona.schema.yaml is stale: run personadrift.benchmark.personas.write_schema('src/personadrift/schemas/persona.schema.yaml')")
 
 
 def test_benchmark_files_validate_against_the_schema():

@@ -9,7 +9,12 @@ from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from personadrift.attention import FIELDS, PromptShareRecorder, attention_context, record_prompt_share
+from personadrift.attention import (
+    FIELDS,
+    PromptShareRecorder,
+    attention_context,
+    record_prompt_share,
+)
 from personadrift.attention.recorder import default_position_ids
 
 SCORES: list[torch.Tensor] = []

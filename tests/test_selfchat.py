@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from personadrift import tasks
+from personadrift.benchmark.personas import load_personas, load_topics
 from personadrift.config import validate_config
-from personadrift.personas import load_personas, load_topics
-from personadrift.selfchat import persona_record, plan_conversation
+from personadrift.generation.selfchat import persona_record, plan_conversation
+from personadrift.steps.models import fetch_model
+from personadrift.steps.selfchat import selfchat_shard
 from personadrift.storage import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def make_config(model_dir, **selfchat):
 def study(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     cfg = make_config(tiny_model_dir)
-    tasks.fetch_model(cfg, root / "model")
+    fetch_model(cfg, root / "model")
     personas = load_personas(cfg["personas"]["files"])
     pool = {"personas": [persona_record(p) for p in personas], "dropped": [],
             "topics": load_topics(cfg["personas"]["topics"]), "rule": "all"}
@@ -46,7 +47,7 @@ def study(tiny_model_dir, tmp_path_factory):
 
 def run_shard(study, name, cfg=None):
     root, base = study
-    tasks.selfchat_shard(cfg or base, setting_name="none", shard=0, model_dir=root / "model",
+    selfchat_shard(cfg or base, setting_name="none", shard=0, model_dir=root / "model",
                          pool_json=root / "pool.json", out_dir=root / name / "out",
                          checkpoint_dir=root / name / "ckpt")
     return read_out(root / name / "out")
@@ -154,7 +155,7 @@ class RecordingEngine:
     ("cfg", {"guidance_scale": [1.5], "negative": "empty_system"}, "both"),
 ])
 def test_interventions_apply_to_the_configured_phase_only(tmp_path, method, options, apply_to):
-    from personadrift.settings import expand_settings
+    from personadrift.interventions.settings import expand_settings
 
     personas = load_personas([REPO / "personas/benchmark/persona.yaml"])
     topics = load_topics(REPO / "personas/topics.yaml")
@@ -162,7 +163,7 @@ def test_interventions_apply_to_the_configured_phase_only(tmp_path, method, opti
     cfg["interventions"] = {"none": {"method": "none"}, "x": {"method": method, "apply_to": apply_to, **options}}
     setting = expand_settings(cfg["interventions"])[1]
     eng = RecordingEngine()
-    from personadrift.selfchat import ShardRun
+    from personadrift.generation.selfchat import ShardRun
 
     ShardRun(eng, config=cfg, setting=setting, plans=[plan_conversation(0, 0, personas, topics)],
              checkpoint_dir=tmp_path, provenance={}).run()

@@ -14,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from personadrift.dialog import without_system
-from personadrift.engine import GenRequest, HFEngine, Intervention, Sampling
-from personadrift.serve import FaultPlan, build_app, parse_layers
+from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.generation.dialog import without_system
+from personadrift.generation.engine import HFEngine
+from personadrift.generation.serve import FaultPlan, build_app, parse_layers
 
 SYSTEM = "You love playing tennis and bring it up whenever you can."
 
@@ -176,7 +177,7 @@ def test_parse_layers():
 
 
 def test_command_line_serves_the_tiny_model_with_split_softmax(tmp_path):
-    cmd = [sys.executable, "-m", "personadrift.serve", "--tiny", "--port", "0", "--split-k", "0.5",
+    cmd = [sys.executable, "-m", "personadrift.generation.serve", "--tiny", "--port", "0", "--split-k", "0.5",
            "--split-layers", "0:2", "--threads", "1", "--max-tokens", "4"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from personadrift.testing.slurm_cluster import (
+from support.slurm_cluster import (
     DEFAULT_PROFILE,
     REPO_ROOT,
     ClusterUnavailable,

@@ -168,8 +168,9 @@ def test_mask_registered_and_causal(models):
         return split_softmax_attention(module, query, key, value, attention_mask, **kw)
 
     AttentionInterface.register("split_softmax_spy", spy)
-    from personadrift.attention.split_softmax import sdpa_mask
     from transformers.masking_utils import AttentionMaskInterface
+
+    from personadrift.attention.split_softmax import sdpa_mask
 
     AttentionMaskInterface.register("split_softmax_spy", sdpa_mask)
     ids, am, pos, pm = _batch()

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from personadrift.theory import Fit, fit_dilution, predicted_share, synthetic_check
+from personadrift.analysis.theory import (
+    Fit,
+    fit_dilution,
+    predicted_share,
+    synthetic_check,
+)
 
 
 def test_predicted_share_basics():

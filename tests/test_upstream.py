@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from personadrift.benchmark.personas import CATEGORIES, load_personas
+from personadrift.benchmark.upstream import (
+    SHAPES,
+    ImportReport,
+    convert,
+    main,
+    map_judge,
+)
 from personadrift.errors import InputError
-from personadrift.personas import CATEGORIES, load_personas
-from personadrift.upstream import SHAPES, ImportReport, convert, main, map_judge
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "hundred_system_prompts.py"
 COUNTS = {"pattern": 5, "multiple_choice": 2, "persona": 3, "memorization": 2, "language": 1}
@@ -118,7 +124,7 @@ def test_odd_items_are_reported(tmp_path):
 def _body(src: str) -> ast.AST:
     lam = ast.parse(src, mode="eval").body
     assert isinstance(lam, ast.Lambda)
-    from personadrift.upstream import _Rename
+    from personadrift.benchmark.upstream import _Rename
 
     return _Rename(lam.args.args[0].arg).visit(lam.body)
 

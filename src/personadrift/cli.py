@@ -13,11 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import InputError, PersonaDriftError
+from personadrift.errors import InputError, PersonaDriftError
 
 
 def _config(args) -> dict:
-    from .config import load_config
+    from personadrift.config import load_config
 
     if args.params:
         return json.loads(Path(args.params[1:]).read_text()) if args.params.startswith("@") else json.loads(args.params)
@@ -30,7 +30,7 @@ def _config(args) -> dict:
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--config", help="config YAML (validated against schemas/config.schema.yaml)")
+    g.add_argument("--config", help="config YAML (validated against src/personadrift/schemas/config.schema.yaml)")
     g.add_argument("--params", help="validated config sections as JSON (used by the Snakemake rules)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -137,58 +137,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> None:
-    from . import tasks
+    from personadrift.benchmark.personas import load_pool
+    from personadrift.steps import (
+        attention,
+        mitigation,
+        models,
+        personas,
+        score,
+        selfchat,
+    )
+    from personadrift.steps import figures as figure_steps
 
     cmd = args.cmd
     if cmd == "figure":
-        from .figures import draw
+        from personadrift.figures import draw
 
         draw(args.name, args.tables, args.out)
         return
     if cmd == "manifest":
-        tasks.write_manifest(args.figures, json.loads(args.figure_tables), args.out)
+        figure_steps.write_manifest(args.figures, json.loads(args.figure_tables), args.out)
         return
     if cmd == "import-upstream":
-        from .upstream import main as upstream_main
+        from personadrift.benchmark.upstream import main as upstream_main
 
         sys.exit(upstream_main([args.source, "--out", args.out]))
     config = _config(args)
     if cmd == "validate":
-        personas, topics = tasks.load_pool(config)
+        personas, topics = load_pool(config)
         print(f"ok: {len(personas)} personas, {len(topics)} topics")
     elif cmd == "fetch-model":
-        tasks.fetch_model(config, args.out)
+        models.fetch_model(config, args.out)
     elif cmd == "calibrate":
-        tasks.calibrate(config, args.model_dir, args.out, threads=args.threads)
+        personas.calibrate(config, args.model_dir, args.out, threads=args.threads)
     elif cmd == "select-personas":
-        tasks.select_personas(config, args.calibration, args.out, args.summary)
+        personas.select_personas(config, args.calibration, args.out, args.summary)
     elif cmd == "selfchat":
-        tasks.selfchat_shard(config, setting_name=args.setting, shard=args.shard, model_dir=args.model_dir,
+        selfchat.selfchat_shard(config, setting_name=args.setting, shard=args.shard, model_dir=args.model_dir,
                              pool_json=args.pool, out_dir=args.out, checkpoint_dir=args.checkpoints,
                              threads=args.threads)
     elif cmd == "score":
-        tasks.score(config, args.transcripts, args.out)
+        score.score(config, args.transcripts, args.out)
     elif cmd == "attention":
-        tasks.attention(config, args.model_dir, args.transcripts, args.out, threads=args.threads)
+        attention.attention(config, args.model_dir, args.transcripts, args.out, threads=args.threads)
     elif cmd == "attention-vs-stability":
-        tasks.attention_vs_stability(config, args.attention, args.scores, args.out, args.correlation)
+        attention.attention_vs_stability(config, args.attention, args.scores, args.out, args.correlation)
     elif cmd == "fetch-mmlu":
-        tasks.fetch_mmlu(config, args.out)
+        mitigation.fetch_mmlu(config, args.out)
     elif cmd == "mmlu":
-        tasks.mmlu_eval(config, setting_name=args.setting, model_dir=args.model_dir, mmlu_path=args.mmlu,
+        mitigation.mmlu_eval(config, setting_name=args.setting, model_dir=args.model_dir, mmlu_path=args.mmlu,
                         out_csv=args.out, threads=args.threads)
     elif cmd == "tradeoff":
-        tasks.tradeoff_tables(config, args.scores, args.mmlu, args.out, args.by_round)
+        mitigation.tradeoff_tables(config, args.scores, args.mmlu, args.out, args.by_round)
     elif cmd == "example-dialog":
-        tasks.example_dialog(config, args.scores, args.transcripts, args.out)
+        figure_steps.example_dialog(config, args.scores, args.transcripts, args.out)
     elif cmd == "tables":
-        tasks.drift_tables(config, args.scores, args.pool, args.by_round, args.change, args.study)
+        score.drift_tables(config, args.scores, args.pool, args.by_round, args.change, args.study)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # the server owns its own arguments
-        from .serve import main as serve_main
+        from personadrift.generation.serve import main as serve_main
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import jsonschema
 
-from .errors import InputError
-from .yamlio import read_yaml
+from personadrift.errors import InputError
+from personadrift.yamlio import read_yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
 
 
 def load_schema() -> dict:
@@ -97,7 +97,7 @@ def _check_cross_fields(config: dict, path) -> None:
         raise InputError(path, "model.source", "use source: api exactly when backend: openai")
 
 
-REPO_ROOT = SCHEMA_PATH.parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: personas/ is looked up here
 
 
 def resolve_data_paths(config: dict, path: str | Path = "config", base: str | Path = REPO_ROOT) -> dict:

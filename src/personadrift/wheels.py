@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from personadrift.errors import InputError
 
 
 def download_wheel(requirement: str, into: str | Path, *, field: str, hint: str = "") -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .errors import InputError
+from personadrift.errors import InputError
 
 
 class _StrictLoader(yaml.SafeLoader):

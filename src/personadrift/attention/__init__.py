@@ -17,10 +17,28 @@ Usage::
         model.generate(...)
 """
 
-from .context import AttentionState, attention_context, current_state
-from .recorder import FIELDS, PromptShareRecorder, Recording, attention_stats, record_prompt_share
-from .reference import split_softmax_eager_attention, split_softmax_reference
-from .split_softmax import split_factors, split_softmax_attention, split_softmax_core, visible_mask
+from personadrift.attention.context import (
+    AttentionState,
+    attention_context,
+    current_state,
+)
+from personadrift.attention.recorder import (
+    FIELDS,
+    PromptShareRecorder,
+    Recording,
+    attention_stats,
+    record_prompt_share,
+)
+from personadrift.attention.reference import (
+    split_softmax_eager_attention,
+    split_softmax_reference,
+)
+from personadrift.attention.split_softmax import (
+    split_factors,
+    split_softmax_attention,
+    split_softmax_core,
+    visible_mask,
+)
 
 __all__ = [
     "FIELDS",

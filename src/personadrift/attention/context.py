@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .recorder import PromptShareRecorder
+    from personadrift.attention.recorder import PromptShareRecorder
 
 __all__ = ["AttentionState", "attention_context", "current_state"]
 

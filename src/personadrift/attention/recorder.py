@@ -10,7 +10,7 @@ are reduced to five numbers (``FIELDS``):
 3. ``log_S_other``: logsumexp of the scores of all other visible keys;
 4. ``n_other``: the number of visible non-prompt keys.
 
-Items 2-4 are pre-intervention (raw scores), which is what :mod:`personadrift.theory` fits.
+Items 2-4 are pre-intervention (raw scores), which is what :mod:`personadrift.analysis.theory` fits.
 
 Memory: only [batch, heads, queries, 5] per layer is kept. The scores are computed in query
 chunks of at most ``chunk_elements`` elements (a transient per-layer buffer), so nothing of size
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .context import attention_context
-from .split_softmax import register as _register, split_factors, visible_mask
+from personadrift.attention.context import attention_context
+from personadrift.attention.split_softmax import register as _register
+from personadrift.attention.split_softmax import split_factors, visible_mask
 
 __all__ = [
     "FIELDS",

@@ -12,7 +12,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from .context import current_state
+from personadrift.attention.context import current_state
 
 __all__ = ["split_softmax_reference", "split_softmax_eager_attention", "NAME"]
 

@@ -46,7 +46,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .context import AttentionState, current_state
+from personadrift.attention.context import AttentionState, current_state
 
 __all__ = ["split_softmax_attention", "split_softmax_core", "split_softmax_decode", "visible_mask", "split_factors", "NAME"]
 
@@ -261,7 +261,7 @@ def split_softmax_attention(
     active = state.intervenes(layer_idx)
 
     if state.recorder is not None:
-        from .recorder import attention_stats
+        from personadrift.attention.recorder import attention_stats
 
         flags, first = state.key_flags(kv_len, offset, query.device)
         stats = attention_stats(
@@ -276,7 +276,7 @@ def split_softmax_attention(
             sliding_window=sliding_window, **kwargs,
         )
     if dropout > 0.0:
-        from .reference import split_softmax_reference
+        from personadrift.attention.reference import split_softmax_reference
 
         out, _ = split_softmax_reference(
             query, key, value, attention_mask, prompt_flags=state.key_flags(kv_len, offset, query.device)[0],

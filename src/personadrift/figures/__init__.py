@@ -24,7 +24,7 @@ def figure(name: str):
 
 
 def draw(name: str, tables: list[str], outputs: list[str]) -> None:
-    from . import drift  # noqa: F401  (registers figures)
+    from personadrift.figures import drift  # noqa: F401  (registers figures)
 
     for mod in ("attention", "mitigation", "example"):
         try:

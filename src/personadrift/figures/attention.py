@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import figure
-from .style import caption
+from personadrift.figures import figure
+from personadrift.figures.style import caption
 
 
 def _mean_ci(values: np.ndarray, z: float = 1.96) -> tuple[float, float, float]:

@@ -7,8 +7,8 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import figure
-from .style import KIND_COLOR, KIND_LABEL, band, caption
+from personadrift.figures import figure
+from personadrift.figures.style import KIND_COLOR, KIND_LABEL, band, caption
 
 
 def drift_sentence(change: pd.DataFrame, setting: str = "none", kind: str = "agent") -> str:

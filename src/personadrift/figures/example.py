@@ -7,8 +7,8 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
-from . import figure
-from .style import caption
+from personadrift.figures import figure
+from personadrift.figures.style import caption
 
 WRAP = 95
 

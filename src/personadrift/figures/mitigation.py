@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
-from . import figure
-from .style import band, caption
+from personadrift.figures import figure
+from personadrift.figures.style import band, caption
 
 METHOD_COLOR = {"none": "#000000", "split_softmax": "#1f77b4", "repetition": "#2ca02c", "cfg": "#d62728"}
 METHOD_LABEL = {"none": "no intervention", "split_softmax": "split-softmax", "repetition": "prompt repetition",

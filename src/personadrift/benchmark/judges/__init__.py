@@ -1,0 +1,64 @@
+"""Judges: pure functions ``text -> float in [0, 1]`` looked up by name.
+
+Public API::
+
+    register(name, **arg_types)      # decorator
+    judge_names() -> list[str]
+    check_judge_args(name, args)     # raises JudgeSpecError(field, problem)
+    run_judge(name, args, text) -> float in [0, 1]
+    english_fluency(text) -> float;  gate(score, text) -> float;  FLUENCY_GATE
+
+Families: :mod:`.format` (letters, case, punctuation, structure), :mod:`.lexical` (words,
+repetition, word lists, syllables, rare words, slang, tense), :mod:`.content` (substrings,
+keywords, multiple choice, sentiment, first person, numbers, JSON), :mod:`.language` (French,
+gloss alternation, English fluency). All assets come from installed packages; nothing is
+downloaded at run time.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from personadrift.benchmark.judges import content, format, language, lexical  # noqa: E402,F401  (registers the judges)
+from personadrift.benchmark.judges.language import (
+    FLUENCY_THRESHOLD,
+    english_fluency,
+    gate,
+)
+from personadrift.benchmark.judges.registry import (
+    Arg,
+    JudgeInfo,
+    JudgeSpecError,
+    check_judge_args,
+    judge_info,
+    judge_names,
+    register,
+    run_judge,
+)
+
+#: The English-fluency gate (upstream multiplies scores by it; here only when the config
+#: switch ``english_fluency_gate`` is on): ``FLUENCY_GATE.english_fluency(text)`` and
+#: ``FLUENCY_GATE.gate(score, text)``.
+FLUENCY_GATE = SimpleNamespace(english_fluency=english_fluency, gate=gate, threshold=FLUENCY_THRESHOLD)
+
+
+def describe_judges() -> list[dict]:
+    """Name, one-line meaning of 1.0, argument types and defaults of every judge (for docs and the CLI)."""
+    from personadrift.benchmark.judges.registry import _type_name
+
+    out = []
+    for name in judge_names():
+        info = judge_info(name)
+        out.append({
+            "name": name,
+            "doc": info.doc,
+            "args": {a: _type_name(spec.type) for a, spec in info.arg_types.items()},
+            "defaults": dict(info.defaults),
+        })
+    return out
+
+
+__all__ = [
+    "Arg", "FLUENCY_GATE", "FLUENCY_THRESHOLD", "JudgeInfo", "JudgeSpecError", "check_judge_args",
+    "describe_judges", "english_fluency", "gate", "judge_info", "judge_names", "register", "run_judge",
+]

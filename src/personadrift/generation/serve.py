@@ -1,0 +1,690 @@
+"""``personadrift serve``: an OpenAI-compatible chat-completions server over a local HF model.
+
+Any model the workflow fetched (``--model-dir``) or the tiny test model (``--tiny``) is served
+through :class:`~personadrift.generation.engine.HFEngine`, with an optional drift intervention applied to
+every request: split-softmax (``--split-k``, ``--split-layers``) and/or classifier-free
+guidance (``--guidance-scale``; the unconditional branch is the same messages without their
+system messages). Any OpenAI client, and the workflow's ``backend: openai``, can then use it.
+
+Endpoints: ``POST /v1/chat/completions`` (non-streaming; ``messages``, ``temperature``,
+``top_p``, ``max_tokens``/``max_completion_tokens``, ``n``, ``seed``), ``GET /v1/models``,
+``GET /health``. Bad input gets a 400 with an OpenAI-style ``{"error": {...}}`` body.
+
+Semantics:
+
+* ``temperature: 0`` is greedy decoding (argmax; ``top_p`` and ``seed`` are then irrelevant).
+  ``temperature > 0`` samples with temperature and nucleus ``top_p`` (default 1).
+* ``seed`` with ``n`` samples: sample ``s`` uses ``derive_seed(seed, s)``, exactly as
+  ``HFEngine`` does for ``GenRequest(seed=seed, n=n)``, so a served reply equals the local
+  engine's. Without ``seed`` a random one is drawn.
+* ``usage.completion_tokens`` re-tokenises each reply's text (the engine returns text), and
+  ``finish_reason`` is ``length`` when that count reaches ``max_tokens``, else ``stop``;
+  ``usage.prompt_tokens`` is the exact length of the rendered prompt.
+
+Concurrency: a ``ThreadingHTTPServer`` accepts requests in parallel; one batcher thread owns
+the model and runs queued requests that share sampling parameters as one batched ``generate``
+call (at most ``max_batch`` sequences), holding the app's lock around every model/tokenizer
+use. Requests are independent: nothing is kept between them.
+
+Fault injection for tests: :class:`FaultPlan` (Python API only, not on the command line)
+makes chosen requests, by arrival order, answer 429 or 5xx or stall past the client's timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from personadrift.errors import InputError, PersonaDriftError
+from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.generation.dialog import without_system
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-PersonaDrift-Request"  # sent by OpenAIEngine; the same on every retry
+RETRY_COUNT_HEADER = "X-Stainless-Retry-Count"  # sent by the official openai client
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_N = 128
+_ROLES = {"system", "user", "assistant", "developer"}  # developer = system (newer OpenAI clients)
+_UNSUPPORTED = ("stream", "tools", "functions", "logprobs", "stop")
+
+
+# ------------------------------------------------------------------ fault injection
+@dataclass
+class FaultPlan:
+    """Faults for chosen ``POST /v1/chat/completions`` requests, by arrival order (0-based).
+
+    The plan counts the requests it sees itself, so request 0 is the first one after the plan
+    was given to the app (``app.faults = plan`` works on a running server).
+
+    Kinds: ``"429"``, ``"500"``, ``"503"`` (answered with that status and an OpenAI-style
+    error body, without touching the model) and ``"timeout"`` (the handler stalls ``stall_s``
+    seconds, then drops the connection: set ``stall_s`` above the client's timeout).
+    ``default`` applies to every request not named in ``faults`` (e.g. ``"500"`` forever, to
+    exhaust a client's retries). ``retry_after_ms`` adds that header to 429/5xx answers.
+    """
+
+    faults: dict[int, str] = field(default_factory=dict)
+    default: str | None = None
+    stall_s: float = 2.0
+    retry_after_ms: int | None = None
+    _seen: int = field(default=0, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    KINDS = ("429", "500", "503", "timeout")
+
+    def __post_init__(self):
+        for kind in [*self.faults.values(), self.default]:
+            if kind is not None and kind not in self.KINDS:
+                raise ValueError(f"unknown fault {kind!r} (known: {', '.join(self.KINDS)})")
+
+    @classmethod
+    def first(cls, n: int, kind: str, **kw) -> FaultPlan:
+        """The first ``n`` requests get ``kind``."""
+        return cls({i: kind for i in range(n)}, **kw)
+
+    @classmethod
+    def sequence(cls, kinds: list[str | None], **kw) -> FaultPlan:
+        """Request ``i`` gets ``kinds[i]`` (None = served normally); later requests are served."""
+        return cls({i: k for i, k in enumerate(kinds) if k is not None}, **kw)
+
+    def take(self) -> str | None:
+        """The fault for the next request (None = serve it normally)."""
+        with self._lock:
+            k = self._seen
+            self._seen += 1
+        return self.faults.get(k, self.default)
+
+
+# ------------------------------------------------------------------ the app
+class RequestError(Exception):
+    """A client error, answered with an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class _Job:
+    messages: list[dict]
+    n: int
+    seed: int
+    sampling: Sampling
+    max_tokens: int
+    done: threading.Event = field(default_factory=threading.Event)
+    texts: list[str] | None = None
+    completion_tokens: list[int] | None = None
+    prompt_tokens: int = 0
+    error: RequestError | None = None
+
+    @property
+    def group(self) -> tuple:
+        s = self.sampling
+        return (s.do_sample, s.temperature, s.top_p, self.max_tokens)
+
+
+class ChatApp:
+    """The server logic around one engine; calling it makes a (not yet started) server.
+
+    ``events`` logs every chat-completions request (arrival, request id and retry count from
+    the headers, seed, n, outcome) for tests and debugging; no header other than those two is
+    read, so no API key is ever recorded.
+    """
+
+    def __init__(self, engine, *, model_name: str, faults: FaultPlan | None = None, max_batch: int | None = None,
+                 default_max_tokens: int = 256, max_tokens_limit: int = 8192):
+        self.engine = engine
+        self.model_name = model_name
+        self.faults = faults
+        self.max_batch = max_batch or getattr(engine, "max_batch", 16)
+        self.default_max_tokens = default_max_tokens
+        self.max_tokens_limit = max_tokens_limit
+        iv: Intervention = getattr(engine, "intervention", Intervention())
+        self.intervene = iv.split_k is not None or iv.guidance_scale is not None
+        self.guided = iv.guidance_scale is not None
+        self.lock = threading.Lock()  # one model: every engine/tokenizer use holds it
+        self.created = int(time.time())
+        self.fingerprint = "pd-" + hashlib.sha256(json.dumps(
+            {"model": model_name, "split_k": iv.split_k, "layers": iv.split_layers, "g": iv.guidance_scale},
+            sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.events: list[dict] = []
+        self.batches = 0  # engine calls made
+        self.largest_batch = 0  # most requests served by one engine call
+        self._arrivals = 0
+        self._count_lock = threading.Lock()
+
+    def __call__(self, host: str = "127.0.0.1", port: int = 0) -> ChatServer:
+        return ChatServer(self, host, port)
+
+    # ---------------------------------------------------------------- bookkeeping
+    def arrive(self) -> int:
+        with self._count_lock:
+            k = self._arrivals
+            self._arrivals += 1
+            return k
+
+    def record(self, **event) -> None:
+        with self._count_lock:
+            self.events.append(event)
+
+    def completions_served(self) -> int:
+        with self._count_lock:
+            return sum(1 for e in self.events if e["outcome"] == "ok")
+
+    # ---------------------------------------------------------------- requests
+    def parse(self, body: dict) -> _Job:
+        if not isinstance(body, dict):
+            raise RequestError(400, "the request body must be a JSON object")
+        for name in _UNSUPPORTED:
+            if body.get(name) not in (None, False, [], ""):
+                raise RequestError(400, f"'{name}' is not supported by this server", param=name)
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise RequestError(404, f"the model '{model}' does not exist; this server serves '{self.model_name}'",
+                               param="model", code="model_not_found")
+        messages = _messages(body.get("messages"))
+        temperature = _number(body, "temperature", 1.0, lo=0.0, hi=2.0)
+        top_p = _number(body, "top_p", 1.0, lo=0.0, hi=1.0, lo_open=True)
+        n = _integer(body, "n", 1, lo=1, hi=MAX_N)
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is None:
+            max_tokens = self.default_max_tokens
+        else:
+            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            max_tokens = _integer(body, key, None, lo=1, hi=self.max_tokens_limit)
+        seed = body.get("seed")
+        if seed is None:
+            seed = random.SystemRandom().getrandbits(63)
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise RequestError(400, "'seed' must be an integer", param="seed")
+        if temperature == 0:
+            sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=max_tokens, do_sample=False)
+        else:
+            sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, do_sample=True)
+        return _Job(messages=messages, n=n, seed=int(seed), sampling=sampling, max_tokens=max_tokens)
+
+    def gen_request(self, job: _Job) -> GenRequest:
+        return GenRequest(
+            messages=job.messages,
+            seed=job.seed,
+            n=job.n,
+            persist=False,
+            intervene=self.intervene,
+            negative_messages=without_system(job.messages) if self.guided else None,
+        )
+
+    def rows(self, job: _Job) -> int:
+        return job.n * (2 if self.guided else 1)
+
+    def run_batch(self, jobs: list[_Job]) -> None:
+        """Generate for ``jobs`` (same sampling group) in one engine call; fills each job."""
+        engine = self.engine
+        with self.lock:
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(jobs))
+            ok = []
+            for job in jobs:  # render first: a template that rejects the messages fails one job only
+                try:
+                    job.prompt_tokens = len(engine.chat.render(job.messages).ids)
+                    if self.guided:
+                        engine.chat.render(without_system(job.messages))
+                    ok.append(job)
+                except Exception as exc:  # chat templates raise all sorts
+                    job.error = RequestError(400, f"the chat template rejects these messages: {exc}", param="messages")
+            if ok:
+                saved = engine.sampling
+                engine.sampling = ok[0].sampling
+                try:
+                    texts = engine.generate([self.gen_request(j) for j in ok], max_new_tokens=ok[0].max_tokens)
+                    for job, t in zip(ok, texts):
+                        job.texts = t
+                        job.completion_tokens = [
+                            len(engine.tokenizer(x, add_special_tokens=False)["input_ids"]) for x in t
+                        ]
+                except Exception as exc:
+                    log.exception("generation failed")
+                    for job in ok:
+                        job.error = RequestError(500, f"generation failed: {type(exc).__name__}: {exc}",
+                                                 kind="server_error")
+                finally:
+                    engine.sampling = saved
+        for job in jobs:
+            job.done.set()
+
+    def response(self, job: _Job) -> dict:
+        choices = []
+        for i, (text, toks) in enumerate(zip(job.texts, job.completion_tokens)):
+            choices.append({
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length" if toks >= job.max_tokens else "stop",
+                "logprobs": None,
+            })
+        completion = sum(job.completion_tokens)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
+            "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": job.prompt_tokens + completion},
+        }
+
+    def models(self) -> dict:
+        return {"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "personadrift"}
+        ]}
+
+
+def _messages(value) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise RequestError(400, "'messages' must be a non-empty list", param="messages")
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise RequestError(400, f"{where} must be an object", param=where)
+        role = m.get("role")
+        if role not in _ROLES:
+            raise RequestError(400, f"{where}.role must be one of {sorted(_ROLES)}", param=f"{where}.role")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: text only
+            parts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise RequestError(400, f"{where}.content: only text parts are supported", param=f"{where}.content")
+                parts.append(part["text"])
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise RequestError(400, f"{where}.content must be a string", param=f"{where}.content")
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out
+
+
+def _number(body, key, default, *, lo, hi, lo_open=False) -> float:
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise RequestError(400, f"'{key}' must be a number", param=key)
+    if v > hi or v < lo or (lo_open and v == lo):
+        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+        raise RequestError(400, f"'{key}' must be in {bound}", param=key)
+    return float(v)
+
+
+def _integer(body, key, default, *, lo, hi) -> int:
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise RequestError(400, f"'{key}' must be an integer", param=key)
+    if not lo <= v <= hi:
+        raise RequestError(400, f"'{key}' must be between {lo} and {hi}", param=key)
+    return v
+
+
+# ------------------------------------------------------------------ batching
+class _Batcher(threading.Thread):
+    """Owns the model: takes queued jobs that share sampling parameters, runs them together."""
+
+    def __init__(self, app: ChatApp):
+        super().__init__(name="personadrift-serve-batcher", daemon=True)
+        self.app = app
+        self.queue: list[_Job] = []
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.busy = False
+
+    def submit(self, job: _Job) -> None:
+        with self.cond:
+            if self.stopping:
+                raise RequestError(503, "the server is shutting down", kind="server_error")
+            self.queue.append(job)
+            self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            for job in self.queue:
+                job.error = RequestError(503, "the server is shutting down", kind="server_error")
+                job.done.set()
+            self.queue.clear()
+            self.cond.notify_all()
+        if self.is_alive():
+            self.join(timeout=60)
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.queue and not self.stopping:
+                    self.cond.wait()
+                if self.stopping:
+                    return
+                group = self.queue[0].group
+                batch, rows = [], 0
+                for job in list(self.queue):
+                    need = self.app.rows(job)
+                    if job.group != group or (batch and rows + need > self.app.max_batch):
+                        continue
+                    batch.append(job)
+                    rows += need
+                    self.queue.remove(job)
+                self.busy = True
+            try:
+                self.app.run_batch(batch)
+            except BaseException as exc:  # never leave a handler waiting
+                log.exception("batch failed")
+                for job in batch:
+                    if job.error is None and job.texts is None:
+                        job.error = RequestError(500, f"server error: {type(exc).__name__}", kind="server_error")
+                    job.done.set()
+            finally:
+                with self.cond:
+                    self.busy = False
+
+
+# ------------------------------------------------------------------ HTTP
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "personadrift-serve"
+    timeout = 300  # idle keep-alive connections are closed after this
+
+    server: ChatServer
+
+    def log_message(self, fmt, *args):  # never the headers; one debug line per request
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _path(self) -> str:
+        return urlsplit(self.path).path.rstrip("/") or "/"
+
+    def _send(self, status: int, obj: dict, headers: dict | None = None) -> None:
+        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _error(self, err: RequestError, headers: dict | None = None) -> None:
+        self._send(err.status, err.body(), headers)
+
+    def do_GET(self):
+        path = self._path()
+        app = self.server.app
+        if path == "/health":
+            b = self.server.batcher
+            self._send(200, {"status": "ok", "model": app.model_name, "queued": len(b.queue), "busy": b.busy,
+                             "batches": app.batches, "largest_batch": app.largest_batch})
+        elif path == "/v1/models":
+            self._send(200, app.models())
+        elif path == f"/v1/models/{app.model_name}":
+            self._send(200, app.models()["data"][0])
+        else:
+            self._error(RequestError(404, f"no route GET {path}", code="not_found"))
+
+    def do_POST(self):
+        path = self._path()
+        if path != "/v1/chat/completions":
+            self._drain()
+            self._error(RequestError(404, f"no route POST {path}", code="not_found"))
+            return
+        app = self.server.app
+        arrival = app.arrive()
+        event = {"arrival": arrival, "request_id": self.headers.get(REQUEST_ID_HEADER),
+                 "retry": int(self.headers.get(RETRY_COUNT_HEADER) or 0), "seed": None, "n": None}
+        try:
+            body = self._read_json()
+        except RequestError as err:
+            app.record(**event, outcome=str(err.status))
+            self.close_connection = True
+            self._error(err)
+            return
+        if isinstance(body, dict):
+            event.update(seed=body.get("seed"), n=body.get("n"))
+        plan = app.faults
+        fault = plan.take() if plan is not None else None
+        if fault is not None:
+            app.record(**event, outcome=fault)
+            self._fault(fault, plan)
+            return
+        try:
+            job = app.parse(body)
+            self.server.batcher.submit(job)
+            job.done.wait()
+            if job.error is not None:
+                raise job.error
+            reply = app.response(job)
+        except RequestError as err:
+            app.record(**event, outcome=str(err.status))
+            self._error(err)
+            return
+        app.record(**event, outcome="ok")
+        self._send(200, reply)
+
+    def _drain(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if 0 < length <= MAX_BODY_BYTES:
+            self.rfile.read(length)
+        else:
+            self.close_connection = True
+
+    def _read_json(self):
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise RequestError(411, "Content-Length is required")
+        try:
+            length = int(raw)
+        except ValueError:
+            raise RequestError(400, "bad Content-Length") from None
+        if length < 0 or length > MAX_BODY_BYTES:
+            raise RequestError(413, f"the request body must be at most {MAX_BODY_BYTES} bytes")
+        data = self.rfile.read(length)
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
+
+    def _fault(self, kind: str, plan: FaultPlan) -> None:
+        if kind == "timeout":
+            time.sleep(plan.stall_s)  # the client has given up by now
+            self.close_connection = True
+            self._error(RequestError(504, "injected stall", kind="server_error"))
+            return
+        headers = {"retry-after-ms": str(plan.retry_after_ms)} if plan.retry_after_ms is not None else None
+        if kind == "429":
+            err = RequestError(429, "injected rate limit", kind="rate_limit_error", code="rate_limit_exceeded")
+        else:
+            err = RequestError(int(kind), f"injected server error {kind}", kind="server_error")
+        self._error(err, headers)
+
+
+class ChatServer(ThreadingHTTPServer):
+    """The HTTP server of one :class:`ChatApp`; ``start()`` serves from a background thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, app: ChatApp, host: str = "127.0.0.1", port: int = 0):
+        super().__init__((host, port), _Handler)
+        self.app = app
+        self.batcher = _Batcher(app)
+        self.batcher.start()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """The base URL for OpenAI clients (``http://host:port/v1``)."""
+        host = self.server_address[0]
+        return f"http://{host}:{self.port}/v1"
+
+    def start(self) -> ChatServer:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="personadrift-serve", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop accepting, answer queued requests with 503, and release the socket."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.batcher.stop()
+        self.server_close()
+
+    def __enter__(self) -> ChatServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def build_app(engine, *, model_name: str, faults: FaultPlan | None = None, max_batch: int | None = None,
+              default_max_tokens: int = 256) -> ChatApp:
+    """The server factory: ``build_app(engine, model_name="m")(host, port).start()``."""
+    return ChatApp(engine, model_name=model_name, faults=faults, max_batch=max_batch,
+                   default_max_tokens=default_max_tokens)
+
+
+def serve(engine, host: str = "127.0.0.1", port: int = 8000, *, model_name: str = "model",
+          max_batch: int | None = None, default_max_tokens: int = 256) -> None:
+    """Serve ``engine`` until interrupted (Ctrl-C or SIGTERM)."""
+    server = build_app(engine, model_name=model_name, max_batch=max_batch, default_max_tokens=default_max_tokens)(host, port)
+    print(f"personadrift serve: model {model_name!r} at {server.url} (POST /v1/chat/completions)", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.batcher.stop()
+        server.server_close()
+
+
+# ------------------------------------------------------------------ engines and CLI
+def parse_layers(text: str):
+    """``all``, ``0,2,5`` or ``start:stop`` as "all" or a list of layer indices."""
+    text = text.strip()
+    if text in ("", "all"):
+        return "all"
+    try:
+        if ":" in text:
+            a, b = text.split(":", 1)
+            return list(range(int(a), int(b)))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError("--split-layers", None, f"expected all, a comma list or start:stop, got {text!r}") from None
+
+
+def load_engine(model_dir, *, split_k: float | None = None, split_layers="all", guidance_scale: float | None = None,
+                max_batch: int = 16, dtype: str = "float32", fold_system_prompt: bool | None = None):
+    """An HFEngine on a fetched model folder (``manifest.json`` + weights) with an intervention.
+
+    ``fold_system_prompt``: None folds only if the chat template has no system role.
+    """
+    from personadrift.generation.chat import ChatFormat
+    from personadrift.generation.engine import HFEngine
+    from personadrift.generation.models import load_model
+
+    if split_k is not None and not 0 < split_k <= 1:
+        raise InputError("--split-k", None, f"must be in (0, 1], got {split_k}")
+    if guidance_scale is not None and guidance_scale < 1:
+        raise InputError("--guidance-scale", None, f"must be at least 1, got {guidance_scale}")
+    lm = load_model(model_dir, {"dtype": dtype})
+    chat = ChatFormat(lm.tokenizer, fold=fold_system_prompt)
+    iv = Intervention(split_k=split_k, split_layers=split_layers, guidance_scale=guidance_scale)
+    engine = HFEngine(lm.model, lm.tokenizer, chat=chat, intervention=iv, max_batch=max_batch)
+    engine.identity = {**lm.identity, "chat_template_sha256": chat.template_sha256, "system_prompt_folded": chat.fold}
+    return engine, lm.manifest.get("name") or "model"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="personadrift serve", description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-dir", help="a model folder fetched by the workflow (manifest.json + weights)")
+    src.add_argument("--tiny", action="store_true", help="serve the tiny random-weight test model (built in a temp dir)")
+    ap.add_argument("--model-name", default=None, help="name clients must send as 'model' (default: the manifest's)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    ap.add_argument("--fold-system-prompt", choices=["auto", "yes", "no"], default="auto",
+                    help="fold the system prompt into the first user turn (auto: only if the template has no system role)")
+    ap.add_argument("--split-k", type=float, default=None, help="split-softmax exponent k in (0, 1] (off by default)")
+    ap.add_argument("--split-layers", default="all", help="split-softmax layers: all, 0,1,2 or start:stop")
+    ap.add_argument("--guidance-scale", type=float, default=None,
+                    help="classifier-free guidance scale g >= 1; unconditional = messages without system messages")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
+    ap.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together")
+    ap.add_argument("--max-tokens", type=int, default=256, help="max_tokens of requests that give none")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with tempfile.TemporaryDirectory(prefix="personadrift-tiny-") as tmp:
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            model_dir = args.model_dir
+            if args.tiny:
+                from personadrift.generation.models import fetch_model
+
+                fetch_model({"name": "tiny", "source": "tiny"}, tmp)
+                model_dir = tmp
+            engine, name = load_engine(model_dir, split_k=args.split_k, split_layers=parse_layers(args.split_layers),
+                                       guidance_scale=args.guidance_scale, max_batch=args.max_batch,
+                                       dtype=args.dtype,
+                                       fold_system_prompt={"auto": None, "yes": True, "no": False}[args.fold_system_prompt])
+            serve(engine, args.host, args.port, model_name=args.model_name or name,
+                  max_batch=args.max_batch, default_max_tokens=args.max_tokens)
+    except PersonaDriftError as exc:
+        print(f"personadrift serve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin I/O glue, one module per rule file (rules/<stage>.smk -> steps/<stage>.py)."""

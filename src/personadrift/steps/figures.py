@@ -1,0 +1,44 @@
+"""Steps of rules/figures.smk that are not drawing: the example-dialog pick, the manifest."""
+
+from __future__ import annotations
+
+import json
+
+from personadrift.provenance import provenance
+from personadrift.storage import atomic_write_json, atomic_write_text, read_json
+from personadrift.tables import read_table
+
+
+def example_dialog(config: dict, scores_csv, transcript_dirs: list, out_json) -> None:
+    """Pick one conversation by the documented rule and keep what its figure shows."""
+    from personadrift.benchmark.scoring import transcript_paths
+
+    sc = read_table(scores_csv)
+    agent = sc[sc["kind"] == "agent"].groupby(["conversation", "round"])["score"].mean().unstack("round")
+    first, last = agent.columns.min(), agent.columns.max()
+    compliant = agent[agent[first] >= 0.5]
+    if len(compliant):
+        drop = (compliant[first] - compliant[last]).sort_values(ascending=False, kind="stable")
+        pick, rule = int(drop.index[0]), (f"largest drop in stability from round {first} to round {last} among the "
+                                           f"{len(compliant)} conversations that started compliant (round-{first} score >= 0.5)")
+    else:
+        best = agent[first].sort_values(ascending=False, kind="stable")
+        pick, rule = int(best.index[0]), (f"no conversation started compliant (round-{first} score >= 0.5); shown: "
+                                           f"the highest round-{first} score")
+    rec = next(r for r in map(read_json, transcript_paths(transcript_dirs)) if r["conversation"] == pick)
+    rounds = []
+    for r in sorted(agent.columns):
+        probe = next(p for p in rec["probes"] if p["round"] == r and p["kind"] == "agent")
+        rounds.append({"round": int(r), "agent": rec["history"][2 * r - 1], "user_next": rec["history"][2 * r]
+                       if 2 * r < len(rec["history"]) else None, "probe": probe["question"],
+                       "answer": probe["answers"][0], "score": float(agent.loc[pick, r])})
+    atomic_write_json(out_json, {"conversation": pick, "rule": rule, "agent": rec["agent"], "user": rec["user"],
+                                 "topic": rec["topic"], "rounds": rounds, "model": config["model"]["name"]})
+
+
+def write_manifest(figures: list, tables: dict, out) -> None:
+    """The figures/all manifest: every figure with its sha256 and the tables it was drawn from."""
+    from personadrift.generation.models import sha256_file
+
+    entries = [{"figure": str(f), "sha256": sha256_file(f), "tables": tables.get(str(f), [])} for f in figures]
+    atomic_write_text(out, json.dumps({"figures": entries, "provenance": provenance()}, indent=1) + "\n")

@@ -1,0 +1,48 @@
+"""Steps of rules/score.smk: judge every probe answer; drift tables."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from personadrift.storage import atomic_write_json, read_json
+from personadrift.tables import read_table, write_table
+
+log = logging.getLogger(__name__)
+
+
+def score(config: dict, transcript_dirs: list, out_csv) -> None:
+    from personadrift.benchmark.scoring import score_dirs
+
+    df = score_dirs(transcript_dirs, fluency_gate=config["scoring"]["english_fluency_gate"])
+    errors = int((df["error"] != "").sum())
+    if errors:
+        log.warning("%d answers could not be judged; see the error column of %s", errors, out_csv)
+    write_table(df, out_csv, judge_errors=errors, fluency_gate=config["scoring"]["english_fluency_gate"])
+
+
+def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_change, out_study) -> None:
+    from personadrift.analysis.stats import by_round, change_over_dialog
+
+    sc = config["scoring"]
+    scores = pd.concat([read_table(p) for p in score_csvs], ignore_index=True)
+    kw = {"confidence": sc["confidence"], "resamples": sc["resamples"]}
+    write_table(by_round(scores, unit=sc["bootstrap_unit"], **kw), out_by_round)
+    write_table(change_over_dialog(scores, **kw), out_change)
+    pool = read_json(pool_json)
+    study = {
+        "study": config["study"],
+        "model": config["model"]["name"],
+        "conversations": int(scores["conversation"].nunique()),
+        "rounds": int(scores["round"].max()),
+        "runs": config["selfchat"]["runs"],
+        "user_system_prompt": config["selfchat"]["user_system_prompt"],
+        "personas_kept": [p["id"] for p in pool["personas"]],
+        "personas_dropped": [p["id"] for p in pool["dropped"]],
+        "persona_rule": pool["rule"],
+        "confidence": sc["confidence"],
+        "bootstrap_unit": sc["bootstrap_unit"],
+        "judge_errors": int(scores["error"].notna().sum()),  # empty cells read as NaN
+    }
+    atomic_write_json(out_study, study)

@@ -1,0 +1,38 @@
+"""Steps of rules/selfchat.smk: one self-chat shard under one setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from personadrift.errors import InputError
+from personadrift.generation.factory import make_engine, model_identity
+from personadrift.provenance import provenance
+from personadrift.steps.personas import _PoolPersona
+from personadrift.storage import read_json
+
+
+def selfchat_shard(config: dict, *, setting_name: str, shard: int, model_dir, pool_json, out_dir,
+                   checkpoint_dir, threads=None) -> None:
+    from personadrift.generation.selfchat import (
+        ShardRun,
+        plan_conversation,
+        sampling_record,
+        shard_conversations,
+        write_outputs,
+    )
+    from personadrift.interventions.settings import setting_by_name
+
+    pool = read_json(pool_json)
+    personas = [_PoolPersona(p) for p in pool["personas"]]
+    sc = config["selfchat"]
+    convs = shard_conversations(sc["conversations"], sc["shard_size"], shard)
+    if not convs:
+        raise InputError("config", "selfchat.shard_size", f"shard {shard} is empty")
+    plans = [plan_conversation(s, config["seed"], personas, pool["topics"]) for s in convs]
+    setting = setting_by_name(config["interventions"], setting_name)
+    engine = make_engine(config, model_dir, setting, threads=threads)
+    prov = provenance(model=model_identity(engine), sampling=sampling_record(sc), seed=config["seed"],
+                      setting=setting.describe(), backend=config["backend"])
+    run = ShardRun(engine, config=config, setting=setting, plans=plans,
+                   checkpoint_dir=Path(checkpoint_dir), provenance=prov)
+    write_outputs(run.run(), out_dir)

@@ -1,0 +1,24 @@
+"""Result tables: one writer (with a provenance sidecar) and one reader, used by every step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from personadrift.provenance import provenance
+from personadrift.storage import atomic_write_json, atomic_write_text
+
+
+def read_table(path) -> pd.DataFrame:
+    """A table written by :func:`write_table`: empty cells (no judge error) read as NaN, and
+    text such as "None" or "NA" in answers stays text."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def write_table(df: pd.DataFrame, path, **extra) -> None:
+    """Write a table and its provenance sidecar (``<table>.provenance.json``)."""
+    path = Path(path)
+    atomic_write_text(path, df.to_csv(index=False))
+    atomic_write_json(path.with_name(path.name + ".provenance.json"),
+                      provenance(rows=len(df), columns=list(df.columns), **extra))
