@@ -124,3 +124,19 @@ def test_interventions_keep_batched_equal_to_unbatched(tiny_model, intervention)
     batched = engine(tiny_model, sampling=s, intervention=intervention).generate([req(i) for i in range(3)])
     single = [engine(tiny_model, sampling=s, intervention=intervention).generate([req(i)])[0] for i in range(3)]
     assert batched == single
+
+
+def test_complete_reports_prompt_length_new_tokens_and_finish_reason(tiny_model):
+    """``complete`` returns what ``generate`` returns, plus counts a reader can check."""
+    eng = engine(tiny_model, sampling=Sampling(max_new_tokens=6))
+    reqs = [GenRequest(convo(i), seed=i, key=f"c{i}", n=1, persist=False) for i in range(3)]
+    comps = eng.complete(reqs)
+    texts = engine(tiny_model, sampling=Sampling(max_new_tokens=6)).generate(reqs)
+    assert [[c.text for c in per] for per in comps] == texts
+    for r, per in zip(reqs, comps):
+        c = per[0]
+        assert c.prompt_tokens == len(eng.chat.render(r.messages).ids)
+        assert 0 <= c.new_tokens <= 6
+        assert c.finish_reason in ("stop", "length")
+        assert (c.finish_reason == "length") == (c.new_tokens == 6)
+    assert eng.max_context == tiny_model[0].config.max_position_embeddings

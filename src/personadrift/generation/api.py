@@ -58,6 +58,7 @@ class Engine(Protocol):
 
     sampling: Sampling
     identity: dict  # model identity for provenance (file sha256 or revision, template hash)
+    max_context: int | None  # positions the model supports (prompt + reply); None if unknown
 
     def generate(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[str]]:
         """``n`` sampled reply texts per request, in request order."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.generation.api import Completion, GenRequest, Intervention, Sampling
 from personadrift.generation.chat import ChatFormat
 from personadrift.seeding import derive_seed
 
@@ -96,6 +96,8 @@ class HFEngine:
         if self.pad_id is None:
             self.pad_id = tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
+        # the longest prompt + reply the model was trained for (None if its config does not say)
+        self.max_context = getattr(model.config, "max_position_embeddings", None)
         if intervention.split_k is not None:
             from personadrift.attention import split_softmax  # noqa: F401  (registers the function)
 
@@ -107,11 +109,15 @@ class HFEngine:
         for key in [k for k in self._prefixes if k.startswith(prefix)]:
             del self._prefixes[key]
 
-    @torch.inference_mode()
     def generate(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[str]]:
         """Sample ``n`` replies for each request; returns the texts in request order."""
+        return [[c.text for c in per] for per in self.complete(requests, max_new_tokens=max_new_tokens)]
+
+    @torch.inference_mode()
+    def complete(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[Completion]]:
+        """Sample ``n`` replies for each request, with token counts and why each ended."""
         limit = max_new_tokens or self.sampling.max_new_tokens
-        out: list[list[str]] = [[] for _ in requests]
+        out: list[list[Completion]] = [[] for _ in requests]
         chunks = list(self._chunks(requests))
         if self.progress and len(chunks) > 1:
             from tqdm import tqdm
@@ -207,7 +213,7 @@ class HFEngine:
             keep.append(i)
         return logp[keep]
 
-    def _generate_chunk(self, requests: list[GenRequest], limit: int) -> list[list[str]]:
+    def _generate_chunk(self, requests: list[GenRequest], limit: int) -> list[list[Completion]]:
         batch = self._prefill(requests, expand=True)
         # generators, one per sampled (conditional) row, in the expanded order
         gens: list[torch.Generator | None] = []
@@ -222,6 +228,7 @@ class HFEngine:
                         g = torch.Generator(device="cpu").manual_seed(derive_seed(r.seed, s))
                     gens.append(g)
         batch.owner, batch.gens = owner, gens
+        first_rows, first_owner = list(batch.rows), list(owner)  # before rows retire
         texts: list[list[list[int]]] = [[[] for _ in range(r.n)] for r in requests]
         for step in range(limit):
             tokens = self._pick(batch, suppress_eos=step < self.sampling.min_new_tokens)
@@ -238,10 +245,20 @@ class HFEngine:
             if not batch.size:
                 break
             batch.forward_step([tokens[i] for i in batch.alive_from_previous])
-        return [
-            [self.tokenizer.decode(_strip_eos(t, self.eos_ids), skip_special_tokens=True) for t in per]
-            for per in texts
-        ]
+        prompt_len = {}  # request index -> rendered prompt length (the conditional row)
+        for row, (qi, _s) in zip(first_rows, first_owner):
+            prompt_len.setdefault(qi, len(row.target))
+        out = []
+        for qi, per in enumerate(texts):
+            comps = []
+            for t in per:
+                ended = bool(t) and t[-1] in self.eos_ids
+                body = _strip_eos(t, self.eos_ids)
+                comps.append(Completion(text=self.tokenizer.decode(body, skip_special_tokens=True),
+                                        prompt_tokens=prompt_len[qi], new_tokens=len(body),
+                                        finish_reason="stop" if ended else "length"))
+            out.append(comps)
+        return out
 
     def _pick(self, batch: _Batch, suppress_eos: bool = False) -> list[int]:
         logits = batch.logits.float()

@@ -47,7 +47,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from personadrift.errors import InputError, PersonaDriftError
-from personadrift.generation.api import GenRequest, Sampling
+from personadrift.generation.api import Completion, GenRequest, Sampling
 from personadrift.seeding import derive_seed
 from personadrift.storage import atomic_write_json, read_json
 
@@ -145,6 +145,7 @@ class OpenAIEngine:
         )
         self.base_url = public_url(str(self._client.base_url))
         self.identity = {"backend": "openai", "base_url": self.base_url, "model": model}
+        self.max_context: int | None = None  # a server does not say; the protocol trusts its errors
         self.stats = OpenAIStats()
         self._lock = threading.Lock()
         self._n_supported: bool | None = None  # learnt from the first reply with n > 1
@@ -195,6 +196,10 @@ class OpenAIEngine:
     # ----------------------------------------------------------------- generation
     def generate(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[str]]:
         """Sample ``n`` replies for each request; returns the texts in request order."""
+        return [[c.text for c in per] for per in self.complete(requests, max_new_tokens=max_new_tokens)]
+
+    def complete(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[Completion]]:
+        """Sample ``n`` replies for each request, with the server's token counts and finish reasons."""
         for i, r in enumerate(requests):
             if r.intervene or r.negative_messages is not None:
                 raise UnsupportedRequestError(
@@ -231,22 +236,24 @@ class OpenAIEngine:
             "seed": int(r.seed),
         }
 
-    def _one(self, payload: dict) -> list[str]:
+    def _one(self, payload: dict) -> list[Completion]:
         key = cache_key(payload)
         cached = self._cache_read(key, payload)
         if cached is not None:
             with self._lock:
                 self.stats.cache_hits += 1
                 self.stats.cached_tokens += sum(cached.get("completion_tokens") or [0])
-            return list(cached["choices"])
+            return _completions(cached["choices"], cached.get("finish_reasons"), cached.get("completion_tokens"),
+                                cached.get("prompt_tokens"))
         with self._lock:
             self.stats.cache_misses += 1
         n = payload["n"]
         choices: list[str] = []
         finish: list[str | None] = []
         tokens: list[int] = []
+        prompt_tokens: int | None = None
         if n == 1 or self._n_supported is not False:
-            texts, reasons, counts = self._call(payload, key)
+            texts, reasons, counts, prompt_tokens = self._call(payload, key)
             choices, finish, tokens = texts[:n], reasons[:n], counts[:n]
             if n > 1:
                 if len(choices) < n:
@@ -255,15 +262,16 @@ class OpenAIEngine:
                 self._n_supported = len(choices) >= n
         for s in range(len(choices), n):  # servers without ``n``: one call per sample
             one = {**payload, "n": 1, "seed": derive_seed(payload["seed"], s)}
-            texts, reasons, counts = self._call(one, f"{key}/{s}")
+            texts, reasons, counts, prompt_tokens = self._call(one, f"{key}/{s}")
             choices.append(texts[0])
             finish.append(reasons[0])
             tokens.append(counts[0])
-        self._cache_write(key, payload, choices, finish, tokens)
-        return choices
+        self._cache_write(key, payload, choices, finish, tokens, prompt_tokens)
+        return _completions(choices, finish, tokens, prompt_tokens)
 
-    def _call(self, payload: dict, request_id: str) -> tuple[list[str], list, list[int]]:
-        """One create() call (the client retries inside it); returns texts, finish reasons, tokens."""
+    def _call(self, payload: dict, request_id: str) -> tuple[list[str], list, list[int], int | None]:
+        """One create() call (the client retries inside it); returns texts, finish reasons, tokens
+        per choice, and the prompt's token count (None where the server reports no usage)."""
         import openai
 
         failure: tuple[str, str] | None = None
@@ -312,7 +320,8 @@ class OpenAIEngine:
             else:
                 self.stats.estimated_tokens += sum(words)
                 self.stats.generated_tokens += sum(words)
-        return texts, reasons, counts
+        prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
+        return texts, reasons, counts, (int(prompt) if prompt is not None else None)
 
     def _scrub(self, text: str) -> str:
         if self._secret and len(self._secret) >= 4:
@@ -338,7 +347,7 @@ class OpenAIEngine:
             return None
         return entry
 
-    def _cache_write(self, key: str, payload: dict, choices, finish, tokens) -> None:
+    def _cache_write(self, key: str, payload: dict, choices, finish, tokens, prompt_tokens=None) -> None:
         path = self._cache_path(key)
         if path is None:
             return
@@ -349,9 +358,19 @@ class OpenAIEngine:
             "choices": choices,
             "finish_reasons": finish,
             "completion_tokens": tokens,
+            "prompt_tokens": prompt_tokens,
             "base_url": self.base_url,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
+
+
+def _completions(texts, reasons, counts, prompt_tokens) -> list[Completion]:
+    """Completions from a reply or a cache entry; unknown counts are -1 (servers without usage)."""
+    reasons = reasons or [None] * len(texts)
+    counts = counts or [-1] * len(texts)
+    return [Completion(text=t, prompt_tokens=-1 if prompt_tokens is None else int(prompt_tokens),
+                       new_tokens=int(c), finish_reason="length" if r == "length" else "stop")
+            for t, r, c in zip(texts, reasons, counts)]
 
 
 def _split(total: int, weights: list[int]) -> list[int]:
