@@ -19,7 +19,7 @@ rule attention:
     log:
         f"{LOGS}/attention.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
@@ -46,7 +46,7 @@ rule attention_vs_stability:
     log:
         f"{LOGS}/tables/attention_vs_stability.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         cfg=stage_params("scoring", "seed", "model"),
     shell:

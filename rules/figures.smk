@@ -54,7 +54,7 @@ rule figure:
     wildcard_constraints:
         name="|".join(FIGURE_TABLES),
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     shell:
         "personadrift figure {wildcards.name} --tables {input} --out {output.pdf} {output.png}"
         " > {log} 2>&1"
@@ -68,7 +68,7 @@ rule all_figures:
     log:
         f"{LOGS}/figures/all.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         tables=json.dumps(
             {

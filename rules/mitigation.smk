@@ -15,7 +15,7 @@ rule fetch_mmlu:
     log:
         f"{LOGS}/fetch_mmlu.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         cfg=stage_params("mmlu"),
     shell:
@@ -31,7 +31,7 @@ rule mmlu:
     log:
         f"{LOGS}/mmlu/{{setting}}.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
@@ -54,7 +54,7 @@ rule tradeoff:
     log:
         f"{LOGS}/tables/tradeoff.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         cfg=stage_params("scoring", "interventions"),
     shell:

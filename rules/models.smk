@@ -12,7 +12,7 @@ rule fetch_model:
     log:
         f"{LOGS}/fetch_model.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         cfg=stage_params("model", "backend", "openai"),
         folder=lambda wildcards, output: os.path.dirname(output[0]),

@@ -14,7 +14,7 @@ rule calibrate:
     log:
         f"{LOGS}/calibrate.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
@@ -35,7 +35,7 @@ rule select_personas:
     log:
         f"{LOGS}/select_personas.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         cfg=stage_params("personas"),
     shell:
@@ -64,6 +64,6 @@ rule import_upstream:
     log:
         f"{LOGS}/import_upstream.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     shell:
         "personadrift import-upstream {input} --out personas/upstream > {log} 2>&1"

@@ -15,7 +15,7 @@ rule score:
     log:
         f"{LOGS}/score/{{setting}}.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         cfg=stage_params("scoring"),
     shell:
@@ -33,7 +33,7 @@ rule drift_tables:
     log:
         f"{LOGS}/tables/{{setting}}.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         cfg=stage_params("scoring", "study", "model", "selfchat"),
     shell:
@@ -51,7 +51,7 @@ rule example_dialog:
     log:
         f"{LOGS}/tables/example_dialog.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     params:
         cfg=stage_params("model", "report"),
     shell:

@@ -10,7 +10,7 @@ rule selfchat:
     log:
         f"{LOGS}/selfchat/{{setting}}/shard-{{shard}}.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),

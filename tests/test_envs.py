@@ -84,7 +84,11 @@ def test_env_pins_exactly_the_requirements(env):
     problems = []
     for entry in pip:
         if entry.startswith("-e "):
-            target = (env.parent / entry[3:].strip()).resolve()
+            path, extras = editable_target(entry)
+            target = (env.parent / path).resolve()
+            unknown = extras - set(PYPROJECT["project"].get("optional-dependencies", {}))
+            if unknown:
+                problems.append(f"{entry!r} names extras that pyproject does not define: {sorted(unknown)}")
             if target != REPO or not (target / "pyproject.toml").exists():
                 problems.append(f"{entry!r} does not install this repository ({target})")
             continue
@@ -127,15 +131,50 @@ def test_env_pins_the_supported_python(env):
         f"{env.name}: {pythons[0]} but pyproject requires-python = {PYPROJECT['project']['requires-python']}")
 
 
+def editable_target(entry: str) -> tuple[str, set[str]]:
+    """``-e ..[model]`` -> ("..", {"model"})."""
+    m = re.fullmatch(r"-e\s+([^\[\s]+)(?:\[([\w,\s-]+)\])?", entry.strip())
+    assert m, f"cannot parse {entry!r}"
+    return m[1], {x.strip() for x in (m[2] or "").split(",") if x.strip()}
+
+
 @pytest.mark.parametrize("env", ENV_FILES, ids=lambda p: p.name)
 def test_env_installs_everything_the_package_imports(env):
-    """The rules run `personadrift ...` inside the env: every pyproject dependency is there."""
+    """The rules run `personadrift ...` inside the env: every dependency of the package and of the
+    extras the env names is there, pinned (pip would otherwise pull unpinned ones)."""
     _, pip = env_entries(env)
-    if not any(e.startswith("-e ") for e in pip):
+    editable = [e for e in pip if e.startswith("-e ")]
+    if not editable:
         pytest.skip("this env does not install the package")
+    _, extras = editable_target(editable[0])
+    needed = list(PYPROJECT["project"]["dependencies"])
+    for extra in extras:
+        needed += PYPROJECT["project"]["optional-dependencies"][extra]
     listed = {canonicalize_name(Requirement(e).name) for e in pip if not e.startswith("-e ")}
-    missing = [d for d in PYPROJECT["project"]["dependencies"] if canonicalize_name(Requirement(d).name) not in listed]
+    missing = [d for d in needed if canonicalize_name(Requirement(d).name) not in listed]
     assert not missing, f"{env.name} installs the package but not: {missing}"
+
+
+def test_every_extra_is_pinned():
+    for extra, deps in PYPROJECT["project"].get("optional-dependencies", {}).items():
+        for dep in deps:
+            assert canonicalize_name(Requirement(dep).name) in REQS, f"extra {extra}: {dep} is not pinned in requirements.txt"
+
+
+def test_analysis_env_has_no_model_stack():
+    """Table and figure jobs run without torch: their env must not install it."""
+    _, pip = env_entries(REPO / "envs" / "analysis.yaml")
+    names = {canonicalize_name(Requirement(e).name) for e in pip if not e.startswith("-e ")}
+    assert not names & {"torch", "transformers", "accelerate"}, names
+
+
+def test_every_rule_names_an_env_that_exists():
+    envs = set()
+    for smk in (REPO / "rules").glob("*.smk"):
+        envs |= set(re.findall(r'conda:\s*\n\s*"([^"]+)"', smk.read_text()))
+    assert envs, "no rule names a conda env"
+    for rel in envs:
+        assert (REPO / "rules" / rel).resolve().exists(), f"a rule names {rel}, which does not exist"
 
 
 def test_running_python_is_supported():
