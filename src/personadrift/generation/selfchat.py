@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -30,9 +31,11 @@ from personadrift.generation.dialog import (
     probe_messages,
     user_messages,
 )
-from personadrift.interventions.settings import Setting
 from personadrift.seeding import derive_seed, rng
 from personadrift.storage import atomic_write_json, read_json
+
+if TYPE_CHECKING:  # settings come from a later stage; used here as types only
+    from personadrift.interventions.settings import Setting
 
 log = logging.getLogger(__name__)
 
