@@ -60,3 +60,49 @@ def test_power_at_paper_scale_and_coverage_under_drift():
     res = sim.check(design, studies=40, method="t", round_means=False).set_index("claim")
     assert res.loc["drift (agent)", "significant_rate"] >= 0.95
     assert abs(res.loc["drift (agent)", "coverage"] - NOMINAL) <= 0.1  # 40 studies: SE about 0.035
+
+
+def test_a_simulated_study_runs_through_the_workflow_steps(tmp_path):
+    """Transcripts -> the score step -> the drift-table step -> the drift figure, with a control."""
+    import json
+
+    from personadrift.figures import draw
+    from personadrift.steps.score import drift_tables, score
+
+    design = sim.drifting(12, drop=2.0, effects={"none": 0.0, "control": 0.0})
+    dirs = sim.write_study(design, seed=3, out_dir=tmp_path)
+    config = {"study": "sim", "seed": 0, "model": {"name": "simulated"},
+              "selfchat": {"runs": design.runs, "user_system_prompt": True},
+              "scoring": {"english_fluency_gate": False, "confidence": 0.9, "resamples": 200,
+                          "bootstrap_unit": "conversation", "method": "t"}}
+    csvs = []
+    for s, d in dirs.items():
+        csvs.append(tmp_path / f"{s}.csv")
+        score(config, [d], csvs[-1])
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps({"personas": [{"id": "p"}], "dropped": [], "rule": "all kept"}))
+    t = {k: tmp_path / f"{k}.csv" for k in ("by_round", "change")}
+    drift_tables(config, csvs, pool, t["by_round"], t["change"], tmp_path / "study.json")
+    ch = pd.read_csv(t["change"])
+    assert set(ch["setting"]) == {"none", "control"} and (ch["n_comparisons"] == 4).all()
+    assert (ch["first_round"] == 0).all() and (ch["method"] == "t").all()
+    out = tmp_path / "drift.png"
+    draw("drift_over_rounds", [str(t["by_round"]), str(t["change"]), str(tmp_path / "study.json")], [str(out)])
+    assert out.stat().st_size > 10_000
+
+
+def test_example_dialog_handles_round_zero(tmp_path):
+    from personadrift.figures import draw
+    from personadrift.steps.figures import example_dialog
+    from personadrift.steps.score import score
+
+    dirs = sim.write_study(sim.drifting(4, rounds=2, drop=2.0), seed=0, out_dir=tmp_path)
+    csv = tmp_path / "none.csv"
+    score({"scoring": {"english_fluency_gate": False}}, [dirs["none"]], csv)
+    out = tmp_path / "example.json"
+    example_dialog({"model": {"name": "simulated"}}, csv, [dirs["none"]], out)
+    ex = __import__("json").loads(out.read_text())
+    assert [r["round"] for r in ex["rounds"]] == [0, 1, 2] and ex["rounds"][0]["agent"] is None
+    assert ex["rounds"][1]["agent"] == "utterance 1" and ex["rounds"][1]["user_next"] == "utterance 2"
+    assert "round 0" in ex["rule"]
+    draw("example_dialog", [str(out)], [str(tmp_path / "example.png")])

@@ -77,6 +77,7 @@ class Design:
 def drifting(conversations: int, *, rounds: int = 4, start: float = 0.5, drop: float = 0.0, **kw) -> Design:
     """A design whose stability centre falls linearly on the logit scale by ``drop`` (logits) over the dialog."""
     lg = _logit(start) - drop * np.arange(rounds + 1) / rounds
+    kw.setdefault("adoption", (0.1,) * (rounds + 1))
     return Design(conversations=conversations, rounds=rounds, stability=tuple(_sigmoid(lg)), **kw)
 
 
