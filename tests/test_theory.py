@@ -144,3 +144,78 @@ def test_within_association_degenerate_inputs():
     assert np.isnan(within_conversation_association(one)["slope"])
     assert np.isnan(within_conversation_association(pd.DataFrame(
         {"conversation": [], "round": [], "prompt_share": [], "score": []}))["slope"])
+
+
+def _tidy(seed: int = 0, convs: int = 4, length: int = 300):
+    """Recorder-shaped rows: layer 0 follows the sink-apart dilution model, layer 1 does not."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for conv in range(convs):
+        pos = np.arange(20, 20 + length)
+        n = pos - 10.0  # other keys visible, the sink included
+        for layer in (0, 1):
+            for head in (0, 1):
+                lsp = np.log(4.0) + 0.02 * rng.normal(size=pos.size)
+                if layer == 0:
+                    S_0, S_rest = 3.0, 0.02 * (n - 1) * np.exp(0.02 * rng.normal(size=pos.size))
+                else:  # the prompt share wanders at random, unrelated to n
+                    S_0, S_rest = 1.0, np.exp(rng.normal(1.0, 1.0, size=pos.size))
+                S_o = S_0 + S_rest
+                total = np.exp(lsp) + S_o
+                rows.append(pd.DataFrame({
+                    "conversation": conv, "position": pos, "entry": pos // 40, "round": pos // 80 + 1,
+                    "speaker": np.where((pos // 40) % 2, "agent", "user"), "layer": layer, "head": head,
+                    "prompt_share": np.exp(lsp) / total, "first_share": S_0 / total,
+                    "log_S_prompt": lsp, "log_S_other": np.log(S_o), "n_other": n}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_dilution_fit_scores_held_out_conversations_and_says_where_it_holds(tmp_path):
+    from personadrift.analysis.attention import dilution_fit, layer_verdicts, per_round, per_token
+    from personadrift.figures import draw
+    from personadrift.figures.attention import theory_verdict
+
+    tidy = _tidy()
+    curve, fits = dilution_fit(tidy)
+    assert set(curve["conversation"]) == {2, 3} and not fits["in_sample"].any()
+    assert (fits["fit_conversations"] == 2).all() and (fits["heldout_conversations"] == 2).all()
+    v = layer_verdicts(fits).set_index("layer")
+    assert v.loc[0, "explained"] and not v.loc[1, "explained"]
+    l0 = fits[fits["layer"] == 0]
+    assert np.allclose(l0["S_0"], 3.0, rtol=0.05) and np.allclose(l0["c"], 0.02, rtol=0.05)
+    text = theory_verdict(fits)
+    assert "explains the decay in layers 0" in text and "not in layers 1" in text
+    paths = {k: tmp_path / f"{k}.csv" for k in ("curve", "fits", "tok")}
+    curve.to_csv(paths["curve"], index=False)
+    fits.to_csv(paths["fits"], index=False)
+    (tmp_path / "syn.json").write_text(__import__("json").dumps(synthetic_check(0, n_queries=64)))
+    draw("theory_attention_decay", [str(paths["curve"]), str(paths["fits"]), str(tmp_path / "syn.json")],
+         [str(tmp_path / "theory.png")])
+    # the attention decay figure reads its confidence from the table
+    per_token(tidy).assign(confidence=0.8).to_csv(paths["tok"], index=False)
+    lay = tidy.groupby(["layer", "round"], as_index=False)["prompt_share"].mean()
+    lay.to_csv(tmp_path / "lay.csv", index=False)
+    draw("attention_decay", [str(paths["tok"]), str(tmp_path / "lay.csv")], [str(tmp_path / "decay.png")])
+    assert per_round(tidy)["round"].nunique() == 4
+
+
+def test_attention_vs_stability_step_and_figure(tmp_path):
+    from personadrift.figures import draw
+    from personadrift.steps.attention import attention_vs_stability
+
+    panel = _panel(1.0, 0, G=6, R=4)
+    panel[["conversation", "round", "prompt_share"]].to_csv(tmp_path / "per_round.csv", index=False)
+    scores = panel.assign(kind="agent", setting="none")[["setting", "conversation", "round", "kind", "score"]]
+    scores = __import__("pandas").concat([scores, scores.assign(round=0, score=0.9).drop_duplicates("conversation")])
+    scores.to_csv(tmp_path / "scores.csv", index=False)
+    cfg = {"scoring": {"confidence": 0.9}, "model": {"name": "m"}, "seed": 0}
+    attention_vs_stability(cfg, tmp_path / "per_round.csv", tmp_path / "scores.csv", tmp_path / "j.csv",
+                           tmp_path / "j.json")
+    a = __import__("json").loads((tmp_path / "j.json").read_text())
+    from personadrift.analysis.attention import within_conversation_association
+
+    assert a["n_points"] == 24 and a["confidence"] == 0.9 and a["ci_low"] > 0  # round 0 has no attention row
+    assert a["slope"] == pytest.approx(within_conversation_association(panel)["slope"])
+    draw("attention_vs_stability", [str(tmp_path / "j.csv"), str(tmp_path / "j.json")], [str(tmp_path / "a.png")])
