@@ -109,20 +109,101 @@ def per_round(df: pd.DataFrame, layers="all") -> pd.DataFrame:
     return d.groupby(["conversation", "round"], as_index=False)[["prompt_share", "first_share"]].mean()
 
 
+def split_conversations(conversations) -> tuple[list, list]:
+    """(fit, held out): the first half of the sorted conversations fits, the rest scores.
+
+    With a single conversation both are that conversation (the fit is then scored in sample,
+    which the caption says)."""
+    convs = sorted(set(conversations))
+    if len(convs) < 2:
+        return convs, convs
+    k = (len(convs) + 1) // 2
+    return convs[:k], convs[k:]
+
+
 def dilution_fit(df: pd.DataFrame, layers="all") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit the dilution model per (layer, head); return per-token predicted vs measured and the fits."""
-    from personadrift.analysis.theory import fit_dilution, predicted_share
+    """Fit the dilution model (sink kept apart) per (layer, head) on some conversations, score it
+    on the held-out ones. Returns the per-token predicted vs measured curve of the held-out
+    conversations and one row per (layer, head) with the fit and its held-out r2/rmse."""
+    from personadrift.analysis.theory import fit_dilution, predicted_share, score_fit
 
     d = select_layers(df[df["speaker"] != "system"], layers)
+    fit_convs, test_convs = split_conversations(d["conversation"])
+    in_sample = fit_convs == test_convs
     fits, parts = [], []
     for (layer, head), g in d.groupby(["layer", "head"]):
-        f = fit_dilution(torch.tensor(g["log_S_prompt"].to_numpy()), torch.tensor(g["log_S_other"].to_numpy()),
-                         torch.tensor(g["n_other"].to_numpy()))
-        fits.append({"layer": layer, "head": head, "S_p": f.S_p, "c": f.c, "r2": f.r2, "rmse": f.rmse, "n": f.n})
-        pred = predicted_share(f.S_p, f.c, g["n_other"].to_numpy())
-        parts.append(pd.DataFrame({"conversation": g["conversation"].to_numpy(), "position": g["position"].to_numpy(),
-                                   "entry": g["entry"].to_numpy(), "measured": g["prompt_share"].to_numpy(),
-                                   "predicted": np.asarray(pred, dtype=float)}))
+        cols = ["log_S_prompt", "log_S_other", "n_other", "first_share"]
+        tr, te = g[g["conversation"].isin(fit_convs)], g[g["conversation"].isin(test_convs)]
+        try:
+            f = fit_dilution(*(tr[c].to_numpy() for c in cols))
+        except ValueError:  # no usable entry for this head (e.g. a very short dialog)
+            continue
+        r2, rmse, n_test = score_fit(f, *(te[c].to_numpy() for c in cols))
+        fits.append({"layer": layer, "head": head, "S_p": f.S_p, "S_0": f.S_0, "c": f.c, "r2_fit": f.r2,
+                     "r2": r2, "rmse": rmse, "n": f.n, "n_heldout": n_test, "in_sample": in_sample,
+                     "fit_conversations": len(fit_convs), "heldout_conversations": len(test_convs)})
+        pred = predicted_share(f.S_p, f.c, np.maximum(te["n_other"].to_numpy() - 1, 0), f.S_0)
+        parts.append(pd.DataFrame({"conversation": te["conversation"].to_numpy(), "position": te["position"].to_numpy(),
+                                   "entry": te["entry"].to_numpy(), "layer": layer,
+                                   "measured": te["prompt_share"].to_numpy(), "predicted": np.asarray(pred, dtype=float)}))
+    if not parts:
+        raise ValueError("dilution_fit: no layer and head has a usable entry")
     both = pd.concat(parts, ignore_index=True)
     curve = both.groupby(["conversation", "position", "entry"], as_index=False)[["measured", "predicted"]].mean()
     return curve, pd.DataFrame(fits)
+
+
+def layer_verdicts(fits: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Per layer: median held-out r2 over heads and whether the model explains that layer's decay
+    (median held-out r2 >= ``threshold``)."""
+    g = fits.groupby("layer")["r2"].median().rename("median_r2").reset_index()
+    g["explained"] = g["median_r2"] >= threshold
+    return g
+
+
+def fixed_effect_residuals(d: pd.DataFrame, columns: list[str]) -> tuple[list[np.ndarray], int]:
+    """Each column minus its least-squares fit on conversation and round indicators; and the rank used."""
+    X = pd.get_dummies(d[["conversation", "round"]].astype(str), drop_first=False).to_numpy(dtype=float)
+    proj = X @ np.linalg.pinv(X)
+    return [d[c].to_numpy(dtype=float) - proj @ d[c].to_numpy(dtype=float) for c in columns], int(np.linalg.matrix_rank(X))
+
+
+def within_conversation_association(joined: pd.DataFrame, *, confidence: float = 0.95, x: str = "prompt_share",
+                                    y: str = "score") -> dict:
+    """How stability moves with prompt attention WITHIN conversations, net of round.
+
+    Both quantities fall with round and differ by persona, so a pooled correlation mixes those
+    trends with any link. Here both are residualised on conversation and round indicators (two-way
+    fixed effects); the slope of the residual score on the residual attention is the within
+    estimate, with a cluster-robust (CR1) standard error over conversations and a t interval on
+    G - 1 degrees of freedom (G conversations). ``partial_r`` is the correlation of the residuals;
+    ``pooled_r`` the naive pooled Pearson r, for contrast.
+    """
+    from scipy import stats as sps
+
+    d = joined[[x, y, "conversation", "round"]].dropna()
+    G = d["conversation"].nunique()
+    out = {"method": "two-way fixed effects (conversation and round), cluster-robust t-interval over conversations",
+           "confidence": confidence, "n_points": len(d), "n_conversations": int(G), "slope": float("nan"),
+           "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan"), "partial_r": float("nan"),
+           "pooled_r": float("nan")}
+    if len(d) > 2 and d[x].std() > 0 and d[y].std() > 0:
+        out["pooled_r"] = float(np.corrcoef(d[x], d[y])[0, 1])
+    (rx, ry), k = fixed_effect_residuals(d, [x, y])
+    if G < 2 or len(d) - k < 2:
+        return out
+    sxx = float(rx @ rx)
+    if sxx <= 1e-12 * max(1.0, float(d[x].to_numpy() @ d[x].to_numpy())):
+        return out
+    slope = float(rx @ ry) / sxx
+    e = ry - slope * rx
+    groups = d["conversation"].to_numpy()
+    meat = sum(float(rx[groups == g] @ e[groups == g]) ** 2 for g in np.unique(groups))
+    n = len(d)
+    var = meat / sxx**2 * G / (G - 1) * (n - 1) / (n - k - 1)
+    se = float(np.sqrt(var))
+    q = sps.t.ppf((1 + confidence) / 2, G - 1)
+    out.update({"slope": slope, "ci_low": slope - q * se, "ci_high": slope + q * se,
+                "p_value": float(2 * sps.t.sf(abs(slope) / se, G - 1)) if se > 0 else float("nan"),
+                "partial_r": float(np.corrcoef(rx, ry)[0, 1]) if ry.std() > 0 else float("nan")})
+    return out

@@ -23,8 +23,15 @@ def example_dialog(example_json: str):
     lines: list[tuple[str, str, str]] = []  # (who, text, colour)
     lines.append(("agent persona", ex["agent"]["system_prompt"], "#1f77b4"))
     lines.append(("user persona", ex["user"]["system_prompt"], "#d62728"))
-    lines.append(("user (topic)", ex["topic"], "#d62728"))
+    topic = ("user (topic)", ex["topic"], "#d62728")
+    if not any(r["agent"] is None for r in ex["rounds"]):
+        lines.append(topic)
     for r in ex["rounds"]:
+        if r["agent"] is None:  # round 0: probed before any dialog, then the topic opens it
+            lines.append((f"  probe before the dialog: {r['probe']}",
+                          f"-> {_clip(r['answer'], 180)}   [score {r['score']:.2f}]", "#555555"))
+            lines.append(topic)
+            continue
         lines.append((f"agent, round {r['round']}", _clip(r["agent"]), "#1f77b4"))
         lines.append((f"  probe: {r['probe']}", f"-> {_clip(r['answer'], 180)}   [score {r['score']:.2f}]", "#555555"))
         if r["user_next"]:

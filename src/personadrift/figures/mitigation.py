@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from personadrift.analysis.stats import describe
 from personadrift.figures import figure
 from personadrift.figures.style import band, caption
 
@@ -18,6 +19,12 @@ def _label(row) -> str:
         return METHOD_LABEL["none"]
     key = {"split_softmax": "k", "repetition": "every", "cfg": "g"}[row["method"]]
     return f"{METHOD_LABEL[row['method']]} ({key}={row['value']:g})"
+
+
+def _method(t: pd.DataFrame) -> tuple[str, float]:
+    """The interval method and confidence the table was made with (older tables: percentile, 0.95)."""
+    method = t["interval_method"].iloc[0] if "interval_method" in t else "percentile"
+    return method, float(t["confidence"].iloc[0]) if "confidence" in t else 0.95
 
 
 @figure("mitigation_over_rounds")
@@ -35,12 +42,16 @@ def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
     ax.set_xticks(sorted(rounds["round"].unique()))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    sig = [f"{_label(r)}: {r['stability_diff']:+.2f} [{r['stability_diff_ci_low']:+.2f}, {r['stability_diff_ci_high']:+.2f}]"
+    how = describe(*_method(trade))
+    sig = [f"{_label(r)}: {r['stability_diff']:+.2f} [{r['stability_diff_ci_low']:+.2f}, "
+           f"{r['stability_diff_ci_high']:+.2f}], Holm p = {r['stability_diff_p_holm']:.3f}"
+           f"{' (significant)' if r['stability_diff_significant'] else ''}"
            for _, r in shown.iterrows() if r["method"] != "none"]
     caption(fig, "Stability per round for no intervention and each method at its chosen setting, on the same "
                  f"conversations (same seeds and persona pairs; n = {int(shown['n_conversations'].max())}); bands: "
-                 "bootstrap CI over conversations. Paired difference from no intervention, mean over rounds, "
-                 "with CI: " + ("; ".join(sig) if sig else "none configured") + ".", width=100)
+                 f"{how}. Paired difference from no intervention, mean over rounds 1 and later, with its {how}; "
+                 f"p-values Holm-adjusted over all {int(trade['n_comparisons'].max())} settings compared: "
+                 + ("; ".join(sig) if sig else "none configured") + ".", width=100)
     return fig
 
 
@@ -66,20 +77,25 @@ def tradeoff_stability_mmlu(tradeoff_csv: str):
     ax.axhline(b["stability"], color="k", lw=0.5, ls=":")
     ax.axvline(b["mmlu_accuracy"], color="k", lw=0.5, ls=":")
     ax.axvline(0.25, color="#999999", lw=0.8, ls="--", label="chance (0.25)")
-    ax.set_xlabel(f"MMLU accuracy (zero-shot, n = {int(b['mmlu_n'])} questions, persona prompt in place)")
+    ax.set_xlabel(f"MMLU accuracy ({b.get('mmlu_form', 'letter')} form, zero-shot, n = {int(b['mmlu_n'])} "
+                  "questions, persona prompt in place)")
     ax.set_ylabel("stability, mean over rounds")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    notes = []
-    lo_acc = t["mmlu_ci_low"] <= 0.25
-    if lo_acc.all():
-        notes.append(f"Every setting's MMLU accuracy is within its CI of chance (0.25); the model picks one letter for "
-                     f"{t['mmlu_top_letter_share'].max():.0%} of questions at most, so capability loss cannot be "
-                     f"measured with this model (mean probability of the correct letter: "
-                     f"{t['mmlu_p_correct'].min():.3f} to {t['mmlu_p_correct'].max():.3f}).")
+    method, conf = _method(t)
+    form = t["mmlu_form"].iloc[0] if "mmlu_form" in t else "letter"
+    notes = [f"MMLU {t['mmlu_form_reason'].iloc[0]}." if "mmlu_form_reason" in t else f"MMLU {form} form."]
+    if (t["mmlu_ci_low"] <= 0.25).all():
+        top = t["mmlu_top_answer_share"].max() if "mmlu_top_answer_share" in t else t["mmlu_top_letter_share"].max()
+        notes.append(f"Every setting's MMLU accuracy is within its CI of chance (0.25); the model picks one answer for "
+                     f"{top:.0%} of questions at most, so capability loss cannot be measured with this model.")
+    sig = t[(t["method"] != "none") & t.get("mmlu_diff_significant", False)]
+    if len(sig):
+        notes.append("MMLU differs from no intervention (Holm-adjusted over the settings) for: "
+                     + ", ".join(_label(r) for _, r in sig.iterrows()) + ".")
     if (t["method"] == "repetition").any():
         notes.append("Repetition cannot act on a single-turn MMLU prompt, so its accuracy equals no intervention.")
     caption(fig, "Stability gained against capability kept: each curve is one method across its grid (labels: grid "
-                 "values), with 95% CIs on both axes (stability: bootstrap over conversations; MMLU: Wilson). "
-                 + " ".join(notes), width=100)
+                 f"values), with {conf:.0%} intervals on both axes (stability, mean over rounds 1 and later: "
+                 f"{describe(method, conf)}; MMLU: Wilson). " + " ".join(notes), width=100)
     return fig

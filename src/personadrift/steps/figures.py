@@ -29,8 +29,10 @@ def example_dialog(config: dict, scores_csv, transcript_dirs: list, out_json) ->
     rounds = []
     for r in sorted(agent.columns):
         probe = next(p for p in rec["probes"] if p["round"] == r and p["kind"] == "agent")
-        rounds.append({"round": int(r), "agent": rec["history"][2 * r - 1], "user_next": rec["history"][2 * r]
-                       if 2 * r < len(rec["history"]) else None, "probe": probe["question"],
+        # round 0 is probed right after the system prompt: no agent turn yet, the topic comes next
+        rounds.append({"round": int(r), "agent": rec["history"][2 * r - 1] if r >= 1 else None,
+                       "user_next": rec["history"][2 * r] if 1 <= r and 2 * r < len(rec["history"]) else None,
+                       "probe": probe["question"],
                        "answer": probe["answers"][0], "score": float(agent.loc[pick, r])})
     atomic_write_json(out_json, {"conversation": pick, "rule": rule, "agent": rec["agent"], "user": rec["user"],
                                  "topic": rec["topic"], "rounds": rounds, "model": config["model"]["name"]})

@@ -66,42 +66,20 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
 
 
 def tradeoff_tables(config: dict, score_csvs: list, mmlu_csvs: list, out_tradeoff, out_rounds) -> None:
-    """Per setting: stability over rounds and MMLU, each with CIs and paired differences."""
-    import numpy as np
-
-    from personadrift.analysis.stats import bootstrap_ci, by_round, paired_vs_baseline
-    from personadrift.capability.mmlu import accuracy_with_ci
+    """Per setting: stability over rounds and MMLU, each with intervals and paired differences."""
+    from personadrift.analysis.stats import by_round
+    from personadrift.analysis.tradeoff import tradeoff_rows
     from personadrift.interventions.settings import chosen_settings, expand_settings
 
     sc = config["scoring"]
-    kw = {"confidence": sc["confidence"], "resamples": sc["resamples"]}
+    kw = {"method": sc.get("method", "t"), "confidence": sc["confidence"], "resamples": sc["resamples"],
+          "seed": config.get("seed", 0)}
     scores = pd.concat([read_table(p) for p in score_csvs], ignore_index=True)
     mmlu = pd.concat([pd.read_csv(p) for p in mmlu_csvs], ignore_index=True)
-    paired = paired_vs_baseline(scores, **kw).set_index("setting")
-    base = mmlu[mmlu["setting"] == "none"].set_index("index")
-    rows = []
+    # the control (user bot without persona) is not a mitigation: it stays out of this comparison
+    settings = [{"name": s.name, "family": s.family, "method": s.method, "value": s.value}
+                for s in expand_settings(config["interventions"]) if s.name != "control"]
     chosen = {"none"} | {s.name for s in chosen_settings(config["interventions"])}
-    for s in expand_settings(config["interventions"]):
-        agent = scores[(scores["setting"] == s.name) & (scores["kind"] == "agent")]
-        per_conv = agent.groupby("conversation")["score"].mean()
-        lo, hi = bootstrap_ci(per_conv, **kw)
-        mm = mmlu[mmlu["setting"] == s.name].set_index("index")
-        acc = accuracy_with_ci(mm.reset_index(), confidence=sc["confidence"])
-        d_acc = (mm["correct"].astype(float) - base["correct"].astype(float)).dropna()
-        dlo, dhi = bootstrap_ci(d_acc, **kw)
-        pc_lo, pc_hi = bootstrap_ci(mm["p_correct"], **kw)
-        rows.append({
-            "setting": s.name, "family": s.family, "method": s.method, "value": s.value,
-            "chosen": s.name in chosen, "stability": float(per_conv.mean()), "stability_ci_low": lo, "stability_ci_high": hi,
-            "stability_diff": paired.loc[s.name, "diff_vs_baseline"] if s.name in paired.index else np.nan,
-            "stability_diff_ci_low": paired.loc[s.name, "ci_low"] if s.name in paired.index else np.nan,
-            "stability_diff_ci_high": paired.loc[s.name, "ci_high"] if s.name in paired.index else np.nan,
-            "mmlu_accuracy": acc["accuracy"], "mmlu_ci_low": acc["ci_low"], "mmlu_ci_high": acc["ci_high"],
-            "mmlu_diff": float(d_acc.mean()), "mmlu_diff_ci_low": dlo, "mmlu_diff_ci_high": dhi,
-            "mmlu_p_correct": float(mm["p_correct"].mean()), "mmlu_p_correct_ci_low": pc_lo,
-            "mmlu_p_correct_ci_high": pc_hi, "mmlu_n": acc["n"],
-            "mmlu_top_letter_share": float(mm["predicted"].value_counts(normalize=True).max()),
-            "n_conversations": int(per_conv.size),
-        })
-    write_table(pd.DataFrame(rows), out_tradeoff)
-    write_table(by_round(scores[scores["kind"] == "agent"], unit=sc["bootstrap_unit"], **kw), out_rounds)
+    write_table(tradeoff_rows(settings, chosen, scores, mmlu, **kw), out_tradeoff)
+    agent = scores[(scores["kind"] == "agent") & (scores["setting"] != "control")]
+    write_table(by_round(agent, unit=sc["bootstrap_unit"], **kw), out_rounds)

@@ -26,8 +26,11 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
     from personadrift.analysis.stats import by_round, change_over_dialog
 
     sc = config["scoring"]
+    # the baseline's scores and, when the DAG passes them, the control setting's (user bot
+    # without persona): both curves go in one figure, and Holm runs over all their drift claims
     scores = pd.concat([read_table(p) for p in score_csvs], ignore_index=True)
-    kw = {"confidence": sc["confidence"], "resamples": sc["resamples"]}
+    kw = {"method": sc.get("method", "t"), "confidence": sc["confidence"], "resamples": sc["resamples"],
+          "seed": config.get("seed", 0)}
     write_table(by_round(scores, unit=sc["bootstrap_unit"], **kw), out_by_round)
     write_table(change_over_dialog(scores, **kw), out_change)
     pool = read_json(pool_json)
@@ -36,6 +39,8 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
         "model": config["model"]["name"],
         "conversations": int(scores["conversation"].nunique()),
         "rounds": int(scores["round"].max()),
+        "round_zero": bool((scores["round"] == 0).any()),
+        "settings": sorted(scores["setting"].unique()),
         "runs": config["selfchat"]["runs"],
         "user_system_prompt": config["selfchat"]["user_system_prompt"],
         "personas_kept": [p["id"] for p in pool["personas"]],
@@ -43,6 +48,7 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
         "persona_rule": pool["rule"],
         "confidence": sc["confidence"],
         "bootstrap_unit": sc["bootstrap_unit"],
+        "method": kw["method"],
         "judge_errors": int(scores["error"].notna().sum()),  # empty cells read as NaN
     }
     atomic_write_json(out_study, study)

@@ -1,0 +1,134 @@
+"""Intervals, Holm adjustment, drift and trade-off tables (analysis.stats, analysis.tradeoff)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from personadrift.analysis import stats
+from personadrift.analysis.tradeoff import choose_form, mmlu_form, tradeoff_rows
+
+
+def test_t_interval_matches_the_textbook_formula():
+    x = np.array([0.1, -0.3, 0.5, 0.2, 0.0, -0.1, 0.4, 0.3])
+    iv = stats.mean_interval(x, method="t", confidence=0.9)
+    se = x.std(ddof=1) / np.sqrt(len(x))
+    q = sps.t.ppf(0.95, len(x) - 1)
+    assert iv.mean == pytest.approx(x.mean())
+    assert (iv.low, iv.high) == pytest.approx((x.mean() - q * se, x.mean() + q * se))
+    assert iv.p_value == pytest.approx(sps.ttest_1samp(x, 0).pvalue)
+
+
+def test_signflip_is_exact_for_small_n():
+    # all 8 positive: only the identity and the all-flipped pattern are as extreme -> p = 2 / 2**8
+    x = np.arange(1.0, 9.0)
+    iv = stats.mean_interval(x, method="signflip")
+    assert iv.p_value == pytest.approx(2 / 256)
+    assert iv.low < x.mean() < iv.high
+    # the interval is where the test does not reject: its edges are rejected just outside
+    signs = stats._sign_patterns(8, 0, 0)
+    assert stats._signflip_p(x, iv.low - 0.05, signs) <= 0.05 < stats._signflip_p(x, iv.low + 0.05, signs)
+
+
+@pytest.mark.parametrize("method", stats.METHODS)
+def test_every_method_brackets_the_mean_and_degenerate_inputs(method):
+    x = np.random.default_rng(0).normal(0.3, 1, 30)
+    iv = stats.mean_interval(x, method=method, resamples=500)
+    assert iv.low < iv.mean < iv.high and 0 <= iv.p_value <= 1 and iv.method == method
+    one = stats.mean_interval([0.4, np.nan], method=method)
+    assert one.n == 1 and np.isnan(one.low) and np.isnan(one.p_value)
+    same = stats.mean_interval([0.0] * 5, method=method)
+    assert (same.low, same.high, same.p_value) == (0.0, 0.0, 1.0)
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown interval method 'z'"):
+        stats.mean_interval([1, 2], method="z")
+
+
+def test_holm_against_hand_computation():
+    p = [0.01, 0.04, 0.03, np.nan, 0.5]
+    # sorted 0.01, 0.03, 0.04, 0.5 with multipliers 4, 3, 2, 1 then running max
+    assert stats.holm(p) == pytest.approx([0.04, 0.09, 0.09, np.nan, 0.5], nan_ok=True)
+    assert np.isnan(stats.holm([np.nan])).all()
+
+
+def _scores(n=10, rounds=(0, 1, 2), drop=0.3, seed=0, context=None):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(n):
+        level = rng.uniform(0.4, 0.9)
+        for r in rounds:
+            for kind in ("agent", "user"):
+                for s in range(2):
+                    v = level - drop * r / max(rounds) if kind == "agent" else 0.1
+                    rows.append({"setting": "none", "conversation": c, "round": r, "kind": kind, "sample": s,
+                                 "score": float(np.clip(v + rng.normal(0, 0.02), 0, 1))})
+    df = pd.DataFrame(rows)
+    if context is not None:
+        df["context"] = context(df)
+    return df
+
+
+def test_change_is_measured_from_round_zero_and_holm_adjusted():
+    ch = stats.change_over_dialog(_scores(), confidence=0.95).set_index("kind")
+    assert (ch["first_round"] == 0).all() and (ch["last_round"] == 2).all()
+    assert ch.loc["agent", "change"] == pytest.approx(-0.3, abs=0.02)
+    assert ch.loc["agent", "significant"] and ch.loc["agent", "ci_high"] < 0
+    assert (ch["n_comparisons"] == 2).all()
+    assert ch.loc["agent", "p_holm"] == pytest.approx(min(1, 2 * ch["p_value"].min()))
+    # a table without round 0 starts at its first round
+    no0 = stats.change_over_dialog(_scores(rounds=(1, 2, 3)))
+    assert (no0["first_round"] == 1).all()
+
+
+def test_by_round_counts_context_problems_and_accepts_tables_without_the_column():
+    flag = _scores(context=lambda d: np.where((d["round"] == 2) & (d["conversation"] == 0), "truncated", "ok"))
+    br = stats.by_round(flag).set_index(["kind", "round"])
+    assert br.loc[("agent", 2), "context_not_ok"] == 2 and br.loc[("agent", 1), "context_not_ok"] == 0
+    plain = stats.by_round(_scores())
+    assert (plain["context_not_ok"] == 0).all()
+    assert ((plain["ci_low"] >= 0) & (plain["ci_high"] <= 1)).all()
+    empty_ctx = stats.by_round(_scores(context=lambda d: np.full(len(d), np.nan)))
+    assert (empty_ctx["context_not_ok"] == 0).all()
+
+
+def _mmlu(letter_acc, cloze_acc, settings=("none", "ss-k0.5"), n=200, legacy=False):
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in settings:
+        for i in range(n):
+            row = {"setting": s, "index": i, "subject": "x", "answer": "A"}
+            lc, cc = rng.random() < letter_acc, rng.random() < cloze_acc
+            if legacy:
+                row.update({"correct": lc, "p_correct": 0.3, "predicted": "A"})
+            else:
+                row.update({"letter_correct": lc, "letter_p_correct": 0.3, "letter_predicted": "A",
+                            "cloze_correct": cc, "cloze_p_correct": 0.4, "cloze_predicted": "B"})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_mmlu_form_choice_uses_the_form_above_chance():
+    form, why = choose_form(_mmlu(0.22, 0.45), 0.95)
+    assert form == "cloze" and "above chance" in why
+    assert choose_form(_mmlu(0.6, 0.45), 0.95)[0] == "letter"
+    form, why = choose_form(_mmlu(0.22, 0.26), 0.95)
+    assert "cannot be measured" in why
+    legacy = _mmlu(0.6, 0, legacy=True)
+    assert mmlu_form(legacy, "cloze") is None and choose_form(legacy, 0.95)[0] == "letter"
+
+
+def test_tradeoff_rows_pair_settings_and_name_the_form():
+    sc = _scores()
+    sc2 = sc.assign(setting="ss-k0.5", score=np.clip(sc["score"] + 0.2 * (sc["round"] >= 1), 0, 1))
+    scores = pd.concat([sc, sc2], ignore_index=True)
+    settings = [{"name": "none", "family": "none", "method": "none", "value": None},
+                {"name": "ss-k0.5", "family": "ss", "method": "split_softmax", "value": 0.5}]
+    t = tradeoff_rows(settings, {"none", "ss-k0.5"}, scores, _mmlu(0.2, 0.5), confidence=0.9).set_index("setting")
+    assert (t["mmlu_form"] == "cloze").all()
+    assert t.loc["ss-k0.5", "stability_diff"] > 0.1 and t.loc["ss-k0.5", "stability_diff_significant"]
+    assert t.loc["none", "stability_diff"] == 0 and np.isnan(t.loc["none", "stability_diff_p"])
+    assert (t["confidence"] == 0.9).all() and (t["interval_method"] == "t").all() and (t["n_comparisons"] == 1).all()
