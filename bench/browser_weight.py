@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             for name, frag in (("index", ""), ("index_sorted_filtered", "#/?sort=a8&category=pattern&compliant=yes"),
                                ("conversation", "#/conv/none/0"), ("compare_all_settings", "#/compare/0"),
                                ("judge_audit", "#/judge/persona-000"), ("judge_index", "#/judge")):
-                dom, wall = dump_dom(exe, url + frag, budget_ms=10000, timeout=300)
+                dom, wall = dump_dom(exe, url + frag, timeout=300)
                 result[f"chromium_{name}_ready_ms"] = ready_ms(dom)
                 result[f"chromium_{name}_process_s"] = round(wall, 2)
         else:

@@ -321,3 +321,67 @@ def test_judge_audit_and_personas_views(study, chromium):
     assert {e["data-persona"]: e["data-kept"] for e in doc.find("tr", data_persona=True)}["all-caps"] == "false"
     dom, _ = dump_dom(chromium, (study["out"] / "index.html").as_uri() + "#/conv/none/99")
     assert "No conversation 99 under setting none" in dom  # a bad link says so instead of showing nothing
+
+
+# ---------- the smoke study, from the real workflow ----------
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run([str(bin_dir / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                           "--configfile", str(REPO / "configs/smoke.yaml"), *args],
+                          capture_output=True, text=True, env=env, cwd=workdir)
+    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke_run(request, tmp_path_factory):
+    """The smoke workflow's working folder (figures/all builds the browser). Uses a shared
+    session fixture ``smoke`` when tests/conftest.py provides one, so the workflow runs once per
+    test session; otherwise runs it here."""
+    try:
+        return Path(request.getfixturevalue("smoke"))
+    except pytest.FixtureLookupError:
+        work = tmp_path_factory.mktemp("smoke-browser")
+        _snakemake(work, "--cores", "2", "figures/all")
+        return work
+
+
+@pytest.mark.slow
+def test_smoke_study_browser_in_chromium_screenshot_and_report(smoke_run, chromium, tmp_path):
+    import zipfile
+
+    import pandas as pd
+
+    out = smoke_run / "results/smoke/browser"
+    sc = pd.concat([read_table(p) for p in sorted((smoke_run / "results/smoke/scores").glob("*.csv"))])
+    expected = sorted({(s, int(c)) for s, c in zip(sc["setting"], sc["conversation"])})
+    assert len(expected) == 3 * 4  # 3 conversations x 4 settings in the smoke config
+
+    doc = render(chromium, out)
+    assert sorted((r["data-setting"], int(r["data-conv"])) for r in doc.find("tr", class_="conv-row")) == expected
+    assert doc.find("p", id="count")[0]["text"].strip() == "of 12 conversations"
+    doc = render(chromium, out, "#/?setting=none")
+    assert sorted(int(r["data-conv"]) for r in doc.find("tr", class_="conv-row")) == [0, 1, 2]
+
+    doc = render(chromium, out, "#/conv/none/1")
+    one = sc[(sc.setting == "none") & (sc.conversation == 1)].sort_values(["round", "kind", "sample"])
+    assert [float(e["data-score"]) for e in doc.find("span", class_="sample-score")] == pytest.approx(list(one["score"]))
+    doc = render(chromium, out, "#/compare/1")
+    heads = [e["data-setting"] for e in doc.find("th", data_setting=True)]
+    assert heads[0] == "none" and sorted(heads) == sorted(set(sc["setting"]))  # config order, baseline first
+
+    shot = screenshot(chromium, (out / "index.html").as_uri(), REPO / "docs" / "browser.png", size=(1400, 1000))
+    assert shot.stat().st_size > 10_000
+
+    # the report carries the browser folder (index plus every data file), and it works from there
+    _snakemake(smoke_run, "--report", str(tmp_path / "report.zip"))
+    with zipfile.ZipFile(tmp_path / "report.zip") as z:
+        z.extractall(tmp_path / "report")
+    index = [p for p in (tmp_path / "report").rglob("index.html") if (p.parent / "data" / "c").is_dir()]
+    assert len(index) == 1 and len(list(index[0].parent.glob("data/c/*/*.js"))) == 12
+    doc = render(chromium, index[0].parent, "#/conv/cfg-g1.5/2")
+    assert len(doc.find("span", class_="sample-score")) == 2 * 2 * 2

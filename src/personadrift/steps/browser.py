@@ -22,7 +22,9 @@ def browser(config: dict | None, transcript_dirs: list, score_csvs: list, out_di
 def study_inputs(results_dir) -> dict:
     """A finished study folder's inputs (``personadrift browser --results results/<study>``)."""
     root = Path(results_dir)
-    transcripts = sorted(p for p in (root / "transcripts").glob("*/shard-*") if p.is_dir())
+    # the baseline first, then the length-only control, then the other settings by name
+    order = lambda p: (p.parent.name != "none", p.parent.name != "control", p.parent.name, p.name)  # noqa: E731
+    transcripts = sorted((p for p in (root / "transcripts").glob("*/shard-*") if p.is_dir()), key=order)
     if not transcripts:
         raise InputError(root, "transcripts", "no transcripts/<setting>/shard-N folders in this results folder")
     pool, cal = root / "personas.json", root / "tables" / "calibration_by_persona.csv"

@@ -138,7 +138,7 @@
       pa.filter(Boolean).map((p) => svg('circle', { class: 'agent', cx: p[0], cy: p[1], r: 1.6, fill: 'none', stroke: 'currentColor' })));
   }
   function driftChart(kind, title) {
-    const w = 420, h = 220, pad = 30;
+    const w = 300, h = 190, pad = 28;
     const g = svg('svg', { class: 'chart', width: w, height: h, viewBox: '0 0 ' + w + ' ' + h, 'data-kind': kind });
     add(g, [svg('text', { x: pad, y: 12 }, title),
       svg('line', { class: 'axis', x1: pad, x2: pad, y1: pad, y2: h - pad }),
@@ -216,6 +216,10 @@
     const firstRound = D.rounds.length ? D.rounds[0] : '?';
     add(app, [
       el('h1', {}, 'Study ', el('code', {}, D.study || '?'), D.model ? [' \u00b7 model ', el('code', {}, D.model)] : null),
+      el('p', { id: 'pool' }, 'Personas: ', el('b', {}, D.personas.filter((p) => p.kept === true).length + ' kept'), ', ',
+        D.personas.filter((p) => p.kept === false).length + ' dropped', D.pool_rule ? ' (rule: ' + D.pool_rule + ')' : '', ' \u2014 ',
+        el('a', { href: link('personas') }, 'which, and why'), '.'),
+      el('div', { class: 'overview' },
       el('div', { class: 'card' },
         el('h2', {}, 'Settings'),
         el('table', { id: 'settings' },
@@ -224,7 +228,7 @@
           D.settings.map((s, i) => {
             const a = DRIFT[i].agent.filter((x) => x !== null);
             return el('tr', { 'data-setting': s.name },
-              el('td', {}, el('span', { class: 'swatch', style: 'background:' + colour(i) }), el('a', { href: link('index', [], { setting: s.name }) }, s.name)),
+              el('td', { class: 'nowrap' }, el('span', { class: 'swatch', style: 'background:' + colour(i) }), el('a', { href: link('index', [], { setting: s.name }) }, s.name)),
               el('td', {}, s.family || ''), el('td', {}, s.method || ''), el('td', {}, s.value === null || s.value === undefined ? '' : String(s.value)),
               el('td', { class: 'num' }, String(s.n)), el('td', { class: 'num' }, fmt(a[0])), el('td', { class: 'num' }, fmt(a[a.length - 1])),
               el('td', {}, sparkline(DRIFT[i].agent, DRIFT[i].user)));
@@ -232,9 +236,9 @@
         el('p', { class: 'muted small' }, 'Judge scores in [0, 1]. Stability: the agent answers its own persona\u2019s probe (solid); adoption: it answers the user persona\u2019s probe (dashed). ',
           'Curves: per round, the mean over conversations of each conversation\u2019s mean over probe samples (the drift figure\u2019s points, without CIs).')),
       el('div', { class: 'card' },
-        el('h2', {}, 'Drift per round \u2014 click a point to list the conversations behind it, lowest score first'),
+        el('h2', {}, 'Drift per round'), el('p', { class: 'muted small' }, 'Click a point to list the conversations behind it, lowest score first.'),
         el('div', { class: 'charts' }, driftChart('agent', 'stability (own persona)'), driftChart('user', 'adoption (user persona)')),
-        el('div', { class: 'legend small' }, D.settings.map((s, i) => el('span', {}, el('span', { class: 'swatch', style: 'background:' + colour(i) }), s.name)))),
+        el('div', { class: 'legend small' }, D.settings.map((s, i) => el('span', {}, el('span', { class: 'swatch', style: 'background:' + colour(i) }), s.name))))),
       el('form', { class: 'filters', onsubmit: (e) => e.preventDefault() },
         sel('setting', [['', 'all']].concat(D.settings.map((s) => [s.name, s.name])), 'setting'),
         sel('category', [['', 'all']].concat(cats.map((c) => [c, c])), 'agent category'),
