@@ -89,7 +89,7 @@ def synthetic_study(root: Path, conversations: int, settings: list[str], rounds:
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows[s]).to_csv(path, index=False)
         scores.append(path)
-    dirs = sorted((root / "transcripts").glob("*/shard-*"))
+    dirs = [d for s in settings for d in sorted((root / "transcripts" / s).glob("shard-*"))]  # config order
     return dirs, scores
 
 

@@ -309,6 +309,8 @@ def test_compare_view_puts_every_setting_side_by_side(study, chromium):
     assert heads == list(SETTINGS)
     texts = [e["text"] for e in doc.find("div", class_="text")]
     assert "AGENT REPLY TWO none" in texts and "AGENT REPLY TWO split-k0.5" in texts
+    doc = render(chromium, study["out"], "#/compare/0?only=split-k0.5")  # a chosen subset of settings
+    assert [e["data-setting"] for e in doc.find("th", data_setting=True)] == ["split-k0.5"]
 
 
 def test_judge_audit_and_personas_views(study, chromium):

@@ -117,7 +117,7 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
         for m in means:  # per-round means aligned with the study's rounds (null where none)
             for kind, col in (("agent", "as"), ("user", "us")):
                 convs[col].append([None if r not in m[kind] else round(m[kind][r], 4) for r in rounds])
-        summaries = audit.summaries()
+        summaries = sorted(audit.summaries(), key=lambda a: personas.pos[a["persona"]])
         for summary in summaries:
             idx = personas.pos[summary["persona"]]
             summary["p"] = idx

@@ -175,14 +175,14 @@ class JudgeAudit:
 
     def add(self, persona: dict, question: str, answer: dict, where: dict) -> None:
         a = self.personas.setdefault(persona["id"], {
-            "persona": persona, "question": question, "scores": [], "errors": 0,
+            "persona": persona, "question": question, "scores": [], "errors": 0, "unscored": 0,
             "top": [], "bottom": [], "empty": [], "echo": [], "n_empty": 0, "n_echo": 0,
             "empty_scores": [], "echo_scores": [], "seq": 0,
         })
         a["seq"] += 1
         item = {**where, "text": answer["text"], "score": answer["score"], "error": answer["error"]}
-        if answer["score"] is None:
-            a["errors"] += 1
+        if answer["score"] is None:  # a judge that raised, or an answer no score table covers
+            a["errors" if answer["error"] else "unscored"] += 1
             return
         s = answer["score"]
         a["scores"].append(s)
@@ -203,7 +203,7 @@ class JudgeAudit:
             for s in sc:
                 hist[min(HIST_BINS - 1, max(0, int(s * HIST_BINS)))] += 1
             out.append({
-                "persona": pid, "n": len(sc), "errors": a["errors"],
+                "persona": pid, "n": len(sc), "errors": a["errors"], "unscored": a["unscored"],
                 "mean": _rounded(sum(sc) / len(sc)) if sc else None,
                 "min": _rounded(min(sc)) if sc else None, "max": _rounded(max(sc)) if sc else None,
                 "hist": hist, "n_empty": a["n_empty"], "n_echo": a["n_echo"],

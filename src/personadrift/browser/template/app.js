@@ -386,10 +386,18 @@
     }, (err) => fail(err.message));
   }
 
-  function viewCompare(args) {
+  function viewCompare(args, q) {
     const c = Number(args[0]);
-    const rows = ROWS.filter((r) => r.c === c).sort((a, b) => a.s - b.s);
-    if (!rows.length) return fail('No conversation ' + args[0] + ' in this study.');
+    const all = ROWS.filter((r) => r.c === c).sort((a, b) => a.s - b.s);
+    if (!all.length) return fail('No conversation ' + args[0] + ' in this study.');
+    const only = q.only ? q.only.split(',') : null; // a chosen subset of settings, in the URL
+    const shown = (r) => !only || only.includes(settingName(r.s));
+    const rows = all.filter(shown).length ? all.filter(shown) : all;
+    const picker = el('p', { class: 'small', id: 'pick' }, 'Settings shown: ', all.map((r) => el('label', { class: 'nowrap' },
+      el('input', { type: 'checkbox', value: settingName(r.s), checked: rows.includes(r), onchange: () => {
+        const on = [...document.querySelectorAll('#pick input:checked')].map((x) => x.value);
+        location.hash = link('compare', [c], { only: on.length === all.length ? '' : on.join(',') });
+      } }), settingName(r.s) + ' ')));
     app.appendChild(el('p', { class: 'muted' }, 'loading ' + rows.length + ' settings\u2026'));
     Promise.all(rows.map((r) => load('c/' + r.s + '/' + c))).then((convs) => {
       app.textContent = '';
@@ -420,6 +428,7 @@
         el('p', {}, 'Same persona pair, topic and sampling seeds under each setting; only the intervention differs. Agent ',
           el('a', { href: link('judge', [base.agent.id]) }, base.agent.id), ', user ', el('a', { href: link('judge', [base.user.id]) }, base.user.id),
           ', topic \u201c' + base.topic + '\u201d.'),
+        picker,
         differs.length ? el('p', { class: 'error' }, 'Warning: ' + differs.map((v) => v.setting.name).join(', ') + ' did not use the same personas, topic or seed as ' + base.setting.name + '.') : null,
         el('div', { class: 'compare' }, el('table', { id: 'compare' },
           el('tr', {}, el('th', { class: 'rowhead' }, ''), convs.map((v, i) => el('th', { 'data-setting': v.setting.name },
@@ -450,7 +459,7 @@
         personaCard(p, 'agent'),
         el('div', { class: 'card' },
           el('p', {}, 'Every probe answer judged against this persona (as the agent\u2019s own persona and as the user persona), all settings: ',
-            el('b', {}, String(summary.n)), ' scored, ' + summary.errors + ' judge errors, mean ' + fmt(summary.mean, 3) + ', range ' + fmt(summary.min) + '\u2013' + fmt(summary.max) + '.'),
+            el('b', {}, String(summary.n)), ' scored, ' + summary.errors + ' judge errors' + (summary.unscored ? ', ' + summary.unscored + ' without a score table row' : '') + ', mean ' + fmt(summary.mean, 3) + ', range ' + fmt(summary.min) + '\u2013' + fmt(summary.max) + '.'),
           histogram(summary.hist, 400, 90),
           el('p', { class: 'muted text' }, 'Probe: ' + a.question)),
         el('h2', {}, 'Highest scored answers'), answers(a.highest, 'highest'),
@@ -523,7 +532,7 @@
     for (const a of document.querySelectorAll('[data-nav]')) {
       a.classList.toggle('active', a.dataset.nav === view || (a.dataset.nav === 'index' && view === 'conv'));
     }
-    const views = { index: () => viewIndex(q), conv: () => viewConv(args), compare: () => viewCompare(args), judge: () => viewJudge(args), personas: viewPersonas };
+    const views = { index: () => viewIndex(q), conv: () => viewConv(args), compare: () => viewCompare(args, q), judge: () => viewJudge(args), personas: viewPersonas };
     (views[view] || (() => fail('Unknown view ' + view)))();
     document.documentElement.dataset.renderMs = (performance.now() - t0).toFixed(1);
     window.scrollTo(0, 0);
