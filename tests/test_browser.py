@@ -189,6 +189,14 @@ def test_bad_input_names_the_file_and_the_field(study, tmp_path):
     atomic_write_json(bad, rec)
     with pytest.raises(InputError, match=r"conv-00000\.json: history"):
         build_browser([bad.parent], [], tmp_path / "out")
+    rec = transcript("none", 0)
+    del rec["probes"][3]["answers"]
+    atomic_write_json(bad, rec)
+    with pytest.raises(InputError, match=r"conv-00000\.json: probes\[3\]\.answers"):
+        build_browser([bad.parent], [], tmp_path / "out")
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match=r"conv-00000\.json: not valid JSON"):
+        build_browser([bad.parent], [], tmp_path / "out")
     scores = tmp_path / "scores.csv"
     scores.write_text("setting,conversation,round,kind,score\nnone,0,1,agent,1.0\n")
     with pytest.raises(InputError, match=r"scores\.csv: sample"):

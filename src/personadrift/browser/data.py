@@ -8,6 +8,7 @@ token counts and no markers, and says so.
 from __future__ import annotations
 
 import heapq
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from personadrift.tables import read_table
 
 SCORE_COLUMNS = ("setting", "conversation", "round", "kind", "sample", "score")
 TRANSCRIPT_KEYS = ("conversation", "agent", "user", "topic", "history", "probes", "setting")
+PROBE_KEYS = ("round", "turn", "kind", "question", "answers")
 COMPLIANT = 0.5  # "started compliant": first scored round's mean agent score >= this
 HIST_BINS = 10
 EXTREMES = 5  # highest and lowest scored answers kept per persona
@@ -64,12 +66,27 @@ def transcript_files(dirs: list) -> list[Path]:
 
 
 def read_transcript(path: Path) -> dict:
-    rec = read_json(path)
+    """One transcript, checked for what the browser reads; a problem names the file and field."""
+    try:
+        rec = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, None, f"not valid JSON ({exc})") from None
     if not isinstance(rec, dict):
         raise InputError(path, None, "not a transcript (expected a JSON object)")
     for key in TRANSCRIPT_KEYS:
         if key not in rec:
             raise InputError(path, key, "key missing from the transcript")
+    for role in ("agent", "user"):
+        if not isinstance(rec[role], dict) or "id" not in rec[role]:
+            raise InputError(path, f"{role}.id", "persona record without an id")
+    if not isinstance(rec["history"], list):
+        raise InputError(path, "history", "expected a list of utterances")
+    for i, p in enumerate(rec["probes"]):
+        for key in PROBE_KEYS:
+            if key not in p:
+                raise InputError(path, f"probes[{i}].{key}", "key missing from the probe")
+        if p["kind"] not in ("agent", "user"):
+            raise InputError(path, f"probes[{i}].kind", f"expected 'agent' or 'user', got {p['kind']!r}")
     return rec
 
 
