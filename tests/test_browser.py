@@ -171,7 +171,7 @@ def test_judge_audit_shows_distribution_extremes_and_empty_answers(study):
     highest = [a["score"] for a in detail["highest"]]
     assert highest == sorted(highest, reverse=True) and len(highest) == 5
     assert detail["lowest"][0]["score"] == rows["score"].min()
-    assert all(a["text"] == "" for a in detail["empty"])
+    assert all(a["text"] == "" and a["empty"] for a in detail["empty"]) and all(a["echo"] for a in detail["echo"])
 
 
 def test_personas_kept_and_why(study):
@@ -327,6 +327,7 @@ def test_judge_audit_and_personas_views(study, chromium):
     doc = render(chromium, study["out"], "#/judge/all-lowercase")
     top = [float(e["data-score"]) for e in doc.find("span", class_="audit-score")]
     assert top[:5] == sorted(top[:5], reverse=True) and len(top) >= 10
+    assert "echoes the question" in [e["text"] for e in doc.find("span", class_="flag")]
     doc = render(chromium, study["out"], "#/personas")
     assert {e["data-persona"]: e["data-kept"] for e in doc.find("tr", data_persona=True)}["all-caps"] == "false"
     dom, _ = dump_dom(chromium, (study["out"] / "index.html").as_uri() + "#/conv/none/99")

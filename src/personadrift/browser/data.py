@@ -197,7 +197,7 @@ class JudgeAudit:
             "empty_scores": [], "echo_scores": [], "seq": 0,
         })
         a["seq"] += 1
-        item = {**where, "text": answer["text"], "score": answer["score"], "error": answer["error"]}
+        item = {**where, **{k: answer[k] for k in ("text", "score", "error", "empty", "echo", "finish_reason")}}
         if answer["score"] is None:  # a judge that raised, or an answer no score table covers
             a["errors" if answer["error"] else "unscored"] += 1
             return

@@ -453,7 +453,8 @@
         el('div', {}, scoreBadge(x.score, { class: 'score audit-score' })),
         el('div', {}, el('div', { class: 'text' }, x.text === '' ? el('i', { class: 'muted' }, '(empty answer)') : x.text),
           el('div', { class: 'meta' }, el('a', { href: link('conv', [settingName(x.s), x.c]) }, settingName(x.s) + ' \u00b7 conversation ' + x.c),
-            ' \u00b7 round ' + x.r + ' \u00b7 ' + (x.k === 'agent' ? 'as agent (stability)' : 'as user persona (adoption)') + ' \u00b7 sample ' + x.i)))) : el('p', { class: 'muted' }, 'none'));
+            ' \u00b7 round ' + x.r + ' \u00b7 ' + (x.k === 'agent' ? 'as agent (stability)' : 'as user persona (adoption)') + ' \u00b7 sample ' + x.i, ' ',
+            markers(x), x.echo ? flag('echoes the question', 'the answer repeats the probe question', 'info') : null)))) : el('p', { class: 'muted' }, 'none'));
       add(app, [
         el('h1', {}, 'Judge audit: ', el('code', {}, pid)),
         personaCard(p, 'agent'),
