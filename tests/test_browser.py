@@ -12,6 +12,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from personadrift.benchmark.scoring import score_records
@@ -93,7 +94,7 @@ def study(tmp_path_factory):
     summary = build_browser(dirs, scores, root / "browser", pool_json=root / "personas.json",
                             calibration_csv=root / "tables" / "calibration_by_persona.csv", study="unit", model="none",
                             caps={"max_new_tokens": 6, "probe_max_new_tokens": 6})
-    table = __import__("pandas").concat([read_table(p) for p in scores])
+    table = pd.concat([read_table(p) for p in scores])
     return {"root": root, "out": root / "browser", "summary": summary, "scores": table, "dirs": dirs}
 
 
@@ -364,8 +365,6 @@ def smoke_run(request, tmp_path_factory):
 @pytest.mark.slow
 def test_smoke_study_browser_in_chromium_screenshot_and_report(smoke_run, chromium, tmp_path):
     import zipfile
-
-    import pandas as pd
 
     out = smoke_run / "results/smoke/browser"
     sc = pd.concat([read_table(p) for p in sorted((smoke_run / "results/smoke/scores").glob("*.csv"))])
