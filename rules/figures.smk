@@ -62,7 +62,8 @@ rule figure:
 
 rule all_figures:
     input:
-        expand("figures/{name}.{ext}", name=FIGURE_TABLES, ext=("pdf", "png")),
+        figures=expand("figures/{name}.{ext}", name=FIGURE_TABLES, ext=("pdf", "png")),
+        browser=f"{R}/browser",
     output:
         "figures/all",
     log:
@@ -78,4 +79,4 @@ rule all_figures:
             }
         ),
     shell:
-        "personadrift manifest --out {output} --figure-tables {params.tables:q} {input} > {log} 2>&1"
+        "personadrift manifest --out {output} --figure-tables {params.tables:q} {input.figures} > {log} 2>&1"

@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-tables", required=True, help="JSON: figure -> tables")
     p.add_argument("figures", nargs="+")
 
+    p = sub.add_parser("browser", help="static transcript and judge browser of a study (open its index.html)")
+    _add_config(p)
+    p.add_argument("--results", help="a study's results folder: finds transcripts, scores, pool and calibration")
+    p.add_argument("--scores", nargs="*", default=[], help="score tables (CSV), one per setting")
+    p.add_argument("--pool", help="persona pool JSON (personas kept and dropped)")
+    p.add_argument("--calibration", help="per-persona calibration summary (CSV)")
+    p.add_argument("--out", help="output folder (default: <results>/browser)")
+    p.add_argument("transcripts", nargs="*", help="transcript folders")
+
     p = sub.add_parser("import-upstream", help="convert the paper's hundred_system_prompts.py into persona YAML")
     p.add_argument("source")
     p.add_argument("--out", required=True)
@@ -156,6 +165,9 @@ def run(args) -> None:
         return
     if cmd == "manifest":
         figure_steps.write_manifest(args.figures, json.loads(args.figure_tables), args.out)
+        return
+    if cmd == "browser":
+        _browser(args)
         return
     if cmd == "import-upstream":
         from personadrift.benchmark.upstream import main as upstream_main
@@ -192,6 +204,26 @@ def run(args) -> None:
         figure_steps.example_dialog(config, args.scores, args.transcripts, args.out)
     elif cmd == "tables":
         score.drift_tables(config, args.scores, args.pool, args.by_round, args.change, args.study)
+
+
+def _browser(args) -> None:
+    from personadrift.steps.browser import browser, study_inputs
+
+    config = _config(args) if args.params or args.config else None
+    if args.results:
+        found = study_inputs(args.results)
+        config = config or {"study": Path(args.results).name}
+    elif args.transcripts:
+        found = {"transcript_dirs": args.transcripts, "score_csvs": args.scores, "pool_json": args.pool,
+                 "calibration_csv": args.calibration}
+    else:
+        raise InputError("(command line)", "--results", "give a results folder or transcript folders")
+    out = args.out or (Path(args.results) / "browser" if args.results else None)
+    if out is None:
+        raise InputError("(command line)", "--out", "the output folder is needed with explicit transcript folders")
+    summary = browser(config, found["transcript_dirs"], found["score_csvs"], out, pool_json=found["pool_json"],
+                      calibration_csv=found["calibration_csv"])
+    print(f"browser: {Path(out) / 'index.html'} ({json.dumps(summary)})")
 
 
 def main(argv: list[str] | None = None) -> int:
