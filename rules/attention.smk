@@ -28,7 +28,7 @@ rule attention:
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         out=lambda wildcards, output: os.path.dirname(output.tokens),
     shell:
-        "{PD} attention --params {params.cfg:q} --model-dir {params.model_dir:q}"
+        "pd attention --params {params.cfg:q} --model-dir {params.model_dir:q}"
         " --threads {threads} --out {params.out:q} {input.transcripts:q} > {log:q} 2>&1"
 
 
@@ -50,6 +50,6 @@ rule attention_vs_stability:
     params:
         cfg=config_provider("scoring", "seed", "model.name"),
     shell:
-        "{PD} attention-vs-stability --params {params.cfg:q} --attention {input.attention:q}"
+        "pd attention-vs-stability --params {params.cfg:q} --attention {input.attention:q}"
         " --scores {input.scores:q} --out {output.joined:q} --correlation {output.correlation:q}"
         " > {log:q} 2>&1"

@@ -44,13 +44,16 @@ try:
 except PersonaDriftError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 
-# The project's command line: on PATH (an activated venv, a conda env), else the one beside
-# the Python running Snakemake (.venv/bin/snakemake without activation).
-PD = (
+# The project's command line, as the shell function `pd` of every rule: personadrift on PATH
+# (an activated venv, a conda env), else the one beside the Python running Snakemake
+# (.venv/bin/snakemake without activation).
+_PD = (
     "personadrift"
     if shutil.which("personadrift")
     else f"{shlex.quote(sys.executable)} -m personadrift"
 )
+# (the prefix is formatted like a shell command: its braces are doubled)
+shell.prefix(f'set -euo pipefail; pd() {{{{ {_PD} "$@"; }}}}; ')
 
 STUDY = config["study"]
 R = f"results/{STUDY}"
@@ -141,3 +144,16 @@ def model_resources():
         mem_mb=lambda wildcards, attempt: res["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: res["runtime_min"] * attempt,
     )
+
+
+def transcripts(setting):
+    """The shard folders of ``setting`` (rules/selfchat.smk)."""
+    return expand(rules.selfchat.output[0], setting=setting, shard=SHARDS)
+
+
+def drift_table_files(setting):
+    """The three drift tables of ``setting`` (by_round, change, study; rules/score.smk)."""
+    return [
+        expand(rules.drift_tables.output[k], setting=setting)[0]
+        for k in ("by_round", "change", "study")
+    ]

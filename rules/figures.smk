@@ -57,7 +57,7 @@ rule figure:
     conda:
         "../envs/personadrift.yaml"
     shell:
-        "{PD} figure {wildcards.name:q} --tables {input:q} --out {output.pdf:q} {output.png:q}"
+        "pd figure {wildcards.name:q} --tables {input:q} --out {output.pdf:q} {output.png:q}"
         " > {log:q} 2>&1"
 
 
@@ -80,4 +80,4 @@ rule all_figures:
             }
         ),
     shell:
-        "{PD} manifest --out {output:q} --figure-tables {params.tables:q} {input.figures:q} > {log:q} 2>&1"
+        "pd manifest --out {output:q} --figure-tables {params.tables:q} {input.figures:q} > {log:q} 2>&1"

