@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from test_workflow import REPO, snakemake
 
@@ -53,6 +54,7 @@ def _start_server():
     return server, url
 
 
+@pytest.mark.slow
 def test_mixed_backends_share_seeds_pairs_and_scoring(tmp_path):
     """Baseline, control and repetition through an OpenAI-compatible server (this project's own
     `personadrift serve`); split-softmax and guidance, which need the model's internals, through
