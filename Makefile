@@ -1,6 +1,9 @@
-# The README's two commands:
-#   make figures   set up the venv, then build figures/all on the embedded default model
-#   make test      set up the venv, then run the whole test suite
+# The README's commands:
+#   make figures              set up the venv, then build figures/all on the embedded default model
+#   make figure NAME=drift_over_rounds   rebuild one figure (PDF and PNG) from its cached tables
+#   make validate CONFIG=configs/paper.yaml   the workflow's own config check, without running anything
+#   make test                 set up the venv, then run the whole test suite
+# No activation needed: every target calls the tools in .venv/bin.
 # Everything is installed from requirements.txt (pinned) into .venv; the model and MMLU are
 # fetched by the workflow itself.
 
@@ -11,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 CORES ?= 2
 
-.PHONY: setup figures test lint report rulegraph clean-results
+.PHONY: setup figures figure validate test lint report rulegraph clean-results
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +27,14 @@ setup: $(VENV)/.installed
 
 figures: setup
 	snakemake figures/all --cores $(CORES)
+
+NAME ?= drift_over_rounds
+CONFIG ?= config.yaml
+figure: setup
+	snakemake figures/$(NAME).pdf figures/$(NAME).png --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(CONFIG))
+
+validate: setup
+	personadrift validate --config $(CONFIG)
 
 test: setup
 	pytest

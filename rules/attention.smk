@@ -24,12 +24,12 @@ rule attention:
     resources:
         **model_resources(),
     params:
-        cfg=stage_params("model", "attention", "seed"),
+        cfg=config_provider("model", "attention", "seed"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         out=lambda wildcards, output: os.path.dirname(output.tokens),
     shell:
-        "personadrift attention --params {params.cfg:q} --model-dir {params.model_dir}"
-        " --threads {threads} --out {params.out} {input.transcripts} > {log} 2>&1"
+        "pd attention --params {params.cfg:q} --model-dir {params.model_dir:q}"
+        " --threads {threads} --out {params.out:q} {input.transcripts:q} > {log:q} 2>&1"
 
 
 localrules:
@@ -38,8 +38,8 @@ localrules:
 
 rule attention_vs_stability:
     input:
-        attention=f"{ATT}/per_round.csv",
-        scores=f"{R}/scores/none.csv",
+        attention=rules.attention.output.per_round,
+        scores=expand(rules.score.output[0], setting="none"),
     output:
         joined=f"{R}/tables/attention_vs_stability.csv",
         correlation=f"{R}/tables/attention_vs_stability.json",
@@ -48,8 +48,8 @@ rule attention_vs_stability:
     conda:
         "../envs/model.yaml"
     params:
-        cfg=stage_params("scoring", "seed", "model"),
+        cfg=config_provider("scoring", "seed", "model.name"),
     shell:
-        "personadrift attention-vs-stability --params {params.cfg:q} --attention {input.attention}"
-        " --scores {input.scores} --out {output.joined} --correlation {output.correlation}"
-        " > {log} 2>&1"
+        "pd attention-vs-stability --params {params.cfg:q} --attention {input.attention:q}"
+        " --scores {input.scores:q} --out {output.joined:q} --correlation {output.correlation:q}"
+        " > {log:q} 2>&1"

@@ -10,9 +10,9 @@ localrules:
 rule browser:
     input:
         transcripts=[d for s in SETTINGS for d in transcripts(s)],
-        scores=expand(f"{R}/scores/{{setting}}.csv", setting=SETTINGS),
-        pool=f"{R}/personas.json",
-        calibration=f"{R}/tables/calibration_by_persona.csv",
+        scores=expand(rules.score.output[0], setting=SETTINGS),
+        pool=rules.select_personas.output.pool,
+        calibration=rules.select_personas.output.summary,
     output:
         report(
             directory(f"{R}/browser"),
@@ -23,10 +23,10 @@ rule browser:
     log:
         f"{LOGS}/browser.log",
     conda:
-        "../envs/personadrift.yaml"
+        "../envs/analysis.yaml"
     params:
-        cfg=stage_params("study", "model", "selfchat"),
+        cfg=config_provider("study", "model.name", "selfchat"),
     shell:
-        "personadrift browser --params {params.cfg:q} --pool {input.pool}"
-        " --calibration {input.calibration} --scores {input.scores} --out {output}"
-        " {input.transcripts} > {log} 2>&1"
+        "pd browser --params {params.cfg:q} --pool {input.pool:q}"
+        " --calibration {input.calibration:q} --scores {input.scores:q} --out {output:q}"
+        " {input.transcripts:q} > {log:q} 2>&1"

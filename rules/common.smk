@@ -1,21 +1,30 @@
-# Validation of the config, paths, and input functions shared by all rule files.
+# Validation of the config, paths, rule params and input functions shared by all rule files.
+# Imports nothing heavy: parsing the DAG (once per cluster job too) loads neither torch nor
+# transformers.
 
 import json
 import os
+import re
+import shlex
+import shutil
+import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-from personadrift.config import (
-    deep_merge,
-    read_yaml,
-    resolve_data_paths,
-    validate_config,
-)
-from personadrift.errors import PersonaDriftError
-from personadrift.generation.selfchat import n_shards
-from personadrift.interventions.settings import expand_settings
-from personadrift.benchmark.personas import load_pool
+try:
+    from personadrift.config import check_config, deep_merge, read_yaml
+    from personadrift.errors import PersonaDriftError
+    from personadrift.generation.selfchat import n_shards
+    from personadrift.interventions.settings import (
+        expand_settings,
+        is_control,
+        mitigation_settings,
+    )
+except ImportError as exc:
+    raise WorkflowError(
+        f"the personadrift package is not importable here ({exc}): run 'make setup', then "
+        "'source .venv/bin/activate' (or call .venv/bin/snakemake), and try again"
+    ) from None
 
 # Without --configfile the embedded default config.yaml is used; --config KEY=VALUE
 # overrides still apply on top. (A configfile: directive would instead merge a user's
@@ -27,23 +36,33 @@ if "model" not in config:
         deep_merge(read_yaml(workflow.source_path("../config.yaml")), _overrides)
     )
 
-# Errors name the user's --configfile (or config.yaml), the key and the problem; persona
-# files are checked here too, so a bad one fails before any model is fetched.
+# The same check as `personadrift validate` (one function): errors name the user's
+# --configfile (or config.yaml), the key and the problem, before any job starts.
 CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config.yaml"
 try:
-    validate_config(config, CONFIG_SOURCE)
-    resolve_data_paths(config, CONFIG_SOURCE, workflow.basedir)
-    load_pool(config)
+    check_config(config, CONFIG_SOURCE, workflow.basedir)
 except PersonaDriftError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
-validate(config, "../src/personadrift/schemas/config.schema.yaml")
+
+# The project's command line, as the shell function `pd` of every rule: personadrift on PATH
+# (an activated venv, a conda env), else the one beside the Python running Snakemake
+# (.venv/bin/snakemake without activation).
+_PD = (
+    "personadrift"
+    if shutil.which("personadrift")
+    else f"{shlex.quote(sys.executable)} -m personadrift"
+)
+# (the prefix is formatted like a shell command: its braces are doubled)
+shell.prefix(f'set -euo pipefail; pd() {{{{ {_PD} "$@"; }}}}; ')
 
 STUDY = config["study"]
 R = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
-MODEL_DIR = f"resources/models/{config['model']['name']}"
-MODEL = f"{MODEL_DIR}/manifest.json"
 SETTINGS = [s.name for s in expand_settings(config["interventions"])]
+# the baseline and the interventions; controls (e.g. the length-only control) have a
+# self-chat and drift tables but no MMLU job and no row in the trade-off
+MITIGATION = [s.name for s in mitigation_settings(config["interventions"])]
+CONTROLS = [s.name for s in expand_settings(config["interventions"]) if is_control(s)]
 SHARDS = list(
     range(
         n_shards(config["selfchat"]["conversations"], config["selfchat"]["shard_size"])
@@ -52,24 +71,69 @@ SHARDS = list(
 
 
 wildcard_constraints:
-    setting="|".join(SETTINGS),
+    setting="|".join(map(re.escape, SETTINGS)),
     shard=r"\d+",
 
 
-def stage_params(*sections):
-    """The config sections a step needs, as JSON: a change to them reruns the step."""
-    return json.dumps({k: config[k] for k in sections}, sort_keys=True)
+# ------------------------------------------------------------------ per-key rule params
+# Each rule's params carry exactly the config keys that change its output (as PyPSA-Eur's
+# config provider): a changed key reruns the rules that read it and nothing else. A key is
+# "section.key"; "section" is the whole section; "section-a,b" is the section without a, b.
+
+# keys of selfchat that shape the dialog, not how one reply is sampled
+DIALOG_KEYS = "conversations,shard_size,turns,runs,user_system_prompt,probe_user_persona,flatten_newlines,probe_max_new_tokens"
+# keys of model that only matter once the weights are loaded
+LOAD_KEYS = "dtype,device_map,fold_system_prompt,max_batch"
+MODEL_KEYS = ("model", "backend", "openai")
+SAMPLING_KEYS = (f"selfchat-{DIALOG_KEYS}",)
 
 
-MODEL_SECTIONS = (
-    "model",
-    "backend",
-    "openai",
-    "seed",
-    "selfchat",
-    "personas",
-    "scoring",
-)
+def config_subset(cfg, *keys):
+    """The nested sub-dict of ``cfg`` holding exactly ``keys``."""
+    out = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        src, dst = cfg, out
+        for p in parents:
+            src, dst = src[p], dst.setdefault(p, {})
+        if "-" in last:  # a section without some of its keys
+            last, drop = last.split("-", 1)
+            dst[last] = {k: v for k, v in src[last].items() if k not in drop.split(",")}
+        else:
+            dst[last] = src[last]
+    return out
+
+
+def config_provider(*keys):
+    """Rule params: the ``keys`` of the config as JSON."""
+    return json.dumps(config_subset(config, *keys), sort_keys=True)
+
+
+def setting_entry(name, *, backend=None):
+    """The config entry of setting ``name`` reduced to that one grid point (the rest of its
+    grid and ``chosen`` change other settings or only the figures)."""
+    s = next(s for s in expand_settings(config["interventions"]) if s.name == name)
+    entry = {
+        k: v for k, v in config["interventions"][s.family].items() if k != "chosen"
+    }
+    if s.impl.grid_key:
+        entry[s.impl.grid_key] = [s.value]
+    if backend:
+        entry["backend"] = backend
+    return {s.family: entry}
+
+
+def setting_params(*keys, backend=None):
+    """Params of a per-setting rule: ``keys`` plus the setting's own entry."""
+
+    def params(wildcards):
+        cfg = config_subset(config, *keys)
+        cfg["interventions"] = setting_entry(wildcards.setting, backend=backend)
+        if backend:
+            cfg["backend"] = backend
+        return json.dumps(cfg, sort_keys=True)
+
+    return params
 
 
 def model_resources():
@@ -83,4 +147,13 @@ def model_resources():
 
 
 def transcripts(setting):
-    return expand(f"{R}/transcripts/{setting}/shard-{{shard}}", shard=SHARDS)
+    """The shard folders of ``setting`` (rules/selfchat.smk)."""
+    return expand(rules.selfchat.output[0], setting=setting, shard=SHARDS)
+
+
+def drift_table_files(setting):
+    """The three drift tables of ``setting`` (by_round, change, study; rules/score.smk)."""
+    return [
+        expand(rules.drift_tables.output[k], setting=setting)[0]
+        for k in ("by_round", "change", "study")
+    ]

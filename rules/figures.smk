@@ -2,34 +2,35 @@
 # figures/all is a manifest of every figure with its sha256 and source tables.
 
 FIGURE_TABLES = {
-    "drift_over_rounds": [
-        f"{R}/tables/none/by_round.csv",
-        f"{R}/tables/none/change.csv",
-        f"{R}/tables/none/study.json",
+    "drift_over_rounds": drift_table_files("none"),
+    "example_dialog": rules.example_dialog.output,
+    "attention_decay": [
+        rules.attention.output.per_token,
+        rules.attention.output.per_layer_round,
     ],
-    "example_dialog": [f"{R}/tables/example_dialog.json"],
-    "attention_decay": [f"{ATT}/per_token.csv", f"{ATT}/per_layer_round.csv"],
-    "attention_vs_stability": [
-        f"{R}/tables/attention_vs_stability.csv",
-        f"{R}/tables/attention_vs_stability.json",
-    ],
+    "attention_vs_stability": rules.attention_vs_stability.output,
     "mitigation_over_rounds": [
-        f"{R}/tables/mitigation_by_round.csv",
-        f"{R}/tables/tradeoff.csv",
+        rules.tradeoff.output.by_round,
+        rules.tradeoff.output.tradeoff,
     ],
-    "tradeoff_stability_mmlu": [f"{R}/tables/tradeoff.csv"],
+    "tradeoff_stability_mmlu": [rules.tradeoff.output.tradeoff],
     "theory_attention_decay": [
-        f"{ATT}/theory_curve.csv",
-        f"{ATT}/theory_fits.csv",
-        f"{ATT}/theory_synthetic.json",
+        rules.attention.output.theory_curve,
+        rules.attention.output.theory_fits,
+        rules.attention.output.theory_synthetic,
     ],
 }
+FIGURE_TABLES = {k: [str(p) for p in v] for k, v in FIGURE_TABLES.items()}
 
 # Attention and MMLU need the model's internals: an API model gets the dialog figures only.
 if config["backend"] == "openai":
     FIGURE_TABLES = {
         k: FIGURE_TABLES[k] for k in ("drift_over_rounds", "example_dialog")
     }
+
+# The drift tables of every control setting (e.g. the length-only control), built with
+# figures/all so the drift figure can be read beside them.
+CONTROL_TABLES = [f for s in CONTROLS for f in drift_table_files(s)]
 
 
 localrules:
@@ -56,14 +57,15 @@ rule figure:
     conda:
         "../envs/model.yaml"
     shell:
-        "personadrift figure {wildcards.name} --tables {input} --out {output.pdf} {output.png}"
-        " > {log} 2>&1"
+        "pd figure {wildcards.name:q} --tables {input:q} --out {output.pdf:q} {output.png:q}"
+        " > {log:q} 2>&1"
 
 
 rule all_figures:
     input:
         figures=expand("figures/{name}.{ext}", name=FIGURE_TABLES, ext=("pdf", "png")),
         browser=f"{R}/browser",
+        controls=CONTROL_TABLES,
     output:
         "figures/all",
     log:
@@ -79,4 +81,4 @@ rule all_figures:
             }
         ),
     shell:
-        "personadrift manifest --out {output} --figure-tables {params.tables:q} {input.figures} > {log} 2>&1"
+        "pd manifest --out {output:q} --figure-tables {params.tables:q} {input.figures:q} > {log:q} 2>&1"

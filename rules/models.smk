@@ -8,13 +8,16 @@ localrules:
 # A localrule: compute nodes of many clusters have no internet access.
 rule fetch_model:
     output:
-        MODEL,
+        f"resources/models/{config['model']['name']}/manifest.json",
     log:
         f"{LOGS}/fetch_model.log",
     conda:
         "../envs/model.yaml"
     params:
-        cfg=stage_params("model", "backend", "openai"),
+        cfg=config_provider(f"model-{LOAD_KEYS}", "openai.base_url", "openai.model"),
         folder=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "personadrift fetch-model --params {params.cfg:q} --out {params.folder} > {log} 2>&1"
+        "pd fetch-model --params {params.cfg:q} --out {params.folder:q} > {log:q} 2>&1"
+
+
+MODEL = rules.fetch_model.output[0]

@@ -19,16 +19,26 @@ rule calibrate:
     resources:
         **model_resources(),
     params:
-        cfg=stage_params(*MODEL_SECTIONS),
+        # calibration scores with the fluency gate, so that one scoring key decides the pool
+        cfg=config_provider(
+            *MODEL_KEYS,
+            *SAMPLING_KEYS,
+            "seed",
+            "personas.files",
+            "personas.topics",
+            "personas.calibration.samples",
+            "personas.calibration.max_new_tokens",
+            "scoring.english_fluency_gate",
+        ),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "personadrift calibrate --params {params.cfg:q} --model-dir {params.model_dir}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "pd calibrate --params {params.cfg:q} --model-dir {params.model_dir:q}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule select_personas:
     input:
-        f"{R}/calibration.csv",
+        rules.calibrate.output,
     output:
         pool=f"{R}/personas.json",
         summary=f"{R}/tables/calibration_by_persona.csv",
@@ -37,10 +47,10 @@ rule select_personas:
     conda:
         "../envs/model.yaml"
     params:
-        cfg=stage_params("personas"),
+        cfg=config_provider("personas"),
     shell:
-        "personadrift select-personas --params {params.cfg:q} --calibration {input}"
-        " --out {output.pool} --summary {output.summary} > {log} 2>&1"
+        "pd select-personas --params {params.cfg:q} --calibration {input:q}"
+        " --out {output.pool:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 # Optional: convert the paper's own persona file (github likenneth/persona_drift, commit

@@ -17,15 +17,15 @@ rule score:
     conda:
         "../envs/model.yaml"
     params:
-        cfg=stage_params("scoring"),
+        cfg=config_provider("scoring"),
     shell:
-        "personadrift score --params {params.cfg:q} --out {output} {input} > {log} 2>&1"
+        "pd score --params {params.cfg:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule drift_tables:
     input:
-        scores=f"{R}/scores/{{setting}}.csv",
-        pool=f"{R}/personas.json",
+        scores=rules.score.output[0],
+        pool=rules.select_personas.output.pool,
     output:
         by_round=f"{R}/tables/{{setting}}/by_round.csv",
         change=f"{R}/tables/{{setting}}/change.csv",
@@ -35,16 +35,22 @@ rule drift_tables:
     conda:
         "../envs/model.yaml"
     params:
-        cfg=stage_params("scoring", "study", "model", "selfchat"),
+        cfg=config_provider(
+            "scoring",
+            "study",
+            "model.name",
+            "selfchat.runs",
+            "selfchat.user_system_prompt",
+        ),
     shell:
-        "personadrift tables --params {params.cfg:q} --pool {input.pool}"
-        " --by-round {output.by_round} --change {output.change} --study {output.study}"
-        " {input.scores} > {log} 2>&1"
+        "pd tables --params {params.cfg:q} --pool {input.pool:q}"
+        " --by-round {output.by_round:q} --change {output.change:q} --study {output.study:q}"
+        " {input.scores:q} > {log:q} 2>&1"
 
 
 rule example_dialog:
     input:
-        scores=f"{R}/scores/none.csv",
+        scores=expand(rules.score.output[0], setting="none"),
         transcripts=transcripts("none"),
     output:
         f"{R}/tables/example_dialog.json",
@@ -53,7 +59,7 @@ rule example_dialog:
     conda:
         "../envs/model.yaml"
     params:
-        cfg=stage_params("model", "report"),
+        cfg=config_provider("model.name", "report"),
     shell:
-        "personadrift example-dialog --params {params.cfg:q} --scores {input.scores}"
-        " --out {output} {input.transcripts} > {log} 2>&1"
+        "pd example-dialog --params {params.cfg:q} --scores {input.scores:q}"
+        " --out {output:q} {input.transcripts:q} > {log:q} 2>&1"

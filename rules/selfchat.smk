@@ -4,7 +4,7 @@
 rule selfchat:
     input:
         model=MODEL,
-        pool=f"{R}/personas.json",
+        pool=rules.select_personas.output.pool,
     output:
         protected(directory(f"{R}/transcripts/{{setting}}/shard-{{shard}}")),
     log:
@@ -15,11 +15,11 @@ rule selfchat:
     resources:
         **model_resources(),
     params:
-        cfg=stage_params(*MODEL_SECTIONS, "interventions"),
+        cfg=setting_params(*MODEL_KEYS, "seed", "selfchat"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         # outside the output: Snakemake deletes outputs of failed jobs, checkpoints survive
         checkpoints=lambda wildcards: f"{R}/checkpoints/{wildcards.setting}/shard-{wildcards.shard}",
     shell:
-        "personadrift selfchat --params {params.cfg:q} --setting {wildcards.setting}"
-        " --shard {wildcards.shard} --model-dir {params.model_dir} --pool {input.pool}"
-        " --out {output} --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"
+        "pd selfchat --params {params.cfg:q} --setting {wildcards.setting:q}"
+        " --shard {wildcards.shard:q} --model-dir {params.model_dir:q} --pool {input.pool:q}"
+        " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads} > {log:q} 2>&1"

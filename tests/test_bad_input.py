@@ -37,7 +37,7 @@ def persona(pid="a-b", judge="{name: one_word}", extra=""):
             f"    probe: \"What is Paris?\"\n{extra}    judge: {judge}\n")
 
 
-GOOD_PERSONAS = "personas:\n" + persona()
+GOOD_PERSONAS = "personas:\n" + persona() + persona("c-d")  # a self-chat pairs two personas
 
 
 def with_personas(*names):
@@ -233,7 +233,7 @@ def test_a_good_config_passes(tmp_path, capsys, monkeypatch):
     _write(tmp_path, {"good.yaml": with_personas("p.yaml"), "p.yaml": GOOD_PERSONAS})
     proc = _run_in_process(tmp_path, "good.yaml", capsys, monkeypatch)
     assert proc.returncode == 0, proc.stderr
-    assert "ok: 1 personas" in proc.stdout
+    assert "ok: 2 personas" in proc.stdout
 
 
 def message_problems(proc, case: Case) -> list[str]:

@@ -198,3 +198,18 @@ def test_command_line_serves_the_tiny_model_with_split_softmax(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_flags_are_the_registered_methods_with_the_configured_negative_branch():
+    """--split-k / --guidance-scale / --guidance-negative build the same settings the workflow
+    uses; the guidance branch follows the configured mode (it was ignored before)."""
+    from personadrift.generation.serve import combined_intervention, flag_settings
+
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    settings = flag_settings(split_k=0.5, split_layers=[0], guidance_scale=2.0, negative="empty_system")
+    assert [s.method for s in settings] == ["split_softmax", "cfg"]
+    iv = combined_intervention(settings)
+    assert (iv.split_k, iv.split_layers, iv.guidance_scale) == (0.5, [0], 2.0)
+    assert settings[1].negative_messages(msgs) == [{"role": "system", "content": ""}, msgs[1]]
+    assert flag_settings(guidance_scale=1.5)[0].negative_messages(msgs) == msgs[1:]
+    assert flag_settings() == []

@@ -84,3 +84,68 @@ def test_report_has_every_figure_with_its_caption(smoke, tmp_path):
     assert any(n.endswith("drift_over_rounds.png") for n in names)
     assert any(n.endswith("tradeoff_stability_mmlu.png") for n in names)
     assert "Persona drift (paper Fig. 2)" in html and "softmax-dilution" in html
+
+
+def _mutated(work, tmp_path, name, **changes):
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+NO_MODEL_RERUN = {  # keys that change tables and figures only
+    "resamples": {"scoring.resamples": 300}, "confidence": {"scoring.confidence": 0.9},
+    "unit": {"scoring.bootstrap_unit": "row"}, "attention": {"attention.conversations": 2},
+    "attention-layers": {"attention.layers": [0]}, "chosen": {"interventions.split.chosen": 0.5},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(NO_MODEL_RERUN))
+def test_a_scoring_or_attention_key_reruns_no_selfchat_and_no_mmlu(smoke, tmp_path, case):
+    cfg = _mutated(smoke, tmp_path, case, **NO_MODEL_RERUN[case])
+    plan = snakemake(smoke, "figures/all", "-n", "--configfile", str(cfg))
+    text = plan.stdout + plan.stderr
+    for rule in ("selfchat", "mmlu", "calibrate", "fetch_model"):
+        assert f"rule {rule}:" not in text, f"{case} reruns {rule}:\n{text[-3000:]}"
+    assert "Nothing to be done" in text or "rule " in text
+
+
+@pytest.mark.slow
+def test_a_sampling_key_reruns_the_selfchat_but_not_mmlu(smoke, tmp_path):
+    cfg = _mutated(smoke, tmp_path, "temp", **{"selfchat.temperature": 0.7})
+    text = "".join(snakemake(smoke, "figures/all", "-n", "--configfile", str(cfg)).stdout)
+    assert "rule selfchat:" in text and "Params have changed" in text
+    assert "rule mmlu:" not in text  # MMLU scores log-probabilities: sampling does not enter it
+
+
+@pytest.mark.slow
+def test_control_setting_runs_without_a_user_persona(smoke):
+    conv = json.loads(next((smoke / "results/smoke/transcripts/control").glob("shard-*/conv-*.json")).read_text())
+    base = json.loads(next((smoke / "results/smoke/transcripts/none").glob("shard-*/conv-*.json")).read_text())
+    assert conv["user_has_system_prompt"] is False and base["user_has_system_prompt"] is True
+    assert conv["agent"] == base["agent"] and conv["topic"] == base["topic"]  # same plan, same seeds
+    assert (smoke / "results/smoke/tables/control/by_round.csv").exists()
+    assert not (smoke / "results/smoke/mmlu/control.csv").exists()
+
+
+@pytest.mark.slow
+def test_readme_single_figure_command_works_without_activating_the_venv(smoke):
+    """`.venv/bin/snakemake figures/X.pdf` with the venv not on PATH: the rules find the CLI
+    beside the Python running Snakemake."""
+    (smoke / "figures/example_dialog.pdf").unlink()
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
+    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(smoke),
+                           "figures/example_dialog.pdf", "--cores", "1", "--configfile", str(REPO / "configs/smoke.yaml")],
+                          capture_output=True, text=True, env=env, cwd=smoke)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (smoke / "figures/example_dialog.pdf").exists()

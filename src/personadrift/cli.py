@@ -145,8 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _validate(args) -> None:
+    """The workflow's own check (rules/common.smk calls the same check_config)."""
+    from personadrift.config import check_config, read_yaml
+    from personadrift.interventions.settings import expand_settings
+
+    if args.params:
+        config, source = _config(args), "--params"
+    else:
+        source = args.config or "config.yaml"
+        if not args.config and not Path(source).exists():
+            raise InputError("(command line)", "--config", "no config given and no config.yaml here")
+        config = read_yaml(source)
+    personas, topics = check_config(config, source)
+    settings = [s.name for s in expand_settings(config["interventions"])]
+    print(f"ok: {len(personas)} personas, {len(topics)} topics, settings: {', '.join(settings)}")
+
+
 def run(args) -> None:
-    from personadrift.benchmark.personas import load_pool
     from personadrift.steps import (
         attention,
         mitigation,
@@ -173,11 +189,11 @@ def run(args) -> None:
         from personadrift.benchmark.upstream import main as upstream_main
 
         sys.exit(upstream_main([args.source, "--out", args.out]))
-    config = _config(args)
     if cmd == "validate":
-        personas, topics = load_pool(config)
-        print(f"ok: {len(personas)} personas, {len(topics)} topics")
-    elif cmd == "fetch-model":
+        _validate(args)
+        return
+    config = _config(args)
+    if cmd == "fetch-model":
         models.fetch_model(config, args.out)
     elif cmd == "calibrate":
         personas.calibrate(config, args.model_dir, args.out, threads=args.threads)

@@ -1,29 +1,39 @@
 """Loading and validating the workflow configuration.
 
-Snakemake validates ``config`` with ``snakemake.utils.validate`` against the same schema; this
-module does it for the command line, and turns schema errors into one line naming the file,
-the key and the problem.
+:func:`check_config` is THE check: ``personadrift validate`` and the Snakefile (rules/common.smk)
+both call it, so anything one refuses the other refuses, with the same one-line message naming
+the file, the key and the problem. It runs, in order: a size guard (a YAML alias bomb is refused
+before anything walks it), the JSON schema (defaults filled in, integers that are really
+integers), the name rule for everything that becomes a path or a wildcard, each intervention
+entry against its method's own keys and grid rules, cross-field rules, and then the semantic
+checks that can run before any model: persona files, the pool size the calibration rule needs,
+a local model folder's contents, layer indices against the model's depth when it is known.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import jsonschema
 
 from personadrift.errors import InputError
+from personadrift.names import NAME_RULE, name_problem, short_repr, short_text
 from personadrift.yamlio import read_yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
+NAME_PATTERN = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$"  # the schema's spelling of names.is_safe_name
+MAX_ITEMS = 20_000  # more values than any real config has; a YAML alias bomb has millions
 
 
 def load_schema() -> dict:
     return read_yaml(SCHEMA_PATH)
 
 
-def _fill_defaults(validator_class):
-    """A validator that writes schema defaults into the instance (as Snakemake's validate does)."""
+def _strict_validator(validator_class):
+    """A validator that writes schema defaults into the instance (as Snakemake's validate does)
+    and does not count 8.0 as an integer (JSON Schema does; range(8.0) does not)."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -33,68 +43,149 @@ def _fill_defaults(validator_class):
                     instance[name] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    checker = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults}, type_checker=checker)
 
 
-def field_path(error: jsonschema.ValidationError) -> str:
-    out = ""
+def field_path(error: jsonschema.ValidationError, prefix: str = "") -> str:
+    out = prefix
     for part in error.absolute_path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 
 
 def describe(error: jsonschema.ValidationError) -> str:
-    """A short, human problem statement for a schema error."""
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+    """A short, human problem statement for a schema error (values quoted up to ~200 characters)."""
+    v, inst = error.validator, error.instance
+    if v == "additionalProperties":
+        extra = sorted(map(str, set(inst) - set(error.schema.get("properties", {}))))
         known = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"unknown key {', '.join(map(repr, extra))} (known keys: {known})"
-    if error.validator == "required":
+        return short_repr(f"unknown key {', '.join(map(repr, extra))}", 300) + f" (known keys: {known})"
+    if v == "required":
         return error.message.replace("is a required property", "is required")
-    if error.validator == "enum":
-        return f"{error.instance!r} is not one of {error.validator_value}"
-    if error.validator == "type":
-        return f"expected {error.validator_value}, got {type(error.instance).__name__} {error.instance!r}"
-    return error.message
+    if v in ("enum", "const"):
+        allowed = error.validator_value if v == "enum" else [error.validator_value]
+        return f"{short_repr(inst)} is not one of {allowed}"
+    if v == "type":
+        return f"expected {error.validator_value}, got {type(inst).__name__} {short_repr(inst)}"
+    if v == "pattern" and error.validator_value == NAME_PATTERN:
+        return name_problem(inst) or "not a usable name"
+    if v == "pattern":
+        return f"{short_repr(inst)} does not match {error.validator_value!r}"
+    if v == "propertyNames":
+        return f"key {name_problem(inst)}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "uniqueItems"):
+        return error.message if len(error.message) < 300 else f"{short_repr(inst)}: {v} {error.validator_value}"
+    return short_repr(error.message, 300)
+
+
+def _first_error(validator, instance):
+    errors = list(validator.iter_errors(instance))
+    if not errors:
+        return None
+    err = max(errors, key=lambda e: len(e.absolute_path))  # the deepest error is the most specific one
+    if err.context:
+        err = max(err.context, key=lambda e: len(e.absolute_path))
+    return err
+
+
+def _check_size(config: dict, path) -> None:
+    """Refuse absurdly large values (a YAML alias bomb) before anything walks or prints them."""
+    for key, value in config.items():
+        stack, seen = [value], 0
+        while stack:
+            item = stack.pop()
+            seen += 1
+            if seen > MAX_ITEMS:
+                raise InputError(path, str(key), f"value too large (more than {MAX_ITEMS} items; a YAML alias bomb?)")
+            if isinstance(item, dict):
+                stack.extend(item.values())
+                stack.extend(item.keys())
+            elif isinstance(item, list | tuple):
+                stack.extend(item)
 
 
 def validate_config(config: dict, path: str | Path = "config") -> dict:
-    """Validate ``config`` in place (filling defaults) and check cross-field rules."""
+    """Validate ``config`` in place (filling defaults) and check names, grids and cross-field rules."""
+    if not isinstance(config, dict):
+        raise InputError(path, None, "expected a mapping of keys at the top level")
+    _check_size(config, path)
     schema = load_schema()
-    cls = _fill_defaults(jsonschema.validators.validator_for(schema))
-    errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        # the deepest error is the most specific one
-        err = max(errors, key=lambda e: len(e.absolute_path))
-        if err.context:
-            err = max(err.context, key=lambda e: len(e.absolute_path))
+    cls = _strict_validator(jsonschema.validators.validator_for(schema))
+    err = _first_error(cls(schema), config)
+    if err:
         raise InputError(path, field_path(err), describe(err))
+    _check_interventions(config, path)
     _check_cross_fields(config, path)
     return config
 
 
+def _check_interventions(config: dict, path) -> None:
+    """Each entry against its method's own keys; grids that keep every point; unique names."""
+    from personadrift.interventions import METHODS
+    from personadrift.interventions.base import EntryError
+    from personadrift.interventions.settings import check_family
+
+    ivs = config["interventions"]
+    base = ivs.get("none")
+    if not isinstance(base, dict) or base.get("method") != "none" or base.get("user_persona", True) is not True:
+        raise InputError(path, "interventions.none", "the baseline entry none: {method: none} is required")
+    made: dict[str, str] = {}
+    for family, entry in ivs.items():
+        where = f"interventions.{family}"
+        method = entry["method"]
+        if method not in METHODS:
+            raise InputError(path, f"{where}.method", f"{short_repr(method)} is not one of {sorted(METHODS)}")
+        impl = METHODS[method]
+        cls = _strict_validator(jsonschema.validators.validator_for(impl.entry_schema()))
+        err = _first_error(cls(impl.entry_schema()), copy.deepcopy(entry))
+        if err and err.validator == "required":
+            missing = err.message.split("'")[1]
+            raise InputError(path, f"{where}.{missing}", f"required by method {method}")
+        if err and err.validator == "additionalProperties" and not err.absolute_path:
+            extra = sorted(map(str, set(entry) - set(impl.entry_schema()["properties"])))[0]
+            raise InputError(path, f"{where}.{extra}", f"not a key of method {method} "
+                             f"(its keys: {', '.join(sorted(impl.entry_schema()['properties']))})")
+        if err:
+            raise InputError(path, field_path(err, where), describe(err))
+        try:
+            settings = check_family(family, entry)
+        except EntryError as e:
+            raise InputError(path, f"{where}.{e.key}", e.problem) from None
+        for s in settings:
+            if s.name in made:
+                raise InputError(path, where, f"setting name {s.name!r} is also made by interventions.{made[s.name]}")
+            made[s.name] = family
+
+
 def _check_cross_fields(config: dict, path) -> None:
+    from personadrift.interventions.settings import expand_settings
+
+    from personadrift.interventions.layers import layers_problem
+
+    problem = layers_problem(config["attention"]["layers"])
+    if problem:
+        raise InputError(path, "attention.layers", problem)
     sc = config["selfchat"]
     if sc["shard_size"] > sc["conversations"]:
         sc["shard_size"] = sc["conversations"]
-    ivs = config["interventions"]
-    if "none" not in ivs or ivs["none"]["method"] != "none":
-        raise InputError(path, "interventions.none", "the baseline entry none: {method: none} is required")
-    needs = {"split_softmax": "k", "repetition": "every", "cfg": "guidance_scale"}
-    for name, iv in ivs.items():
-        key = needs.get(iv["method"])
-        if key and key not in iv:
-            raise InputError(path, f"interventions.{name}.{key}", f"required by method {iv['method']}")
-        if config["backend"] == "openai" and iv["method"] in ("split_softmax", "cfg"):
-            raise InputError(
-                path,
-                f"interventions.{name}.method",
-                f"{iv['method']} needs model internals; it cannot run with backend: openai",
-            )
-    if config["backend"] == "openai" and not config["openai"].get("model"):
+    study_backend = config["backend"]
+    backends = set()
+    for s in expand_settings(config["interventions"]):
+        backend = s.backend_for(study_backend)
+        backends.add(backend)
+        if backend == "openai" and s.needs_internals:
+            key = "backend" if s.backend else "method"
+            raise InputError(path, f"interventions.{s.family}.{key}",
+                             f"{s.method} needs model internals; it cannot run with backend: openai")
+    if "openai" in backends and not config["openai"].get("model"):
         raise InputError(path, "openai.model", "required with backend: openai")
-    if (config["backend"] == "openai") != (config["model"]["source"] == "api"):
+    if study_backend == "openai" and config["model"]["source"] != "api":
         raise InputError(path, "model.source", "use source: api exactly when backend: openai")
+    if study_backend == "hf" and config["model"]["source"] == "api":
+        raise InputError(path, "model.source", "use source: api exactly when backend: openai "
+                         "(settings may still run on an API with interventions.<name>.backend: openai)")
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: personas/ is looked up here
@@ -109,12 +200,102 @@ def resolve_data_paths(config: dict, path: str | Path = "config", base: str | Pa
         alt = Path(base) / p
         if alt.exists():
             return str(alt)
-        raise InputError(path, field, f"{p}: file not found (looked in {Path.cwd()} and {base})")
+        raise InputError(path, field, f"{short_text(str(p))}: file not found (looked in {Path.cwd()} and {base})")
 
     pc = config["personas"]
     pc["files"] = [find(p, f"personas.files[{i}]") for i, p in enumerate(pc["files"])]
     pc["topics"] = find(pc["topics"], "personas.topics")
     return config
+
+
+def check_config(config: dict, path: str | Path = "config", base: str | Path = REPO_ROOT,
+                 workdir: str | Path = ".") -> tuple[list, list]:
+    """Everything that can be checked before any job runs; the pool's (personas, topics).
+
+    ``personadrift validate`` and the workflow's planning both call this one function."""
+    from personadrift.benchmark.personas import load_pool
+
+    validate_config(config, path)
+    resolve_data_paths(config, path, base)
+    personas, topics = load_pool(config)
+    for p in personas:  # persona ids name files and table rows; the loader has its own stricter rule
+        if name_problem(p.id):
+            raise InputError(path, "personas.files", f"persona id {name_problem(p.id)}")
+    cal = config["personas"]["calibration"]
+    if len(personas) < cal["min_kept"]:
+        raise InputError(path, "personas.files", f"{len(personas)} persona(s) in the pool, but a self-chat needs at "
+                         f"least {cal['min_kept']} (personas.calibration.min_kept) to pair an agent with a user")
+    if not topics:
+        raise InputError(path, "personas.topics", "no topics: a self-chat opens with one")
+    check_model(config, path, workdir)
+    return personas, topics
+
+
+# files a Hugging Face model folder cannot work without
+_MODEL_FILES = {"config.json": ("config.json",), "a tokenizer": ("tokenizer.json", "tokenizer.model"),
+                "weights": ("*.safetensors", "*.bin", "*.gguf")}
+
+
+def check_model(config: dict, path, workdir: str | Path = ".") -> None:
+    """A local model folder has its files; layer sets fit the model's depth when it is known."""
+    m = config["model"]
+    if m["source"] == "local":
+        folder = Path(m["path"]).expanduser()
+        if not folder.is_dir():
+            raise InputError(path, "model.path", f"{short_text(str(folder))} is not a directory")
+        for what, patterns in _MODEL_FILES.items():
+            if not any(any(folder.glob(p)) for p in patterns):
+                raise InputError(path, "model.path", f"{short_text(str(folder))} has no {what} "
+                                 f"({' or '.join(patterns)}): not a model folder in Hugging Face format")
+    depth = model_depth(config, workdir)
+    if depth is not None:
+        check_depth(config, depth, path)
+
+
+def model_depth(config: dict, workdir: str | Path = ".") -> int | None:
+    """Number of layers of the configured model, if knowable without loading it."""
+    m = config["model"]
+    candidates = []
+    if m["source"] == "local":
+        candidates.append(Path(m["path"]).expanduser() / "config.json")
+    elif m["source"] == "tiny":
+        import inspect
+
+        from personadrift.generation.tiny import build_tiny_model
+
+        return inspect.signature(build_tiny_model).parameters["layers"].default
+    folder = Path(workdir) / "resources" / "models" / m["name"]
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        candidates.append(folder / manifest["weights_dir"] / "config.json")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for c in candidates:
+        try:
+            cfg = json.loads(c.read_text())
+        except (OSError, ValueError):
+            continue
+        n = cfg.get("num_hidden_layers", cfg.get("text_config", {}).get("num_hidden_layers"))
+        if isinstance(n, int):
+            return n
+    return None
+
+
+def check_depth(config: dict, n_layers: int, path="config") -> None:
+    """Every layer a setting or the attention analysis selects exists in a model of ``n_layers``."""
+    from personadrift.interventions.base import EntryError
+    from personadrift.interventions.layers import check_layers_depth
+    from personadrift.interventions.settings import expand_settings
+
+    try:
+        for s in expand_settings(config["interventions"]):
+            where = f"interventions.{s.family}"
+            s.impl.check_depth(s, n_layers)
+        where = "attention"
+        if "attention" in config:
+            check_layers_depth(config["attention"].get("layers", "all"), n_layers)
+    except EntryError as e:
+        raise InputError(path, f"{where}.{e.key}", e.problem) from None
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
@@ -135,3 +316,6 @@ def deep_merge(base: dict, extra: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+__all__ = ["NAME_RULE", "check_config", "load_config", "validate_config"]

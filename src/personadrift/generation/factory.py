@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personadrift.errors import InputError
 
-def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: int | None = None):
-    """The configured backend (HF engine on the fetched model, or the OpenAI client)."""
-    from personadrift.generation.api import Intervention, Sampling
 
-    intervention = setting.engine_intervention() if setting else Intervention()
-    sc = config["selfchat"]
-    sampling = Sampling(temperature=sc["temperature"], top_p=sc["top_p"], max_new_tokens=sc["max_new_tokens"])
-    if config["backend"] == "openai":
+def sampling_from(config: dict):
+    """The study's sampling (keys a rule's params do not carry keep their defaults: MMLU
+    scores log-probabilities and never samples)."""
+    from personadrift.generation.api import Sampling
+
+    sc = config.get("selfchat", {})
+    keys = ("temperature", "top_p", "top_k", "max_new_tokens")
+    return Sampling(**{k: sc[k] for k in keys if k in sc and k in Sampling.__dataclass_fields__})
+
+
+def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: int | None = None,
+                backend: str | None = None):
+    """The backend of ``setting`` (its own ``backend`` key, else the study's): the HF engine on
+    the fetched model, or the OpenAI-compatible client. ``backend`` overrides both."""
+    from personadrift.generation.api import Intervention
+
+    backend = backend or (setting.backend_for(config["backend"]) if setting else config["backend"])
+    sampling = sampling_from(config)
+    if backend == "openai":
+        if setting is not None and setting.needs_internals:
+            raise InputError("config", f"interventions.{setting.family}.backend",
+                             f"{setting.method} needs model internals; it cannot run with backend: openai")
         from personadrift.generation.openai_backend import OpenAIEngine
 
         return OpenAIEngine.from_config(config, sampling=sampling, cache_dir=Path(model_dir) / "openai-cache")
@@ -25,6 +41,14 @@ def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: i
     if threads:
         torch.set_num_threads(threads)
     lm = load_model(model_dir, config["model"])
+    if setting is not None:  # at job start, before any generation: a layer past the model's depth is an error
+        from personadrift.interventions.base import EntryError
+
+        try:
+            setting.impl.check_depth(setting, lm.model.config.num_hidden_layers)
+        except EntryError as e:
+            raise InputError("config", f"interventions.{setting.family}.{e.key}", e.problem) from None
+    intervention = setting.engine_intervention() if setting else Intervention()
     chat = ChatFormat(lm.tokenizer, fold=config["model"].get("fold_system_prompt"))
     engine = HFEngine(lm.model, lm.tokenizer, chat=chat, sampling=sampling,
                       intervention=intervention, max_batch=config["model"]["max_batch"], progress=True)

@@ -27,7 +27,6 @@ from personadrift.generation.api import GenRequest
 from personadrift.generation.dialog import (
     agent_messages,
     clean_reply,
-    negative_branch,
     probe_messages,
     user_messages,
 )
@@ -110,7 +109,7 @@ class ShardRun:
             "fingerprint": self.fingerprint,
             "seed": self.seed,
             "setting": self.setting.describe(),
-            "user_has_system_prompt": self.cfg["user_system_prompt"],
+            "user_has_system_prompt": self.cfg["user_system_prompt"] and self.setting.user_persona,
             "turns": self.cfg["turns"],
             "history": [plan["topic"]],
             "probes": [],
@@ -129,7 +128,7 @@ class ShardRun:
 
     # --------------------------------------------------------------- the protocol
     def _applies(self, phase: str) -> bool:
-        return self.setting.method in ("split_softmax", "cfg") and self.setting.apply_to in (phase, "both")
+        return self.setting.intervenes(phase)
 
     def _agent_request(self, rec: dict, msgs: list[dict], seed: int, phase: str, n: int = 1) -> GenRequest:
         return GenRequest(
@@ -139,8 +138,7 @@ class ShardRun:
             n=n,
             persist=phase == "dialog",
             intervene=self._applies(phase),
-            negative_messages=(negative_branch(msgs, self.setting.options.get("negative", "no_system"))
-                               if self.setting.method == "cfg" else None),
+            negative_messages=self.setting.negative_messages(msgs),
         )
 
     def _user_turn(self, t: int) -> None:

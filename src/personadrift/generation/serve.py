@@ -49,7 +49,6 @@ from urllib.parse import urlsplit
 
 from personadrift.errors import InputError, PersonaDriftError
 from personadrift.generation.api import GenRequest, Intervention, Sampling
-from personadrift.generation.dialog import without_system
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,7 @@ class ChatApp:
     """
 
     def __init__(self, engine, *, model_name: str, faults: FaultPlan | None = None, max_batch: int | None = None,
-                 default_max_tokens: int = 256, max_tokens_limit: int = 8192):
+                 default_max_tokens: int = 256, max_tokens_limit: int = 8192, settings: list | None = None):
         self.engine = engine
         self.model_name = model_name
         self.faults = faults
@@ -157,7 +156,10 @@ class ChatApp:
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit
         iv: Intervention = getattr(engine, "intervention", Intervention())
-        self.intervene = iv.split_k is not None or iv.guidance_scale is not None
+        # the registered methods decide which requests they act on and the guidance branch
+        self.settings = settings if settings is not None else flag_settings(
+            split_k=iv.split_k, split_layers=iv.split_layers, guidance_scale=iv.guidance_scale)
+        self.intervene = any(st.intervenes("dialog") for st in self.settings)
         self.guided = iv.guidance_scale is not None
         self.lock = threading.Lock()  # one model: every engine/tokenizer use holds it
         self.created = int(time.time())
@@ -227,8 +229,15 @@ class ChatApp:
             n=job.n,
             persist=False,
             intervene=self.intervene,
-            negative_messages=without_system(job.messages) if self.guided else None,
+            negative_messages=self.negative_messages(job.messages),
         )
+
+    def negative_messages(self, messages: list[dict]) -> list[dict] | None:
+        for st in self.settings:
+            negative = st.negative_messages(messages)
+            if negative is not None:
+                return negative
+        return None
 
     def rows(self, job: _Job) -> int:
         return job.n * (2 if self.guided else 1)
@@ -243,8 +252,9 @@ class ChatApp:
             for job in jobs:  # render first: a template that rejects the messages fails one job only
                 try:
                     job.prompt_tokens = len(engine.chat.render(job.messages).ids)
-                    if self.guided:
-                        engine.chat.render(without_system(job.messages))
+                    negative = self.negative_messages(job.messages)
+                    if negative is not None:
+                        engine.chat.render(negative)
                     ok.append(job)
                 except Exception as exc:  # chat templates raise all sorts
                     job.error = RequestError(400, f"the chat template rejects these messages: {exc}", param="messages")
@@ -574,16 +584,17 @@ class ChatServer(ThreadingHTTPServer):
 
 
 def build_app(engine, *, model_name: str, faults: FaultPlan | None = None, max_batch: int | None = None,
-              default_max_tokens: int = 256) -> ChatApp:
+              default_max_tokens: int = 256, settings: list | None = None) -> ChatApp:
     """The server factory: ``build_app(engine, model_name="m")(host, port).start()``."""
     return ChatApp(engine, model_name=model_name, faults=faults, max_batch=max_batch,
-                   default_max_tokens=default_max_tokens)
+                   default_max_tokens=default_max_tokens, settings=settings)
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, *, model_name: str = "model",
-          max_batch: int | None = None, default_max_tokens: int = 256) -> None:
+          max_batch: int | None = None, default_max_tokens: int = 256, settings: list | None = None) -> None:
     """Serve ``engine`` until interrupted (Ctrl-C or SIGTERM)."""
-    server = build_app(engine, model_name=model_name, max_batch=max_batch, default_max_tokens=default_max_tokens)(host, port)
+    server = build_app(engine, model_name=model_name, max_batch=max_batch, default_max_tokens=default_max_tokens,
+                       settings=settings)(host, port)
     print(f"personadrift serve: model {model_name!r} at {server.url} (POST /v1/chat/completions)", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
@@ -595,6 +606,34 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, *, model_name: str 
 
 
 # ------------------------------------------------------------------ engines and CLI
+def flag_settings(*, split_k: float | None = None, split_layers="all", guidance_scale: float | None = None,
+                  negative: str = "no_system") -> list:
+    """The server's intervention flags as settings of the registered methods (the objects the
+    workflow uses), so the server applies them exactly as a self-chat does."""
+    from personadrift.interventions.settings import expand_family
+
+    out = []
+    if split_k is not None:
+        out += expand_family("split", {"method": "split_softmax", "k": [split_k], "layers": split_layers})
+    if guidance_scale is not None:
+        out += expand_family("guidance", {"method": "cfg", "guidance_scale": [guidance_scale], "negative": negative})
+    return out
+
+
+def combined_intervention(settings: list) -> Intervention:
+    """One engine intervention from the settings' own (split-softmax and guidance can combine)."""
+    import dataclasses
+
+    out = Intervention()
+    for st in settings:
+        iv = st.engine_intervention()
+        if iv.split_k is not None:
+            out = dataclasses.replace(out, split_k=iv.split_k, split_layers=iv.split_layers)
+        if iv.guidance_scale is not None:
+            out = dataclasses.replace(out, guidance_scale=iv.guidance_scale)
+    return out
+
+
 def parse_layers(text: str):
     """``all``, ``0,2,5`` or ``start:stop`` as "all" or a list of layer indices."""
     text = text.strip()
@@ -610,7 +649,8 @@ def parse_layers(text: str):
 
 
 def load_engine(model_dir, *, split_k: float | None = None, split_layers="all", guidance_scale: float | None = None,
-                max_batch: int = 16, dtype: str = "float32", fold_system_prompt: bool | None = None):
+                max_batch: int = 16, dtype: str = "float32", fold_system_prompt: bool | None = None,
+                negative: str = "no_system"):
     """An HFEngine on a fetched model folder (``manifest.json`` + weights) with an intervention.
 
     ``fold_system_prompt``: None folds only if the chat template has no system role.
@@ -625,9 +665,12 @@ def load_engine(model_dir, *, split_k: float | None = None, split_layers="all", 
         raise InputError("--guidance-scale", None, f"must be at least 1, got {guidance_scale}")
     lm = load_model(model_dir, {"dtype": dtype})
     chat = ChatFormat(lm.tokenizer, fold=fold_system_prompt)
-    iv = Intervention(split_k=split_k, split_layers=split_layers, guidance_scale=guidance_scale)
+    settings = flag_settings(split_k=split_k, split_layers=split_layers, guidance_scale=guidance_scale,
+                             negative=negative)
+    iv = combined_intervention(settings)
     engine = HFEngine(lm.model, lm.tokenizer, chat=chat, intervention=iv, max_batch=max_batch)
     engine.identity = {**lm.identity, "chat_template_sha256": chat.template_sha256, "system_prompt_folded": chat.fold}
+    engine.settings = settings
     return engine, lm.manifest.get("name") or "model"
 
 
@@ -643,7 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--split-k", type=float, default=None, help="split-softmax exponent k in (0, 1] (off by default)")
     ap.add_argument("--split-layers", default="all", help="split-softmax layers: all, 0,1,2 or start:stop")
     ap.add_argument("--guidance-scale", type=float, default=None,
-                    help="classifier-free guidance scale g >= 1; unconditional = messages without system messages")
+                    help="classifier-free guidance scale g >= 1 (the unconditional branch: --guidance-negative)")
+    ap.add_argument("--guidance-negative", choices=["no_system", "empty_system"], default="no_system",
+                    help="guidance's unconditional branch: the messages without system messages, or with an empty one "
+                         "(as interventions.<name>.negative in the config)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     ap.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together")
@@ -670,10 +716,11 @@ def main(argv: list[str] | None = None) -> int:
                 model_dir = tmp
             engine, name = load_engine(model_dir, split_k=args.split_k, split_layers=parse_layers(args.split_layers),
                                        guidance_scale=args.guidance_scale, max_batch=args.max_batch,
+                                       negative=args.guidance_negative,
                                        dtype=args.dtype,
                                        fold_system_prompt={"auto": None, "yes": True, "no": False}[args.fold_system_prompt])
             serve(engine, args.host, args.port, model_name=args.model_name or name,
-                  max_batch=args.max_batch, default_max_tokens=args.max_tokens)
+                  max_batch=args.max_batch, default_max_tokens=args.max_tokens, settings=engine.settings)
     except PersonaDriftError as exc:
         print(f"personadrift serve: error: {exc}", file=sys.stderr)
         return 2

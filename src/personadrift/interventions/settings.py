@@ -1,8 +1,12 @@
 """Intervention settings: every grid point of every configured method, with a stable name.
 
 ``interventions: {ss: {method: split_softmax, k: [0.5, 0.25]}}`` gives the settings
-``ss-k0.5`` and ``ss-k0.25``; the baseline is always ``none``. A setting's name is a path
-component, so the same conversations under each setting sit side by side.
+``ss-k0.5`` and ``ss-k0.25``; a method without a grid (``none``) gives one setting named by its
+key: the baseline ``none`` and, e.g., the length-only control ``control``. A setting's name is a
+path component, so the same conversations under each setting sit side by side.
+
+What a setting does is decided by its method object (``interventions/<method>.py``); a
+``Setting`` only carries the config values and asks it.
 """
 
 from __future__ import annotations
@@ -10,65 +14,83 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from personadrift.generation.api import Intervention
-from personadrift.generation.dialog import Repetition
-
-GRID_KEY = {"split_softmax": "k", "repetition": "every", "cfg": "guidance_scale"}
-SHORT = {"k": "k", "every": "every", "guidance_scale": "g"}
+from personadrift.interventions.base import METHODS, EntryError, Method, phase_name
+from personadrift.names import short_repr
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str  # e.g. "none", "ss-k0.5"
     family: str  # the config key, e.g. "ss"
-    method: str  # none | split_softmax | repetition | cfg
+    method: str  # a registered method: none | split_softmax | repetition | cfg
     value: float | int | None = None  # the grid value
-    options: dict = field(default_factory=dict, compare=False, hash=False)
+    options: dict = field(default_factory=dict, compare=False, hash=False)  # method keys, defaults filled
+    backend: str | None = None  # hf | openai; None = the study's backend
+
+    @property
+    def impl(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def needs_internals(self) -> bool:
+        return self.impl.needs_internals
 
     @property
     def apply_to(self) -> str:
         return self.options.get("apply_to", "both")
 
-    def engine_intervention(self) -> Intervention:
-        if self.method == "split_softmax":
-            return Intervention(split_k=float(self.value), split_layers=layers_spec(self.options.get("layers", "all")))
-        if self.method == "cfg":
-            return Intervention(guidance_scale=float(self.value))
-        return Intervention()
+    @property
+    def user_persona(self) -> bool:
+        """False for the length-only control: the user bot talks without a persona."""
+        return self.impl.user_persona(self)
 
-    def repetition(self) -> Repetition | None:
-        if self.method != "repetition":
-            return None
-        return Repetition(every=int(self.value), placement=self.options.get("placement", "system_message"))
+    def engine_intervention(self) -> Intervention:
+        return self.impl.intervention(self)
+
+    def repetition(self):
+        return self.impl.repetition(self)
+
+    def negative_messages(self, messages: list[dict]) -> list[dict] | None:
+        return self.impl.negative_messages(self, messages)
+
+    def intervenes(self, phase: str) -> bool:
+        """Whether a request of ``phase`` ("dialog", "probe", "mmlu") gets the engine intervention."""
+        return self.impl.intervenes(self, phase_name(phase))
+
+    def backend_for(self, study_backend: str) -> str:
+        return self.backend or study_backend
 
     def describe(self) -> dict:
-        return {"name": self.name, "family": self.family, "method": self.method, "value": self.value, **{
-            k: v for k, v in self.options.items() if k not in ("method", GRID_KEY.get(self.method))
-        }}
+        out = {"name": self.name, "family": self.family, "method": self.method, "value": self.value,
+               **{k: v for k, v in self.options.items() if k not in ("method", "backend", self.impl.grid_key)}}
+        if self.backend:
+            out["backend"] = self.backend
+        return out
 
 
-def layers_spec(spec) -> object:
-    """Config layers ("all", [i, ...], {start, stop}) as "all" or a list of indices."""
-    if spec in (None, "all"):
-        return "all"
-    if isinstance(spec, dict):
-        return list(range(int(spec["start"]), int(spec["stop"])))
-    return [int(x) for x in spec]
+def value_label(v) -> str:
+    """A grid value as written in a setting name: exact (shortest round-trip form), so two
+    different values never share a name; integral values without a fraction (2.0 -> "2")."""
+    if isinstance(v, float) and not v.is_integer():
+        return repr(v).replace("e+", "e")
+    return str(int(v))
 
 
-def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+def expand_family(family: str, entry: dict) -> list[Setting]:
+    impl = METHODS[entry["method"]]
+    options = {**impl.defaults(), **{k: v for k, v in entry.items() if k != "backend"}}
+    if not impl.grid_key:
+        return [Setting(family, family, impl.name, None, options, entry.get("backend"))]
+    return [Setting(f"{family}-{impl.short}{value_label(v)}", family, impl.name, v, options, entry.get("backend"))
+            for v in entry[impl.grid_key]]
 
 
 def expand_settings(interventions: dict) -> list[Setting]:
-    """All settings, baseline first, then methods in config order and grid order."""
-    out = [Setting("none", "none", "none")]
-    for family, opts in interventions.items():
-        method = opts["method"]
-        if method == "none":
-            continue
-        key = GRID_KEY[method]
-        for v in opts[key]:
-            out.append(Setting(f"{family}-{SHORT[key]}{_fmt(v)}", family, method, v, dict(opts)))
+    """All settings, baseline first, then families in config order and grid order."""
+    out = expand_family("none", interventions.get("none", {"method": "none"}))
+    for family, entry in interventions.items():
+        if family != "none":
+            out.extend(expand_family(family, entry))
     return out
 
 
@@ -79,14 +101,45 @@ def setting_by_name(interventions: dict, name: str) -> Setting:
     raise KeyError(f"no setting named {name!r}")
 
 
+def is_control(setting: Setting) -> bool:
+    """A no-intervention setting other than the baseline (e.g. the length-only control): it has
+    a self-chat and drift tables, but no MMLU job and no row in the mitigation trade-off."""
+    return setting.method == "none" and setting.name != "none"
+
+
+def mitigation_settings(interventions: dict) -> list[Setting]:
+    """The baseline and every intervention setting (controls excluded)."""
+    return [s for s in expand_settings(interventions) if not is_control(s)]
+
+
 def chosen_settings(interventions: dict) -> list[Setting]:
-    """One setting per family for the over-rounds figure: ``chosen`` or the grid's middle."""
+    """One setting per intervention family for the over-rounds figure: ``chosen`` or the grid's middle."""
     by_family: dict[str, list[Setting]] = {}
-    for s in expand_settings(interventions)[1:]:
-        by_family.setdefault(s.family, []).append(s)
+    for s in expand_settings(interventions):
+        if s.impl.grid_key:
+            by_family.setdefault(s.family, []).append(s)
     out = []
     for family, grid in by_family.items():
         want = interventions[family].get("chosen")
         pick = next((s for s in grid if want is not None and float(s.value) == float(want)), None)
         out.append(pick or grid[len(grid) // 2])
     return out
+
+
+def check_family(family: str, entry: dict) -> list[Setting]:
+    """Cross-key checks of one (schema-valid) entry; its settings. Raises EntryError."""
+    impl = METHODS[entry["method"]]
+    impl.check(family, entry)
+    settings = expand_family(family, entry)
+    if impl.grid_key and entry.get("chosen") is not None:
+        if not any(float(s.value) == float(entry["chosen"]) for s in settings):
+            raise EntryError("chosen", f"{short_repr(entry['chosen'])} is not one of the grid values "
+                                       f"{short_repr(entry[impl.grid_key])} ({impl.grid_key})")
+    return settings
+
+
+def layers_spec(spec) -> object:
+    """Config layers ("all", [i, ...], {start, stop}) as "all" or a list of indices."""
+    from personadrift.interventions.layers import layer_indices
+
+    return layer_indices(spec)

@@ -32,7 +32,7 @@ def selfchat_shard(config: dict, *, setting_name: str, shard: int, model_dir, po
     setting = setting_by_name(config["interventions"], setting_name)
     engine = make_engine(config, model_dir, setting, threads=threads)
     prov = provenance(model=model_identity(engine), sampling=sampling_record(sc), seed=config["seed"],
-                      setting=setting.describe(), backend=config["backend"])
+                      setting=setting.describe(), backend=setting.backend_for(config["backend"]))
     run = ShardRun(engine, config=config, setting=setting, plans=plans,
                    checkpoint_dir=Path(checkpoint_dir), provenance=prov)
     write_outputs(run.run(), out_dir)

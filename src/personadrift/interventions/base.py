@@ -1,0 +1,123 @@
+"""What an intervention method is: one registered object per method.
+
+A method owns everything about itself: the config key that holds its grid, how a grid value
+is written in a setting's name, whether it needs the model's internals (so cannot run behind an
+HTTP API), the engine settings of a setting (:class:`~personadrift.generation.api.Intervention`),
+its repetition of the system prompt, its guidance negative branch, and which requests it acts
+on (phase ``"dialog"``, ``"probe"`` or ``"mmlu"``). The workflow, the self-chat, MMLU, ``serve``
+and the figures ask the method; nothing else compares method names.
+
+Adding a method = one new module in this package that subclasses :class:`Method` and is
+decorated with :func:`register` (see ``split_softmax.py``), plus its tests; the config schema's
+intervention entry lists its keys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from personadrift.generation.api import Intervention
+
+if TYPE_CHECKING:
+    from personadrift.generation.dialog import Repetition
+    from personadrift.interventions.settings import Setting
+
+PHASES = ("dialog", "probe", "mmlu")
+COMMON_KEYS = ("method", "backend")  # allowed in every entry
+
+
+class EntryError(ValueError):
+    """A problem with one key of one ``interventions.<family>`` entry (the caller adds the file)."""
+
+    def __init__(self, key: str, problem: str):
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}")
+
+
+class Method:
+    """Base of every method. Subclasses set the class attributes and override what they use."""
+
+    name: ClassVar[str]  # the config value of ``method``
+    label: ClassVar[str]  # for figure legends
+    grid_key: ClassVar[str | None] = None  # the config key holding the grid (None: no grid)
+    short: ClassVar[str] = ""  # the grid key as written in setting names ("k" in ss-k0.5)
+    needs_internals: ClassVar[bool] = False
+    grid_item: ClassVar[dict] = {}  # JSON schema of one grid value
+    grid_description: ClassVar[str] = ""
+    options: ClassVar[dict] = {}  # method-specific keys besides the grid: key -> JSON schema with a default
+
+    # ------------------------------------------------------------------ config
+    def entry_schema(self) -> dict:
+        """The JSON schema of an ``interventions.<family>`` entry of this method: every key it
+        may carry (others are errors, so a key of another method is never silently ignored)."""
+        props = {
+            "method": {"const": self.name},
+            "backend": {"enum": ["hf", "openai"], "description": "Backend of this setting's self-chat "
+                        "(default: the study's backend). Methods that need the model's internals need hf."},
+            **self.options,
+        }
+        required = ["method"]
+        if self.grid_key:
+            props[self.grid_key] = {"type": "array", "items": self.grid_item, "minItems": 1, "uniqueItems": True,
+                                    "description": self.grid_description}
+            props["chosen"] = {"type": ["number", "null"], "description": "Grid value drawn in the "
+                               "over-rounds figure (default: the middle of the grid); must be in the grid."}
+            required.append(self.grid_key)
+        return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+    def defaults(self) -> dict:
+        return {k: v["default"] for k, v in self.options.items() if "default" in v}
+
+    def check(self, family: str, entry: dict) -> None:
+        """Method-specific checks of one config entry; raise :class:`EntryError`."""
+
+    def check_depth(self, setting: Setting, n_layers: int) -> None:
+        """Checks against the model once its depth is known (at planning or at job start)."""
+
+    # ------------------------------------------------------------------ runtime
+    def intervention(self, setting: Setting) -> Intervention:
+        """The engine settings of ``setting`` (none by default)."""
+        return Intervention()
+
+    def repetition(self, setting: Setting) -> Repetition | None:
+        return None
+
+    def negative_messages(self, setting: Setting, messages: list[dict]) -> list[dict] | None:
+        """The guidance branch for ``messages`` (None: no guidance)."""
+        return None
+
+    def intervenes(self, setting: Setting, phase: str) -> bool:
+        """Whether a request of ``phase`` is generated with the engine intervention switched on."""
+        return False
+
+    def user_persona(self, setting: Setting) -> bool:
+        """Whether the user bot gets its persona (False only in the length-only control)."""
+        return True
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` the method named ``cls.name``."""
+    if cls.name in METHODS:
+        raise ValueError(f"intervention method {cls.name!r} registered twice")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def phase_name(phase: str) -> str:
+    """``phase`` checked (``"probes"`` is accepted for ``"probe"``, as the self-chat calls it)."""
+    phase = "probe" if phase == "probes" else phase
+    if phase not in PHASES:
+        raise ValueError(f"unknown request phase {phase!r}; known: {PHASES}")
+    return phase
+
+
+def applies_to(setting: Setting, phase: str) -> bool:
+    """The ``apply_to`` option (dialog | probes | both) for phases of the self-chat; MMLU always."""
+    phase = phase_name(phase)
+    if phase == "mmlu":
+        return True
+    where = setting.options.get("apply_to", "both")
+    return where == "both" or where.rstrip("s") == phase

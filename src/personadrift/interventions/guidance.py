@@ -1,0 +1,36 @@
+"""Classifier-free guidance: logits = uncond + g (cond - uncond), the unconditional branch being
+the same messages without the persona. Needs the model's logits for both branches."""
+
+from __future__ import annotations
+
+from personadrift.generation.api import Intervention
+from personadrift.interventions.base import Method, applies_to, register
+
+
+@register
+class Guidance(Method):
+    name = "cfg"
+    label = "classifier-free guidance"
+    grid_key = "guidance_scale"
+    short = "g"
+    needs_internals = True
+    grid_item = {"type": "number", "minimum": 1}
+    grid_description = "Guidance scales g >= 1: logits = uncond + g (cond - uncond)."
+    options = {
+        "apply_to": {"enum": ["dialog", "probes", "both"], "default": "both",
+                     "description": "Agent generations the method applies to (MMLU: always)."},
+        "negative": {"enum": ["no_system", "empty_system"], "default": "no_system",
+                     "description": "The unconditional branch: the messages without system messages (a "
+                                    "template may insert its default one), or with an empty system message."},
+    }
+
+    def intervention(self, setting):
+        return Intervention(guidance_scale=float(setting.value))
+
+    def negative_messages(self, setting, messages):
+        from personadrift.generation.dialog import negative_branch
+
+        return negative_branch(messages, setting.options.get("negative", "no_system"))
+
+    def intervenes(self, setting, phase):
+        return applies_to(setting, phase)

@@ -1,0 +1,198 @@
+"""The config check shared by ``personadrift validate`` and the workflow (config.check_config):
+names that become paths, intervention grids, layer sets, keys foreign to a method, pool size,
+model folders, and bounded messages. In-process and fast."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from personadrift.config import check_config, read_yaml, validate_config
+from personadrift.errors import InputError
+from personadrift.interventions import METHODS
+from personadrift.interventions.settings import expand_settings, setting_by_name
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def default():
+    return read_yaml(REPO / "config.yaml")
+
+
+def refused(config, tmp_path=None) -> InputError:
+    with pytest.raises(InputError) as e:
+        check_config(config, "cfg.yaml", REPO, workdir=tmp_path or REPO)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 600, msg
+    assert msg.startswith("cfg.yaml: "), msg
+    return e.value
+
+
+def with_iv(config, **entries):
+    config["interventions"] = {"none": {"method": "none"}, **entries}
+    return config
+
+
+@pytest.mark.parametrize("key,value", [("study", ".."), ("study", "a/b"), ("study", ".hidden"), ("study", "a b"),
+                                       ("study", "x" * 101), ("study", "ü")])
+def test_study_name_rule(default, key, value):
+    default[key] = value
+    e = refused(default)
+    assert e.field == "study" and "not a usable name" in e.problem
+
+
+@pytest.mark.parametrize("value", ["..", "../x", "a/b", "$(rm)"])
+def test_model_name_rule(default, value):
+    default["model"]["name"] = value
+    assert refused(default).field == "model.name"
+
+
+@pytest.mark.parametrize("family", ["a/b", "../x", "a b", ".x", "x;y"])
+def test_intervention_keys_follow_the_name_rule(default, family):
+    with_iv(default, **{family: {"method": "repetition", "every": [1]}})
+    e = refused(default)
+    assert e.field == "interventions" and "not a usable name" in e.problem and family[:3] in e.problem
+
+
+def test_chosen_must_be_in_the_grid(default):
+    with_iv(default, ss={"method": "split_softmax", "k": [0.5, 0.25], "chosen": 0.3})
+    e = refused(default)
+    assert e.field == "interventions.ss.chosen" and "not one of the grid values" in e.problem
+
+
+def test_grid_values_that_print_alike_get_distinct_names(default):
+    with_iv(default, ss={"method": "split_softmax", "k": [0.5, 0.5000001, 0.50000001]})
+    validate_config(default, "cfg.yaml")
+    names = [s.name for s in expand_settings(default["interventions"])]
+    assert len(set(names)) == len(names) == 4
+    assert setting_by_name(default["interventions"], names[2]).value == 0.5000001
+
+
+def test_duplicate_grid_values_and_colliding_names_are_refused(default):
+    with_iv(default, ss={"method": "split_softmax", "k": [0.5, 0.5]})
+    assert refused(default).field == "interventions.ss.k"
+    cfg = read_yaml(REPO / "config.yaml")
+    with_iv(cfg, r={"method": "repetition", "every": [1]}, **{"r-every1": {"method": "none"}})
+    e = refused(cfg)
+    assert "r-every1" in e.problem and "also made by" in e.problem
+
+
+@pytest.mark.parametrize("layers,problem", [([], "selects no layer"), ({"start": 3, "stop": 3}, "selects no layer"),
+                                            ("some", "expected"), ([0, "1"], "layer indices"), ([-1], "layer indices"),
+                                            ([1, 1], "twice"), ({"start": 0}, "expected"), (True, "expected")])
+def test_layer_sets_are_typed_and_select_something(default, layers, problem):
+    with_iv(default, ss={"method": "split_softmax", "k": [0.5], "layers": layers})
+    e = refused(default)
+    assert e.field == "interventions.ss.layers" and problem in e.problem
+
+
+def test_layers_past_the_model_depth_are_refused_when_the_depth_is_known(default):
+    default["model"] = {"name": "tiny", "source": "tiny"}  # 2 layers
+    with_iv(default, ss={"method": "split_softmax", "k": [0.5], "layers": [0, 2]})
+    e = refused(default)
+    assert e.field == "interventions.ss.layers" and "layer 2 does not exist: the model has 2 layers" in e.problem
+    default["interventions"]["ss"]["layers"] = {"start": 0, "stop": 2}
+    check_config(default, "cfg.yaml", REPO)
+
+
+def test_depth_read_from_a_fetched_model_folder(default, tmp_path):
+    folder = tmp_path / "resources/models" / default["model"]["name"]
+    (folder / "weights").mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"weights_dir": "weights"}))
+    (folder / "weights/config.json").write_text(json.dumps({"num_hidden_layers": 4}))
+    with_iv(default, ss={"method": "split_softmax", "k": [0.5], "layers": [4]})
+    assert "the model has 4 layers" in refused(default, tmp_path).problem
+    default["attention"] = {"layers": [7]}
+    default["interventions"]["ss"]["layers"] = [3]
+    assert refused(default, tmp_path).field == "attention.layers"
+
+
+@pytest.mark.parametrize("method,foreign", [("split_softmax", {"every": [1]}), ("repetition", {"layers": [0]}),
+                                            ("cfg", {"k": [0.5]}), ("none", {"chosen": 1})])
+def test_keys_of_another_method_are_refused(default, method, foreign):
+    entry = {"method": method, **({METHODS[method].grid_key: [1]} if METHODS[method].grid_key else {}), **foreign}
+    with_iv(default, x=entry)
+    e = refused(default)
+    assert e.field == f"interventions.x.{next(iter(foreign))}" and f"not a key of method {method}" in e.problem
+
+
+def test_a_float_is_not_an_integer(default):
+    default["selfchat"]["conversations"] = 8.0
+    e = refused(default)
+    assert e.field == "selfchat.conversations" and "expected integer" in e.problem
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_a_pool_too_small_to_pair_is_refused_before_any_model(default, tmp_path, n):
+    persona = ("  - id: p{i}\n    category: pattern\n    system_prompt: \"Answer in one word.\"\n"
+               "    probe: \"What is Paris?\"\n    judge: {{name: one_word}}\n")
+    (tmp_path / "p.yaml").write_text("personas:\n" + "".join(persona.format(i=i) for i in range(n)) if n else "personas: []\n")
+    default["personas"] = {"files": [str(tmp_path / "p.yaml")]}
+    try:
+        e = refused(default)
+    except AssertionError:
+        raise
+    assert e.field.startswith("personas") and ("min_kept" in e.problem or "personas" in e.problem)
+
+
+def test_an_empty_local_model_folder_is_refused(default, tmp_path):
+    default["model"] = {"name": "m", "source": "local", "path": str(tmp_path)}
+    e = refused(default)
+    assert e.field == "model.path" and "has no config.json" in e.problem
+
+
+def test_an_alias_bomb_gives_one_short_line(tmp_path):
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        bomb.append(f"{'abcdefghij'[i]}: &{'abcdefghij'[i]} [" + ", ".join([f"*{'abcdefghij'[i - 1]}"] * 10) + "]")
+    text = "\n".join(bomb).replace("a:", "x0:", 1)
+    (tmp_path / "bomb.yaml").write_text("model: {name: tiny, source: tiny}\nstudy: &s [1]\nbomb:\n  " +
+                                        "\n  ".join(text.splitlines()) + "\nseed: *i\n")
+    cfg = read_yaml(tmp_path / "bomb.yaml")
+    with pytest.raises(InputError) as e:
+        validate_config(cfg, "bomb.yaml")
+    assert len(str(e.value)) < 300 and "\n" not in str(e.value)
+
+
+def test_long_values_are_quoted_briefly(default):
+    default["backend"] = "x" * 100_000
+    e = refused(default)
+    assert e.field == "backend" and len(str(e)) < 500
+
+
+def test_every_method_owns_its_switches():
+    """The registry answers what the rest of the code used to decide by comparing names."""
+    ivs = {"none": {"method": "none"}, "control": {"method": "none", "user_persona": False},
+           "ss": {"method": "split_softmax", "k": [0.5], "apply_to": "dialog"},
+           "rep": {"method": "repetition", "every": [2]}, "g": {"method": "cfg", "guidance_scale": [2.0]}}
+    s = {x.name: x for x in expand_settings(ivs)}
+    assert list(s) == ["none", "control", "ss-k0.5", "rep-every2", "g-g2"]
+    assert not s["control"].user_persona and s["none"].user_persona
+    assert s["ss-k0.5"].intervenes("dialog") and not s["ss-k0.5"].intervenes("probe") and s["ss-k0.5"].intervenes("mmlu")
+    assert s["g-g2"].intervenes("probe") and s["g-g2"].engine_intervention().guidance_scale == 2.0
+    msgs = [{"role": "system", "content": "p"}, {"role": "user", "content": "q"}]
+    assert s["g-g2"].negative_messages(msgs) == msgs[1:] and s["ss-k0.5"].negative_messages(msgs) is None
+    assert s["rep-every2"].repetition().every == 2 and s["none"].repetition() is None
+    assert [x.needs_internals for x in s.values()] == [False, False, True, False, True]
+    with pytest.raises(ValueError):
+        s["ss-k0.5"].intervenes("dialogue")
+
+
+def test_openai_backend_per_setting(default):
+    cfg = copy.deepcopy(default)
+    with_iv(cfg, ss={"method": "split_softmax", "k": [0.5], "backend": "openai"})
+    cfg["openai"] = {"model": "m"}
+    e = refused(cfg)
+    assert e.field == "interventions.ss.backend" and "needs model internals" in e.problem
+    cfg["interventions"] = {"none": {"method": "none", "backend": "openai"}}
+    check_config(cfg, "cfg.yaml", REPO)
+    assert expand_settings(cfg["interventions"])[0].backend_for("hf") == "openai"
+    del cfg["openai"]
+    cfg.pop("openai", None)
+    cfg2 = read_yaml(REPO / "config.yaml")
+    cfg2["interventions"] = {"none": {"method": "none", "backend": "openai"}}
+    assert refused(cfg2).field == "openai.model"
