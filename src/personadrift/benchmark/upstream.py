@@ -34,6 +34,7 @@ import copy
 import hashlib
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,7 @@ HELPERS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 #: Upstream's module-level word lists (downloaded at import time upstream) -> offline stand-ins.
 MODULE_WORDLISTS = {"frequent_words_list": "frequent_words", "one_syllable_words_list": "one_syllable_words"}
 SENTENCE_SPLITTER = "split_into_sentences"
+_KNOWN_CALLS = {SENTENCE_SPLITTER, "len", "any", "all", "int", "float", "bool", "abs", "min", "max"}
 _OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Eq: "==", ast.NotEq: "!=", ast.Gt: ">", ast.GtE: ">="}
 _FLIP = {"<": ">", "<=": ">=", "==": "==", "!=": "!=", ">": "<", ">=": "<="}
 
@@ -588,7 +590,9 @@ def _parse(source: Path) -> tuple[str, ast.Module]:
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(source, None, f"cannot read file: {e}") from None
     try:
-        return text, ast.parse(text, filename=str(source))  # parsed only, never executed
+        with warnings.catch_warnings():  # upstream's "\s" in plain strings warns; not the user's concern
+            warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+            return text, ast.parse(text, filename=str(source))  # parsed only, never executed
     except SyntaxError as e:
         raise InputError(source, None, f"Python syntax error at line {e.lineno}: {e.msg}") from None
 
@@ -615,7 +619,9 @@ def _translate_item(elt: ast.AST, text: str, list_name: str, i: int, category: s
         spec = translate_judge(body)
         check_judge_args(spec["name"], spec.get("args") or {})
     except Untranslatable as e:
-        item.reason = f"no equivalent for {e}"
+        unknown = sorted({n.func.id for n in ast.walk(body) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                          and n.func.id not in HELPERS and n.func.id not in _KNOWN_CALLS})
+        item.reason = (f"unknown helper {', '.join(f'{u}()' for u in unknown)}; " if unknown else "") + f"no equivalent for {e}"
         return None, item
     except JudgeSpecError as e:  # a translation produced bad arguments: report, don't crash
         item.reason = f"translated to an invalid judge ({e})"
