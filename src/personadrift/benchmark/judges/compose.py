@@ -120,7 +120,7 @@ def _score(spec: Mapping, text: str) -> float:
 # ---- composite judges ----------------------------------------------------------------------------
 @register("one_minus", scores_empty=lambda a: _inner_sees_empty(a["judge"]), judge=Arg(dict, _judge_arg))
 def one_minus(text: str, judge: dict) -> float:
-    """1 - the score of `judge` (a nested judge spec): 'never X' from 'X'."""
+    """1 - the score of `judge` (a nested judge spec): 'never X' from 'X'; 1.0 = `judge` scores 0."""
     return 1.0 - _score(judge, text)
 
 
@@ -148,7 +148,7 @@ def any_of(text: str, judges: list) -> float:
 
 @register("affine", scores_empty=True, measure=Arg(dict, _measure_arg), scale=float, offset=float)
 def affine(text: str, measure: dict, scale: float = 1.0, offset: float = 0.0) -> float:  # noqa: A002
-    """offset + scale * `measure`, clipped to [0, 1] (e.g. (1 - compound) / 2: scale -0.5, offset 0.5)."""
+    """offset + scale * `measure`, clipped to [0, 1] (e.g. (1 - compound) / 2: scale -0.5, offset 0.5; 1.0 = compound -1)."""
     return offset + scale * measure_value(measure, text)
 
 

@@ -95,9 +95,14 @@ def _vader():
     return SentimentIntensityAnalyzer()
 
 
+#: The slow judges (VADER's run time grows quadratically with the text, langdetect runs once per
+#: gloss pair) look at no more than this many characters; probe answers are far shorter.
+SLOW_JUDGE_MAX_CHARS = 10_000
+
+
 def vader_scores(text: str) -> dict:
-    """VADER's polarity scores (neg, neu, pos, compound) of the whole text."""
-    return _vader().polarity_scores(text)
+    """VADER's polarity scores (neg, neu, pos, compound) of the first 10,000 characters."""
+    return _vader().polarity_scores(text[:SLOW_JUDGE_MAX_CHARS])
 
 
 @functools.cache
@@ -141,7 +146,7 @@ def upstream_fraction_starts_with(text: str, prefix: str) -> float:
 
 @register("upstream_fraction_of_case_letters", scores_empty=True, upper=bool)
 def upstream_fraction_of_case_letters(text: str, upper: bool) -> float:
-    """upstream fraction_of_case_letters: upper- (or lower-) case letters / letters (str.isalpha); 0.0 without letters."""
+    """upstream fraction_of_case_letters: upper- (or lower-) case letters / letters (str.isalpha), 1.0 = all in that case; 0.0 without letters."""
     letters = [c for c in text if c.isalpha()]
     return _fraction(sum(c.isupper() if upper else c.islower() for c in letters), len(letters))
 
@@ -155,13 +160,13 @@ def upstream_count_num_words_one(text: str) -> float:
 
 @register("upstream_fraction_non_letter", scores_empty=True)
 def upstream_fraction_non_letter(text: str) -> float:
-    """upstream fraction_non_letter: characters that are not letters (spaces count) / all characters."""
+    """upstream fraction_non_letter: characters that are not letters (spaces count) / all characters; 1.0 = no letter."""
     return _fraction(sum(not c.isalpha() for c in text), len(text))
 
 
 @register("upstream_fraction_digit", scores_empty=True)
 def upstream_fraction_digit(text: str) -> float:
-    """upstream fraction_digit: digit characters / all characters (spaces count)."""
+    """upstream fraction_digit: digit characters / all characters (spaces count); 1.0 = digits only."""
     return _fraction(sum(c.isdigit() for c in text), len(text))
 
 
@@ -181,7 +186,7 @@ def upstream_count_num_words(text: str, n: int = 10) -> float:
 
 @register("upstream_get_sentiment", scores_empty=True, component=Arg(str, one_of("pos", "neg", "neu", "compound")))
 def upstream_get_sentiment(text: str, component: str) -> float:
-    """upstream get_sentiment: VADER's `component` score of the reply (pos/neg/neu in [0, 1]; compound, in [-1, 1], is clipped at 0 as a score)."""
+    """upstream get_sentiment: VADER's `component` score of the reply (pos/neg/neu in [0, 1], 1.0 = all such wording; compound, in [-1, 1], is clipped at 0 as a score)."""
     return float(vader_scores(text)[component])
 
 
@@ -207,7 +212,7 @@ def _looks_plural_noun(tok: str) -> bool:
 
 @register("upstream_count_plural_nouns", scores_empty=True)
 def upstream_count_plural_nouns(text: str) -> float:
-    """upstream count_plural_nouns (approximated): plural nouns / tokens (punctuation tokens count), by a suffix-and-stem heuristic instead of NLTK's POS tagger."""
+    """upstream count_plural_nouns (approximated): plural nouns / tokens (punctuation tokens count), by a suffix-and-stem heuristic instead of NLTK's POS tagger; 1.0 = only plural nouns."""
     toks = _TREEBANK.findall(text)
     return _fraction(sum(_looks_plural_noun(t) for t in toks), len(toks))
 
@@ -223,7 +228,7 @@ def upstream_is_valid_json_format(text: str) -> float:
 
 @register("upstream_is_valid_list_format", scores_empty=True)
 def upstream_is_valid_list_format(text: str) -> float:
-    """upstream is_valid_list_format: items without a space / items, between the first '[' and the first ']' split at ', '; 0.0 without both brackets."""
+    """upstream is_valid_list_format: items without a space / items, between the first '[' and the first ']' split at ', ' (1.0 = all single words); 0.0 without both brackets."""
     start, end = text.find("["), text.find("]")
     if start == -1 or end == -1:
         return 0.0
@@ -254,7 +259,7 @@ def _targets(words, wordlist: str):
 @register("upstream_fraction_of_text_that_is_a_target", scores_empty=True,
           words=list[str], wordlist=Arg(str, one_of("", *WORDLISTS)))
 def upstream_fraction_of_text_that_is_a_target(text: str, words: list = (), wordlist: str = "") -> float:  # noqa: A002
-    """upstream fraction_of_text_that_is_a_target: words of the reply (punctuation removed, lower case) that are in `words` (as given) or `wordlist` / words; raises on a reply without words, as upstream."""
+    """upstream fraction_of_text_that_is_a_target: words of the reply (punctuation removed, lower case) that are in `words` (as given) or `wordlist` / words (1.0 = only such words); raises on a reply without words, as upstream."""
     targets = _targets(words, wordlist)
     ws = _strip_punct_lower_split(text)
     if not ws:
@@ -264,7 +269,7 @@ def upstream_fraction_of_text_that_is_a_target(text: str, words: list = (), word
 
 @register("upstream_fraction_of_target_words_hit", scores_empty=True, words=Arg(list[str], non_empty))
 def upstream_fraction_of_target_words_hit(text: str, words: list) -> float:  # noqa: A002
-    """upstream fraction_of_target_words_hit: `words` (compared as given) that are words of the reply (punctuation removed, lower case) / len(words)."""
+    """upstream fraction_of_target_words_hit: `words` (compared as given) that are words of the reply (punctuation removed, lower case) / len(words); 1.0 = all of them."""
     ws = set(_strip_punct_lower_split(text))
     return sum(w in ws for w in words) / len(words)
 
@@ -278,7 +283,7 @@ def _first_word_of(sentence: str) -> str:
 
 @register("upstream_sentences_start_with", scores_empty=True, word=Arg(str, non_empty))
 def upstream_sentences_start_with(text: str, word: str) -> float:
-    """upstream sentences_start_with over split_into_sentences: sentences whose first word (punctuation removed) is `word` / sentences, compared in lower case on both sides (upstream lower-cases only the sentence's word, see DIFFERENCES)."""
+    """upstream sentences_start_with over split_into_sentences: sentences whose first word (punctuation removed) is `word` / sentences, compared in lower case on both sides (upstream lower-cases only the sentence's word, see DIFFERENCES); 1.0 = every sentence."""
     ss = upstream_sentences(text)
     target = word.lower()
     return _fraction(sum(_first_word_of(s) == target for s in ss), len(ss))
@@ -286,7 +291,7 @@ def upstream_sentences_start_with(text: str, word: str) -> float:
 
 @register("upstream_is_alliteration", scores_empty=True)
 def upstream_is_alliteration(text: str) -> float:
-    """upstream is_alliteration: words (\\b\\w+\\b, lower case) starting with the most common initial / words."""
+    """upstream is_alliteration: words (\\b\\w+\\b, lower case) starting with the most common initial / words; 1.0 = one initial for all."""
     ws = re.findall(r"\b\w+\b", text.lower())
     if not ws:
         return 0.0
@@ -296,7 +301,7 @@ def upstream_is_alliteration(text: str) -> float:
 @register("upstream_is_valid_sentence_word_count", scores_empty=True,
           pattern=Arg(list[int], lambda v: None if v and all(x > 0 for x in v) else "must be a non-empty list of positive integers"))
 def upstream_is_valid_sentence_word_count(text: str, pattern: list) -> float:
-    """upstream is_valid_sentence_word_count: 0.0 unless there are exactly len(`pattern`) sentences; then per sentence 1 for the pattern's word count, 0.5 for one off, averaged."""
+    """upstream is_valid_sentence_word_count: 0.0 unless there are exactly len(`pattern`) sentences; then per sentence 1 for the pattern's word count, 0.5 for one off, averaged (1.0 = the exact pattern)."""
     ss = upstream_sentences(text)
     if len(ss) != len(pattern):
         return 0.0
@@ -309,7 +314,7 @@ def upstream_is_valid_sentence_word_count(text: str, pattern: list) -> float:
 
 @register("upstream_is_increasing_sentence_word_count", scores_empty=True)
 def upstream_is_increasing_sentence_word_count(text: str) -> float:
-    """upstream is_increasing_sentence_word_count: sentences with one word more than the previous one (the first needs one word) / sentences."""
+    """upstream is_increasing_sentence_word_count: sentences with one word more than the previous one (the first needs one word) / sentences; 1.0 = 1, 2, 3, ... words."""
     ss = upstream_sentences(text)
     prev, hits = 0, 0
     for s in ss:
@@ -329,8 +334,8 @@ def _is_language(text: str, code: str) -> bool:
 
 @register("upstream_is_valid_alternating_french_english", scores_empty=True)
 def upstream_is_valid_alternating_french_english(text: str) -> float:
-    """upstream is_valid_alternating_french_english: over the parts split at ') ' that contain '(', split at ' (': 0.5 per part whose first half is detected French and 0.5 if its second is English, averaged."""
-    pairs = [part.split(" (") for part in text.split(") ") if "(" in part]
+    """upstream is_valid_alternating_french_english: over the parts split at ') ' that contain '(', split at ' (': 0.5 per part whose first half is detected French and 0.5 if its second is English, averaged (1.0 = perfect alternation)."""
+    pairs = [part.split(" (") for part in text[:SLOW_JUDGE_MAX_CHARS].split(") ") if "(" in part]
     got = 0.0
     for pair in pairs:
         if len(pair) == 2:
@@ -361,7 +366,7 @@ def _case_kind(word: str) -> tuple[bool, bool]:
 
 @register("upstream_fraction_alter_upper_lower", scores_empty=True)
 def upstream_fraction_alter_upper_lower(text: str) -> float:
-    """upstream fraction_alter_upper_lower: words whose case (ALL UPPER / all lower) flips from the previous word, the first counting if it is either / words."""
+    """upstream fraction_alter_upper_lower: words whose case (ALL UPPER / all lower) flips from the previous word, the first counting if it is either / words (1.0 = strict alternation)."""
     ws = text.split()
     up, low = _case_kind(_first_word_or_raise(ws, "fraction_alter_upper_lower"))
     hits = int(up or low)
@@ -374,7 +379,7 @@ def upstream_fraction_alter_upper_lower(text: str) -> float:
 
 @register("upstream_teenager_score", scores_empty=True)
 def upstream_teenager_score(text: str) -> float:
-    """upstream teenager_score (with this project's slang list): words (punctuation but apostrophes removed, lower case) that are teen slang / words."""
+    """upstream teenager_score (with this project's slang list): words (punctuation but apostrophes removed, lower case) that are teen slang / words; 1.0 = only slang."""
     from personadrift.benchmark.judges.wordlists import TEEN_SLANG
 
     ws = text.translate(_PUNCT_BUT_APOSTROPHE).lower().split()
@@ -410,14 +415,14 @@ def upstream_fraction_past_tense_verbs(text: str) -> float:
 
 @register("upstream_fraction_unique_words", scores_empty=True)
 def upstream_fraction_unique_words(text: str) -> float:
-    """upstream fraction_unique_words: words (\\b\\w+\\b, lower case) occurring exactly once / words."""
+    """upstream fraction_unique_words: words (\\b\\w+\\b, lower case) occurring exactly once / words; 1.0 = no word repeated."""
     ws = re.findall(r"\b\w+\b", text.lower())
     return _fraction(sum(c == 1 for c in Counter(ws).values()), len(ws))
 
 
 @register("upstream_fraction_repeated_words", scores_empty=True)
 def upstream_fraction_repeated_words(text: str) -> float:
-    """upstream fraction_repeated_words: distinct words (\\b\\w+\\b, lower case) occurring twice or more / words (so at most 0.5)."""
+    """upstream fraction_repeated_words: distinct words (\\b\\w+\\b, lower case) occurring twice or more / words (so at most 0.5, never 1.0)."""
     ws = re.findall(r"\b\w+\b", text.lower())
     return _fraction(sum(c >= 2 for c in Counter(ws).values()), len(ws))
 
@@ -444,7 +449,7 @@ def upstream_contains_color_and_number(text: str) -> float:
 
 @register("upstream_fraction_alter_short_long", scores_empty=True)
 def upstream_fraction_alter_short_long(text: str) -> float:
-    """upstream fraction_alter_short_long: words whose length class (long = more than 4 characters; the first word counts letters only) flips from the previous word, the first always counting / words."""
+    """upstream fraction_alter_short_long: words whose length class (long = more than 4 characters; the first word counts letters only) flips from the previous word, the first always counting / words (1.0 = strict alternation)."""
     ws = text.split()
     first = _first_word_or_raise(ws, "fraction_alter_short_long")
     prev = sum(c.isalpha() for c in first) > 4
@@ -458,7 +463,7 @@ def upstream_fraction_alter_short_long(text: str) -> float:
 
 @register("upstream_fraction_alter_banana", scores_empty=True, word=Arg(str, non_empty))
 def upstream_fraction_alter_banana(text: str, word: str = "banana") -> float:
-    """upstream fraction_alter_banana: words (punctuation removed, lower case) whose being `word` flips from the previous word, the first always counting / words."""
+    """upstream fraction_alter_banana: words (punctuation removed, lower case) whose being `word` flips from the previous word, the first always counting / words (1.0 = strict alternation)."""
     ws = text.split()
     _first_word_or_raise(ws, "fraction_alter_banana")
     flags = [w.translate(_PUNCT).lower() == word for w in ws]
@@ -467,14 +472,14 @@ def upstream_fraction_alter_banana(text: str, word: str = "banana") -> float:
 
 @register("upstream_fraction_sentences_that_are_questions", scores_empty=True)
 def upstream_fraction_sentences_that_are_questions(text: str) -> float:
-    """upstream fraction_sentences_that_are_questions: sentences with '?' among their last two characters / sentences."""
+    """upstream fraction_sentences_that_are_questions: sentences with '?' among their last two characters / sentences; 1.0 = only questions."""
     ss = upstream_sentences(text)
     return _fraction(sum("?" in s[-2:] for s in ss), len(ss))
 
 
 @register("upstream_is_valid_repeat", scores_empty=True)
 def upstream_is_valid_repeat(text: str) -> float:
-    """upstream is_valid_repeat, bug fixed: word pairs (1st+2nd, 3rd+4th, ...; punctuation removed, lower case) of the same word / words (so at most 0.5)."""
+    """upstream is_valid_repeat, bug fixed: word pairs (1st+2nd, 3rd+4th, ...; punctuation removed, lower case) of the same word / words (so at most 0.5, never 1.0)."""
     ws = _strip_punct_lower_split(text)
     hits = sum(ws[i] == ws[i + 1] for i in range(0, len(ws) - 1, 2))
     return _fraction(hits, len(ws))
@@ -482,7 +487,7 @@ def upstream_is_valid_repeat(text: str) -> float:
 
 @register("upstream_get_french_percentage", scores_empty=True)
 def upstream_get_french_percentage(text: str) -> float:
-    """upstream get_french_percentage: langdetect's probability of French (seeded); raises where langdetect finds no features, as upstream."""
+    """upstream get_french_percentage: langdetect's probability of French (seeded; 1.0 = surely French); raises where langdetect finds no features, as upstream."""
     from langdetect.lang_detect_exception import LangDetectException
 
     try:
@@ -521,7 +526,8 @@ def first_token_is(text: str, token: str) -> float:
 DIFFERENCES = {
     "upstream_get_sentiment": "VADER from the vaderSentiment package (3.3.2; the lexicon ships in the wheel) instead of "
                               "NLTK's port with its downloaded vader_lexicon: same lexicon and rules, but scores can differ "
-                              "on some texts (emoji, some negations); NLTK data is not installable offline",
+                              "on some texts (emoji, some negations); NLTK data is not installable offline. Only the first "
+                              "10,000 characters are scored (VADER's time grows quadratically; probe answers are shorter)",
     "upstream_count_plural_nouns": "no POS tagger offline (NLTK's tagger data is not on PyPI): plural nouns are found by a "
                                    "suffix-and-stem heuristic (wordfreq), so verbs such as 'visits' count and irregular "
                                    "plurals ('children') do not",
@@ -535,7 +541,8 @@ DIFFERENCES = {
         "pronouncing dictionary stand in (a larger list: some scores are higher)",
     "upstream_get_french_percentage": "langdetect is seeded here (a private, deterministic detector); upstream's is not "
                                       "seeded, so its value on the same text varies from run to run",
-    "upstream_is_valid_alternating_french_english": "langdetect is seeded here (deterministic); upstream's is not",
+    "upstream_is_valid_alternating_french_english": "langdetect is seeded here (deterministic); upstream's is not. Only "
+                                                    "the first 10,000 characters are scored (one detection per pair)",
     "upstream_teenager_score": "this project's slang list replaces upstream's (the upstream repository has no license, "
                                "so its word list is not copied): scores differ on words in one list only",
     "upstream_contains_color_and_number": "this project's colour list replaces upstream's (not copied): replies naming "
