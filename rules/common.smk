@@ -15,7 +15,7 @@ from personadrift.config import (
 from personadrift.errors import PersonaDriftError
 from personadrift.generation.selfchat import n_shards
 from personadrift.interventions.settings import expand_settings
-from personadrift.benchmark.personas import load_pool
+from personadrift.benchmark.personas import check_pool
 
 # Without --configfile the embedded default config.yaml is used; --config KEY=VALUE
 # overrides still apply on top. (A configfile: directive would instead merge a user's
@@ -33,7 +33,9 @@ CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config.yaml"
 try:
     validate_config(config, CONFIG_SOURCE)
     resolve_data_paths(config, CONFIG_SOURCE, workflow.basedir)
-    load_pool(config)
+    # check_pool: as load_pool, but with personas.upstream_file it checks that file (exists,
+    # sha256) and leaves the personas to rule import_upstream, which has not run yet.
+    check_pool(config, CONFIG_SOURCE)
 except PersonaDriftError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 validate(config, "../src/personadrift/schemas/config.schema.yaml")

@@ -1,5 +1,11 @@
 # The persona pool: round-0 adherence per persona, and the personas a study keeps.
 
+from personadrift.benchmark.personas import persona_files, upstream_personas_path
+
+# The study's persona files (the imported upstream personas with personas.upstream_file): an
+# input of the rules that read them, so an import runs first and an edit reruns calibration.
+PERSONA_FILES = persona_files(config)
+
 
 localrules:
     select_personas,
@@ -9,6 +15,7 @@ localrules:
 rule calibrate:
     input:
         model=MODEL,
+        personas=PERSONA_FILES,
     output:
         f"{R}/calibration.csv",
     log:
@@ -28,7 +35,8 @@ rule calibrate:
 
 rule select_personas:
     input:
-        f"{R}/calibration.csv",
+        calibration=f"{R}/calibration.csv",
+        personas=PERSONA_FILES,
     output:
         pool=f"{R}/personas.json",
         summary=f"{R}/tables/calibration_by_persona.csv",
@@ -39,31 +47,28 @@ rule select_personas:
     params:
         cfg=stage_params("personas"),
     shell:
-        "personadrift select-personas --params {params.cfg:q} --calibration {input}"
+        "personadrift select-personas --params {params.cfg:q} --calibration {input.calibration}"
         " --out {output.pool} --summary {output.summary} > {log} 2>&1"
 
 
-# Optional: convert the paper's own persona file (github likenneth/persona_drift, commit
-# e5b57b0, hundred_system_prompts.py, downloaded by the user) into this project's YAML:
-#   snakemake personas/upstream/pattern.yaml --cores 1
-# then list personas/upstream/*.yaml under personas.files in the config.
+# The paper's own personas (personas.upstream_file, supplied by the user): parsed with ast,
+# checked against personas.upstream_sha256, every item translated or the rule fails (--strict);
+# the report (deliberate differences, upstream quirks) is written next to the personas.
 rule import_upstream:
     input:
-        "personas/upstream/hundred_system_prompts.py",
+        config["personas"]["upstream_file"] or "hundred_system_prompts.py",
     output:
-        expand(
-            "personas/upstream/{category}.yaml",
-            category=(
-                "pattern",
-                "multiple_choice",
-                "persona",
-                "memorization",
-                "language",
-            ),
+        personas=upstream_personas_path(config),
+        report=os.path.join(
+            os.path.dirname(upstream_personas_path(config)), "report.yaml"
         ),
     log:
         f"{LOGS}/import_upstream.log",
     conda:
         "../envs/personadrift.yaml"
+    params:
+        sha256=config["personas"]["upstream_sha256"],
+        out=lambda wildcards, output: os.path.dirname(output.personas),
     shell:
-        "personadrift import-upstream {input} --out personas/upstream > {log} 2>&1"
+        "python -m personadrift.benchmark.upstream {input:q} --out {params.out:q}"
+        " --sha256 {params.sha256} --strict > {log} 2>&1"
