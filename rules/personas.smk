@@ -1,5 +1,11 @@
 # The persona pool: round-0 adherence per persona, and the personas a study keeps.
 
+from personadrift.benchmark.personas import persona_files, upstream_personas_path
+
+# The study's persona files (the imported upstream personas with personas.upstream_file): an
+# input of the rules that read them, so an import runs first and an edit reruns calibration.
+PERSONA_FILES = persona_files(config)
+
 
 localrules:
     select_personas,
@@ -9,6 +15,7 @@ localrules:
 rule calibrate:
     input:
         model=MODEL,
+        personas=PERSONA_FILES,
     output:
         f"{R}/calibration.csv",
     log:
@@ -38,7 +45,8 @@ rule calibrate:
 
 rule select_personas:
     input:
-        rules.calibrate.output,
+        calibration=rules.calibrate.output[0],
+        personas=PERSONA_FILES,
     output:
         pool=f"{R}/personas.json",
         summary=f"{R}/tables/calibration_by_persona.csv",
@@ -49,31 +57,28 @@ rule select_personas:
     params:
         cfg=config_provider("personas"),
     shell:
-        "pd select-personas --params {params.cfg:q} --calibration {input:q}"
+        "pd select-personas --params {params.cfg:q} --calibration {input.calibration:q}"
         " --out {output.pool:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
-# Optional: convert the paper's own persona file (github likenneth/persona_drift, commit
-# e5b57b0, hundred_system_prompts.py, downloaded by the user) into this project's YAML:
-#   snakemake personas/upstream/pattern.yaml --cores 1
-# then list personas/upstream/*.yaml under personas.files in the config.
+# The paper's own personas (personas.upstream_file, supplied by the user): parsed with ast,
+# checked against personas.upstream_sha256, every item translated or the rule fails (--strict);
+# the report (deliberate differences, upstream quirks) is written next to the personas.
 rule import_upstream:
     input:
-        "personas/upstream/hundred_system_prompts.py",
+        config["personas"]["upstream_file"] or "hundred_system_prompts.py",
     output:
-        expand(
-            "personas/upstream/{category}.yaml",
-            category=(
-                "pattern",
-                "multiple_choice",
-                "persona",
-                "memorization",
-                "language",
-            ),
+        personas=upstream_personas_path(config),
+        report=os.path.join(
+            os.path.dirname(upstream_personas_path(config)), "report.yaml"
         ),
     log:
         f"{LOGS}/import_upstream.log",
     conda:
         "../envs/analysis.yaml"
+    params:
+        sha256=config["personas"]["upstream_sha256"],
+        out=lambda wildcards, output: os.path.dirname(output.personas),
     shell:
-        "personadrift import-upstream {input} --out personas/upstream > {log} 2>&1"
+        "pd import-upstream {input:q} --out {params.out:q}"
+        " --sha256 {params.sha256:q} --strict > {log:q} 2>&1"

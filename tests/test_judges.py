@@ -24,6 +24,7 @@ from personadrift.benchmark.judges import (
     register,
     run_judge,
 )
+from personadrift.benchmark.judges.paper import UpstreamExpressionError
 
 # Valid arguments for every judge (used by the property tests; must cover the registry).
 VALID_ARGS = {
@@ -43,6 +44,34 @@ VALID_ARGS = {
     "starts_with": {"prefix": "Hello"}, "starts_with_letter": {"letter": "A"}, "starts_with_word": {"word": "Well"},
     "target_word_fraction": {"words": ["yes", "no"]}, "target_words_present": {"words": ["red", "blue"]},
     "unique_word_fraction": {}, "uppercase_fraction": {}, "word_count_close": {"n": 10},
+}
+
+# Valid arguments for the judges with upstream's semantics and the composition judges (their
+# hand-written cases are in test_upstream_judges.py). They score empty replies themselves and
+# may raise UpstreamExpressionError where upstream's expression raises.
+_SUB = {"name": "substring_any", "args": {"substrings": ["tennis"]}}
+SEMANTICS_ARGS = {
+    "upstream_fraction_starts_with": {"prefix": "a"}, "upstream_fraction_of_case_letters": {"upper": True},
+    "upstream_count_num_words_one": {}, "upstream_fraction_non_letter": {}, "upstream_fraction_digit": {},
+    "upstream_are_first_and_last_words_same": {}, "upstream_count_num_words": {},
+    "upstream_get_sentiment": {"component": "pos"}, "upstream_count_plural_nouns": {},
+    "upstream_is_valid_json_format": {}, "upstream_is_valid_list_format": {}, "upstream_is_valid_dash_format": {},
+    "upstream_does_not_contain": {"words": ["we", "us"]},
+    "upstream_fraction_of_text_that_is_a_target": {"wordlist": "one_syllable_words"},
+    "upstream_fraction_of_target_words_hit": {"words": ["lamp"]}, "upstream_sentences_start_with": {"word": "Yes"},
+    "upstream_is_alliteration": {}, "upstream_is_valid_sentence_word_count": {"pattern": [5, 5, 5]},
+    "upstream_is_increasing_sentence_word_count": {}, "upstream_is_valid_alternating_french_english": {},
+    "upstream_close_to_num": {"target": 9}, "upstream_fraction_alter_upper_lower": {}, "upstream_teenager_score": {},
+    "upstream_fraction_past_tense_verbs": {}, "upstream_fraction_unique_words": {}, "upstream_fraction_repeated_words": {},
+    "upstream_contains_color_and_number": {}, "upstream_fraction_alter_short_long": {}, "upstream_fraction_alter_banana": {},
+    "upstream_fraction_sentences_that_are_questions": {}, "upstream_is_valid_repeat": {},
+    "upstream_get_french_percentage": {}, "substring_any": {"substrings": ["tennis"], "lowercase": True},
+    "token_any": {"tokens": ["i"], "lowercase": True}, "first_token_is": {"token": "Yes"},
+    "one_minus": {"judge": _SUB}, "all_of": {"judges": [_SUB, {"name": "upstream_fraction_digit"}]},
+    "any_of": {"judges": [_SUB, {"name": "one_word"}]},
+    "affine": {"measure": {"name": "vader", "args": {"component": "compound"}}, "scale": -0.5, "offset": 0.5},
+    "compare": {"measure": {"name": "word_count"}, "op": "<", "value": 20},
+    "reciprocal": {"measure": {"name": "occurrences", "args": {"substring": "e"}}},
 }
 
 # (judge, args, text, expected score); a tuple expected means an inclusive range.
@@ -130,6 +159,14 @@ CASES = [
     ("forbidden_words", {"words": ["banana"]}, "Bananas!", 0.0),
     ("forbidden_words", {"words": ["no"]}, "Not today, nobody knows.", 1.0),
     ("forbidden_words", {"words": ["no"]}, "No way.", 0.0),
+    # short keywords take no inflection: "AI" is not in "aid", "no" not in "nod", "I" not in "is"
+    ("forbidden_words", {"words": ["AI"]}, "First aid is vital.", 1.0),
+    ("forbidden_words", {"words": ["AI"]}, "AI's rules.", 0.0),
+    ("forbidden_words", {"words": ["no"]}, "They nod.", 1.0),
+    ("forbidden_words", {"words": ["I"]}, "This is it.", 1.0),
+    ("forbidden_words", {"words": ["I"]}, "I think so.", 0.0),
+    ("forbidden_words", {"words": ["see"]}, "Plant a seed.", 1.0),
+    ("forbidden_words", {"words": ["like"]}, "She liked it.", 0.0),
     ("target_word_fraction", {"words": ["yes", "no"]}, "Yes.", 1.0),
     ("target_word_fraction", {"words": ["yes", "no"]}, "Yes it is.", pytest.approx(1 / 3)),
     ("target_word_fraction", {"words": ["yes", "no"], "target": 0.5}, "Yes it is no.", 1.0),
@@ -177,9 +214,12 @@ CASES = [
     ("multiple_choice", {"letter": "B", "options": ["a dog", "a cat", "a fish"]}, "I love cats!", 1.0),
     ("multiple_choice", {"letter": "B", "options": ["a dog", "a cat", "a fish"]}, "A dog or a cat, both.", 0.5),
     ("multiple_choice", {"letter": "B", "options": ["a dog", "a cat", "a fish"]}, "A goldfish.", 0.0),
-    ("sentiment", {"kind": "positive"}, "I absolutely love this wonderful city!", (0.8, 1.0)),
+    # VADER's pos/neg components as upstream (compound saturates: this text has compound 0.64)
+    ("sentiment", {"kind": "positive"}, "I love London. It is big. I walk a lot.", (0.31, 0.33)),
+    ("sentiment", {"kind": "positive"}, "I absolutely love this wonderful city!", (0.65, 0.75)),
+    ("sentiment", {"kind": "positive"}, "Love it! Wonderful, beautiful, amazing!", (0.9, 1.0)),
     ("sentiment", {"kind": "positive"}, "I hate this awful city.", 0.0),
-    ("sentiment", {"kind": "negative"}, "I hate this awful city.", (0.7, 1.0)),
+    ("sentiment", {"kind": "negative"}, "I hate this awful city.", (0.65, 0.75)),
     ("sentiment", {"kind": "compound"}, "The table is brown.", 0.5),
     ("first_person", {}, "I went to Paris. My trip was great.", 1.0),
     ("first_person", {}, "Tourists go to Paris. It is great.", 0.0),
@@ -207,10 +247,10 @@ CASES = [
 
 
 def test_every_judge_has_valid_args_and_cases():
-    assert set(VALID_ARGS) == set(judge_names())
-    untested = set(judge_names()) - {c[0] for c in CASES}
+    assert set(VALID_ARGS) | set(SEMANTICS_ARGS) == set(judge_names()) and not set(VALID_ARGS) & set(SEMANTICS_ARGS)
+    untested = set(VALID_ARGS) - {c[0] for c in CASES}
     assert not untested, f"judges without hand-written cases: {sorted(untested)}"
-    for name, args in VALID_ARGS.items():
+    for name, args in {**VALID_ARGS, **SEMANTICS_ARGS}.items():
         check_judge_args(name, args)
 
 
@@ -309,30 +349,42 @@ def test_a_judge_returning_nan_is_a_bug():
 
 
 # ---- robustness -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(VALID_ARGS))
+ALL_ARGS = {**VALID_ARGS, **SEMANTICS_ARGS}
+
+
+def _score_or_upstream_error(name: str, text: str) -> float | None:
+    """The score; None where an upstream-semantics judge raises as upstream's expression does."""
+    try:
+        return run_judge(name, ALL_ARGS[name], text)
+    except UpstreamExpressionError:
+        assert name in SEMANTICS_ARGS, f"{name} is not an upstream-semantics judge"
+        return None
+
+
+@pytest.mark.parametrize("name", sorted(ALL_ARGS))
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.text(max_size=400))
 def test_judges_return_unit_float_on_any_text(name, text):
-    score = run_judge(name, VALID_ARGS[name], text)
-    assert isinstance(score, float) and math.isfinite(score) and 0.0 <= score <= 1.0
+    score = _score_or_upstream_error(name, text)
+    assert score is None or (isinstance(score, float) and math.isfinite(score) and 0.0 <= score <= 1.0)
 
 
 _ODD = ["", "   \n\t ", "\x00\x01", "\u200b\u200d", "🙂" * 50, "\ud800 lone surrogate", "ﬁ ǅ İ ß Σ", "(((((", "{" * 500,
         "[" * 300 + "]" * 300, "-" * 1000, "日本語のテキストです。", "مرحبا بالعالم", "a" * 5000, "1e309 -0 NaN inf"]
 
 
-@pytest.mark.parametrize("name", sorted(VALID_ARGS))
+@pytest.mark.parametrize("name", sorted(ALL_ARGS))
 def test_judges_survive_odd_empty_and_huge_text(name):
-    args = VALID_ARGS[name]
     for text in _ODD:
-        s = run_judge(name, args, text)
-        assert 0.0 <= s <= 1.0
-    assert run_judge(name, args, "") == 0.0
-    assert run_judge(name, args, "  \n ") == 0.0
+        s = _score_or_upstream_error(name, text)
+        assert s is None or 0.0 <= s <= 1.0
+    if name in VALID_ARGS:  # this project's judges: an empty reply shows no adherence
+        assert run_judge(name, VALID_ARGS[name], "") == 0.0
+        assert run_judge(name, VALID_ARGS[name], "  \n ") == 0.0
     huge = ("Je suis là. (I am here.) VISIT the Louvre! 42 [a, b] {\"name\": 1} um um — éàü 🙂 " * 4000)
     assert len(huge) > 250_000
-    s = run_judge(name, args, huge)
-    assert 0.0 <= s <= 1.0
+    s = _score_or_upstream_error(name, huge)
+    assert s is None or 0.0 <= s <= 1.0
 
 
 # ---- fluency gate ----------------------------------------------------------------------------------
@@ -355,7 +407,7 @@ DET_TEXTS = [
 
 
 def _scores() -> dict:
-    return {f"{n}|{i}": run_judge(n, VALID_ARGS[n], t) for n in sorted(VALID_ARGS) for i, t in enumerate(DET_TEXTS)}
+    return {f"{n}|{i}": _score_or_upstream_error(n, t) for n in sorted(ALL_ARGS) for i, t in enumerate(DET_TEXTS)}
 
 
 def test_same_scores_across_processes():

@@ -30,6 +30,19 @@ PERSONAS = load_personas(PATHS)
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
+def test_multiple_choice_answer_letters_are_balanced():
+    from collections import Counter
+
+    mc = [p for p in PERSONAS if p.judge == "multiple_choice"]
+    letters = Counter(p.judge_args["letter"] for p in mc)
+    assert len(mc) == 27 and set(letters) == {"A", "B", "C", "D"}, letters
+    assert max(letters.values()) - min(letters.values()) <= 1, letters
+    for p in mc:  # the probe lists the judge's options in order, and the letter is one of them
+        opts = p.judge_args["options"]
+        assert ord(p.judge_args["letter"]) - ord("A") < len(opts)
+        assert " ".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(opts)) in p.probe, p.id
+
+
 def test_benchmark_counts_match_the_paper():
     assert len(PERSONAS) == 100
     assert Counter(p.category for p in PERSONAS) == Counter(PAPER_COUNTS)

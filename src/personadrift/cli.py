@@ -136,9 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <results>/browser)")
     p.add_argument("transcripts", nargs="*", help="transcript folders")
 
-    p = sub.add_parser("import-upstream", help="convert the paper's hundred_system_prompts.py into persona YAML")
-    p.add_argument("source")
-    p.add_argument("--out", required=True)
+    sub.add_parser("import-upstream", add_help=False,
+                   help="convert the paper's hundred_system_prompts.py into persona YAML (own --help)")
 
     sub.add_parser("serve", help="OpenAI-compatible chat server over a model (+ intervention); "
                    "see personadrift serve --help", add_help=False)
@@ -185,10 +184,6 @@ def run(args) -> None:
     if cmd == "browser":
         _browser(args)
         return
-    if cmd == "import-upstream":
-        from personadrift.benchmark.upstream import main as upstream_main
-
-        sys.exit(upstream_main([args.source, "--out", args.out]))
     if cmd == "validate":
         _validate(args)
         return
@@ -244,6 +239,10 @@ def _browser(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import-upstream"]:  # the importer owns its own arguments
+        from personadrift.benchmark.upstream import main as upstream_main
+
+        return upstream_main(argv[1:])
     if argv[:1] == ["serve"]:  # the server owns its own arguments
         from personadrift.generation.serve import main as serve_main
 

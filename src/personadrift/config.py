@@ -213,10 +213,16 @@ def check_config(config: dict, path: str | Path = "config", base: str | Path = R
     """Everything that can be checked before any job runs; the pool's (personas, topics).
 
     ``personadrift validate`` and the workflow's planning both call this one function."""
-    from personadrift.benchmark.personas import load_pool
+    from personadrift.benchmark.personas import check_pool, load_pool, load_topics
 
     validate_config(config, path)
     resolve_data_paths(config, path, base)
+    if config["personas"].get("upstream_file"):
+        # the paper's personas are imported by rule import_upstream: the source file (present,
+        # right sha256) is checked now, the personas themselves once imported
+        check_pool(config, path)
+        check_model(config, path, workdir)
+        return [], load_topics(config["personas"]["topics"])
     personas, topics = load_pool(config)
     for p in personas:  # persona ids name files and table rows; the loader has its own stricter rule
         if name_problem(p.id):

@@ -303,5 +303,52 @@ def write_schema(path: str | Path) -> None:
     Path(path).write_text(header + yaml.safe_dump(persona_schema(), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
+# ---- the study's pool -------------------------------------------------------------------------------
+UPSTREAM_DIR = "resources/personas"  # relative to the workflow's working directory
+
+
+def upstream_personas_path(config: dict) -> str:
+    """Where rule import_upstream writes the personas imported from ``personas.upstream_file``
+    (one folder per file content, named by its expected sha256)."""
+    return f"{UPSTREAM_DIR}/upstream-{config['personas']['upstream_sha256'][:12]}/personas.yaml"
+
+
+def persona_files(config: dict) -> list[str]:
+    """The study's persona files: the imported upstream personas when ``personas.upstream_file``
+    is set (``personas.files`` is then not used), else ``personas.files``."""
+    pc = config["personas"]
+    if pc.get("upstream_file"):
+        return [upstream_personas_path(config)]
+    return list(pc["files"])
+
+
 def load_pool(config: dict):
-    return load_personas(config["personas"]["files"]), load_topics(config["personas"]["topics"])
+    """The study's personas and topics."""
+    files = persona_files(config)
+    if config["personas"].get("upstream_file") and not Path(files[0]).is_file():
+        raise InputError("config", "personas.upstream_file",
+                         f"the personas imported from {config['personas']['upstream_file']} are not there yet "
+                         f"({files[0]}): run `snakemake {files[0]}` (rule import_upstream) first")
+    return load_personas(files), load_topics(config["personas"]["topics"])
+
+
+def check_pool(config: dict, source: str = "config") -> None:
+    """Planning-time check of the persona pool: everything that exists before the workflow runs.
+
+    With ``personas.upstream_file``: the file must exist and have ``personas.upstream_sha256``
+    (errors say where to get it); the imported personas are validated once imported.
+    """
+    pc = config["personas"]
+    if pc.get("upstream_file"):
+        from personadrift.benchmark.upstream import check_source
+
+        try:
+            check_source(pc["upstream_file"], pc["upstream_sha256"])
+        except InputError as e:
+            raise InputError(source, "personas.upstream_file", str(e)) from None
+        imported = Path(upstream_personas_path(config))
+        if imported.is_file():
+            load_personas([imported])
+        load_topics(pc["topics"])
+        return
+    load_pool(config)

@@ -1,20 +1,29 @@
-"""Import the paper's persona file into this project's YAML, without executing it.
+"""Import the paper's own 100 personas into this project's YAML, without executing the file.
 
-The released code (github likenneth/persona_drift, commit e5b57b0, no license) keeps its 100
-personas in ``hundred_system_prompts.py`` as a module-level list::
+The released code (github likenneth/persona_drift, commit e5b57b0; no license, so the user
+supplies the file and nothing of it is copied into this project) keeps its personas in
+``hundred_system_prompts.py``: five named category lists of ``(system_prompt, probe, lambda
+x: <expression>)`` items, and ``system_prompts`` as their sum::
 
-    system_prompts = [(system_prompt, probe, lambda x: <judge expression>), ...]
+    pattern_system_prompts = [...]          # 29
+    multiple_choice_system_prompts = [...]  # 27
+    persona_system_prompts = [...]          # 14
+    memorization_system_prompts = [...]     # 27
+    language_system_prompts = [...]         # 3
+    system_prompts = pattern_... + persona_... + multiple_choice_... + memorization_... + language_...
 
-This module parses that file with :mod:`ast` (the file is never imported or executed), maps
-each judge lambda onto a registered judge through a table of recognised expression shapes
-(:data:`SHAPES`), assigns categories by upstream index ranges (pattern, multiple_choice,
-persona, memorization, language; counts configurable, paper: 29/27/14/27/3), keeps the
-upstream order, and writes one persona file per category plus ``unmapped.yaml``. Every item
-that cannot be mapped is reported (returned and printed), never dropped silently.
+This module parses that file with :mod:`ast` only. A persona's category is the list it is in.
+Personas are written in the order upstream's ``run.py`` numbers them (the first item of each
+list in the order pattern, multiple_choice, persona, memorization, language, then the rest of
+each list in the same order). Each judge lambda is translated into a declarative judge spec
+(:func:`translate_judge`): upstream helpers become ``upstream_<helper>`` judges, ``in`` tests
+``substring_any``/``token_any``, ``and``/``or``/``not``/``1 - f`` the composition judges, and
+arithmetic on counts or sentiment ``affine``/``compare``/``reciprocal`` over a measure.
 
-Mappings that are close but not identical to the upstream expression (a boolean test
-mapped onto a graded judge, substring tests mapped onto whole-word matching) are flagged
-``approximate`` in the report and in the persona's ``notes``.
+Nothing is dropped: an item that cannot be translated, or one in a list that is not one of the
+five, is listed in the report and in ``report.yaml``. Every deliberate difference from upstream
+(:data:`personadrift.benchmark.judges.paper.DIFFERENCES`) and every upstream quirk kept as is
+is written into the persona's ``notes`` and the report.
 """
 
 from __future__ import annotations
@@ -22,64 +31,96 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import hashlib
 import re
 import sys
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from personadrift.benchmark.judges import JudgeSpecError, check_judge_args
-from personadrift.benchmark.personas import CATEGORIES, PAPER_COUNTS, load_personas
+from personadrift.benchmark.judges.paper import DIFFERENCES
+from personadrift.benchmark.personas import CATEGORIES, load_personas
 from personadrift.errors import InputError
 
-UPSTREAM_VARIABLE = "system_prompts"
+#: sha256 of hundred_system_prompts.py at github likenneth/persona_drift commit e5b57b0.
+UPSTREAM_SHA256 = "5006e851060613a03a2426bc83ff5118059440547fbec04207a527b40b5c15e1"
+UPSTREAM_URL = "https://raw.githubusercontent.com/likenneth/persona_drift/e5b57b0/hundred_system_prompts.py"
+#: Category -> the upstream list that holds it.
+CATEGORY_LISTS = {c: f"{c}_system_prompts" for c in CATEGORIES}
+#: The order of upstream run.py's persona numbering (its zip over the five lists).
+RUN_ORDER = ("pattern", "multiple_choice", "persona", "memorization", "language")
+SUM_VARIABLE = "system_prompts"
+OUTPUT_FILE = "personas.yaml"
+REPORT_FILE = "report.yaml"
 
-# Upstream-style helpers taking only the text, and the judge each maps to.
-HELPERS_1: dict[str, tuple[str, dict, bool]] = {
-    # name: (judge, args, approximate)
-    "get_french_percentage": ("french_probability", {}, False),
-    "get_french_probability": ("french_probability", {}, False),
-    "get_percentage_uppercase": ("uppercase_fraction", {}, False),
-    "get_uppercase_percentage": ("uppercase_fraction", {}, False),
-    "get_percentage_lowercase": ("lowercase_fraction", {}, False),
-    "get_lowercase_percentage": ("lowercase_fraction", {}, False),
-    "get_question_percentage": ("question_fraction", {}, False),
-    "get_past_tense_percentage": ("past_tense_fraction", {}, True),
-    "fraction_of_unique_words": ("unique_word_fraction", {}, False),
-    "get_unique_word_percentage": ("unique_word_fraction", {}, False),
-    "is_first_person": ("first_person", {}, True),
-    "get_english_percentage": ("english_fluency", {}, True),
+# Upstream helpers -> (what their first argument is, [(upstream parameter, judge argument)]).
+# The judge is always ``upstream_<helper>``.
+HELPERS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "fraction_starts_with": ("text", [("char_start", "prefix")]),
+    "fraction_of_case_letters": ("text", [("is_upper", "upper")]),
+    "count_num_words_one": ("text", []),
+    "fraction_non_letter": ("text", []),
+    "fraction_digit": ("text", []),
+    "are_first_and_last_words_same": ("text", []),
+    "count_num_words": ("text", []),
+    "get_sentiment": ("text", [("sentiment", "component")]),
+    "count_plural_nouns": ("text", []),
+    "is_valid_json_format": ("text", []),
+    "is_valid_list_format": ("text", []),
+    "is_valid_dash_format": ("text", []),
+    "does_not_contain": ("text", [("words", "words")]),
+    "fraction_of_text_that_is_a_target": ("text", [("target_words", "words")]),
+    "fraction_of_target_words_hit": ("text", [("target_words", "words")]),
+    "sentences_start_with": ("sentences", [("word", "word")]),
+    "is_alliteration": ("text", []),
+    "is_valid_sentence_word_count": ("sentences", [("pattern", "pattern")]),
+    "is_increasing_sentence_word_count": ("sentences", []),
+    "is_valid_alternating_french_english": ("text", []),
+    "close_to_num": ("text", [("target_number", "target")]),
+    "fraction_alter_upper_lower": ("text", []),
+    "teenager_score": ("text", []),
+    "fraction_past_tense_verbs": ("text", []),
+    "fraction_unique_words": ("text", []),
+    "fraction_repeated_words": ("text", []),
+    "contains_color_and_number": ("text", []),
+    "fraction_alter_short_long": ("text", []),
+    "fraction_alter_banana": ("text", []),
+    "fraction_sentences_that_are_questions": ("text", []),
+    "is_valid_repeat": ("text", []),
+    "get_french_percentage": ("text", []),
 }
-_WORD_COUNTERS = {"count_num_words", "count_words", "num_words"}
-_SENT_COUNTERS = {"count_num_sentences", "count_sentences", "num_sentences", "sent_tokenize", "split_into_sentences"}
-_SENTIMENT_KINDS = {"pos": "positive", "positive": "positive", "neg": "negative", "negative": "negative",
-                    "compound": "compound"}
+#: Upstream's module-level word lists (downloaded at import time upstream) -> offline stand-ins.
+MODULE_WORDLISTS = {"frequent_words_list": "frequent_words", "one_syllable_words_list": "one_syllable_words"}
+SENTENCE_SPLITTER = "split_into_sentences"
+_KNOWN_CALLS = {SENTENCE_SPLITTER, "len", "any", "all", "int", "float", "bool", "abs", "min", "max"}
+_OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Eq: "==", ast.NotEq: "!=", ast.Gt: ">", ast.GtE: ">="}
+_FLIP = {"<": ">", "<=": ">=", "==": "==", "!=": "!=", ">": "<", ">=": "<="}
 
 
-@dataclass(frozen=True)
-class JudgeMapping:
-    judge: str
-    args: dict
-    approximate: bool = False
-    shape: str = ""
+class Untranslatable(Exception):
+    """A judge expression (or part of one) has no declarative equivalent here."""
 
 
 @dataclass
 class ImportedPersona:
-    index: int
+    run_index: int            # upstream run.py's persona number
+    list_name: str
+    list_index: int
     category: str
     id: str
-    judge: str
-    args: dict
-    approximate: bool
+    judge: dict
+    differences: list[str]
+    quirks: list[str]
     upstream_judge: str
 
 
 @dataclass
 class UnmappedItem:
-    index: int
+    list_name: str
+    list_index: int
     category: str
     reason: str
     upstream_judge: str = ""
@@ -87,43 +128,84 @@ class UnmappedItem:
     probe: str | None = None
 
     def line(self) -> str:
-        return f"system_prompts[{self.index}] ({self.category}): {self.reason}: {self.upstream_judge or '?'}"
+        return f"{self.list_name}[{self.list_index}] ({self.category}): {self.reason}: {self.upstream_judge or '?'}"
 
 
 @dataclass
 class ImportReport:
     source: str
+    sha256: str
     out_dir: str
-    counts: dict
     total: int = 0
     imported: list[ImportedPersona] = field(default_factory=list)
     unmapped: list[UnmappedItem] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # structural findings (extra lists, a sum that differs)
+    notices: list[str] = field(default_factory=list)    # worth knowing, not a failure (a file accepted by override)
     written: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        """True when every upstream item was mapped."""
-        return not self.unmapped
+        """True when every upstream item was imported and the file's structure is as expected."""
+        return not self.unmapped and not self.problems
 
-    @property
-    def approximate(self) -> list[ImportedPersona]:
-        return [p for p in self.imported if p.approximate]
+    def counts(self) -> dict[str, int]:
+        return {c: sum(p.category == c for p in self.imported) for c in CATEGORIES}
 
     def summary(self) -> str:
-        lines = [f"{self.source}: {self.total} items, {len(self.imported)} imported "
-                 f"({len(self.approximate)} approximate), {len(self.unmapped)} NOT mapped"]
-        for c in CATEGORIES:
-            n = sum(p.category == c for p in self.imported)
-            lines.append(f"  {c}: {n}/{self.counts.get(c, 0)} -> {self.written.get(c, '-')}")
-        for p in self.approximate:
-            lines.append(f"  approximate: {p.id} (system_prompts[{p.index}]) {p.upstream_judge} -> {p.judge} {p.args}")
+        diff = [p for p in self.imported if p.differences]
+        lines = [f"{self.source} (sha256 {self.sha256}): {self.total} items, {len(self.imported)} imported, "
+                 f"{len(self.unmapped)} NOT mapped; {len(diff)} personas differ deliberately from upstream "
+                 f"(reasons in their notes and {REPORT_FILE})"]
+        lines.append("  categories: " + ", ".join(f"{c} {n}" for c, n in self.counts().items()))
+        for n in self.notices:
+            lines.append(f"  NOTE: {n}")
+        for p in self.problems:
+            lines.append(f"  PROBLEM: {p}")
         for u in self.unmapped:
             lines.append(f"  UNMAPPED: {u.line()}")
         return "\n".join(lines)
 
+    def to_yaml(self) -> dict:
+        return {
+            "source": self.source, "sha256": self.sha256, "total": self.total, "imported": len(self.imported),
+            "categories": self.counts(), "problems": self.problems, "notices": self.notices,
+            "unmapped": [{"list": u.list_name, "index": u.list_index, "category": u.category, "reason": u.reason,
+                          "system_prompt": u.system_prompt, "probe": u.probe, "upstream_judge": u.upstream_judge}
+                         for u in self.unmapped],
+            "differences": [{"id": p.id, "upstream": f"{p.list_name}[{p.list_index}]", "judge": p.upstream_judge,
+                             "differs": p.differences, "upstream_quirks": p.quirks}
+                            for p in self.imported if p.differences or p.quirks],
+        }
 
-# ---- AST helpers ------------------------------------------------------------------------------
+
+# ---- the source file -------------------------------------------------------------------------------
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_source(path: str | Path, expected_sha256: str | None = UPSTREAM_SHA256, field_name: str | None = None) -> str:
+    """The file's sha256, after checking it exists and (unless ``expected_sha256`` is None) has that sum.
+
+    Errors say where to get the released file, and name both sums for a different one.
+    """
+    p = Path(path)
+    where = field_name or None
+    if not p.is_file():
+        raise InputError(p, where, f"file not found. Download the paper's persona file from {UPSTREAM_URL} "
+                                   f"(github likenneth/persona_drift, commit e5b57b0; the repository has no license, "
+                                   f"so this project does not ship it) and give its path")
+    digest = sha256_of(p)
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise InputError(p, where, f"sha256 is {digest}, expected {expected_sha256} (the released file, "
+                                   f"github likenneth/persona_drift commit e5b57b0). To import this different file "
+                                   f"knowingly, set personas.upstream_sha256 (or --sha256) to {digest}")
+    return digest
+
+
+# ---- expression analysis ---------------------------------------------------------------------------
 class _Rename(ast.NodeTransformer):
+    """Rename the lambda's parameter to ``x``."""
+
     def __init__(self, old: str):
         self.old = old
 
@@ -133,16 +215,18 @@ class _Rename(ast.NodeTransformer):
         return node
 
 
+def _src(node: ast.AST) -> str:
+    return ast.unparse(node)
+
+
 def _const_str(node: ast.AST) -> str | None:
     """A string literal, or a '+' concatenation of literals."""
     match node:
         case ast.Constant(value=str() as s):
             return s
-        case ast.BinOp(left=l, op=ast.Add(), right=r):
-            a, b = _const_str(l), _const_str(r)
+        case ast.BinOp(left=left, op=ast.Add(), right=right):
+            a, b = _const_str(left), _const_str(right)
             return a + b if a is not None and b is not None else None
-        case ast.JoinedStr(values=vals) if all(isinstance(v, ast.Constant) for v in vals):
-            return "".join(str(v.value) for v in vals)
     return None
 
 
@@ -154,386 +238,491 @@ def _const_num(node: ast.AST) -> float | int | None:
             return v
         case ast.UnaryOp(op=ast.USub(), operand=ast.Constant(value=int() | float() as v)) if not isinstance(v, bool):
             return -v
+        case ast.BinOp(left=left, op=ast.Div(), right=right):  # 1/3 as an exponent
+            a, b = _const_num(left), _const_num(right)
+            return a / b if a is not None and b else None
     return None
 
 
-def _const_str_list(node: ast.AST) -> list[str] | None:
+def _const_value(node: ast.AST) -> object:
+    """A literal argument value: str, number, bool, list of str/int, or a known module word list."""
+    s = _const_str(node)
+    if s is not None:
+        return s
+    n = _const_num(node)
+    if n is not None:
+        return n
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        return node.value
     if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-        out = [_const_str(e) for e in node.elts]
-        return out if out and all(s is not None for s in out) else None  # type: ignore[return-value]
-    return None
+        vals = [_const_value(e) for e in node.elts]
+        if all(isinstance(v, str) for v in vals) or all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            return vals
+    if isinstance(node, ast.Name) and node.id in MODULE_WORDLISTS:
+        return _WordList(MODULE_WORDLISTS[node.id])
+    raise Untranslatable(f"argument {_src(node)} is not a literal this importer understands")
+
+
+@dataclass(frozen=True)
+class _WordList:
+    name: str
 
 
 def _subject(node: ast.AST) -> str | None:
-    """'exact' for x (or x.strip()), 'lower' for x.lower()/x.casefold(), 'upper' for x.upper(); else None."""
+    """'x' for the reply, 'lower' for x.lower(); else None."""
     match node:
         case ast.Name(id="x"):
-            return "exact"
-        case ast.Call(func=ast.Attribute(value=inner, attr=("strip" | "lstrip" | "rstrip")), args=[], keywords=[]):
-            return _subject(inner)
-        case ast.Call(func=ast.Attribute(value=inner, attr=("lower" | "casefold")), args=[], keywords=[]):
-            return "lower" if _subject(inner) else None
-        case ast.Call(func=ast.Attribute(value=inner, attr="upper"), args=[], keywords=[]):
-            return "upper" if _subject(inner) else None
+            return "x"
+        case ast.Call(func=ast.Attribute(value=ast.Name(id="x"), attr="lower"), args=[], keywords=[]):
+            return "lower"
     return None
 
 
-def _counter(node: ast.AST) -> str | None:
-    """'words' or 'sentences' for an expression counting them in x."""
+def _split_subject(node: ast.AST) -> str | None:
+    """'x' for x.split(), 'lower' for x.lower().split(); else None."""
     match node:
-        case ast.Call(func=ast.Name(id=name), args=[arg], keywords=[]) if name in _WORD_COUNTERS and _subject(arg):
-            return "words"
-        case ast.Call(func=ast.Name(id=name), args=[arg], keywords=[]) if name in _SENT_COUNTERS - {"sent_tokenize", "split_into_sentences"} and _subject(arg):
-            return "sentences"
-        case ast.Call(func=ast.Name(id="len"), args=[ast.Call(func=ast.Attribute(value=arg, attr="split"), args=[], keywords=[])]) if _subject(arg):
-            return "words"
-        case ast.Call(func=ast.Name(id="len"), args=[ast.Call(func=ast.Name(id=name), args=[arg])]) if name in _SENT_COUNTERS and _subject(arg):
-            return "sentences"
+        case ast.Call(func=ast.Attribute(value=inner, attr="split"), args=[], keywords=[]):
+            return _subject(inner)
     return None
 
 
-def _unwrap(node: ast.AST) -> ast.AST:
-    """Strip int(...)/float(...)/bool(...) casts (upstream turns booleans into scores that way)."""
+def _is_sentences_of_x(node: ast.AST) -> bool:
+    match node:
+        case ast.Call(func=ast.Name(id=name), args=[arg], keywords=[]) if name == SENTENCE_SPLITTER:
+            return _subject(arg) == "x"
+    return False
+
+
+def _measure(node: ast.AST) -> dict | None:
+    """The measure spec of a numeric expression over the reply, or None."""
+    match node:
+        case ast.Call(func=ast.Name(id="len"), args=[arg], keywords=[]):
+            if _split_subject(arg) == "x":
+                return {"name": "word_count"}
+            if _is_sentences_of_x(arg):
+                return {"name": "sentence_count"}
+            if _subject(arg) == "x":
+                return {"name": "characters"}
+        case ast.Call(func=ast.Attribute(value=subj, attr="count"), args=[lit], keywords=[]) if _subject(subj) == "x":
+            s = _const_str(lit)
+            if s:
+                return {"name": "occurrences", "args": {"substring": s}}
+        case ast.Call(func=ast.Name(id="get_sentiment"), args=[arg, comp], keywords=[]) if _subject(arg) == "x":
+            c = _const_str(comp)
+            if c in ("pos", "neg", "neu", "compound"):
+                return {"name": "vader", "args": {"component": c}}
+    return None
+
+
+def _linear(node: ast.AST) -> tuple[dict | None, float, float] | None:
+    """(measure, scale, offset) with node == offset + scale * measure, or None."""
+    n = _const_num(node)
+    if n is not None:
+        return None, 0.0, float(n)
+    m = _measure(node)
+    if m is not None:
+        return m, 1.0, 0.0
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _linear(node.operand)
+        return (inner[0], -inner[1], -inner[2]) if inner else None
+    if isinstance(node, ast.BinOp):
+        a, b = _linear(node.left), _linear(node.right)
+        if a is None or b is None:
+            return None
+        if isinstance(node.op, (ast.Add, ast.Sub)):
+            sign = 1.0 if isinstance(node.op, ast.Add) else -1.0
+            if a[0] is not None and b[0] is not None:
+                return None
+            return a[0] or b[0], a[1] + sign * b[1], a[2] + sign * b[2]
+        if isinstance(node.op, ast.Mult) and (a[0] is None or b[0] is None):
+            k, lin = (a[2], b) if a[0] is None else (b[2], a)
+            return lin[0], k * lin[1], k * lin[2]
+        if isinstance(node.op, ast.Div) and b[0] is None and b[2] != 0:
+            return a[0], a[1] / b[2], a[2] / b[2]
+    return None
+
+
+def _spec(name: str, args: dict | None = None) -> dict:
+    return {"name": name, "args": args} if args else {"name": name}
+
+
+def _helper_call(node: ast.Call) -> dict:
+    name = node.func.id  # type: ignore[union-attr]
+    kind, params = HELPERS[name]
+    if not node.args:
+        raise Untranslatable(f"{name}() without the reply as its first argument")
+    first = node.args[0]
+    if kind == "text" and _subject(first) != "x":
+        raise Untranslatable(f"{name}'s first argument is {_src(first)}, not the reply")
+    if kind == "sentences" and not _is_sentences_of_x(first):
+        raise Untranslatable(f"{name}'s first argument is {_src(first)}, not {SENTENCE_SPLITTER}(x)")
+    given: dict[str, ast.AST] = {}
+    if len(node.args) - 1 > len(params):
+        raise Untranslatable(f"{name}() with more arguments than upstream's helper takes")
+    for (upstream_param, _), value in zip(params, node.args[1:]):
+        given[upstream_param] = value
+    for kw in node.keywords:
+        if kw.arg not in {p for p, _ in params} or kw.arg in given:
+            raise Untranslatable(f"{name}() with an unexpected keyword argument {kw.arg}")
+        given[kw.arg] = kw.value
+    args: dict = {}
+    for upstream_param, arg in params:
+        if upstream_param not in given:
+            raise Untranslatable(f"{name}() without its argument {upstream_param}")
+        value = _const_value(given[upstream_param])
+        if isinstance(value, _WordList):
+            if name != "fraction_of_text_that_is_a_target":
+                raise Untranslatable(f"{name}() with the module word list {_src(given[upstream_param])}")
+            args["wordlist"] = value.name
+        else:
+            args[arg] = value
+    return _spec(f"upstream_{name}", args)
+
+
+def _membership(node: ast.Compare) -> dict | None:
+    """`'s' in x`, `'s' in x.lower()`, `'w' in x.split()` (and `not in`), or None."""
+    if len(node.ops) != 1 or not isinstance(node.ops[0], (ast.In, ast.NotIn)):
+        return None
+    lit, target = _const_str(node.left), node.comparators[0]
+    if lit is None:
+        return None
+    if _subject(target):
+        spec = _spec("substring_any", {"substrings": [lit], "lowercase": _subject(target) == "lower"})
+    elif _split_subject(target):
+        spec = _spec("token_any", {"tokens": [lit], "lowercase": _split_subject(target) == "lower"})
+    else:
+        return None
+    return spec if isinstance(node.ops[0], ast.In) else _spec("one_minus", {"judge": spec})
+
+
+def _generator(node: ast.Call) -> dict:
+    """any(...)/all(...) over `v in <reply> for v in [literals]`."""
+    fn = node.func.id  # type: ignore[union-attr]
+    if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], (ast.GeneratorExp, ast.ListComp)):
+        raise Untranslatable(f"{fn}() of something other than a generator")
+    gen = node.args[0]
+    if len(gen.generators) != 1 or gen.generators[0].ifs or not isinstance(gen.generators[0].target, ast.Name):
+        raise Untranslatable(f"{fn}() over a generator with conditions or several loops")
+    var = gen.generators[0].target.id
+    items = _const_value(gen.generators[0].iter)
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise Untranslatable(f"{fn}() over something other than a list of strings")
+    elt = gen.elt
+    match elt:
+        case ast.Compare(left=ast.Name(id=v), ops=[ast.In()], comparators=[target]) if v == var:
+            if _subject(target):
+                name, key, low = "substring_any", "substrings", _subject(target) == "lower"
+            elif _split_subject(target):
+                name, key, low = "token_any", "tokens", _split_subject(target) == "lower"
+            else:
+                raise Untranslatable(f"{fn}() tests membership in {_src(target)}")
+        case _:
+            raise Untranslatable(f"{fn}() of {_src(elt)}")
+    if fn == "any":
+        return _spec(name, {key: items, "lowercase": low})
+    return _spec("all_of", {"judges": [_spec(name, {key: [i], "lowercase": low}) for i in items]})
+
+
+def _merge_or(specs: list[dict]) -> dict:
+    """`a in x or b in x` -> one substring_any when all tests are alike; else any_of."""
+    kinds = {(s["name"], s["args"].get("lowercase")) for s in specs if s["name"] in ("substring_any", "token_any")}
+    if len(kinds) == 1 and all(s["name"] in ("substring_any", "token_any") for s in specs):
+        name, low = kinds.pop()
+        key = "substrings" if name == "substring_any" else "tokens"
+        merged: list[str] = []
+        for s in specs:
+            merged += [w for w in s["args"][key] if w not in merged]
+        return _spec(name, {key: merged, "lowercase": low})
+    return _spec("any_of", {"judges": specs})
+
+
+def _reciprocal(node: ast.BinOp) -> dict | None:
+    """1 / (1 + M) or 1 / (1 + M ** p)."""
+    if not (isinstance(node.op, ast.Div) and _const_num(node.left) == 1 and isinstance(node.right, ast.BinOp)
+            and isinstance(node.right.op, ast.Add)):
+        return None
+    a, b = node.right.left, node.right.right
+    term = b if _const_num(a) == 1 else a if _const_num(b) == 1 else None
+    if term is None:
+        return None
+    power: float = 1.0
+    if isinstance(term, ast.BinOp) and isinstance(term.op, ast.Pow):
+        p = _const_num(term.right)
+        if p is None or p <= 0:
+            return None
+        term, power = term.left, float(p)
+    m = _measure(term)
+    if m is None:
+        return None
+    return _spec("reciprocal", {"measure": m, "power": power} if power != 1.0 else {"measure": m})
+
+
+def translate_judge(node: ast.AST) -> dict:
+    """The declarative judge spec of a lambda body (its parameter renamed to ``x``).
+
+    Raises :class:`Untranslatable` naming the part that has no equivalent.
+    """
     while (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("int", "float", "bool")
            and len(node.args) == 1 and not node.keywords):
-        node = node.args[0]
-    return node
+        node = node.args[0]  # upstream turns booleans into scores implicitly; casts change nothing
+    if isinstance(node, ast.BoolOp):
+        specs = [translate_judge(v) for v in node.values]
+        return _spec("all_of", {"judges": specs}) if isinstance(node.op, ast.And) else _merge_or(specs)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return _spec("one_minus", {"judge": translate_judge(node.operand)})
+    if isinstance(node, ast.Compare):
+        member = _membership(node)
+        if member is not None:
+            return member
+        if len(node.ops) == 1 and type(node.ops[0]) in _OPS:
+            left, right, op = node.left, node.comparators[0], _OPS[type(node.ops[0])]
+            for tok_side, lit_side in ((left, right), (right, left)):
+                match tok_side:
+                    case ast.Subscript(value=split, slice=idx) if _split_subject(split) == "x" and _const_num(idx) == 0:
+                        token = _const_str(lit_side)
+                        if token is not None and op == "==":
+                            return _spec("first_token_is", {"token": token})
+            m, value = _measure(left), _const_num(right)
+            if m is None:
+                m, value, op = _measure(right), _const_num(left), _FLIP[op]
+            if m is not None and value is not None:
+                return _spec("compare", {"measure": m, "op": op, "value": float(value)})
+        raise Untranslatable(f"comparison {_src(node)}")
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if node.func.id in ("any", "all"):
+            return _generator(node)
+        if node.func.id in HELPERS:
+            return _helper_call(node)
+        raise Untranslatable(f"unknown helper {node.func.id}()")
+    if isinstance(node, ast.BinOp):
+        if isinstance(node.op, ast.Sub) and _const_num(node.left) == 1:
+            try:
+                return _spec("one_minus", {"judge": translate_judge(node.right)})
+            except Untranslatable:
+                pass  # maybe arithmetic on a measure (1 - get_sentiment(...) used as a number)
+        rec = _reciprocal(node)
+        if rec is not None:
+            return rec
+        lin = _linear(node)
+        if lin is not None and lin[0] is not None:
+            return _spec("affine", {"measure": lin[0], "scale": lin[1], "offset": lin[2]})
+        raise Untranslatable(f"arithmetic {_src(node)}")
+    raise Untranslatable(f"expression {_src(node)}")
 
 
-def _case_args(subject: str) -> dict:
-    return {"case_sensitive": subject == "exact"}
+# ---- differences and quirks ------------------------------------------------------------------------
+def _walk(spec: dict):
+    yield spec
+    args = spec.get("args") or {}
+    if "judge" in args:
+        yield from _walk(args["judge"])
+    for j in args.get("judges", []):
+        yield from _walk(j)
 
 
-_MC_RE = re.compile(r"^\(([A-H])\)$")
-
-
-# ---- recognised shapes -----------------------------------------------------------------------------
-def _shape_startswith(b: ast.AST) -> JudgeMapping | None:
-    match b:
-        case ast.Call(func=ast.Attribute(value=subj, attr="startswith"), args=[s], keywords=[]):
-            sub, prefix = _subject(subj), _const_str(s)
-            if sub is None or not prefix:
-                return None
-            if len(prefix) == 1 and prefix.isalpha():
-                return JudgeMapping("starts_with_letter", {"letter": prefix, **_case_args(sub)}, True, "x.startswith(letter)")
-            return JudgeMapping("starts_with", {"prefix": prefix, **_case_args(sub)}, False, "x.startswith(prefix)")
-        case ast.Call(func=ast.Attribute(value=subj, attr="endswith"), args=[s], keywords=[]):
-            sub, suffix = _subject(subj), _const_str(s)
-            if sub is None or not suffix:
-                return None
-            return JudgeMapping("ends_with", {"suffix": suffix, **_case_args(sub)}, False, "x.endswith(suffix)")
-    return None
-
-
-def _shape_in(b: ast.AST) -> JudgeMapping | None:
-    match b:
-        case ast.Compare(left=lit, ops=[ast.In() | ast.NotIn() as op], comparators=[subj]):
-            s, sub = _const_str(lit), _subject(subj)
-            if not s or sub is None:
-                return None
-            if isinstance(op, ast.In):
-                m = _MC_RE.match(s)
-                if m:
-                    return JudgeMapping("multiple_choice", {"letter": m.group(1)}, True, "'(B)' in x")
-                return JudgeMapping("contains", {"substring": s, **_case_args(sub)}, False, "'s' in x")
-            if len(s) == 1 and s.isalpha():
-                return JudgeMapping("letter_absent", {"letter": s, **_case_args(sub)}, False, "'c' not in x")
-            return JudgeMapping("not_contains", {"substring": s, **_case_args(sub)}, False, "'s' not in x")
-    return None
-
-
-def _shape_count_zero(b: ast.AST) -> JudgeMapping | None:
-    match b:
-        case ast.Compare(left=ast.Call(func=ast.Attribute(value=subj, attr="count"), args=[lit]), ops=[op], comparators=[num]):
-            s, sub, n = _const_str(lit), _subject(subj), _const_num(num)
-            if not s or sub is None or n is None:
-                return None
-            if isinstance(op, ast.Eq) and n == 0:
-                if len(s) == 1 and s.isalpha():
-                    return JudgeMapping("letter_absent", {"letter": s, **_case_args(sub)}, False, "x.count(c) == 0")
-                return JudgeMapping("not_contains", {"substring": s, **_case_args(sub)}, False, "x.count(s) == 0")
-            if isinstance(op, (ast.GtE, ast.Gt)) and len(s) == 1 and s.isalpha() and isinstance(n, int):
-                k = n if isinstance(op, ast.GtE) else n + 1
-                if k >= 1:
-                    return JudgeMapping("letter_count_at_least", {"letter": s, "n": k, **_case_args(sub)}, True, "x.count(c) >= n")
-    return None
-
-
-def _shape_count_eq(b: ast.AST) -> JudgeMapping | None:
-    match b:
-        case ast.Compare(left=left, ops=[ast.Eq()], comparators=[num]):
-            kind, n = _counter(left), _const_num(num)
-            if kind is None or not isinstance(n, int) or n < 1:
-                return None
-            if kind == "words":
-                if n == 1:
-                    return JudgeMapping("one_word", {}, False, "count_words(x) == 1")
-                return JudgeMapping("word_count_close", {"n": n}, True, "count_words(x) == n")
-            return JudgeMapping("sentence_count", {"n": n}, True, "count_sentences(x) == n")
-    return None
-
-
-def _shape_closeness(b: ast.AST) -> JudgeMapping | None:
-    """1 - abs(count(x) - N) / N"""
-    match b:
-        case ast.BinOp(left=one, op=ast.Sub(), right=ast.BinOp(
-                left=ast.Call(func=ast.Name(id="abs"), args=[ast.BinOp(left=cnt, op=ast.Sub(), right=n1)]),
-                op=ast.Div(), right=n2)):
-            kind, a, c, d = _counter(cnt), _const_num(one), _const_num(n1), _const_num(n2)
-            if kind and a == 1 and isinstance(c, int) and c == d and c >= 1:
-                judge = "word_count_close" if kind == "words" else "sentence_count"
-                return JudgeMapping(judge, {"n": c}, False, "1 - abs(count(x) - n) / n")
-    return None
-
-
-def _shape_case(b: ast.AST) -> JudgeMapping | None:
-    match b:
-        case ast.Call(func=ast.Attribute(value=subj, attr="isupper"), args=[]) if _subject(subj) == "exact":
-            return JudgeMapping("uppercase_fraction", {}, True, "x.isupper()")
-        case ast.Call(func=ast.Attribute(value=subj, attr="islower"), args=[]) if _subject(subj) == "exact":
-            return JudgeMapping("lowercase_fraction", {}, True, "x.islower()")
-        case ast.Compare(left=l, ops=[ast.Eq()], comparators=[r]):
-            pair = {_subject(l), _subject(r)}
-            if pair == {"exact", "upper"}:
-                return JudgeMapping("uppercase_fraction", {}, True, "x.upper() == x")
-            if pair == {"exact", "lower"}:
-                return JudgeMapping("lowercase_fraction", {}, True, "x.lower() == x")
-    return None
-
-
-def _shape_helper(b: ast.AST) -> JudgeMapping | None:
-    match b:
-        case ast.Call(func=ast.Name(id=name), args=[arg], keywords=[]) if name in HELPERS_1 and _subject(arg):
-            judge, args, approx = HELPERS_1[name]
-            return JudgeMapping(judge, dict(args), approx, f"{name}(x)")
-        case ast.Call(func=ast.Name(id="get_sentiment"), args=[arg, kind], keywords=[]) if _subject(arg):
-            k = _const_str(kind)
-            if k in _SENTIMENT_KINDS:
-                return JudgeMapping("sentiment", {"kind": _SENTIMENT_KINDS[k]}, True, "get_sentiment(x, kind)")
-    return None
-
-
-def _generator_words(node: ast.AST) -> tuple[list[str], str] | None:
-    """(words, subject) for `w in x.lower() for w in [...]` (generator or list comprehension)."""
-    match node:
-        case ast.GeneratorExp(elt=elt, generators=[ast.comprehension(target=ast.Name(id=var), iter=it, ifs=[])]) | \
-             ast.ListComp(elt=elt, generators=[ast.comprehension(target=ast.Name(id=var), iter=it, ifs=[])]):
-            words = _const_str_list(it)
-            match elt:
-                case ast.Compare(left=ast.Name(id=v), ops=[ast.In()], comparators=[subj]) if v == var and _subject(subj) and words:
-                    return words, _subject(subj)  # type: ignore[return-value]
-    return None
-
-
-def _shape_any_all(b: ast.AST) -> JudgeMapping | None:
-    neg = False
-    if isinstance(b, ast.UnaryOp) and isinstance(b.op, ast.Not):
-        neg, b = True, b.operand
-    match b:
-        case ast.Call(func=ast.Name(id=("any" | "all") as fn), args=[gen], keywords=[]):
-            found = _generator_words(gen)
-            if not found:
-                return None
-            words, sub = found
-            if fn == "any" and not neg:
-                return JudgeMapping("contains_any", {"words": words, **_case_args(sub)}, True, "any(w in x for w in [...])")
-            if fn == "any" and neg:
-                return JudgeMapping("forbidden_words", {"words": words}, True, "not any(w in x for w in [...])")
-            if fn == "all" and not neg:
-                return JudgeMapping("target_words_present", {"words": words}, True, "all(w in x for w in [...])")
-    return None
-
-
-def _shape_first_last(b: ast.AST) -> JudgeMapping | None:
-    def split_index(n: ast.AST) -> int | None:
-        match n:
-            case ast.Subscript(value=ast.Call(func=ast.Attribute(value=subj, attr="split"), args=[]), slice=idx) if _subject(subj):
-                return _const_num(idx)  # type: ignore[return-value]
-        return None
-
-    match b:
-        case ast.Compare(left=l, ops=[ast.Eq()], comparators=[r]):
-            if {split_index(l), split_index(r)} == {0, -1}:
-                return JudgeMapping("first_word_equals_last", {}, True, "x.split()[0] == x.split()[-1]")
-    return None
-
-
-#: Recognised judge-expression shapes, tried in order: (name, matcher).
-SHAPES: list[tuple[str, Callable[[ast.AST], JudgeMapping | None]]] = [
-    ("startswith/endswith", _shape_startswith),
-    ("substring in/not in", _shape_in),
-    ("count of a letter", _shape_count_zero),
-    ("word/sentence count ==", _shape_count_eq),
-    ("1 - abs(count - n)/n", _shape_closeness),
-    ("case", _shape_case),
-    ("helper call", _shape_helper),
-    ("any/all keywords", _shape_any_all),
-    ("first word == last word", _shape_first_last),
-]
-
-
-def map_judge(body: ast.AST) -> JudgeMapping | None:
-    """The registry judge for a lambda body (its argument renamed to ``x``), or None."""
-    body = _unwrap(body)
-    for _, matcher in SHAPES:
-        m = matcher(body)
-        if m is not None:
-            return m
-    return None
-
-
-# ---- conversion ----------------------------------------------------------------------------------
-def _find_list(tree: ast.Module, variable: str) -> ast.List | ast.Tuple | None:
-    found = None
-    for node in tree.body:
-        targets: list[ast.AST] = []
-        if isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets, value = [node.target], node.value
-        else:
-            continue
-        if any(isinstance(t, ast.Name) and t.id == variable for t in targets) and isinstance(value, (ast.List, ast.Tuple)):
-            found = value  # the last assignment wins, as it would at run time
-    return found
-
-
-def _category_ranges(counts: dict, total: int, source: Path) -> list[str]:
-    unknown = set(counts) - set(CATEGORIES)
-    if unknown:
-        raise InputError(source, "counts", f"unknown categories {sorted(unknown)} (expected {', '.join(CATEGORIES)})")
-    for c, n in counts.items():
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise InputError(source, f"counts.{c}", f"expected a non-negative integer, got {n!r}")
-    if sum(counts.get(c, 0) for c in CATEGORIES) != total:
-        raise InputError(source, UPSTREAM_VARIABLE,
-                         f"has {total} items but the category counts add up to {sum(counts.values())} ({counts})")
+def differences(spec: dict) -> list[str]:
+    """The deliberate differences from upstream in a judge spec (reasons, in order, no repeats)."""
     out: list[str] = []
-    for c in CATEGORIES:
-        out += [c] * counts.get(c, 0)
+    for s in _walk(spec):
+        args = s.get("args") or {}
+        keys = [s["name"], f"{s['name']}:{args.get('wordlist', '')}"]
+        if s["name"] in ("affine", "compare", "reciprocal") and args["measure"]["name"] == "vader":
+            keys.append("upstream_get_sentiment")
+        for k in keys:
+            if k in DIFFERENCES and DIFFERENCES[k] not in out:
+                out.append(DIFFERENCES[k])
     return out
 
 
+def quirks(spec: dict, system_prompt: str) -> list[str]:
+    """Upstream behaviours kept as they are that a reader of the scores should know."""
+    out: list[str] = []
+    for s in _walk(spec):
+        name, args = s["name"], s.get("args") or {}
+        if name in ("upstream_does_not_contain", "upstream_fraction_of_target_words_hit",
+                    "upstream_fraction_of_text_that_is_a_target"):
+            never = [w for w in args.get("words", []) if w != w.lower() or len(w.split()) != 1]
+            if never:
+                out.append(f"upstream compares single lower-case words, so {never} can never match"
+                           + (" (this judge can never reach 1.0)" if name == "upstream_fraction_of_target_words_hit" else ""))
+        if name == "upstream_fraction_repeated_words":
+            out.append("upstream divides distinct repeated words by all words, so a perfect reply scores 0.5")
+        if name == "substring_any" and not args.get("lowercase"):
+            letters = [w for w in args["substrings"] if len(w) == 1 and w.isupper()]
+            if letters:
+                out.append(f"a substring test: any {letters[0]!r} anywhere in the reply counts (e.g. in a word), as upstream")
+        if name == "upstream_sentences_start_with" and not re.search(rf"(?<!\w){re.escape(args['word'])}(?!\w)", system_prompt):
+            out.append(f"the judge checks {args['word']!r}, which the system prompt never writes so: "
+                       f"it probably asks for another word")
+    return out
+
+
+# ---- conversion ----------------------------------------------------------------------------------
+def _assignments(tree: ast.Module) -> dict[str, ast.AST]:
+    """Module-level ``name = value`` assignments (the last one wins, as at run time)."""
+    out: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    out[t.id] = node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None and isinstance(node.target, ast.Name):
+            out[node.target.id] = node.value
+    return out
+
+
+def _sum_of_names(node: ast.AST) -> list[str] | None:
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        a, b = _sum_of_names(node.left), _sum_of_names(node.right)
+        return a + b if a is not None and b is not None else None
+    return None
+
+
 def _slug(category: str, k: int) -> str:
-    return f"{category.replace('_', '-')}-{k:02d}"
+    return f"upstream-{category.replace('_', '-')}-{k:02d}"
 
 
-def convert(source: Path, out_dir: Path, counts: dict | None = None) -> ImportReport:
-    """Convert the upstream persona file into ``out_dir/<category>.yaml`` (+ ``unmapped.yaml``).
-
-    The files validate with :func:`personadrift.benchmark.personas.load_personas`. Unmappable items are
-    listed in the report and in ``unmapped.yaml`` with their prompt, probe and judge source.
-    """
-    source, out_dir = Path(source), Path(out_dir)
-    counts = dict(PAPER_COUNTS if counts is None else counts)
+def _parse(source: Path) -> tuple[str, ast.Module]:
     try:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(source, None, f"cannot read file: {e}") from None
     try:
-        tree = ast.parse(text, filename=str(source))  # parsed only, never executed
+        with warnings.catch_warnings():  # upstream's "\s" in plain strings warns; not the user's concern
+            warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+            return text, ast.parse(text, filename=str(source))  # parsed only, never executed
     except SyntaxError as e:
         raise InputError(source, None, f"Python syntax error at line {e.lineno}: {e.msg}") from None
-    items = _find_list(tree, UPSTREAM_VARIABLE)
-    if items is None:
-        raise InputError(source, UPSTREAM_VARIABLE, "no module-level list assignment found")
-    cats = _category_ranges(counts, len(items.elts), source)
-    report = ImportReport(source=str(source), out_dir=str(out_dir), counts=counts, total=len(items.elts))
-    per_cat: dict[str, list[dict]] = {c: [] for c in CATEGORIES}
-    unmapped_rows: list[dict] = []
-    seen_in_cat: dict[str, int] = {c: 0 for c in CATEGORIES}
 
-    for i, elt in enumerate(items.elts):
-        cat = cats[i]
-        seen_in_cat[cat] += 1
-        pid = _slug(cat, seen_in_cat[cat])
-        src = ast.get_source_segment(text, elt) or ast.unparse(elt)
-        if not isinstance(elt, (ast.Tuple, ast.List)) or len(elt.elts) != 3:
-            report.unmapped.append(UnmappedItem(i, cat, "not a (system_prompt, probe, judge) triple", src))
+
+def _translate_item(elt: ast.AST, text: str, list_name: str, i: int, category: str) -> tuple[dict | None, UnmappedItem]:
+    src = ast.get_source_segment(text, elt) or ast.unparse(elt)
+    item = UnmappedItem(list_name, i, category, "", src)
+    if not isinstance(elt, (ast.Tuple, ast.List)) or len(elt.elts) != 3:
+        item.reason = "not a (system_prompt, probe, judge) triple"
+        return None, item
+    sys_node, probe_node, judge_node = elt.elts
+    item.system_prompt, item.probe = _const_str(sys_node), _const_str(probe_node)
+    item.upstream_judge = ast.get_source_segment(text, judge_node) or ast.unparse(judge_node)
+    if not item.system_prompt or not item.probe:
+        item.reason = "system prompt or probe is not a plain string literal"
+        return None, item
+    lam = judge_node
+    if not isinstance(lam, ast.Lambda) or len(lam.args.args) != 1 or lam.args.vararg or lam.args.kwarg \
+            or lam.args.kwonlyargs or lam.args.posonlyargs:
+        item.reason = "judge is not a one-argument lambda"
+        return None, item
+    body = _Rename(lam.args.args[0].arg).visit(copy.deepcopy(lam.body))
+    try:
+        spec = translate_judge(body)
+        check_judge_args(spec["name"], spec.get("args") or {})
+    except Untranslatable as e:
+        unknown = sorted({n.func.id for n in ast.walk(body) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                          and n.func.id not in HELPERS and n.func.id not in _KNOWN_CALLS})
+        item.reason = (f"unknown helper {', '.join(f'{u}()' for u in unknown)}; " if unknown else "") + f"no equivalent for {e}"
+        return None, item
+    except JudgeSpecError as e:  # a translation produced bad arguments: report, don't crash
+        item.reason = f"translated to an invalid judge ({e})"
+        return None, item
+    return spec, item
+
+
+def convert(source: str | Path, out_dir: str | Path, expected_sha256: str | None = UPSTREAM_SHA256) -> ImportReport:
+    """Import ``source`` into ``out_dir/personas.yaml`` (run.py order) and ``out_dir/report.yaml``.
+
+    ``expected_sha256``: the file must have this sum (None: any file). The persona file
+    validates with :func:`personadrift.benchmark.personas.load_personas`.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    digest = check_source(source, expected_sha256)
+    text, tree = _parse(source)
+    assigned = _assignments(tree)
+    missing = [name for name in CATEGORY_LISTS.values() if name not in assigned]
+    if missing:
+        raise InputError(source, missing[0], f"no module-level list {missing[0]} (expected the five category lists "
+                                             f"{', '.join(CATEGORY_LISTS.values())})")
+    report = ImportReport(source=str(source), sha256=digest, out_dir=str(out_dir))
+    if digest != UPSTREAM_SHA256:
+        report.notices.append(f"not the released file (sha256 {UPSTREAM_SHA256}): helpers are judged with the released "
+                              f"file's semantics, whatever this file defines")
+    summed = _sum_of_names(assigned[SUM_VARIABLE]) if SUM_VARIABLE in assigned else None
+    if summed is None:
+        report.problems.append(f"{SUM_VARIABLE} is not a sum of named lists; the five category lists were read directly")
+        summed = list(CATEGORY_LISTS.values())
+    for name in CATEGORY_LISTS.values():
+        if name not in summed:
+            report.problems.append(f"{name} is not part of {SUM_VARIABLE} (imported anyway: run.py reads the lists)")
+
+    lists: dict[str, list[ast.AST]] = {}
+    for name in dict.fromkeys(list(CATEGORY_LISTS.values()) + summed):
+        node = assigned.get(name)
+        if not isinstance(node, (ast.List, ast.Tuple)):
+            raise InputError(source, name, f"expected a list literal of (system_prompt, probe, judge) items, got {_src(node) if node else 'nothing'}")
+        lists[name] = list(node.elts)
+    report.total = sum(len(v) for v in lists.values())
+
+    # Items of a list in the sum that is not a category list: reported, never dropped silently.
+    for name in summed:
+        if name not in CATEGORY_LISTS.values():
+            report.problems.append(f"{SUM_VARIABLE} adds {name} ({len(lists[name])} items), which is not one of the five category lists")
+            for i, elt in enumerate(lists[name]):
+                _, item = _translate_item(elt, text, name, i, "?")
+                item.reason = f"in {name}, not one of the five category lists" + (f"; also {item.reason}" if item.reason else "")
+                report.unmapped.append(item)
+
+    # upstream run.py's numbering: the first item of each category list, then the rest of each
+    order = [(c, 0) for c in RUN_ORDER if lists[CATEGORY_LISTS[c]]]
+    order += [(c, i) for c in RUN_ORDER for i in range(1, len(lists[CATEGORY_LISTS[c]]))]
+    personas = []
+    for run_index, (cat, i) in enumerate(order):
+        name = CATEGORY_LISTS[cat]
+        spec, item = _translate_item(lists[name][i], text, name, i, cat)
+        if spec is None:
+            report.unmapped.append(item)
             continue
-        sys_node, probe_node, judge_node = elt.elts
-        system_prompt, probe = _const_str(sys_node), _const_str(probe_node)
-        judge_src = ast.get_source_segment(text, judge_node) or ast.unparse(judge_node)
-        item = UnmappedItem(i, cat, "", judge_src, system_prompt, probe)
-        if not system_prompt or not probe:
-            item.reason = "system prompt or probe is not a plain string literal"
-        elif not isinstance(judge_node, ast.Lambda) or len(judge_node.args.args) != 1 or \
-                judge_node.args.vararg or judge_node.args.kwarg or judge_node.args.kwonlyargs:
-            item.reason = "judge is not a one-argument lambda"
-        else:
-            body = _Rename(judge_node.args.args[0].arg).visit(copy.deepcopy(judge_node.body))
-            mapped = map_judge(body)
-            if mapped is None:
-                item.reason = "no recognised judge shape"
-            else:
-                try:
-                    check_judge_args(mapped.judge, mapped.args)
-                except JudgeSpecError as e:  # a shape produced bad args: report, don't crash
-                    item.reason = f"mapped to {mapped.judge} but {e}"
-                    mapped = None
-            if mapped is not None:
-                note = f"Imported from upstream system_prompts[{i}]: {judge_src}"
-                if mapped.approximate:
-                    note += f" (approximate: shape {mapped.shape!r} mapped to {mapped.judge})"
-                judge: dict = {"name": mapped.judge}
-                if mapped.args:
-                    judge["args"] = mapped.args
-                per_cat[cat].append({"id": pid, "category": cat, "system_prompt": system_prompt, "probe": probe,
-                                     "judge": judge, "notes": note})
-                report.imported.append(ImportedPersona(i, cat, pid, mapped.judge, mapped.args, mapped.approximate, judge_src))
-                continue
-        report.unmapped.append(item)
-
-    for u in report.unmapped:
-        unmapped_rows.append({"index": u.index, "category": u.category, "reason": u.reason,
-                              "system_prompt": u.system_prompt, "probe": u.probe, "upstream_judge": u.upstream_judge})
+        pid = _slug(cat, i + 1)
+        diffs, qs = differences(spec), quirks(spec, item.system_prompt or "")
+        note = f"Imported from upstream {name}[{i}] (run.py persona {run_index}); upstream judge: {item.upstream_judge}."
+        note += "".join(f" DIFFERS from upstream: {d}." for d in diffs)
+        note += "".join(f" Upstream quirk kept: {q}." for q in qs)
+        personas.append({"id": pid, "category": cat, "system_prompt": item.system_prompt, "probe": item.probe,
+                         "judge": spec, "notes": note})
+        report.imported.append(ImportedPersona(run_index, name, i, cat, pid, spec, diffs, qs, item.upstream_judge))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    header = (f"# Generated by personadrift.benchmark.upstream from {source.name}; do not edit by hand.\n"
-              f"# Upstream: github likenneth/persona_drift (commit e5b57b0), parsed with ast, never executed.\n")
-    paths = []
-    for c in CATEGORIES:
-        p = out_dir / f"{c}.yaml"
-        body = {"description": f"Upstream {c} personas ({len(per_cat[c])} of {counts.get(c, 0)} mapped)",
-                "personas": per_cat[c]}
-        p.write_text(header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=1000), encoding="utf-8")
-        report.written[c] = str(p)
-        paths.append(p)
-    (out_dir / "unmapped.yaml").write_text(
-        header + "# Upstream items that could not be mapped onto a judge (fix by hand or extend upstream.SHAPES).\n"
-        + yaml.safe_dump({"unmapped": unmapped_rows}, sort_keys=False, allow_unicode=True, width=1000),
-        encoding="utf-8")
-    load_personas(paths)  # the output must validate
+    header = (f"# Generated by personadrift.benchmark.upstream from {source.name} (sha256 {digest}); do not edit.\n"
+              f"# Upstream: github likenneth/persona_drift (commit e5b57b0), parsed with ast, never executed.\n"
+              f"# Order: upstream run.py's persona numbering. Differences from upstream are in each persona's notes.\n")
+    out = out_dir / OUTPUT_FILE
+    body = {"description": f"The paper's personas imported from {source.name}: {len(personas)} of {report.total} items",
+            "personas": personas}
+    out.write_text(header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=1000), encoding="utf-8")
+    rep = out_dir / REPORT_FILE
+    rep.write_text(header + yaml.safe_dump(report.to_yaml(), sort_keys=False, allow_unicode=True, width=1000),
+                   encoding="utf-8")
+    report.written = {"personas": str(out), "report": str(rep)}
+    load_personas([out])  # the output must validate
     return report
 
 
-def _parse_counts(s: str) -> dict:
-    out = {}
-    for part in s.split(","):
-        if not part.strip():
-            continue
-        k, sep, v = part.partition("=")
-        if not sep or not v.strip().isdigit():
-            raise argparse.ArgumentTypeError(f"expected category=count pairs, got {part!r}")
-        out[k.strip()] = int(v)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m personadrift.benchmark.upstream SOURCE --out DIR [--counts ...] [--strict]``.
+    """Command line: ``python -m personadrift.benchmark.upstream SOURCE --out DIR [--sha256 SUM|any] [--strict]``.
 
-    Exit status: 0 on success (unmapped items are printed), 1 with ``--strict`` when some item
-    was not mapped, 2 on an input error.
+    Exit status: 0 on success (unmapped items and problems are printed), 1 with ``--strict``
+    when some item was not imported or the structure differs, 2 on an input error.
     """
     ap = argparse.ArgumentParser(prog="personadrift-import-upstream", description=__doc__.split("\n\n")[0])
-    ap.add_argument("source", type=Path, help="the upstream hundred_system_prompts.py (parsed, never executed)")
-    ap.add_argument("--out", type=Path, default=Path("personas/upstream"), help="output directory (default: personas/upstream)")
-    ap.add_argument("--counts", type=_parse_counts, default=None,
-                    help="category sizes in upstream order, e.g. pattern=29,multiple_choice=27,persona=14,memorization=27,language=3")
-    ap.add_argument("--strict", action="store_true", help="exit 1 if any item could not be mapped")
+    ap.add_argument("source", type=Path, help="the paper's hundred_system_prompts.py (parsed, never executed)")
+    ap.add_argument("--out", type=Path, default=Path("resources/personas/upstream"),
+                    help="output directory (default: resources/personas/upstream)")
+    ap.add_argument("--sha256", default=UPSTREAM_SHA256,
+                    help="the sum the file must have (default: the released file's); 'any' accepts any file")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if any item was not imported")
     args = ap.parse_args(argv)
     try:
-        report = convert(args.source, args.out, args.counts)
+        report = convert(args.source, args.out, None if args.sha256 == "any" else args.sha256)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

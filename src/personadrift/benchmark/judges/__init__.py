@@ -11,7 +11,9 @@ Public API::
 Families: :mod:`.format` (letters, case, punctuation, structure), :mod:`.lexical` (words,
 repetition, word lists, syllables, rare words, slang, tense), :mod:`.content` (substrings,
 keywords, multiple choice, sentiment, first person, numbers, JSON), :mod:`.language` (French,
-gloss alternation, English fluency). All assets come from installed packages; nothing is
+gloss alternation, English fluency), :mod:`.paper` (``upstream_*``: the paper's helpers with
+upstream's semantics, and the plain Python tests its lambdas use), :mod:`.compose`
+(one_minus, all_of, any_of, affine, compare, reciprocal over nested judge or measure specs). All assets come from installed packages; nothing is
 downloaded at run time.
 """
 
@@ -19,7 +21,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from personadrift.benchmark.judges import content, format, language, lexical  # noqa: E402,F401  (registers the judges)
+from personadrift.benchmark.judges import (  # noqa: E402,F401  (registers the judges)
+    compose,
+    content,
+    format,
+    language,
+    lexical,
+    paper,
+)
 from personadrift.benchmark.judges.language import (
     FLUENCY_THRESHOLD,
     english_fluency,

@@ -116,23 +116,30 @@ def _vader():
     return SentimentIntensityAnalyzer()
 
 
-def vader_compound(text: str) -> float:
-    """VADER compound score in [-1, 1] of the first 20,000 characters."""
+def vader_scores(text: str) -> dict:
+    """VADER's neg/neu/pos/compound scores of the first 20,000 characters."""
     t = clip(text[:20_000])
     if not t.strip():
-        return 0.0
-    return float(_vader().polarity_scores(t)["compound"])
+        return {"neg": 0.0, "neu": 0.0, "pos": 0.0, "compound": 0.0}
+    return _vader().polarity_scores(t)
+
+
+def vader_compound(text: str) -> float:
+    """VADER compound score in [-1, 1] of the first 20,000 characters."""
+    return float(vader_scores(text)["compound"])
 
 
 @register("sentiment", kind=Arg(str, one_of("positive", "negative", "compound")))
 def sentiment(text: str, kind: str = "positive") -> float:
-    """VADER sentiment: positive -> max(compound, 0) (1.0 = very positive); negative -> max(-compound, 0); compound -> (compound + 1) / 2."""
-    c = vader_compound(text)
+    """VADER sentiment as upstream used it: positive -> the `pos` component (share of positively valenced wording, 1.0 = all of it); negative -> the `neg` component; compound -> (compound + 1) / 2."""
+    # The compound score saturates: "I love London. It is big. I walk a lot." has compound
+    # 0.64 but pos 0.32; upstream scored its sentiment personas with pos / neg.
+    scores = vader_scores(text)
     if kind == "positive":
-        return max(c, 0.0)
+        return float(scores["pos"])
     if kind == "negative":
-        return max(-c, 0.0)
-    return (c + 1.0) / 2.0
+        return float(scores["neg"])
+    return (float(scores["compound"]) + 1.0) / 2.0
 
 
 # ---- first person ----------------------------------------------------------------------------

@@ -30,15 +30,26 @@ from personadrift.benchmark.judges.wordlists import (
     TEEN_SLANG,
 )
 
-_INFLECTIONS = r"(?:s|es|'s|’s|ed|d|ing|er|ers|ly)?"
+_POSSESSIVE = r"(?:'s|’s)?"
+_INFLECTIONS = r"(?:s|es|'s|’s|ed|ing|er|ers|ly)?"
+_INFLECTIONS_E = r"(?:s|es|'s|’s|ed|d|ing|er|ers|ly)?"
+
+
+def _inflections(last: str) -> str:
+    """The suffixes a keyword may carry. Words under three letters take none but a possessive
+    ("AI" must not match "aid", "no" not "nod", "I" not "is"); a bare "d" only follows a final
+    "e" of a word of four letters or more ("liked", but not "seed" for "see")."""
+    if len(last) < 3:
+        return _POSSESSIVE
+    return _INFLECTIONS_E if len(last) >= 4 and last.lower().endswith("e") else _INFLECTIONS
 
 
 @functools.lru_cache(maxsize=4096)
 def word_regex(word: str, case_sensitive: bool = False) -> re.Pattern:
     """A regex for `word` (or a phrase) as whole word(s), allowing a simple inflection suffix."""
-    parts = [re.escape(p) for p in word.strip().split()]
-    body = r"\s+".join(parts)
-    return re.compile(r"(?<![^\W_])" + body + _INFLECTIONS + r"(?![^\W_])", 0 if case_sensitive else re.IGNORECASE)
+    raw = word.strip().split()
+    body = r"\s+".join(re.escape(p) for p in raw)
+    return re.compile(r"(?<![^\W_])" + body + _inflections(raw[-1]) + r"(?![^\W_])", 0 if case_sensitive else re.IGNORECASE)
 
 
 def has_word(text: str, word: str, case_sensitive: bool = False) -> bool:

@@ -41,6 +41,13 @@ class JudgeInfo:
     arg_types: dict
     defaults: dict = field(default_factory=dict)
     doc: str = ""
+    # Whether the judge itself scores an empty or blank reply (bool, or a function of the
+    # arguments for composite judges); if not, run_judge gives such a reply 0.0.
+    scores_empty: bool | Callable[[dict], bool] = False
+
+    def sees_empty(self, args: Mapping) -> bool:
+        """Whether an empty reply reaches the judge function (else it scores 0.0)."""
+        return self.scores_empty(args) if callable(self.scores_empty) else bool(self.scores_empty)
 
     @property
     def required(self) -> list[str]:
@@ -50,12 +57,13 @@ class JudgeInfo:
 _REGISTRY: dict[str, JudgeInfo] = {}
 
 
-def register(name: str, **arg_types: type | Arg) -> Callable:
+def register(name: str, *, scores_empty: bool | Callable[[dict], bool] = False, **arg_types: type | Arg) -> Callable:
     """Decorator: register ``func(text, **args) -> float`` as judge ``name``.
 
     Keyword arguments give each argument's type (``letter=str, n=int, words=list[str]``) or an
     :class:`Arg` with a value check. Arguments with a default in the function signature are
-    optional.
+    optional. ``scores_empty``: the judge defines its own value for an empty reply (the
+    upstream-semantics judges do, as upstream's helpers did); by default an empty reply is 0.0.
     """
 
     def deco(func: Callable[..., float]) -> Callable[..., float]:
@@ -72,7 +80,7 @@ def register(name: str, **arg_types: type | Arg) -> Callable:
             raise TypeError(f"judge {name}: needs a one-line docstring saying what 1.0 means")
         defaults = {n: p.default for n, p in named.items() if p.default is not inspect.Parameter.empty}
         types = {n: (t if isinstance(t, Arg) else Arg(t)) for n, t in arg_types.items()}
-        _REGISTRY[name] = JudgeInfo(name, func, types, defaults, doc[0].strip())
+        _REGISTRY[name] = JudgeInfo(name, func, types, defaults, doc[0].strip(), scores_empty)
         return func
 
     return deco
@@ -144,20 +152,31 @@ def check_judge_args(name: str, args: dict) -> None:
         if not _is_instance(value, spec.type):
             raise JudgeSpecError(f"args.{key}", f"expected {_type_name(spec.type)}, got {value!r}")
         if spec.check is not None:
-            problem = spec.check(value)
+            try:
+                problem = spec.check(value)
+            except JudgeSpecError as e:  # a nested judge or measure spec: keep the full path
+                raise JudgeSpecError(f"args.{key}.{e.field}", e.problem) from None
             if problem:
                 raise JudgeSpecError(f"args.{key}", f"{problem}, got {value!r}")
 
 
 def run_judge(name: str, args: dict, text: str) -> float:
-    """Score ``text`` with judge ``name``: a float in [0, 1]; 0.0 for an empty or blank reply."""
+    """Score ``text`` with judge ``name``: a float in [0, 1].
+
+    An empty or blank reply scores 0.0 with this project's judges: it shows no adherence,
+    and scoring it 1.0 for "never say X" would let a model that stops answering look
+    perfectly adherent. The upstream-semantics judges (``upstream_*``, registered with
+    ``scores_empty``) instead give the value upstream's expression gives (e.g. 1.0 for
+    ``does_not_contain``), or raise where upstream's expression raises (scored NaN, with the
+    error recorded, by :mod:`personadrift.benchmark.scoring`).
+    """
     check_judge_args(name, args)
     info = _REGISTRY[name]
     kwargs = {**info.defaults, **dict(args or {})}
     if not isinstance(text, str):
         text = "" if text is None else str(text)
-    if not text.strip():
-        return 0.0  # an empty reply complies with nothing (and most judges are undefined on it)
+    if not text.strip() and not info.sees_empty(kwargs):
+        return 0.0
     score = float(info.func(text, **kwargs))
     if not math.isfinite(score):
         raise ValueError(f"judge {name} returned {score} (a bug)")
