@@ -221,6 +221,7 @@ class HFEngine:
                         flags.append(False)
                         pair = [1, -2]
                     tail.append((i, own, flags, pair))
+            tail.sort(key=lambda t: len(continuations[t[0]]))  # little padding within a forward
             start = 0
             while start < len(tail):
                 # as many requests as fit max_batch rows and the positions cap
