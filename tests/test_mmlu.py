@@ -246,21 +246,17 @@ def test_format_prompt():
     assert text.rstrip().endswith("Answer with only the letter (A, B, C or D) of the correct option.")
 
 
-def _fake_scorer(table: dict[str, list[float]], calls: list):
-    """Known log-probs keyed by question text (found in the rendered user message)."""
+def _fake_letters(table: dict[str, list[float]], calls: list):
+    """Known letter log-probs keyed by question text (found in the rendered user message)."""
 
-    def score(batch):
-        calls.append(batch)
-        rows = []
-        for messages in batch:
-            user = messages[-1]["content"]
-            rows.append(next(v for k, v in table.items() if k in user))
-        return np.array(rows)
+    def score(convs):
+        calls.append(convs)
+        return np.array([next(v for k, v in table.items() if k in c[-1]["content"]) for c in convs])
 
     return score
 
 
-def test_evaluate_and_accuracy_with_a_fake_scorer():
+def test_evaluate_letter_form_and_accuracy_with_a_fake_scorer():
     qs = mmlu.load_mmlu(SAMPLE, expected_sha256=SAMPLE_SHA256, expected_count=10)
     # Predict the right letter for exactly 7 of the 10 questions.
     table = {}
@@ -271,19 +267,21 @@ def test_evaluate_and_accuracy_with_a_fake_scorer():
         lp[pick] = -0.5
         table[q.question] = lp
     calls: list = []
-    df = mmlu.evaluate(qs, _fake_scorer(table, calls), system_prompt="You love playing tennis.",
-                       batch_size=4)
-    assert [len(b) for b in calls] == [4, 4, 2]
+    df = mmlu.evaluate(qs, system_prompt="You love playing tennis.", letter_logprobs=_fake_letters(table, calls))
+    assert len(calls) == 1 and len(calls[0]) == 10  # all questions at once: the scorer chunks
     assert calls[0][0][0] == {"role": "system", "content": "You love playing tennis."}
     assert calls[0][0][1] == {"role": "user", "content": mmlu.format_prompt(qs[0])}
-    assert list(df.columns) == ["index", "subject", "answer", "predicted", "correct",
-                                "logprob_A", "logprob_B", "logprob_C", "logprob_D"]
+    assert list(df.columns) == ["index", "subject", "answer", "letter_predicted", "letter_correct",
+                                "letter_p_correct", "logprob_A", "logprob_B", "logprob_C", "logprob_D"]
     assert df["index"].tolist() == list(range(10))
-    assert df["correct"].tolist() == [True] * 7 + [False] * 3
-    assert df.loc[7, "predicted"] == "ABCD"[("ABCD".index(qs[7].answer) + 1) % 4]
+    assert df["letter_correct"].tolist() == [True] * 7 + [False] * 3
+    assert df.loc[7, "letter_predicted"] == "ABCD"[("ABCD".index(qs[7].answer) + 1) % 4]
     assert df.loc[0, "logprob_B"] == -0.5 and df.loc[0, "subject"] == "astronomy"
+    p_right = math.exp(-0.5) / (math.exp(-0.5) + 3 * math.exp(-3.0))
+    assert df.loc[0, "letter_p_correct"] == pytest.approx(p_right)
+    assert df.loc[9, "letter_p_correct"] == pytest.approx(math.exp(-3.0) / (math.exp(-0.5) + 3 * math.exp(-3.0)))
 
-    r = mmlu.accuracy_with_ci(df)
+    r = mmlu.accuracy_with_ci(df, form="letter")
     assert r["accuracy"] == 0.7 and r["n"] == 10 and r["n_correct"] == 7
     # Wilson 95% interval for 7/10
     z = 1.959963984540054
@@ -291,20 +289,115 @@ def test_evaluate_and_accuracy_with_a_fake_scorer():
     half = z / (1 + z * z / 10) * math.sqrt(0.7 * 0.3 / 10 + z * z / 400)
     assert r["ci_low"] == pytest.approx(centre - half, abs=1e-9)
     assert r["ci_high"] == pytest.approx(centre + half, abs=1e-9)
+    assert r["above_chance"] is (r["ci_low"] > 0.25) is True
+    with pytest.raises(ValueError, match="cloze"):
+        mmlu.accuracy_with_ci(df, form="cloze")
 
     # No system prompt: the user message alone.
     calls.clear()
-    mmlu.evaluate(qs[:1], _fake_scorer(table, calls), system_prompt=None)
+    mmlu.evaluate(qs[:1], system_prompt=None, letter_logprobs=_fake_letters(table, calls))
     assert calls == [[[{"role": "user", "content": mmlu.format_prompt(qs[0])}]]]
 
 
-def test_evaluate_rejects_a_wrong_shape():
+def test_evaluate_cloze_form_normalises_per_character():
+    q = Question(0, "astronomy", "Which star is closest to the Earth?",
+                 ("Proxima Centauri", "The Sun", "Sirius", "  Vega "), "B")
+    seen = []
+
+    def cloze(convs, options):
+        seen.append((convs, options))
+        # sums: A is likeliest in total, B per character (-4/7 > -6/16), "Vega" is 4 characters
+        return np.array([[-6.0, -4.0, -9.0, -3.0]])
+
+    df = mmlu.evaluate([q], system_prompt="You love tennis.", cloze_logprobs=cloze)
+    convs, options = seen[0]
+    assert convs == [[{"role": "system", "content": "You love tennis."},
+                      {"role": "user", "content": mmlu.format_cloze_prompt(q)}]]
+    assert "Sirius" not in convs[0][1]["content"]  # the cloze form hides the options
+    assert options == [q.choices]
+    assert mmlu.cloze_chars(q) == [16, 7, 6, 4]
+    # per character: -0.375, -0.571, -1.5, -0.75 -> A, though D has the largest sum
+    assert df.loc[0, "cloze_predicted"] == "A" and not df.loc[0, "cloze_correct"]
+    assert list(df.columns) == ["index", "subject", "answer", "cloze_predicted", "cloze_correct",
+                                "cloze_p_correct", "cloze_logprob_A", "cloze_logprob_B",
+                                "cloze_logprob_C", "cloze_logprob_D"]
+    z = sum(math.exp(v) for v in (-6.0, -4.0, -9.0, -3.0))
+    assert df.loc[0, "cloze_p_correct"] == pytest.approx(math.exp(-4.0) / z)  # sequence probability
+    # an empty option never wins
+    empty = Question(1, "astronomy", "Q?", ("", "b", "c", "d"), "B")
+    df = mmlu.evaluate([empty], system_prompt=None,
+                       cloze_logprobs=lambda c, o: np.array([[float("-inf"), -5.0, -6.0, -7.0]]))
+    assert df.loc[0, "cloze_predicted"] == "B"
+
+
+def test_evaluate_rejects_a_wrong_shape_and_nan():
     qs = _synthetic({"a": 3})
     with pytest.raises(ValueError, match=r"shape \(3, 3\)"):
-        mmlu.evaluate(qs, lambda batch: np.zeros((len(batch), 3)), system_prompt=None)
+        mmlu.evaluate(qs, system_prompt=None, letter_logprobs=lambda convs: np.zeros((len(convs), 3)))
+    with pytest.raises(ValueError, match=r"NaN for question\(s\) \[1\]"):
+        mmlu.evaluate(qs, system_prompt=None,
+                      cloze_logprobs=lambda convs, o: np.array([[0.0] * 4, [np.nan] * 4, [0.0] * 4]))
 
 
-# --------------------------------------------------------------------------- Hugging Face scorer
+def test_length_chunks_bound_rows_and_padding():
+    lengths = [100, 12, 15, 400, 14, 90, 13, 95, 11]
+    groups = mmlu.length_chunks(lengths, max_rows=3)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        ls = [lengths[i] for i in g]
+        assert len(g) <= 3 and ls == sorted(ls)
+        assert len(g) * max(ls) <= 1.25 * sum(ls)
+    assert [[lengths[i] for i in g] for g in groups] == [[11, 12, 13], [14, 15], [90, 95, 100], [400]]
+    assert mmlu.length_chunks([50] * 10, max_rows=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+# --------------------------------------------------------------------------- templates
+
+# Llama-2-chat's format, written for this test from its public description:
+# "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {reply} </s>"
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system = none %}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.index0 == 0 and system is not none %}"
+    "{% set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'].strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+@pytest.fixture(scope="module")
+def llama2_model(tmp_path_factory):
+    """A tiny random Llama whose tokenizer splits words as SentencePiece does ("▁A") and
+    whose chat template is Llama-2-chat's."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = ["[INST] <<SYS>> You love tennis. <</SYS>> [/INST]", "A B C D A. B. C. D.",
+              "The following is a question about astronomy. Reply with the answer only.",
+              "Which is the closest star? The Sun, Proxima Centauri, Sirius or Vega."]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator(corpus * 4, trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<unk>")
+    fast.chat_template = LLAMA2_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = fast.eos_token_id
+    return model, fast
 
 
 def test_letter_token_ids_tiny_model(tiny_model):
@@ -313,25 +406,227 @@ def test_letter_token_ids_tiny_model(tiny_model):
     assert tok.convert_ids_to_tokens(ids) == ["A", "B", "C", "D"]  # bare letters after "assistant\n"
 
 
-class _SplitLetterTokenizer:
-    """A stand-in tokenizer that spells "C" with two tokens."""
+def test_letter_token_ids_llama2_is_the_spaced_piece_of_the_rendered_reply(llama2_model):
+    _, tok = llama2_model
+    ids = mmlu.letter_token_ids(tok)
+    assert tok.convert_ids_to_tokens(ids) == ["▁A", "▁B", "▁C", "▁D"]
+    # What "A" appended to the rendered prompt gives instead: not the piece the model emits.
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Answer."}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert prompt.endswith("[/INST]")
+    base = tok(prompt, add_special_tokens=False)["input_ids"]
+    appended = tok(prompt + "A", add_special_tokens=False)["input_ids"]
+    assert appended[: len(base)] != base or appended[len(base):] != [ids[0]]
 
-    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-        return "<user>" + messages[-1]["content"] + "<assistant>"
+
+def test_reply_tokens_are_the_rendered_turn_less_its_end(llama2_model, tiny_model):
+    _, tok = llama2_model
+    reply = mmlu.ReplyTokens(tok)
+    assert tok.convert_ids_to_tokens(reply.end_of_turn)[-1] == "</s>"
+    conv = [{"role": "system", "content": "You love tennis."}, {"role": "user", "content": "Which star?"}]
+    got = reply(conv, " The Sun ")  # the template strips the reply
+    turn = tok.apply_chat_template([*conv, {"role": "assistant", "content": "The Sun"}], tokenize=False)
+    prompt = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    assert turn == prompt + " The Sun </s>"
+    full = tok(turn, add_special_tokens=False)["input_ids"]
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert full[n:n + len(got)] == got and full[n + len(got):] == reply.end_of_turn
+    assert tok.decode(got).strip() == "The Sun"
+    _, chatml = tiny_model
+    r2 = mmlu.ReplyTokens(chatml)
+    assert chatml.convert_ids_to_tokens(r2.end_of_turn) == ["<|im_end|>", "Ċ"]
+    assert chatml.decode(r2(conv, "The Sun")) == "The Sun"
+
+
+class _SplitLetterTokenizer:
+    """A stand-in tokenizer with a chat template that spells "C" with two tokens."""
+
+    chat_template = "stand-in"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<{m['role']}>{m['content']}</>" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
 
     def __call__(self, text, add_special_tokens):
+        text = text.replace("<assistant>", "\x01").replace("</>", "\x02")
         ids = []
         for ch in text:
             ids.extend([900, 901] if ch == "C" else [ord(ch)])
         return {"input_ids": ids}
 
-    def convert_ids_to_tokens(self, i):
-        return f"<{i}>"
+    def convert_ids_to_tokens(self, ids):
+        return [f"<{i}>" for i in ids]
 
 
 def test_letter_token_ids_rejects_multi_token_letters():
     with pytest.raises(ValueError, match=r"'C' is not a single token .*\['<900>', '<901>'\]"):
         mmlu.letter_token_ids(_SplitLetterTokenizer())
+
+
+# --------------------------------------------------------------------------- engine scoring
+
+
+def _engine(model, tok, **kw):
+    from personadrift.generation.engine import HFEngine
+
+    return HFEngine(model, tok, **kw)
+
+
+def _convs(qs, cloze=False):
+    fmt = mmlu.format_cloze_prompt if cloze else mmlu.format_prompt
+    return [([{"role": "system", "content": "You love playing tennis."}] if i % 2 else [])
+            + [{"role": "user", "content": fmt(q)}] for i, q in enumerate(qs)]
+
+
+def _teacher_forced(engine, request, cont):
+    """Reference: the reply fed token by token through the engine's generation path
+    (prefill, then one ``forward_step`` per token), each token scored by the distribution
+    generation samples from at temperature 1."""
+    import torch
+
+    with torch.inference_mode():
+        batch = engine._prefill([request], expand=False)
+    total = 0.0
+    for k, tok in enumerate(cont):
+        logp = torch.log_softmax(engine._guided_logprobs(batch), dim=-1)
+        total += float(logp[0, tok])
+        if k + 1 < len(cont):
+            with torch.inference_mode():
+                batch.forward_step([tok] * batch.size)
+    return total
+
+
+def test_continuation_logprobs_equals_a_plain_forward(tiny_model):
+    import torch
+
+    from personadrift.generation.api import GenRequest
+
+    model, tok = tiny_model
+    engine = _engine(model, tok, max_batch=5)
+    qs = mmlu.load_mmlu(SAMPLE, expected_sha256=SAMPLE_SHA256, expected_count=10)[:3]
+    convs = _convs(qs, cloze=True)
+    reply = mmlu.ReplyTokens(tok)
+    reqs, conts = [], []
+    for c, q in zip(convs, qs):
+        for choice in q.choices:  # several continuations per prompt, of several lengths
+            reqs.append(GenRequest(c, seed=0))
+            conts.append(reply(c, choice))
+    reqs.append(GenRequest(convs[0], seed=0))
+    conts.append(conts[0][:1])  # a one-token continuation
+    assert len({len(x) for x in conts}) > 2
+    got = engine.continuation_logprobs(reqs, conts)
+    assert got.shape == (len(reqs),) and got.dtype == torch.float64
+    for r, cont, g in zip(reqs, conts, got.tolist()):
+        ids = engine.chat.render(r.messages).ids
+        with torch.inference_mode():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids + cont])).logits[0].float(), -1)
+        ref = sum(float(lp[len(ids) - 1 + m, t]) for m, t in enumerate(cont))
+        assert g == pytest.approx(ref, abs=1e-4)
+    # each prompt encoded once, however many continuations follow it
+    assert engine.stats.prompt_tokens == sum(len(engine.chat.render(c).ids) for c in convs) + sum(
+        len(x) - 1 for x in conts)
+    with pytest.raises(ValueError, match="no tokens"):
+        engine.continuation_logprobs(reqs[:1], [[]])
+
+
+@pytest.mark.parametrize("intervention", ["split_softmax", "guidance"])
+def test_continuation_logprobs_applies_interventions_as_generation_does(tiny_model, intervention):
+    from personadrift.generation.api import GenRequest, Intervention
+    from personadrift.generation.dialog import negative_branch
+
+    model, tok = tiny_model
+    qs = mmlu.load_mmlu(SAMPLE, expected_sha256=SAMPLE_SHA256, expected_count=10)[:2]
+    convs = [[{"role": "system", "content": "You love playing tennis."},
+              {"role": "user", "content": mmlu.format_cloze_prompt(q)}] for q in qs]
+    if intervention == "split_softmax":
+        iv, neg = Intervention(split_k=0.25), lambda m: None
+    else:
+        iv, neg = Intervention(guidance_scale=1.5), negative_branch
+    reply = mmlu.ReplyTokens(tok)
+    reqs = [GenRequest(c, seed=0, intervene=True, negative_messages=neg(c)) for c, q in zip(convs, qs) for _ in q.choices]
+    conts = [reply(c, choice) for c, q in zip(convs, qs) for choice in q.choices]
+    try:
+        engine = _engine(model, tok, intervention=iv, max_batch=6)
+        got = engine.continuation_logprobs(reqs, conts).tolist()
+        ref = [_teacher_forced(engine, r, c) for r, c in zip(reqs, conts)]
+        plain = _engine(model, tok).continuation_logprobs(
+            [GenRequest(r.messages, seed=0) for r in reqs], conts).tolist()
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert got == pytest.approx(ref, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(got, plain)) > 1e-3  # the intervention acts
+
+
+def test_engine_scorer_letters_one_forward_per_length_group_and_matches_plain_hf(tiny_model):
+    import torch
+
+    model, tok = tiny_model
+    qs = _synthetic({"astronomy": 25, "professional law": 15})
+    qs = [Question(q.index, q.subject, q.question + " because" * (q.index % 7) * 3, q.choices, q.answer) for q in qs]
+    engine = _engine(model, tok, max_batch=64)
+    scorer = mmlu.EngineScorer(engine)
+    df = mmlu.evaluate(qs, system_prompt="You love playing tennis.", letter_logprobs=scorer.letters)
+    convs = [[{"role": "system", "content": "You love playing tennis."},
+              {"role": "user", "content": mmlu.format_prompt(q)}] for q in qs]
+    groups = mmlu.length_chunks([len(engine.chat.render(c).ids) for c in convs], 64)
+    assert 1 < len(groups) < 8 and engine.stats.forward_calls == len(groups)  # not one per 8 questions
+    reference = mmlu.hf_letter_logprobs(model, tok)(convs)
+    got = torch.tensor(df[[f"logprob_{L}" for L in mmlu.LETTERS]].to_numpy())
+    torch.testing.assert_close(got.float(), reference, atol=1e-4, rtol=0)
+
+
+def test_engine_scorer_shares_the_system_prompt_prefix(tiny_model):
+    model, tok = tiny_model
+    qs = mmlu.load_mmlu(SAMPLE, expected_sha256=SAMPLE_SHA256, expected_count=10)
+    sp = "You love playing tennis and bring it up whenever you can."
+    plain_engine = _engine(model, tok)
+    plain = mmlu.evaluate(qs, system_prompt=sp, letter_logprobs=mmlu.EngineScorer(plain_engine).letters,
+                          cloze_logprobs=mmlu.EngineScorer(plain_engine).cloze)
+    engine = _engine(model, tok)
+    scorer = mmlu.EngineScorer(engine, share_key="mmlu/shared")
+    scorer.prime(sp)
+    primed = engine.stats.prompt_tokens
+    shared = mmlu.evaluate(qs, system_prompt=sp, letter_logprobs=scorer.letters, cloze_logprobs=scorer.cloze)
+    cols = [c for c in plain.columns if "logprob" in c]
+    np.testing.assert_allclose(shared[cols].to_numpy(), plain[cols].to_numpy(), atol=1e-4)
+    assert engine.stats.reused_tokens >= 2 * len(qs) * len(tok(sp)["input_ids"])
+    assert engine.stats.prompt_tokens - primed < plain_engine.stats.prompt_tokens - 2 * len(qs) * 10
+
+
+def test_engine_scorer_under_the_llama2_template_scores_the_rendered_reply(llama2_model):
+    import torch
+
+    model, tok = llama2_model
+    q = Question(0, "astronomy", "Which is the closest star?", ("Proxima Centauri", "The Sun", "Sirius", "Vega"), "B")
+    engine = _engine(model, tok)
+    scorer = mmlu.EngineScorer(engine)
+    df = mmlu.evaluate([q], system_prompt="You love tennis.", letter_logprobs=scorer.letters,
+                       cloze_logprobs=scorer.cloze)
+    sys_msg = {"role": "system", "content": "You love tennis."}
+    for form, fmt in (("letter", mmlu.format_prompt), ("cloze", mmlu.format_cloze_prompt)):
+        conv = [sys_msg, {"role": "user", "content": fmt(q)}]
+        prompt = tok(tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+        for j, (letter, choice) in enumerate(zip(mmlu.LETTERS, q.choices)):
+            reply = letter if form == "letter" else choice
+            # independent reference: the whole assistant turn rendered by the template, scored up to
+            # its end-of-turn ("... [/INST] The Sun </s>": the reply's tokens, then "▁", "</s>")
+            turn = tok(tok.apply_chat_template([*conv, {"role": "assistant", "content": reply}], tokenize=False),
+                       add_special_tokens=False)["input_ids"]
+            assert turn[: len(prompt)] == prompt
+            body = turn[len(prompt): len(turn) - 2]
+            with torch.inference_mode():
+                lp = torch.log_softmax(model(input_ids=torch.tensor([turn])).logits[0].float(), -1)
+            ref = sum(float(lp[len(prompt) - 1 + m, t]) for m, t in enumerate(body))
+            if form == "letter":
+                assert len(body) == 1 and tok.convert_ids_to_tokens(body) == [f"▁{letter}"]
+                lp4 = torch.log_softmax(lp[len(prompt) - 1], -1)
+                assert df.loc[0, f"logprob_{letter}"] == pytest.approx(float(lp4[body[0]]), abs=1e-4)
+            else:
+                assert df.loc[0, f"cloze_logprob_{letter}"] == pytest.approx(ref, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- Hugging Face scorer
 
 
 def test_hf_letter_logprobs_batched_equals_unbatched(tiny_model):
@@ -372,6 +667,6 @@ def test_hf_letter_logprobs_batched_equals_unbatched(tiny_model):
     assert seen == convs[:2]
 
     # And evaluate drives it end to end.
-    df = mmlu.evaluate(qs, score, system_prompt="You love playing tennis.", batch_size=4)
-    assert len(df) == 6 and set(df["predicted"]) <= set("ABCD")
+    df = mmlu.evaluate(qs, system_prompt="You love playing tennis.", letter_logprobs=score)
+    assert len(df) == 6 and set(df["letter_predicted"]) <= set("ABCD")
     assert np.isfinite(df[["logprob_A", "logprob_B", "logprob_C", "logprob_D"]].to_numpy()).all()

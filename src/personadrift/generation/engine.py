@@ -141,6 +141,118 @@ class HFEngine:
             rows.append(self._guided_logprobs(batch))
         return torch.cat(rows)
 
+    # positions (rows x continuation tokens) whose full-vocabulary logits one forward may hold
+    CONTINUATION_POSITIONS = 2048
+
+    @torch.inference_mode()
+    def continuation_logprobs(self, requests: list[GenRequest], continuations: list[list[int]]) -> torch.Tensor:
+        """Sum of the log-probabilities of each continuation's tokens, teacher-forced as the reply
+        after its request's rendered prompt (generation prompt included); float64 [len(requests)].
+
+        Interventions apply as in generation: split-softmax on intervened rows' system-prompt
+        keys; guidance as paired rows, each token scored by the renormalised mix
+        ``log_softmax(u + g (c - u))``, the distribution generation samples from at temperature
+        1 before top-p. Requests with the same prompt share one encoding of it: the prompts of a
+        chunk are encoded in one forward (re-using a cached prefix under ``key``, storing
+        nothing), then all continuations after them in one more. ``n`` and ``seed`` are unused.
+        """
+        if len(requests) != len(continuations):
+            raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
+        if any(len(c) == 0 for c in continuations):
+            raise ValueError("a continuation has no tokens")
+        g = self.intervention.guidance_scale
+        prompt_of: dict[tuple, int] = {}  # one entry per distinct prompt
+        reps: list[int] = []  # representative request of each prompt
+        which: list[int] = []  # prompt index of each request
+        for i, r in enumerate(requests):
+            sig = (repr(r.messages), repr(r.negative_messages) if self._guided(r) else None, r.intervene, r.key)
+            if sig not in prompt_of:
+                prompt_of[sig] = len(reps)
+                reps.append(i)
+            which.append(prompt_of[sig])
+        out = torch.zeros(len(requests), dtype=torch.float64)
+
+        def mixed(logits: torch.Tensor, partner: list[int]) -> torch.Tensor:
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for i, p in enumerate(partner):
+                if p >= 0:
+                    logp[i] = torch.log_softmax(logp[p] + g * (logp[i] - logp[p]), dim=-1)
+            return logp
+
+        by_prompt: dict[int, list[int]] = {}
+        for i, p in enumerate(which):
+            by_prompt.setdefault(p, []).append(i)
+        for chunk in self._chunks([requests[i] for i in reps]):  # chunk: prompt indices
+            # 1. the prompts; the last position's logits score every continuation's first token
+            rows, intervene, partner, row_of = [], [], [], {}
+            for p in chunk:
+                r = requests[reps[p]]
+                row_of[p] = len(rows)
+                rows.append(self._make_row(r.messages, r.key, False))
+                intervene.append(r.intervene)
+                partner.append(-1)
+                if self._guided(r):
+                    ukey = None if r.key is None else r.key + "#uncond"
+                    rows.append(self._make_row(r.negative_messages, ukey, False))
+                    intervene.append(False)
+                    partner.append(-2)
+                    partner[-2] = len(rows) - 1
+            batch = _Batch.build(self, rows, intervene, partner)
+            batch.forward_prefill()
+            first = mixed(batch.logits, partner)
+            prefixes = [batch._extract(i) for i in range(batch.size)]
+            del batch
+            # 2. the continuations after their prompt's cached KV (all but the last token)
+            tail: list[tuple[int, list[_Row], list[bool], list[int]]] = []  # (request, rows, ...)
+            for p in chunk:
+                ci = row_of[p]
+                for i in by_prompt[p]:
+                    cont = [int(t) for t in continuations[i]]
+                    out[i] = float(first[ci, cont[0]])
+                    if len(cont) == 1:
+                        continue
+                    own = [_Row(rows[ci].target + cont[:-1], len(rows[ci].target), prefixes[ci],
+                                rows[ci].span, None)]
+                    flags, pair = [intervene[ci]], [-1]
+                    if partner[ci] >= 0:
+                        ui = partner[ci]
+                        own.append(_Row(rows[ui].target + cont[:-1], len(rows[ui].target), prefixes[ui],
+                                        None, None))
+                        flags.append(False)
+                        pair = [1, -2]
+                    tail.append((i, own, flags, pair))
+            tail.sort(key=lambda t: len(continuations[t[0]]))  # little padding within a forward
+            start = 0
+            while start < len(tail):
+                # as many requests as fit max_batch rows and the positions cap
+                stop, n_rows, width = start, 0, 0
+                while stop < len(tail):
+                    need = len(tail[stop][1])
+                    w = max(width, len(continuations[tail[stop][0]]) - 1)
+                    if stop > start and (n_rows + need > self.max_batch
+                                         or (n_rows + need) * w > self.CONTINUATION_POSITIONS):
+                        break
+                    n_rows, width, stop = n_rows + need, w, stop + 1
+                rows2, flags2, pair2, first_row = [], [], [], []
+                for i, own, flags, pair in tail[start:stop]:
+                    first_row.append(len(rows2))
+                    pair2 += [q + len(rows2) if q >= 0 else q for q in pair]
+                    rows2 += own
+                    flags2 += flags
+                batch = _Batch.build(self, rows2, flags2, pair2)
+                batch.forward_prefill(keep=width)
+                logits = batch.logits if width > 1 else batch.logits[:, None, :]
+                for (i, *_), j in zip(tail[start:stop], first_row):
+                    cont = torch.tensor([int(t) for t in continuations[i]], device=logits.device)
+                    c = len(cont) - 1  # position m of the last c predicts cont[m + 1]
+                    lp = torch.log_softmax(logits[j, width - c:].float(), dim=-1)
+                    if pair2[j] >= 0:
+                        lu = torch.log_softmax(logits[pair2[j], width - c:].float(), dim=-1)
+                        lp = torch.log_softmax(lu + g * (lp - lu), dim=-1)
+                    out[i] += float(lp.gather(1, cont[1:, None]).sum())
+                start = stop
+        return out
+
     # ----------------------------------------------------------------- batching
     def _rows_needed(self, r: GenRequest) -> int:
         return r.n * (2 if self._guided(r) else 1)
@@ -398,7 +510,9 @@ class _Batch:
             cache=self.cache,  # sliding-window caches drop old keys; the context needs the offset
         )
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor):
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: int = 1):
+        """One forward; ``self.logits`` holds the last position's logits [rows, vocab], or with
+        ``keep`` > 1 the last ``keep`` positions' [rows, keep, vocab]."""
         dev = self.engine.device
         with self._context():
             out = self.engine.model(
@@ -407,15 +521,15 @@ class _Batch:
                 position_ids=positions.to(dev),
                 past_key_values=self.cache,
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=keep,
             )
         self.engine.stats.forward_calls += 1
-        self.logits = out.logits[:, -1, :]
+        self.logits = out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
 
-    def forward_prefill(self) -> None:
+    def forward_prefill(self, keep: int = 1) -> None:
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.next_pos = positions[:, -1] + 1
-        self._forward(self.slot_ids[:, -self.new_len :], positions[:, -self.new_len :])
+        self._forward(self.slot_ids[:, -self.new_len :], positions[:, -self.new_len :], keep)
 
     def expand(self, sizes: list[int]) -> None:
         """Repeat row i ``sizes[i]`` times (samples share the prefilled prefix)."""

@@ -18,19 +18,21 @@ def fetch_mmlu(config: dict, out) -> None:
 
 
 def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv, threads=None) -> None:
-    """Zero-shot MMLU on the stratified subset, with the persona prompt and the setting in place."""
-    import numpy as np
-    import torch
+    """Zero-shot MMLU on the stratified subset in both forms (letter and cloze), with the persona
+    prompt and the setting in place; one table row per question (contract 4)."""
+    import time
+
+    from tqdm import tqdm
 
     from personadrift.capability.mmlu import (
+        FORMS,
         MMLU_SHA256,
+        EngineScorer,
         accuracy_with_ci,
         evaluate,
-        letter_token_ids,
         load_mmlu,
         stratified_subset,
     )
-    from personadrift.generation.api import GenRequest
     from personadrift.generation.dialog import negative_branch
     from personadrift.interventions.settings import setting_by_name
 
@@ -40,29 +42,30 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
     questions = load_mmlu(mmlu_path, expected_sha256=None if m["source"] else MMLU_SHA256,
                           expected_count=None if m["source"] else 14042)
     subset = stratified_subset(questions, m["questions"], seed=config["seed"])
-    letters = torch.tensor(letter_token_ids(engine.tokenizer))
     intervene = setting.method in ("split_softmax", "cfg")
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(subset), desc=f"MMLU {setting.name}", unit="question", mininterval=0)
-
-    def letter_logprobs(batch: list[list[dict]]):
-        bar.update(len(batch))
-        reqs = [GenRequest(msgs, seed=0, intervene=intervene,
-                           negative_messages=(negative_branch(msgs, setting.options.get("negative", "no_system"))
-                                              if setting.method == "cfg" else None))
-                for msgs in batch]
-        return engine.next_token_logprobs(reqs)[:, letters]
-
-    df = evaluate(subset, letter_logprobs, system_prompt=m["system_prompt"], batch_size=8)
-    lp = df[[f"logprob_{x}" for x in "ABCD"]].to_numpy()
-    p = np.exp(lp - lp.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    df["p_correct"] = p[np.arange(len(df)), df["answer"].map("ABCD".index).to_numpy()]
+    negative = None
+    if setting.method == "cfg":
+        mode = setting.options.get("negative", "no_system")
+        negative = lambda msgs: negative_branch(msgs, mode)  # noqa: E731
+    bar = tqdm(total=len(subset) * len(FORMS), desc=f"MMLU {setting.name}", unit="question", mininterval=0)
+    scorer = EngineScorer(engine, intervene=intervene, negative=negative, share_key="mmlu/shared",
+                          progress=bar.update)
+    start = time.perf_counter()
+    scorer.prime(m["system_prompt"])
+    df = evaluate(subset, system_prompt=m["system_prompt"], letter_logprobs=scorer.letters,
+                  cloze_logprobs=scorer.cloze)
+    seconds = time.perf_counter() - start
+    bar.close()
     df.insert(0, "setting", setting.name)
+    accuracy = {form: accuracy_with_ci(df, form=form) for form in FORMS}
     write_table(df, out_csv, model=model_identity(engine), setting=setting.describe(),
-               accuracy=accuracy_with_ci(df), system_prompt=m["system_prompt"],
-               note="repetition cannot act on a single-turn prompt: it equals none here")
+                accuracy=accuracy, system_prompt=m["system_prompt"], scoring_seconds=round(seconds, 2),
+                forms={"letter": "log-probability of the reply's first token being A..D (the template's "
+                                 "rendering of a one-letter reply), options shown",
+                       "cloze": "log-likelihood of each option's text as the whole reply, per character, "
+                                "options not shown; p_correct renormalises the unnormalised sequence "
+                                "probabilities over the four"},
+                note="repetition cannot act on a single-turn prompt: it equals none here")
 
 
 def tradeoff_tables(config: dict, score_csvs: list, mmlu_csvs: list, out_tradeoff, out_rounds) -> None:
