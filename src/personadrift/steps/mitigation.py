@@ -33,7 +33,6 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
         load_mmlu,
         stratified_subset,
     )
-    from personadrift.generation.dialog import negative_branch
     from personadrift.interventions.settings import setting_by_name
 
     m = config["mmlu"]
@@ -42,11 +41,9 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
     questions = load_mmlu(mmlu_path, expected_sha256=None if m["source"] else MMLU_SHA256,
                           expected_count=None if m["source"] else 14042)
     subset = stratified_subset(questions, m["questions"], seed=config["seed"])
-    intervene = setting.method in ("split_softmax", "cfg")
-    negative = None
-    if setting.method == "cfg":
-        mode = setting.options.get("negative", "no_system")
-        negative = lambda msgs: negative_branch(msgs, mode)  # noqa: E731
+    # the setting's method decides whether MMLU prompts are intervened on, and guidance's branch
+    intervene = setting.intervenes("mmlu")
+    negative = setting.negative_messages
     bar = tqdm(total=len(subset) * len(FORMS), desc=f"MMLU {setting.name}", unit="question", mininterval=0)
     scorer = EngineScorer(engine, intervene=intervene, negative=negative, share_key="mmlu/shared",
                           progress=bar.update)
