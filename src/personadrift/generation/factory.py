@@ -11,7 +11,8 @@ def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: i
 
     intervention = setting.engine_intervention() if setting else Intervention()
     sc = config["selfchat"]
-    sampling = Sampling(temperature=sc["temperature"], top_p=sc["top_p"], max_new_tokens=sc["max_new_tokens"])
+    sampling = Sampling(temperature=sc["temperature"], top_p=sc["top_p"], max_new_tokens=sc["max_new_tokens"],
+                        top_k=sc.get("top_k", 0), min_new_tokens=sc.get("min_new_tokens", 0))
     if config["backend"] == "openai":
         from personadrift.generation.openai_backend import OpenAIEngine
 
