@@ -361,3 +361,20 @@ def test_the_context_policy_is_not_part_of_the_checkpoint_fingerprint():
     assert generation_fingerprint(a, s, {}) == generation_fingerprint(b, s, {})
     c = make_config("unused", top_k=50)
     assert generation_fingerprint(a, s, {}) != generation_fingerprint(c, s, {})
+
+
+def test_upstream_sampling_keys_reach_the_engines(tmp_path):
+    """top_k and min_new_tokens go into Sampling; the API backend can leave top_p and max_tokens
+    to the API's defaults, as upstream did."""
+    from personadrift.generation.api import GenRequest
+    from personadrift.generation.factory import make_engine
+
+    cfg = make_config("unused", top_k=50, min_new_tokens=3, api_send_top_p=False, api_send_max_tokens=False)
+    cfg.update(backend="openai", openai={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    eng = make_engine(cfg, tmp_path)
+    assert eng.sampling.top_k == 50 and eng.sampling.min_new_tokens == 3
+    payload = eng._payload(GenRequest([{"role": "user", "content": "hi"}], seed=1), 400)
+    assert "top_p" not in payload and "max_tokens" not in payload and payload["temperature"] == 1.0
+    cfg["selfchat"].update(api_send_top_p=True, api_send_max_tokens=True)
+    payload = make_engine(cfg, tmp_path)._payload(GenRequest([{"role": "user", "content": "hi"}], seed=1), 400)
+    assert payload["top_p"] == 0.9 and payload["max_tokens"] == 400
