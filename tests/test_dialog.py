@@ -100,5 +100,5 @@ def test_window_drops_whole_rounds_and_both_views_still_alternate():
 
 
 def test_opening_wording_is_a_parameter():
-    m = user_messages(None, H[:2], opening="Q={topic} A={reply}")
+    m = user_messages(None, H[:2], opening="Q=$topic A=$reply")
     assert m == [{"role": "user", "content": "Q=Topic? A=a1"}]

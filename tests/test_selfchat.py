@@ -249,17 +249,17 @@ def test_opening_wording_is_a_config_key(tmp_path):
     from personadrift.generation.selfchat import ShardRun
     from personadrift.interventions.settings import expand_settings
 
-    cfg = make_config("unused", turns=4, opening='Earlier: "{topic}" / "{reply}"')
+    cfg = make_config("unused", turns=4, opening='Earlier: "$topic" / "$reply"')
     eng = RecordingEngine()
     rec = ShardRun(eng, config=cfg, setting=expand_settings(cfg["interventions"])[0], plans=_plans(),
                    checkpoint_dir=tmp_path, provenance={}).run()[0]
     user = next(r for r in eng.requests if r.key.endswith("/user"))
     assert user.messages[1]["content"] == f'Earlier: "{rec["topic"]}" / "{rec["history"][1]}"'
-    assert rec["provenance"]["protocol"]["opening"] == 'Earlier: "{topic}" / "{reply}"'
-    bad = make_config("unused", turns=4, opening="no placeholders")
-    with pytest.raises(InputError, match="selfchat.opening"):
-        ShardRun(eng, config=bad, setting=expand_settings(cfg["interventions"])[0], plans=_plans(),
-                 checkpoint_dir=tmp_path / "bad", provenance={})
+    assert rec["provenance"]["protocol"]["opening"] == 'Earlier: "$topic" / "$reply"'
+    for bad in ("no placeholders", 'asked "{topic}", answered "{reply}"', "$topic $reply $other"):
+        with pytest.raises(InputError, match="selfchat.opening"):
+            ShardRun(eng, config=make_config("unused", turns=4, opening=bad), plans=_plans(),
+                     setting=expand_settings(cfg["interventions"])[0], checkpoint_dir=tmp_path / "bad", provenance={})
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +378,18 @@ def test_upstream_sampling_keys_reach_the_engines(tmp_path):
     cfg["selfchat"].update(api_send_top_p=True, api_send_max_tokens=True)
     payload = make_engine(cfg, tmp_path)._payload(GenRequest([{"role": "user", "content": "hi"}], seed=1), 400)
     assert payload["top_p"] == 0.9 and payload["max_tokens"] == 400
+
+
+def test_guidance_with_forced_reply_lengths_samples(tiny_model):
+    """min_new_tokens (the rehearsal forces long replies) under guidance: suppressing the end of
+    turn in both branches before mixing them gave nan probabilities and a crash."""
+    from personadrift.generation.api import GenRequest, Intervention, Sampling
+    from personadrift.generation.dialog import agent_messages, negative_branch
+    from personadrift.generation.engine import HFEngine
+
+    eng = HFEngine(*tiny_model, sampling=Sampling(min_new_tokens=6, max_new_tokens=6),
+                   intervention=Intervention(guidance_scale=3.0))
+    msgs = agent_messages("You love tennis.", ["Hi?"])
+    out = eng.complete([GenRequest(msgs, seed=s, intervene=True, negative_messages=negative_branch(msgs))
+                        for s in range(4)])
+    assert all(c[0].new_tokens == 6 and c[0].finish_reason == "length" for c in out)

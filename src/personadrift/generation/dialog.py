@@ -16,11 +16,13 @@ turn ``t`` (t = 2, 4, ...) the agent is probed in a fork of ``history[:t]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from string import Template
 
 # The project's default wording of the user bot's first input (``selfchat.opening``); the paper
 # config uses a wording with upstream's meaning instead (a restatement with no instruction).
+# ``$topic`` and ``$reply`` (string.Template): braces would be read as wildcards by Snakemake.
 OPENING_RESTATEMENT = (
-    'In the last round, you asked: "{topic}" and I answered: "{reply}". '
+    'In the last round, you asked: "$topic" and I answered: "$reply". '
     "Continue the conversation: reply to my answer."
 )
 
@@ -69,11 +71,12 @@ def agent_messages(
 def user_messages(system_prompt: str | None, history: list[str],
                   opening: str = OPENING_RESTATEMENT) -> list[dict]:
     """The user bot's view: roles swapped, the opening exchange restated as its first input
-    (``opening`` with ``{topic}`` and ``{reply}``: the first two entries of ``history``)."""
+    (``opening`` with ``$topic`` and ``$reply``: the first two entries of ``history``)."""
     if len(history) < 2:
         raise ValueError("the user bot speaks only after the agent's first reply")
     msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    msgs.append({"role": "user", "content": opening.format(topic=history[0], reply=history[1])})
+    text = Template(opening).substitute(topic=history[0], reply=history[1])
+    msgs.append({"role": "user", "content": text})
     for i, text in enumerate(history[2:]):
         msgs.append({"role": "assistant" if i % 2 == 0 else "user", "content": text})
     return msgs

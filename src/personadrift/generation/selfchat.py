@@ -85,16 +85,17 @@ class ContextOverflow(InputError):
 
 
 def check_opening(opening: str) -> str:
-    """The user bot's opening template must name ``{topic}`` and ``{reply}`` and nothing else."""
-    from string import Formatter
+    """The user bot's opening template must name ``$topic`` and ``$reply`` and nothing else."""
+    from string import Template
 
-    try:
-        fields = {f for _, f, _, _ in Formatter().parse(opening) if f is not None}
-    except ValueError as exc:
-        raise InputError("config", "selfchat.opening", f"not a valid template ({exc})") from None
+    template = Template(opening)
+    if "{" in opening or "}" in opening or not template.is_valid():
+        raise InputError("config", "selfchat.opening", "write the fields as $topic and $reply, without braces "
+                         "(Snakemake reads {name} in a config string as a wildcard); $$ is a literal $")
+    fields = set(template.get_identifiers())
     if fields != {"topic", "reply"}:
         raise InputError("config", "selfchat.opening",
-                         f"must contain {{topic}} and {{reply}} and no other field (has {sorted(fields)})")
+                         f"must contain $topic and $reply and no other field (has {sorted(fields)})")
     return opening
 
 
