@@ -8,6 +8,7 @@ from personadrift.generation.dialog import (
     clean_reply,
     probe_messages,
     user_messages,
+    window,
     without_system,
 )
 
@@ -79,3 +80,25 @@ def test_guidance_negative_branch_modes():
     assert negative_branch(m, "empty_system")[0] == {"role": "system", "content": ""}
     with pytest.raises(ValueError):
         negative_branch(m, "other")
+
+
+def test_repetition_falls_back_to_user_prefix_only_where_needed():
+    rep = Repetition(every=2)
+    assert rep.for_template(True) is rep
+    assert rep.for_template(False) == Repetition(every=2, placement="user_prefix")
+    prefix = Repetition(every=1, placement="user_prefix")
+    assert prefix.for_template(False) is prefix
+
+
+def test_window_drops_whole_rounds_and_both_views_still_alternate():
+    assert window(H, 0) == H
+    assert window(H, 1) == ["u2", "a2", "u3", "a3"]
+    m = agent_messages("SYS", window(H[:5], 1))
+    assert roles(m) == ["system", "user", "assistant", "user"] and m[1]["content"] == "u2"
+    u = user_messages("USERSYS", window(H[:4], 1))  # the oldest exchange kept is restated
+    assert roles(u) == ["system", "user"] and '"u2"' in u[1]["content"] and '"a2"' in u[1]["content"]
+
+
+def test_opening_wording_is_a_parameter():
+    m = user_messages(None, H[:2], opening="Q=$topic A=$reply")
+    assert m == [{"role": "user", "content": "Q=Topic? A=a1"}]

@@ -78,7 +78,11 @@ def test_shard_follows_the_protocol_and_is_reproducible(study):
     assert rec["complete"] and len(rec["history"]) == 6
     assert rec["history"][0] == rec["topic"]
     rounds = sorted({(p["round"], p["kind"]) for p in rec["probes"]})
-    assert rounds == [(r, k) for r in (1, 2, 3) for k in ("agent", "user")]
+    assert rounds == [(r, k) for r in (0, 1, 2, 3) for k in ("agent", "user")]
+    # turns parallel to history, with lengths; every probe answer with its own
+    assert [t["speaker"] for t in rec["turns"]] == ["topic", "agent", "user", "agent", "user", "agent"]
+    assert all(t["prompt_tokens"] > 0 and 0 <= t["new_tokens"] <= 6 and t["context"] == "ok" for t in rec["turns"][1:])
+    assert all(len(p["completions"]) == len(p["answers"]) and p["context"] == "ok" for p in rec["probes"])
     assert all(len(p["answers"]) == 2 for p in rec["probes"])
     user_probe = next(p for p in rec["probes"] if p["kind"] == "user")
     assert user_probe["question"] == rec["user"]["probe"]
@@ -142,12 +146,16 @@ def test_sigkill_at_random_points_then_rerun_equals_an_uninterrupted_run(study):
 class RecordingEngine:
     """Answers every request with a fixed text and records what it was asked (protocol tests)."""
 
+    max_context = None
+
     def __init__(self):
         self.requests = []
 
-    def generate(self, requests, max_new_tokens=None):
+    def complete(self, requests, max_new_tokens=None):
+        from personadrift.generation.api import Completion
+
         self.requests += requests
-        return [["fine, thanks"] * r.n for r in requests]
+        return [[Completion("fine, thanks", 10, 3, "stop")] * r.n for r in requests]
 
 
 @pytest.mark.parametrize("method,options,apply_to", [
@@ -188,3 +196,200 @@ def test_a_checkpoint_from_another_config_is_not_resumed(study):
     assert [r["history"] for r in first.values()] != [r["history"] for r in second.values()]  # regenerated
     again = run_shard(study, "changed", cfg)
     assert [dialog_part(r) for r in again.values()] == [dialog_part(r) for r in second.values()]
+
+
+# ------------------------------------------------------------------ round 0, opening, templates, context
+def _plans(n=1):
+    personas = load_personas([REPO / "personas/benchmark/persona.yaml"])
+    topics = load_topics(REPO / "personas/topics.yaml")
+    # as the workflow does, through the JSON persona pool
+    return json.loads(json.dumps([plan_conversation(s, 0, personas, topics) for s in range(n)]))
+
+
+def test_round_zero_is_asked_right_after_the_system_prompt_with_seeds_calibration_never_uses(tmp_path):
+    from personadrift.generation.selfchat import ShardRun
+    from personadrift.interventions.settings import expand_settings
+    from personadrift.seeding import derive_seed
+
+    cfg = make_config("unused", turns=4)
+    eng = RecordingEngine()
+    plan = _plans()[0]
+    rec = ShardRun(eng, config=cfg, setting=expand_settings(cfg["interventions"])[0], plans=[plan],
+                   checkpoint_dir=tmp_path, provenance={}).run()[0]
+    zero = [p for p in rec["probes"] if p["round"] == 0]
+    assert [(p["kind"], p["turn"]) for p in zero] == [("agent", 0), ("user", 0)]
+    first = eng.requests[:2]  # asked before any dialog turn
+    for req, kind in zip(first, ("agent", "user")):
+        assert req.messages == [{"role": "system", "content": plan["agent"]["system_prompt"]},
+                                {"role": "user", "content": plan[kind]["probe"]}]
+        assert not req.persist
+    calibration = {derive_seed(cfg["seed"], "calibration", plan[k]["id"]) for k in ("agent", "user")}
+    seeds = {r.seed for r in first}
+    assert len(seeds) == 2 and not seeds & calibration
+    later = {r.seed for r in eng.requests[2:]}
+    assert not seeds & later
+
+
+def test_round_zero_is_resumed_not_asked_twice(tmp_path):
+    from personadrift.generation.selfchat import ShardRun
+    from personadrift.interventions.settings import expand_settings
+
+    cfg = make_config("unused", turns=2)
+    setting = expand_settings(cfg["interventions"])[0]
+    run = ShardRun(RecordingEngine(), config=cfg, setting=setting, plans=_plans(), checkpoint_dir=tmp_path, provenance={})
+    run._probes(0)  # the job dies right after round 0 is checkpointed
+    eng = RecordingEngine()
+    rec = ShardRun(eng, config=cfg, setting=setting, plans=_plans(), checkpoint_dir=tmp_path, provenance={}).run()[0]
+    assert [p["round"] for p in rec["probes"]].count(0) == 2
+    assert all(r.messages[-1]["content"] != rec["agent"]["probe"] or len(r.messages) > 2 for r in eng.requests)
+
+
+def test_opening_wording_is_a_config_key(tmp_path):
+    from personadrift.errors import InputError
+    from personadrift.generation.selfchat import ShardRun
+    from personadrift.interventions.settings import expand_settings
+
+    cfg = make_config("unused", turns=4, opening='Earlier: "$topic" / "$reply"')
+    eng = RecordingEngine()
+    rec = ShardRun(eng, config=cfg, setting=expand_settings(cfg["interventions"])[0], plans=_plans(),
+                   checkpoint_dir=tmp_path, provenance={}).run()[0]
+    user = next(r for r in eng.requests if r.key.endswith("/user"))
+    assert user.messages[1]["content"] == f'Earlier: "{rec["topic"]}" / "{rec["history"][1]}"'
+    assert rec["provenance"]["protocol"]["opening"] == 'Earlier: "$topic" / "$reply"'
+    for bad in ("no placeholders", 'asked "{topic}", answered "{reply}"', "$topic $reply $other"):
+        with pytest.raises(InputError, match="selfchat.opening"):
+            ShardRun(eng, config=make_config("unused", turns=4, opening=bad), plans=_plans(),
+                     setting=expand_settings(cfg["interventions"])[0], checkpoint_dir=tmp_path / "bad", provenance={})
+
+
+@pytest.fixture(scope="module")
+def llama2_engine(tmp_path_factory):
+    """The real engine on a tiny model carrying the Llama-2-chat template; replies always run to
+    their token limit, so the dialog's length is known and reaches the context limit."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personadrift.generation.api import Sampling
+    from personadrift.generation.engine import HFEngine
+    from personadrift.generation.tiny import LLAMA2_TEMPLATE, build_tiny_model
+
+    d = build_tiny_model(tmp_path_factory.mktemp("tiny-llama2"), template=LLAMA2_TEMPLATE)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(d)
+    return HFEngine(model, tok, sampling=Sampling(max_new_tokens=20, min_new_tokens=20))
+
+
+def _context_run(engine, ckpt, policy, method="none", turns=8, max_context=330):
+    from personadrift.generation.selfchat import ShardRun
+    from personadrift.interventions.settings import expand_settings
+
+    cfg = make_config("unused", turns=turns, max_new_tokens=20, probe_max_new_tokens=8, min_new_tokens=20,
+                      context_policy=policy)
+    cfg["model"]["max_context"] = max_context
+    cfg["interventions"] = {"none": {"method": "none"}, "rep": {"method": "repetition", "every": [1]}}
+    setting = next(s for s in expand_settings(cfg["interventions"]) if s.method == method)
+    engine.forget()
+    return ShardRun(engine, config=cfg, setting=setting, plans=_plans(2), checkpoint_dir=ckpt, provenance={})
+
+
+def test_context_error_stops_with_a_clear_message_and_resumes_under_another_policy(llama2_engine, tmp_path):
+    from personadrift.generation.selfchat import ContextOverflow
+
+    with pytest.raises(ContextOverflow, match=r"selfchat.context_policy: conversation \d+, .*exceeds the model's 330"):
+        _context_run(llama2_engine, tmp_path, "error").run()
+    kept = read_out(tmp_path)
+    assert kept and all(len(r["history"]) >= 2 for r in kept.values())  # completed rounds are on disk
+    resumed = _context_run(llama2_engine, tmp_path, "drop_oldest").run()
+    for rec in resumed:
+        before = kept[f"conv-{rec['conversation']:05d}.json"]
+        assert rec["history"][: len(before["history"])] == before["history"]
+        assert rec["fingerprint"] == before["fingerprint"]
+        assert len(rec["history"]) == 8
+
+
+def test_context_drop_oldest_keeps_every_prompt_within_the_limit(llama2_engine, tmp_path):
+    recs = _context_run(llama2_engine, tmp_path, "drop_oldest").run()
+    verdicts = []
+    for rec in recs:
+        assert len(rec["history"]) == len(rec["turns"]) == 8 and rec["stopped"] is None
+        for t in rec["turns"][1:]:
+            assert t["prompt_tokens"] + 20 <= 330 and t["new_tokens"] == 20 and t["finish_reason"] == "length"
+            verdicts.append(t["context"])
+        for p in rec["probes"]:
+            assert all(c["prompt_tokens"] + 8 <= 330 for c in p["completions"]) and len(p["answers"]) == 2
+            verdicts.append(p["context"])
+            assert (p["context"] == "truncated") == ("dropped_rounds" in p)
+    assert "truncated" in verdicts and "ok" in verdicts and "overflow" not in verdicts
+
+
+def test_context_stop_ends_the_conversation_and_keeps_its_later_rounds_as_overflow_rows(llama2_engine, tmp_path):
+    from personadrift.benchmark.scoring import score_records
+
+    recs = _context_run(llama2_engine, tmp_path, "stop").run()
+    rec = recs[0]
+    assert rec["stopped"]["reason"] == "context" and len(rec["history"]) < 8 and rec["complete"]
+    overflow = [p for p in rec["probes"] if p["context"] == "overflow"]
+    assert overflow and all(p["answers"] == [] for p in overflow)
+    assert sorted({p["round"] for p in rec["probes"]}) == [0, 1, 2, 3, 4]  # no round silently missing
+    df = score_records(recs)
+    over = df[df["context"] == "overflow"]
+    assert len(over) and over["score"].isna().all() and (over["error"] != "").all()
+    ok = df[df["context"] == "ok"]
+    assert ok["score"].notna().all() and (ok["new_tokens"] == 8).all() and (ok["finish_reason"] == "length").all()
+
+
+def test_repetition_falls_back_to_a_placement_the_template_renders(llama2_engine, tiny_model, tmp_path):
+    from personadrift.generation.engine import HFEngine
+
+    run = _context_run(llama2_engine, tmp_path / "llama2", "drop_oldest", method="repetition", turns=4, max_context=4096)
+    rec = run.run()[0]
+    prov = rec["provenance"]["protocol"]
+    assert prov["repetition_placement_configured"] == "system_message"
+    assert prov["repetition_placement"] == "user_prefix"
+    assert len(rec["history"]) == 4
+    chatml = HFEngine(*tiny_model)
+    run = _context_run(chatml, tmp_path / "chatml", "error", method="repetition", turns=4, max_context=4096)
+    assert run.run()[0]["provenance"]["protocol"]["repetition_placement"] == "system_message"
+
+
+def test_the_context_policy_is_not_part_of_the_checkpoint_fingerprint():
+    from personadrift.generation.selfchat import generation_fingerprint
+    from personadrift.interventions.settings import expand_settings
+
+    a, b = make_config("unused", context_policy="error"), make_config("unused", context_policy="stop")
+    s = expand_settings(a["interventions"])[0]
+    assert generation_fingerprint(a, s, {}) == generation_fingerprint(b, s, {})
+    c = make_config("unused", top_k=50)
+    assert generation_fingerprint(a, s, {}) != generation_fingerprint(c, s, {})
+
+
+def test_upstream_sampling_keys_reach_the_engines(tmp_path):
+    """top_k and min_new_tokens go into Sampling; the API backend can leave top_p and max_tokens
+    to the API's defaults, as upstream did."""
+    from personadrift.generation.api import GenRequest
+    from personadrift.generation.factory import make_engine
+
+    cfg = make_config("unused", top_k=50, min_new_tokens=3, api_send_top_p=False, api_send_max_tokens=False)
+    cfg.update(backend="openai", openai={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    eng = make_engine(cfg, tmp_path)
+    assert eng.sampling.top_k == 50 and eng.sampling.min_new_tokens == 3
+    payload = eng._payload(GenRequest([{"role": "user", "content": "hi"}], seed=1), 400)
+    assert "top_p" not in payload and "max_tokens" not in payload and payload["temperature"] == 1.0
+    cfg["selfchat"].update(api_send_top_p=True, api_send_max_tokens=True)
+    payload = make_engine(cfg, tmp_path)._payload(GenRequest([{"role": "user", "content": "hi"}], seed=1), 400)
+    assert payload["top_p"] == 0.9 and payload["max_tokens"] == 400
+
+
+def test_guidance_with_forced_reply_lengths_samples(tiny_model):
+    """min_new_tokens (the rehearsal forces long replies) under guidance: suppressing the end of
+    turn in both branches before mixing them gave nan probabilities and a crash."""
+    from personadrift.generation.api import GenRequest, Intervention, Sampling
+    from personadrift.generation.dialog import agent_messages, negative_branch
+    from personadrift.generation.engine import HFEngine
+
+    eng = HFEngine(*tiny_model, sampling=Sampling(min_new_tokens=6, max_new_tokens=6),
+                   intervention=Intervention(guidance_scale=3.0))
+    msgs = agent_messages("You love tennis.", ["Hi?"])
+    out = eng.complete([GenRequest(msgs, seed=s, intervene=True, negative_messages=negative_branch(msgs))
+                        for s in range(4)])
+    assert all(c[0].new_tokens == 6 and c[0].finish_reason == "length" for c in out)

@@ -217,3 +217,22 @@ def test_smoke_workflow_runs_to_figures_all_through_the_slurm_executor(slurm_clu
     conv = next((tmp_path / "results/smoke/transcripts/none").glob("shard-*/conv-*.json"))
     hw = json.loads(conv.read_text())["provenance"]["hardware"]
     assert hw.get("SLURM_JOB_ID") and hw.get("SLURM_GPUS_ON_NODE") == "1", hw
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_rehearsal_runs_through_the_slurm_executor(slurm_cluster, tmp_path):
+    """configs/rehearsal.yaml (the paper's DAG, settings grid and 16 turns on a tiny Llama-2-format
+    model that reaches its context limit) as SLURM jobs."""
+    from test_rehearsal import check_rehearsal
+
+    proc = run_workflow_on_slurm(
+        tmp_path,
+        ["figures/all"],
+        ["--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile", str(REPO_ROOT / "configs/rehearsal.yaml"),
+         "--jobs", "2"],
+        cluster=slurm_cluster,
+        timeout=3000,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + slurm_cluster.diagnostics()
+    check_rehearsal(tmp_path)

@@ -37,8 +37,8 @@ def test_smoke_workflow_builds_figures_all_and_tables(smoke):
         assert hashlib.sha256((smoke / name).read_bytes()).hexdigest() == entry["sha256"]
         assert entry["tables"] and all((smoke / t).exists() for t in entry["tables"])
     scores = (smoke / "results/smoke/scores/none.csv").read_text().splitlines()
-    # 3 conversations x 2 rounds x 2 kinds x 2 samples, plus the header
-    assert len(scores) == 1 + 3 * 2 * 2 * 2
+    # 3 conversations x 3 rounds (round 0 included) x 2 kinds x 2 samples, plus the header
+    assert len(scores) == 1 + 3 * 3 * 2 * 2
     assert (smoke / "results/smoke/calibration.csv").exists()
     assert len(list((smoke / "results/smoke/transcripts/none").glob("shard-*/conv-*.json"))) == 3
 

@@ -3,6 +3,9 @@
 One row per conversation x round x probe kind x sample. ``kind`` is ``agent`` (does the agent
 keep its own persona: stability) or ``user`` (has it taken on the user bot's persona:
 adoption). A judge that raises is recorded in ``error`` with a NaN score; nothing is dropped.
+``new_tokens``, ``finish_reason`` and ``context`` come from the transcript (empty for runs made
+before they were recorded); a probe the context policy left unasked is one NaN row with
+``context`` = ``overflow``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from personadrift.storage import read_json
 COLUMNS = [
     "setting", "conversation", "round", "turn", "kind", "sample", "score", "error",
     "persona", "category", "agent_persona", "agent_category", "user_persona", "user_category",
-    "topic", "answer_chars",
+    "topic", "answer_chars", "new_tokens", "finish_reason", "context",
 ]
 
 
@@ -46,8 +49,16 @@ def score_records(records: list[dict], *, fluency_gate: bool = False) -> pd.Data
             raise ValueError(f"conversation {rec['conversation']} is incomplete")
         for probe in rec["probes"]:
             persona = rec[probe["kind"]]
-            for i, answer in enumerate(probe["answers"]):
-                score, error = score_answer(persona, answer, fluency_gate)
+            completions = probe.get("completions") or []
+            answers = list(enumerate(probe["answers"]))
+            if not answers and probe.get("context") == "overflow":
+                answers = [(0, None)]  # unasked: kept as a row so the round shows what happened
+            for i, answer in answers:
+                if answer is None:
+                    score, error = float("nan"), "context overflow: probe not asked"
+                else:
+                    score, error = score_answer(persona, answer, fluency_gate)
+                usage = completions[i] if i < len(completions) else {}
                 rows.append({
                     "setting": rec["setting"]["name"],
                     "conversation": rec["conversation"],
@@ -64,7 +75,10 @@ def score_records(records: list[dict], *, fluency_gate: bool = False) -> pd.Data
                     "user_persona": rec["user"]["id"],
                     "user_category": rec["user"]["category"],
                     "topic": rec["topic"],
-                    "answer_chars": len(answer),
+                    "answer_chars": len(answer) if answer is not None else 0,
+                    "new_tokens": usage.get("new_tokens", ""),
+                    "finish_reason": usage.get("finish_reason") or "",
+                    "context": probe.get("context", ""),
                 })
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -3,8 +3,11 @@
 Every prompt the model sees goes through ``tokenizer.apply_chat_template``; nothing here
 hand-writes a model's format. Two facts of real templates are handled:
 
-* Some templates have no system role (Llama-2, Gemma): they raise or drop it. Then the
-  system prompt is folded into the first user turn and the fold is recorded.
+* Some templates have no system role (Gemma): they raise or drop it. Then the system prompt is
+  folded into the first user turn and the fold is recorded.
+* Some accept a system message only first (Llama-2-chat: "roles must alternate"), so a system
+  message in mid-dialog (the repetition baseline's default placement) cannot be rendered;
+  :attr:`ChatFormat.mid_dialog_system` says whether it can, so the protocol can fall back.
 * Analyses and split-softmax need the token span of the system prompt; it is located from the
   rendered text with the tokenizer's offset mapping, so it is right for any template.
 """
@@ -63,6 +66,27 @@ class ChatFormat:
         except Exception:  # templates signal "no system role" by raising
             return False
         return SENTINEL in text
+
+    @property
+    def mid_dialog_system(self) -> bool:
+        """Whether a system message after the first turns renders (as a system message)."""
+        if not hasattr(self, "_mid_dialog_system"):
+            probe = [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi"},
+                {"role": "system", "content": SENTINEL},
+                {"role": "user", "content": "again"},
+            ]
+            try:
+                self._mid_dialog_system = SENTINEL in self.text(probe)
+            except Exception:  # e.g. Llama-2-chat: "Conversation roles must alternate"
+                self._mid_dialog_system = False
+        return self._mid_dialog_system
+
+    def count(self, messages: list[dict]) -> int:
+        """The rendered prompt's length in tokens (generation prompt included)."""
+        return len(self.render(messages).ids)
 
     def text(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         msgs = fold_system(messages) if self.fold else messages

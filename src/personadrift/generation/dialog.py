@@ -9,14 +9,20 @@ turn ``t`` (t = 2, 4, ...) the agent is probed in a fork of ``history[:t]``.
 * The user bot sees its own persona (or none, in the length-only control), then a first user
   message that restates the opening exchange, then the rest with the roles swapped.
 * System-prompt repetition (a baseline) re-inserts the agent's system prompt before user turns.
+* When a dialog no longer fits the model's context, :func:`window` drops its oldest rounds
+  (``selfchat.context_policy: drop_oldest``); the stored history always stays whole.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from string import Template
 
+# The project's default wording of the user bot's first input (``selfchat.opening``); the paper
+# config uses a wording with upstream's meaning instead (a restatement with no instruction).
+# ``$topic`` and ``$reply`` (string.Template): braces would be read as wildcards by Snakemake.
 OPENING_RESTATEMENT = (
-    'In the last round, you asked: "{topic}" and I answered: "{reply}". '
+    'In the last round, you asked: "$topic" and I answered: "$reply". '
     "Continue the conversation: reply to my answer."
 )
 
@@ -32,6 +38,14 @@ class Repetition:
 
     every: int = 1
     placement: str = "system_message"
+
+    def for_template(self, mid_dialog_system: bool) -> Repetition:
+        """This repetition, or its ``user_prefix`` form if the template cannot render a system
+        message in mid-dialog (Llama-2-chat raises on it; templates without a system role
+        only fold the first one)."""
+        if self.placement == "system_message" and not mid_dialog_system:
+            return Repetition(every=self.every, placement="user_prefix")
+        return self
 
 
 def agent_messages(
@@ -54,14 +68,15 @@ def agent_messages(
     return msgs
 
 
-def user_messages(system_prompt: str | None, history: list[str]) -> list[dict]:
-    """The user bot's view: roles swapped, the opening exchange restated as its first input."""
+def user_messages(system_prompt: str | None, history: list[str],
+                  opening: str = OPENING_RESTATEMENT) -> list[dict]:
+    """The user bot's view: roles swapped, the opening exchange restated as its first input
+    (``opening`` with ``$topic`` and ``$reply``: the first two entries of ``history``)."""
     if len(history) < 2:
         raise ValueError("the user bot speaks only after the agent's first reply")
     msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    msgs.append(
-        {"role": "user", "content": OPENING_RESTATEMENT.format(topic=history[0], reply=history[1])}
-    )
+    text = Template(opening).substitute(topic=history[0], reply=history[1])
+    msgs.append({"role": "user", "content": text})
     for i, text in enumerate(history[2:]):
         msgs.append({"role": "assistant" if i % 2 == 0 else "user", "content": text})
     return msgs
@@ -72,6 +87,13 @@ def probe_messages(
 ) -> list[dict]:
     """A fork of the agent's view with ``probe`` asked as the next user message."""
     return agent_messages(system_prompt, list(history) + [probe], repetition)
+
+
+def window(history: list[str], dropped_rounds: int) -> list[str]:
+    """``history`` without its first ``dropped_rounds`` exchanges (topic and first reply, then
+    each later user/agent pair), so it still starts with a user-side utterance and both views
+    keep alternating; the user bot's restated opening becomes the oldest exchange kept."""
+    return list(history[2 * dropped_rounds:])
 
 
 def without_system(messages: list[dict]) -> list[dict]:

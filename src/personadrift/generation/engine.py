@@ -374,14 +374,14 @@ class HFEngine:
 
     def _pick(self, batch: _Batch, suppress_eos: bool = False) -> list[int]:
         logits = batch.logits.float()
-        if suppress_eos:
-            logits[:, sorted(self.eos_ids)] = float("-inf")
         logp = torch.log_softmax(logits, dim=-1)
         g = self.intervention.guidance_scale
         scores = logp.clone()
         for i, p in enumerate(batch.partner):
             if p >= 0:
                 scores[i] = logp[p] + g * (logp[i] - logp[p])
+        if suppress_eos:  # after guidance: -inf in both branches would mix to nan
+            scores[:, sorted(self.eos_ids)] = float("-inf")
         picked = [0] * batch.size
         if self.sampling.do_sample:
             cand, probs = nucleus(scores, self.sampling.temperature, self.sampling.top_p)

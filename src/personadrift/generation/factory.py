@@ -13,7 +13,7 @@ def sampling_from(config: dict):
     from personadrift.generation.api import Sampling
 
     sc = config.get("selfchat", {})
-    keys = ("temperature", "top_p", "top_k", "max_new_tokens")
+    keys = ("temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens")
     return Sampling(**{k: sc[k] for k in keys if k in sc and k in Sampling.__dataclass_fields__})
 
 

@@ -76,9 +76,10 @@ def fetch_model(spec: dict, dest: str | Path) -> dict:
     elif source == "hf":
         manifest = _fetch_hf(spec, dest)
     elif source == "tiny":
-        from personadrift.generation.tiny import build_tiny_model
+        from personadrift.generation.tiny import TEMPLATES, build_tiny_model
 
-        build_tiny_model(dest / "weights", seed=spec.get("tiny_seed", 0))
+        build_tiny_model(dest / "weights", seed=spec.get("tiny_seed", 0),
+                         template=TEMPLATES[spec.get("tiny_template", "chatml")])
         manifest = {"source": "tiny", "weights_dir": "weights"}
     elif source == "local":
         path = Path(spec["path"]).expanduser().resolve()

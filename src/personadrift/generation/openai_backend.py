@@ -149,6 +149,7 @@ class OpenAIEngine:
         self.stats = OpenAIStats()
         self._lock = threading.Lock()
         self._n_supported: bool | None = None  # learnt from the first reply with n > 1
+        self.omit: set[str] = set()  # payload keys left to the API's defaults
 
     @classmethod
     def from_config(cls, config: dict, *, sampling: Sampling, cache_dir: str | Path | None) -> OpenAIEngine:
@@ -171,7 +172,12 @@ class OpenAIEngine:
             max_retries=oc.get("max_retries", 6),
             timeout_s=oc.get("timeout_s", 60),
             cache_dir=cache_dir if oc.get("cache", True) else None,
-        )
+        )._omitting(config.get("selfchat") or {})
+
+    def _omitting(self, selfchat: dict) -> OpenAIEngine:
+        self.omit = {k for k, flag in (("top_p", "api_send_top_p"), ("max_tokens", "api_send_max_tokens"))
+                     if not selfchat.get(flag, True)}
+        return self
 
     def __repr__(self) -> str:
         return f"OpenAIEngine(base_url={self.base_url!r}, model={self.model!r})"
@@ -226,7 +232,7 @@ class OpenAIEngine:
 
     def _payload(self, r: GenRequest, limit: int) -> dict:
         s = self.sampling
-        return {
+        payload = {
             "model": self.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in r.messages],
             "temperature": float(s.temperature) if s.do_sample else 0.0,
@@ -235,6 +241,8 @@ class OpenAIEngine:
             "n": int(r.n),
             "seed": int(r.seed),
         }
+        # upstream left top_p and the length cap to the API's defaults (selfchat.api_send_*)
+        return {k: v for k, v in payload.items() if k not in self.omit}
 
     def _one(self, payload: dict) -> list[Completion]:
         key = cache_key(payload)

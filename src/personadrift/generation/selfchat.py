@@ -10,6 +10,18 @@ after its checkpoint is on disk).
 Conversation ``s`` is fixed by ``(seed, s)``: its personas, topic, and every sampling seed (the
 seeds do not depend on the intervention setting, so settings are compared on common random
 numbers as well as on the same persona pairs).
+
+Round 0: before any dialog, the agent is asked its own probe (and the user persona's) right after
+its system prompt, with seeds under a label persona calibration never uses, so each drift curve
+starts at an unselected baseline.
+
+Context length: every turn and probe records its prompt length, reply length and why the reply
+ended (``turns``, ``completions``), and the context-length policy's verdict (``context``). A prompt
+plus its reply budget must fit the model's positions (``model.max_context``, else the model's
+config); otherwise ``selfchat.context_policy`` decides: ``error`` stops the job with a message
+(checkpoints kept), ``drop_oldest`` shows the model the dialog without its oldest rounds
+(``truncated``; the stored history stays whole), ``stop`` ends the conversation there (its later
+probes are stored unanswered as ``overflow``, so no round is silently missing).
 """
 
 from __future__ import annotations
@@ -23,12 +35,15 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from personadrift.errors import InputError
 from personadrift.generation.api import GenRequest
 from personadrift.generation.dialog import (
+    OPENING_RESTATEMENT,
     agent_messages,
     clean_reply,
     probe_messages,
     user_messages,
+    window,
 )
 from personadrift.seeding import derive_seed, rng
 from personadrift.storage import atomic_write_json, read_json
@@ -67,6 +82,31 @@ def plan_conversation(s: int, seed: int, personas: list, topics: list[str]) -> d
     }
 
 
+class ContextOverflow(InputError):
+    """A prompt plus its reply budget exceeds the model's context under ``context_policy: error``."""
+
+
+def check_opening(opening: str) -> str:
+    """The user bot's opening template must name ``$topic`` and ``$reply`` and nothing else."""
+    from string import Template
+
+    template = Template(opening)
+    if "{" in opening or "}" in opening or not template.is_valid():
+        raise InputError("config", "selfchat.opening", "write the fields as $topic and $reply, without braces "
+                         "(Snakemake reads {name} in a config string as a wildcard); $$ is a literal $")
+    fields = set(template.get_identifiers())
+    if fields != {"topic", "reply"}:
+        raise InputError("config", "selfchat.opening",
+                         f"must contain $topic and $reply and no other field (has {sorted(fields)})")
+    return opening
+
+
+def _usage(c=None) -> dict:
+    """What a turn or probe answer records about its length (``c`` a ``Completion`` or None)."""
+    return {"prompt_tokens": c.prompt_tokens if c else 0, "new_tokens": c.new_tokens if c else 0,
+            "finish_reason": c.finish_reason if c else None}
+
+
 def shard_conversations(n: int, shard_size: int, shard: int) -> list[int]:
     return list(range(shard * shard_size, min((shard + 1) * shard_size, n)))
 
@@ -84,7 +124,25 @@ class ShardRun:
         self.cfg = config["selfchat"]
         self.seed = config["seed"]
         self.setting = setting
-        self.repetition = setting.repetition()
+        self.opening = check_opening(self.cfg.get("opening", OPENING_RESTATEMENT))
+        self.policy = self.cfg.get("context_policy", "error")
+        self.max_context = (config.get("model") or {}).get("max_context") or getattr(engine, "max_context", None)
+        chat = getattr(engine, "chat", None)  # the HF engine's template; an API server keeps its own
+        self._count = chat.count if chat is not None else None
+        configured = setting.repetition()
+        self.repetition = configured
+        if configured is not None and chat is not None:
+            self.repetition = configured.for_template(chat.mid_dialog_system)
+            if self.repetition != configured:
+                log.warning("the chat template cannot render a system message in mid-dialog; repetition "
+                            "placement %s falls back to %s", configured.placement, self.repetition.placement)
+        provenance = {**provenance, "protocol": {
+            "opening": self.opening,
+            "context_policy": self.policy,
+            "max_context": self.max_context,
+            "repetition_placement": self.repetition.placement if self.repetition else None,
+            "repetition_placement_configured": configured.placement if configured else None,
+        }}
         self.checkpoint_dir = Path(checkpoint_dir)
         self.events = self.checkpoint_dir / "events.jsonl"
         self.fingerprint = generation_fingerprint(config, setting, provenance)
@@ -110,9 +168,11 @@ class ShardRun:
             "seed": self.seed,
             "setting": self.setting.describe(),
             "user_has_system_prompt": self.cfg["user_system_prompt"] and self.setting.user_persona,
-            "turns": self.cfg["turns"],
+            "planned_turns": self.cfg["turns"],
             "history": [plan["topic"]],
+            "turns": [{"speaker": "topic", **_usage(), "context": "ok"}],
             "probes": [],
+            "stopped": None,
             "complete": False,
             "provenance": provenance,
         }
@@ -141,75 +201,122 @@ class ShardRun:
             negative_messages=self.setting.negative_messages(msgs),
         )
 
+    def _fit(self, rec: dict, view, history: list[str], limit: int, what: str, keep: int):
+        """The messages ``view(history)`` if they fit the context with ``limit`` reply tokens, else
+        what the policy says: ``(messages or None, verdict, rounds dropped)``. ``keep`` is the
+        fewest history entries a truncated view may show."""
+        msgs = view(history)
+        if self.max_context is None or self._count is None:
+            return msgs, "ok", 0  # an API server enforces its own limit (it answers with an error)
+        need = self._count(msgs) + limit
+        if need <= self.max_context:
+            return msgs, "ok", 0
+        if self.policy == "stop":
+            return None, "overflow", 0
+        if self.policy == "drop_oldest":
+            for k in range(1, (len(history) - keep) // 2 + 1):
+                msgs = view(window(history, k))
+                if self._count(msgs) + limit <= self.max_context:
+                    return msgs, "truncated", k
+        raise ContextOverflow(
+            "config", "selfchat.context_policy",
+            f"conversation {rec['conversation']}, {what}: a prompt of {need - limit} tokens plus {limit} reply "
+            f"tokens exceeds the model's {self.max_context} positions (model.max_context)"
+            + (" even with only the latest exchange shown" if self.policy == "drop_oldest" else "")
+            + "; set selfchat.context_policy to drop_oldest or stop, or lower the token limits "
+              "(completed rounds are checkpointed and resume under any policy)")
+
     def _user_turn(self, t: int) -> None:
         """History entry ``t`` (1-based, odd, >= 3) is the user bot's reply."""
-        todo = [r for r in self.records if len(r["history"]) == t - 1]
-        if not todo:
-            return
-        reqs = []
+        todo = [r for r in self.records if len(r["history"]) == t - 1 and not r.get("stopped")]
+        reqs, fits, limit = [], [], self.cfg["max_new_tokens"]
         for rec in todo:
             sys = rec["user"]["system_prompt"] if rec["user_has_system_prompt"] else None
-            reqs.append(GenRequest(
-                messages=user_messages(sys, rec["history"]),
+            msgs, verdict, dropped = self._fit(
+                rec, lambda h: user_messages(sys, h, self.opening), rec["history"], limit, f"turn {t} (user)", 2)
+            fits.append((verdict, dropped))
+            reqs.append(None if msgs is None else GenRequest(
+                messages=msgs,
                 seed=derive_seed(self.seed, rec["conversation"], "user", t),
                 key=f"{rec['conversation']}/user",
             ))
-        self._generate_into(todo, reqs, t, "user")
+        self._generate_into(todo, reqs, fits, t, "user")
 
     def _agent_turn(self, t: int) -> None:
-        todo = [r for r in self.records if len(r["history"]) == t - 1]
+        todo = [r for r in self.records if len(r["history"]) == t - 1 and not r.get("stopped")]
+        reqs, fits, limit = [], [], self.cfg["max_new_tokens"]
+        for rec in todo:
+            sys = rec["agent"]["system_prompt"]
+            msgs, verdict, dropped = self._fit(
+                rec, lambda h: agent_messages(sys, h, self.repetition), rec["history"], limit, f"turn {t} (agent)", 1)
+            fits.append((verdict, dropped))
+            reqs.append(None if msgs is None else self._agent_request(
+                rec, msgs, derive_seed(self.seed, rec["conversation"], "agent", t), "dialog"))
+        self._generate_into(todo, reqs, fits, t, "agent")
+
+    def _generate_into(self, todo, reqs, fits, t, role) -> None:
         if not todo:
             return
-        reqs = [
-            self._agent_request(
-                rec,
-                agent_messages(rec["agent"]["system_prompt"], rec["history"], self.repetition),
-                derive_seed(self.seed, rec["conversation"], "agent", t),
-                "dialog",
-            )
-            for rec in todo
-        ]
-        self._generate_into(todo, reqs, t, "agent")
-
-    def _generate_into(self, todo, reqs, t, role) -> None:
-        replies = self._generate(reqs, self.cfg["max_new_tokens"])
-        for rec, texts in zip(todo, replies):
-            rec["history"].append(clean_reply(texts[0], self.cfg["flatten_newlines"]))
+        live = [q for q in reqs if q is not None]
+        replies = iter(self._complete(live, self.cfg["max_new_tokens"]))
+        for rec, req, (verdict, dropped) in zip(todo, reqs, fits):
+            if req is None:  # context_policy stop: the dialog ends before this turn
+                rec["stopped"] = {"turn": t, "speaker": role, "reason": "context"}
+                continue
+            c = next(replies)[0]
+            rec["history"].append(clean_reply(c.text, self.cfg["flatten_newlines"]))
+            rec.setdefault("turns", []).append({"speaker": role, **_usage(c), "context": verdict,
+                                                **({"dropped_rounds": dropped} if dropped else {})})
         self._commit(todo, role, t)
 
     def _probes(self, t: int) -> None:
+        """Probe forks after history entry ``t``; ``t = 0`` is round 0, before any dialog."""
         rnd = t // 2
         todo = [r for r in self.records if not any(p["round"] == rnd for p in r["probes"])]
         if not todo:
             return
         kinds = ["agent", "user"] if self.cfg["probe_user_persona"] else ["agent"]
+        limit = self.cfg["probe_max_new_tokens"]
         reqs, where = [], []
         for rec in todo:
+            sys = rec["agent"]["system_prompt"]
             for kind in kinds:
                 question = rec[kind]["probe"]
-                msgs = probe_messages(rec["agent"]["system_prompt"], rec["history"][:t], question, self.repetition)
-                seed = derive_seed(self.seed, rec["conversation"], "probe", t, kind)
-                reqs.append(self._agent_request(rec, msgs, seed, "probes", n=self.cfg["runs"]))
-                where.append((rec, kind, question))
-        answers = self._generate(reqs, self.cfg["probe_max_new_tokens"])
-        for (rec, kind, question), texts in zip(where, answers):
+                entry = {"round": rnd, "turn": t, "kind": kind, "persona": rec[kind]["id"], "question": question}
+                if len(rec["history"]) < t:  # the dialog stopped before this round
+                    where.append((rec, entry, None, "overflow", 0))
+                    continue
+                msgs, verdict, dropped = self._fit(
+                    rec, lambda h, q=question: probe_messages(sys, h, q, self.repetition), rec["history"][:t],
+                    limit, f"round {rnd} probe ({kind})", min(2, t))
+                req = None
+                if msgs is not None:
+                    # round 0 draws from its own label: persona calibration ("calibration") never uses it
+                    seed = (derive_seed(self.seed, rec["conversation"], "round0-probe", kind) if t == 0
+                            else derive_seed(self.seed, rec["conversation"], "probe", t, kind))
+                    req = self._agent_request(rec, msgs, seed, "probes", n=self.cfg["runs"])
+                    reqs.append(req)
+                where.append((rec, entry, req, verdict, dropped))
+        answers = iter(self._complete(reqs, limit))
+        for rec, entry, req, verdict, dropped in where:
+            comps = next(answers) if req is not None else []
             rec["probes"].append({
-                "round": rnd,
-                "turn": t,
-                "kind": kind,
-                "persona": rec[kind]["id"],
-                "question": question,
-                "answers": [clean_reply(x, self.cfg["flatten_newlines"]) for x in texts],
+                **entry,
+                "answers": [clean_reply(c.text, self.cfg["flatten_newlines"]) for c in comps],
+                "completions": [_usage(c) for c in comps],
+                "context": verdict,
+                **({"dropped_rounds": dropped} if dropped else {}),
             })
         self._commit(todo, "probes", t)
 
-    def _generate(self, reqs: list[GenRequest], max_new_tokens: int) -> list[list[str]]:
-        return self.engine.generate(reqs, max_new_tokens=max_new_tokens)
+    def _complete(self, reqs: list[GenRequest], max_new_tokens: int):
+        return self.engine.complete(reqs, max_new_tokens=max_new_tokens) if reqs else []
 
     def run(self) -> list[dict]:
         turns = self.cfg["turns"]
         bar = tqdm(total=turns // 2, desc=f"{self.setting.name} rounds", unit="round", mininterval=0)
         start, tokens0 = time.time(), _tokens(self.engine)
+        self._probes(0)
         for t in range(2, turns + 1, 2):
             if t >= 4:
                 self._user_turn(t - 1)
@@ -235,8 +342,12 @@ def generation_fingerprint(config: dict, setting: Setting, provenance: dict) -> 
     model = provenance.get("model", {})
     keys = {k: model.get(k) for k in ("weights_sha256", "revision", "repo_id", "gguf_sha256", "chat_template_sha256",
                                       "system_prompt_folded", "base_url", "model")}
-    what = {"model": keys, "selfchat": config["selfchat"], "seed": config["seed"], "setting": setting.describe(),
-            "backend": config["backend"]}
+    # The context policy only decides what happens once a prompt no longer fits, and its verdicts
+    # are stored per turn, so a job stopped by ``error`` resumes under another policy.
+    selfchat = {k: v for k, v in config["selfchat"].items() if k != "context_policy"}
+    protocol = {k: v for k, v in provenance.get("protocol", {}).items() if k != "context_policy"}
+    what = {"model": keys, "selfchat": selfchat, "seed": config["seed"], "setting": setting.describe(),
+            "backend": config["backend"], "protocol": protocol}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -253,6 +364,7 @@ def write_outputs(records: list[dict], out_dir: Path) -> None:
 
 
 def sampling_record(cfg: dict) -> dict:
-    keys = ("temperature", "top_p", "max_new_tokens", "probe_max_new_tokens", "runs", "turns", "flatten_newlines")
-    return {k: cfg[k] for k in keys}
+    keys = ("temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens", "probe_max_new_tokens", "runs",
+            "turns", "flatten_newlines", "context_policy", "opening")
+    return {k: cfg[k] for k in keys if k in cfg}
 

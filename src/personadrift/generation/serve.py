@@ -17,9 +17,10 @@ Semantics:
 * ``seed`` with ``n`` samples: sample ``s`` uses ``derive_seed(seed, s)``, exactly as
   ``HFEngine`` does for ``GenRequest(seed=seed, n=n)``, so a served reply equals the local
   engine's. Without ``seed`` a random one is drawn.
-* ``usage.completion_tokens`` re-tokenises each reply's text (the engine returns text), and
-  ``finish_reason`` is ``length`` when that count reaches ``max_tokens``, else ``stop``;
-  ``usage.prompt_tokens`` is the exact length of the rendered prompt.
+* ``usage.completion_tokens`` and each ``finish_reason`` are the engine's own (tokens generated,
+  and whether the reply ended its turn or hit ``max_tokens``), so a served transcript records
+  the same lengths as a local one; ``usage.prompt_tokens`` is the exact length of the rendered
+  prompt.
 
 Concurrency: a ``ThreadingHTTPServer`` accepts requests in parallel; one batcher thread owns
 the model and runs queued requests that share sampling parameters as one batched ``generate``
@@ -130,6 +131,7 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     texts: list[str] | None = None
     completion_tokens: list[int] | None = None
+    finish_reasons: list[str] | None = None
     prompt_tokens: int = 0
     error: RequestError | None = None
 
@@ -262,12 +264,11 @@ class ChatApp:
                 saved = engine.sampling
                 engine.sampling = ok[0].sampling
                 try:
-                    texts = engine.generate([self.gen_request(j) for j in ok], max_new_tokens=ok[0].max_tokens)
-                    for job, t in zip(ok, texts):
-                        job.texts = t
-                        job.completion_tokens = [
-                            len(engine.tokenizer(x, add_special_tokens=False)["input_ids"]) for x in t
-                        ]
+                    done = engine.complete([self.gen_request(j) for j in ok], max_new_tokens=ok[0].max_tokens)
+                    for job, comps in zip(ok, done):
+                        job.texts = [c.text for c in comps]
+                        job.completion_tokens = [c.new_tokens for c in comps]
+                        job.finish_reasons = [c.finish_reason for c in comps]
                 except Exception as exc:
                     log.exception("generation failed")
                     for job in ok:
@@ -280,11 +281,11 @@ class ChatApp:
 
     def response(self, job: _Job) -> dict:
         choices = []
-        for i, (text, toks) in enumerate(zip(job.texts, job.completion_tokens)):
+        for i, (text, reason) in enumerate(zip(job.texts, job.finish_reasons)):
             choices.append({
                 "index": i,
                 "message": {"role": "assistant", "content": text},
-                "finish_reason": "length" if toks >= job.max_tokens else "stop",
+                "finish_reason": reason,
                 "logprobs": None,
             })
         completion = sum(job.completion_tokens)

@@ -16,7 +16,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# Like Llama-2 / Gemma templates: no system role (it raises), so the system prompt must be folded.
+# Like Gemma's template: no system role at all (it raises), so the system prompt must be folded.
 NO_SYSTEM_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
@@ -24,6 +24,32 @@ NO_SYSTEM_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Llama-2-chat's prompt format, written for this project from the format's public description:
+# ``<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] {user} [/INST]``.
+# Like the official template it accepts a system message only first, and raises unless the rest
+# alternates user/assistant starting with user; there is no generation prompt to add.
+LLAMA2_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set system = none -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for m in turns -%}"
+    "{%- if m['role'] not in ['user', 'assistant'] or (m['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- if m['role'] == 'user' -%}"
+    "{%- if loop.first and system is not none -%}"
+    "{%- set text = '<<SYS>>\n' + system + '\n<</SYS>>\n\n' + m['content'] -%}"
+    "{%- else -%}{%- set text = m['content'] -%}{%- endif -%}"
+    "{{ bos_token + '[INST] ' + text | trim + ' [/INST]' }}"
+    "{%- else -%}"
+    "{{ ' ' + m['content'] | trim + ' ' + eos_token }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+# The templates a tiny model can carry (config ``model.tiny_template``).
+TEMPLATES = {"chatml": CHATML_TEMPLATE, "llama2": LLAMA2_TEMPLATE, "no_system": NO_SYSTEM_TEMPLATE}
 
 _CORPUS = [
     "You love playing tennis and talk about it whenever you can.",
@@ -45,6 +71,7 @@ def build_tiny_model(
     kv_heads: int = 2,
     vocab: int = 512,
     seed: int = 0,
+    max_positions: int = 4096,
 ) -> Path:
     """Write a tiny Llama chat model (tokenizer + safetensors) to ``out_dir`` and return it."""
     import torch
@@ -53,7 +80,7 @@ def build_tiny_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # pad, bos, eos
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -81,7 +108,7 @@ def build_tiny_model(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,

@@ -1,0 +1,98 @@
+"""The paper's run, rehearsed: configs/rehearsal.yaml through the real Snakemake DAG, and the
+GPU readiness check on a tiny shape on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+REHEARSAL = REPO / "configs/rehearsal.yaml"
+
+
+def _yaml(name):
+    return yaml.safe_load((REPO / "configs" / name).read_text())
+
+
+def test_rehearsal_is_the_paper_config_with_only_the_documented_swaps():
+    paper, reh = _yaml("paper.yaml"), _yaml("rehearsal.yaml")
+    assert reh["interventions"] == paper["interventions"]  # the paper's settings grid
+    assert reh["backend"] == paper["backend"] and reh["seed"] == paper["seed"]
+    same = ("turns", "runs", "temperature", "top_p", "top_k", "opening", "api_send_top_p", "api_send_max_tokens")
+    for key in same:
+        assert reh["selfchat"].get(key) == paper["selfchat"].get(key), key
+    assert paper["selfchat"]["turns"] == 16 and paper["selfchat"]["top_k"] == 50
+    assert paper["selfchat"]["context_policy"] == "error"
+    assert reh["model"]["source"] == "tiny" and reh["model"]["tiny_template"] == "llama2"
+    assert reh["selfchat"]["min_new_tokens"] > 0 and reh["model"]["max_context"] < 4096
+
+
+def snakemake(workdir, *args, timeout=3000):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args,
+           "--configfile", str(REHEARSAL)]  # last: it takes several values
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir, timeout=timeout)
+    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+def test_rehearsal_dag_has_every_paper_setting(tmp_path):
+    plan = snakemake(tmp_path, "figures/all", "-n")
+    lines = [x.split() for x in plan.splitlines() if x.split()[:1] and x.split()[0] in ("selfchat", "mmlu")]
+    counts = {r[0]: int(r[1]) for r in lines if len(r) > 1 and r[1].isdigit()}
+    assert counts == {"selfchat": 12, "mmlu": 12}, plan[-2000:]  # 1 + 4 + 3 + 4 settings, one shard each
+
+
+def check_rehearsal(work: Path) -> None:
+    """What the rehearsal must show: every round (0 to 8) of every conversation, prompts that
+    reached the context limit and were truncated by the policy, the Llama-2 template's
+    repetition fallback, and the new score columns."""
+    import pandas as pd
+
+    cfg = _yaml("rehearsal.yaml")
+    limit, reply = cfg["model"]["max_context"], cfg["selfchat"]["max_new_tokens"]
+    assert json.loads((work / "figures/all").read_text())["figures"]
+    verdicts = []
+    for conv in (work / "results/rehearsal/transcripts").glob("*/shard-*/conv-*.json"):
+        rec = json.loads(conv.read_text())
+        assert len(rec["history"]) == len(rec["turns"]) == 16
+        assert sorted({p["round"] for p in rec["probes"]}) == list(range(9))
+        assert all(t["prompt_tokens"] + reply <= limit for t in rec["turns"][1:])
+        verdicts += [t["context"] for t in rec["turns"]] + [p["context"] for p in rec["probes"]]
+        if rec["setting"]["method"] == "repetition":
+            assert rec["provenance"]["protocol"]["repetition_placement"] == "user_prefix"
+    assert "truncated" in verdicts and "ok" in verdicts
+    scores = pd.read_csv(work / "results/rehearsal/scores/none.csv")
+    assert {"new_tokens", "finish_reason", "context"} <= set(scores.columns)
+    assert 0 in set(scores["round"]) and "truncated" in set(scores["context"])
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_through_the_snakemake_dag_on_cpu(tmp_path):
+    snakemake(tmp_path, "--cores", "2", "figures/all")
+    check_rehearsal(tmp_path)
+
+
+def test_gpu_check_runs_every_code_path_on_the_cpu_with_a_tiny_shape(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = gpu_check.main(["--device", "cpu", "--tiny", "--shards", "2,4", "--tokens", "4", "--rounds", "1",
+                          "--prompt-tokens", "48", "--path-conversations", "2", "--json", str(tmp_path / "r.json")])
+    assert set(out["paths"]) >= {"none", "split-k0.5", "repeat-every1", "cfg-g1.5", "attention_recorder", "mmlu_letters"}
+    assert out["paths"]["repeat-every1"]["repetition_placement"] == "user_prefix"  # Llama-2 format
+    assert out["paths"]["attention_recorder"]["rows"] > 0 and out["paths"]["mmlu_letters"]["questions"] == 8
+    rates = out["throughput"]["engine_tokens_per_s"]
+    assert set(rates) == {2, 4} and all(v > 0 for v in rates.values()) and out["throughput"]["upstream_tokens_per_s"] > 0
+    assert out["split_softmax"]["ratio"] > 0 and out["matmul_tflops"] > 0
+    est = out["paper_setting"]
+    assert est["tokens"] == 200 * (8 * 400 + 7 * 400 + 9 * 2 * 2 * 400) and est["hours"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["shape"] == "tiny"
