@@ -103,7 +103,11 @@ def code_paths(model, tok, args, log) -> dict:
     from personadrift.generation.api import GenRequest, Sampling
     from personadrift.generation.chat import ChatFormat
     from personadrift.generation.engine import HFEngine
-    from personadrift.generation.selfchat import ShardRun, persona_record, plan_conversation
+    from personadrift.generation.selfchat import (
+        ShardRun,
+        persona_record,
+        plan_conversation,
+    )
     from personadrift.interventions.settings import expand_settings
 
     repo = Path(__file__).resolve().parents[1]
@@ -172,8 +176,10 @@ def throughput(model, tok, args, log) -> dict:
 def split_cost(model, tok, args, device) -> dict:
     from _common import dialog
 
-    from personadrift.attention import attention_context
-    from personadrift.attention import split_softmax  # noqa: F401  (registers the function)
+    from personadrift.attention import (
+        attention_context,
+        split_softmax,  # noqa: F401  (registers the function)
+    )
 
     ids, pm = dialog(tok, args.prompt_tokens)
     ids, pm = ids.to(device), pm.to(device)

@@ -2,7 +2,9 @@
 
 Stages, in order: core (top-level modules) -> benchmark (personas, judges, scoring) -> attention
 (registered attention functions) -> generation (engine, chat, dialog, self-chat, backends) ->
-interventions -> capability (MMLU) -> analysis -> figures -> browser -> steps -> cli.
+interventions (one object per method) -> runtime (the engine factory and the server, which ask a
+setting's method what to switch on) -> capability (MMLU) -> analysis -> figures -> browser ->
+config (the workflow's config check, which asks every stage) -> steps -> cli.
 Imports inside ``if TYPE_CHECKING:`` blocks are types only and do not count.
 """
 
@@ -12,8 +14,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "personadrift"
-STAGES = ["core", "benchmark", "attention", "generation", "interventions", "capability", "analysis", "figures",
-          "browser", "steps", "cli"]
+STAGES = ["core", "benchmark", "attention", "generation", "interventions", "runtime", "capability", "analysis",
+          "figures", "browser", "config", "steps", "cli"]
 
 
 def stage_of(module: str) -> str:
@@ -24,6 +26,8 @@ def stage_of(module: str) -> str:
         return "core"
     if parts[1] in ("cli", "__main__"):
         return "cli"
+    if parts[1] == "config":
+        return "config"
     return parts[1] if parts[1] in STAGES else "core"
 
 

@@ -367,7 +367,7 @@ def test_upstream_sampling_keys_reach_the_engines(tmp_path):
     """top_k and min_new_tokens go into Sampling; the API backend can leave top_p and max_tokens
     to the API's defaults, as upstream did."""
     from personadrift.generation.api import GenRequest
-    from personadrift.generation.factory import make_engine
+    from personadrift.runtime.factory import make_engine
 
     cfg = make_config("unused", top_k=50, min_new_tokens=3, api_send_top_p=False, api_send_max_tokens=False)
     cfg.update(backend="openai", openai={"base_url": "http://127.0.0.1:9/v1", "model": "m"})

@@ -17,7 +17,7 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.dialog import without_system
 from personadrift.generation.engine import HFEngine
-from personadrift.generation.serve import FaultPlan, build_app, parse_layers
+from personadrift.runtime.serve import FaultPlan, build_app, parse_layers
 
 SYSTEM = "You love playing tennis and bring it up whenever you can."
 
@@ -177,7 +177,7 @@ def test_parse_layers():
 
 
 def test_command_line_serves_the_tiny_model_with_split_softmax(tmp_path):
-    cmd = [sys.executable, "-m", "personadrift.generation.serve", "--tiny", "--port", "0", "--split-k", "0.5",
+    cmd = [sys.executable, "-m", "personadrift.runtime.serve", "--tiny", "--port", "0", "--split-k", "0.5",
            "--split-layers", "0:2", "--threads", "1", "--max-tokens", "4"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -203,7 +203,7 @@ def test_command_line_serves_the_tiny_model_with_split_softmax(tmp_path):
 def test_serve_flags_are_the_registered_methods_with_the_configured_negative_branch():
     """--split-k / --guidance-scale / --guidance-negative build the same settings the workflow
     uses; the guidance branch follows the configured mode (it was ignored before)."""
-    from personadrift.generation.serve import combined_intervention, flag_settings
+    from personadrift.runtime.serve import combined_intervention, flag_settings
 
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     settings = flag_settings(split_k=0.5, split_layers=[0], guidance_scale=2.0, negative="empty_system")

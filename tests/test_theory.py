@@ -173,7 +173,12 @@ def _tidy(seed: int = 0, convs: int = 4, length: int = 300):
 
 
 def test_dilution_fit_scores_held_out_conversations_and_says_where_it_holds(tmp_path):
-    from personadrift.analysis.attention import dilution_fit, layer_verdicts, per_round, per_token
+    from personadrift.analysis.attention import (
+        dilution_fit,
+        layer_verdicts,
+        per_round,
+        per_token,
+    )
     from personadrift.figures import draw
     from personadrift.figures.attention import theory_verdict
 

@@ -12,8 +12,17 @@ import math
 
 import pytest
 
-from personadrift.benchmark.judges import JudgeSpecError, check_judge_args, judge_names, run_judge
-from personadrift.benchmark.judges.paper import DIFFERENCES, UpstreamExpressionError, upstream_sentences
+from personadrift.benchmark.judges import (
+    JudgeSpecError,
+    check_judge_args,
+    judge_names,
+    run_judge,
+)
+from personadrift.benchmark.judges.paper import (
+    DIFFERENCES,
+    UpstreamExpressionError,
+    upstream_sentences,
+)
 from personadrift.benchmark.scoring import score_answer
 
 RAISES = "raises"

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return upstream_main(argv[1:])
     if argv[:1] == ["serve"]:  # the server owns its own arguments
-        from personadrift.generation.serve import main as serve_main
+        from personadrift.runtime.serve import main as serve_main
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -160,9 +160,8 @@ def _check_interventions(config: dict, path) -> None:
 
 
 def _check_cross_fields(config: dict, path) -> None:
-    from personadrift.interventions.settings import expand_settings
-
     from personadrift.interventions.layers import layers_problem
+    from personadrift.interventions.settings import expand_settings
 
     problem = layers_problem(config["attention"]["layers"])
     if problem:

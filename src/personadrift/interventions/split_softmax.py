@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from personadrift.generation.api import Intervention
 from personadrift.interventions.base import EntryError, Method, applies_to, register
-from personadrift.interventions.layers import check_layers_depth, layer_indices, layers_problem
+from personadrift.interventions.layers import (
+    check_layers_depth,
+    layer_indices,
+    layers_problem,
+)
 
 
 @register

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from personadrift.generation.factory import make_engine, model_identity
+from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.tables import read_table, write_table
 
 

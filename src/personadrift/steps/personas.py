@@ -8,8 +8,8 @@ import pandas as pd
 
 from personadrift.benchmark.personas import load_pool
 from personadrift.errors import InputError
-from personadrift.generation.factory import make_engine, model_identity
 from personadrift.provenance import provenance
+from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.storage import atomic_write_json
 from personadrift.tables import read_table, write_table
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from personadrift.errors import InputError
-from personadrift.generation.factory import make_engine, model_identity
 from personadrift.provenance import provenance
+from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.steps.personas import _PoolPersona
 from personadrift.storage import read_json
 

@@ -25,7 +25,13 @@ import re
 import string
 from collections import Counter
 
-from personadrift.benchmark.judges.registry import Arg, non_empty, one_of, positive, register
+from personadrift.benchmark.judges.registry import (
+    Arg,
+    non_empty,
+    one_of,
+    positive,
+    register,
+)
 
 _PUNCT = str.maketrans("", "", string.punctuation)  # upstream removes ASCII punctuation this way
 _PUNCT_BUT_APOSTROPHE = str.maketrans("", "", string.punctuation.replace("'", ""))
