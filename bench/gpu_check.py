@@ -98,9 +98,9 @@ def code_paths(model, tok, args, log) -> dict:
     """Every code path of a shard: the real ShardRun under each setting family, the recorder, MMLU."""
     from personadrift.analysis.attention import record_conversation
     from personadrift.benchmark.personas import load_personas, load_topics
-    from personadrift.capability.mmlu import Question, evaluate, letter_token_ids
+    from personadrift.capability.mmlu import EngineScorer, Question, evaluate
     from personadrift.config import validate_config
-    from personadrift.generation.api import GenRequest, Sampling
+    from personadrift.generation.api import Sampling
     from personadrift.generation.chat import ChatFormat
     from personadrift.generation.engine import HFEngine
     from personadrift.generation.selfchat import (
@@ -142,13 +142,16 @@ def code_paths(model, tok, args, log) -> dict:
     table = record_conversation(model, chat, stored)
     out["attention_recorder"] = {"rows": len(table), "seconds": time.perf_counter() - t}
     log(f"  attention recorder ok  ({len(table)} rows)")
-    letters = torch.tensor(letter_token_ids(tok))
     qs = [Question(i, "astronomy", f"Question {i}?", ("one", "two", "three", "four"), "ABCD"[i % 4]) for i in range(8)]
     engine = HFEngine(model, tok, chat=chat, sampling=sampling, max_batch=256)
-    df = evaluate(qs, lambda batch: engine.next_token_logprobs([GenRequest(m, seed=0) for m in batch])[:, letters],
-                  system_prompt=persona_record(personas[0])["system_prompt"], batch_size=8)
-    out["mmlu_letters"] = {"questions": len(df)}
-    log(f"  MMLU letter scoring ok  ({len(df)} questions)")
+    scorer = EngineScorer(engine, share_key="mmlu/shared")  # the workflow's MMLU scorer, both forms
+    system = persona_record(personas[0])["system_prompt"]
+    t = time.perf_counter()
+    scorer.prime(system)
+    df = evaluate(qs, system_prompt=system, letter_logprobs=scorer.letters, cloze_logprobs=scorer.cloze)
+    out["mmlu"] = {"questions": len(df), "seconds": time.perf_counter() - t,
+                   "forms": [f for f in ("letter", "cloze") if f"{f}_correct" in df]}
+    log(f"  MMLU letter and cloze scoring ok  ({len(df)} questions)")
     return out
 
 

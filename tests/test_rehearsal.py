@@ -48,7 +48,8 @@ def test_rehearsal_dag_has_every_paper_setting(tmp_path):
     plan = snakemake(tmp_path, "figures/all", "-n")
     lines = [x.split() for x in plan.splitlines() if x.split()[:1] and x.split()[0] in ("selfchat", "mmlu")]
     counts = {r[0]: int(r[1]) for r in lines if len(r) > 1 and r[1].isdigit()}
-    assert counts == {"selfchat": 12, "mmlu": 12}, plan[-2000:]  # 1 + 4 + 3 + 4 settings, one shard each
+    # 1 + 4 + 3 + 4 settings, one shard each, and the length-only control (self-chat only, no MMLU)
+    assert counts == {"selfchat": 13, "mmlu": 12}, plan[-2000:]
 
 
 def check_rehearsal(work: Path) -> None:
@@ -87,9 +88,10 @@ def test_gpu_check_runs_every_code_path_on_the_cpu_with_a_tiny_shape(tmp_path):
     spec.loader.exec_module(gpu_check)
     out = gpu_check.main(["--device", "cpu", "--tiny", "--shards", "2,4", "--tokens", "4", "--rounds", "1",
                           "--prompt-tokens", "48", "--path-conversations", "2", "--json", str(tmp_path / "r.json")])
-    assert set(out["paths"]) >= {"none", "split-k0.5", "repeat-every1", "cfg-g1.5", "attention_recorder", "mmlu_letters"}
+    assert set(out["paths"]) >= {"none", "split-k0.5", "repeat-every1", "cfg-g1.5", "attention_recorder", "mmlu"}
     assert out["paths"]["repeat-every1"]["repetition_placement"] == "user_prefix"  # Llama-2 format
-    assert out["paths"]["attention_recorder"]["rows"] > 0 and out["paths"]["mmlu_letters"]["questions"] == 8
+    assert out["paths"]["attention_recorder"]["rows"] > 0 and out["paths"]["mmlu"]["questions"] == 8
+    assert out["paths"]["mmlu"]["forms"] == ["letter", "cloze"]
     rates = out["throughput"]["engine_tokens_per_s"]
     assert set(rates) == {2, 4} and all(v > 0 for v in rates.values()) and out["throughput"]["upstream_tokens_per_s"] > 0
     assert out["split_softmax"]["ratio"] > 0 and out["matmul_tflops"] > 0

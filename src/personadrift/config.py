@@ -204,6 +204,11 @@ def resolve_data_paths(config: dict, path: str | Path = "config", base: str | Pa
     pc = config["personas"]
     pc["files"] = [find(p, f"personas.files[{i}]") for i, p in enumerate(pc["files"])]
     pc["topics"] = find(pc["topics"], "personas.topics")
+    up = pc.get("upstream_file")
+    if up and not Path(up).exists() and (Path(base) / up).exists():
+        # the paper's file, or a fixture shipped with the workflow; a missing one is reported by
+        # the upstream check, which says where to download it
+        pc["upstream_file"] = str(Path(base) / up)
     return config
 
 

@@ -59,6 +59,9 @@ _CORPUS = [
     "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9",
     "Do you prefer cats or dogs? Why? Cats are calm; dogs are loyal friends!",
 ]
+# Multiple-choice answers as a reply after a space (Llama-2-chat's "[/INST] A"): repeated so the
+# tokenizer learns " A".." D" as single tokens, as real tokenizers have them (MMLU letter scoring).
+_ANSWERS = ["The answer is A. The answer is B. The answer is C. The answer is D."] * 6
 
 
 def build_tiny_model(
@@ -90,7 +93,7 @@ def build_tiny_model(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(_CORPUS * 4 + _ANSWERS, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
