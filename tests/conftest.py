@@ -11,6 +11,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """A working folder where the smoke study (configs/smoke.yaml, tiny model) ran to figures/all:
+    one real workflow run per test session, shared by the workflow, browser and notebook tests
+    (they read it; tests that change a run make their own)."""
+    from support.workflow import SMOKE, snakemake
+
+    work = tmp_path_factory.mktemp("smoke")
+    snakemake(work, "--configfile", SMOKE, "--cores", "2", "figures/all")
+    return work
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama chat model with a ChatML template that has a system role."""
     from personadrift.generation.tiny import build_tiny_model

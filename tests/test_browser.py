@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support.workflow import REPO
 
 from personadrift.benchmark.scoring import score_records
 from personadrift.browser import build_browser
@@ -21,8 +22,6 @@ from personadrift.browser.headless import dump_dom, find_chromium, screenshot
 from personadrift.errors import InputError
 from personadrift.storage import atomic_write_json
 from personadrift.tables import read_table, write_table
-
-REPO = Path(__file__).resolve().parents[1]
 
 SEASON = {"id": "summer-lover", "category": "multiple_choice", "system_prompt": "You love summer.",
           "probe": "Favourite season? (A) spring (B) summer. Answer with the letter.", "judge": "multiple_choice",
@@ -350,16 +349,9 @@ def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(request, tmp_path_factory):
-    """The smoke workflow's working folder (figures/all builds the browser). Uses a shared
-    session fixture ``smoke`` when tests/conftest.py provides one, so the workflow runs once per
-    test session; otherwise runs it here."""
-    try:
-        return Path(request.getfixturevalue("smoke"))
-    except pytest.FixtureLookupError:
-        work = tmp_path_factory.mktemp("smoke-browser")
-        _snakemake(work, "--cores", "2", "figures/all")
-        return work
+def smoke_run(smoke):
+    """The session's smoke workflow run (tests/conftest.py; figures/all builds the browser)."""
+    return Path(smoke)
 
 
 @pytest.mark.slow

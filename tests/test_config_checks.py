@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
+from support.workflow import REPO
 
 from personadrift.config import check_config, read_yaml, validate_config
 from personadrift.errors import InputError
 from personadrift.interventions import METHODS
 from personadrift.interventions.settings import expand_settings, setting_by_name
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -1,22 +1,19 @@
 """notebooks/explore.ipynb runs end to end on the tables of a real (smoke) workflow run.
 
-The smoke workflow builds only what the notebook reads (by_round.csv, and on the way scores),
-in a temporary directory; the notebook runs in a kernel of this very interpreter (a kernelspec
+It reads the session's smoke workflow run (tests/conftest.py, a temporary directory); the notebook runs in a kernel of this very interpreter (a kernelspec
 written to a temporary JUPYTER_PATH, so no `ipykernel install` and no other Python is picked up).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from support.workflow import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
 KERNEL = "personadrift-test-venv"
@@ -36,16 +33,9 @@ def test_notebook_is_committed_clean():
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
-    """results/smoke of a real smoke workflow run, up to the tables the notebook reads."""
-    work = tmp_path_factory.mktemp("nb-smoke")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(REPO / "configs/smoke.yaml"), "--cores", "2",
-           "results/smoke/tables/none/by_round.csv"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=600)
-    assert proc.returncode == 0, f"smoke workflow failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    results = work / "results" / "smoke"
+def smoke_results(smoke):
+    """results/smoke of the session's real smoke workflow run (tests/conftest.py)."""
+    results = smoke / "results" / "smoke"
     assert (results / "tables/none/by_round.csv").exists() and (results / "scores/none.csv").exists()
     return results
 
@@ -65,6 +55,7 @@ def venv_kernel(tmp_path, monkeypatch):
     return KERNEL
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_the_smoke_study(smoke_results, venv_kernel, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 

@@ -2,9 +2,9 @@
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from support.workflow import REPO
 
 from personadrift.benchmark.personas import load_personas, load_topics
 from personadrift.config import validate_config
@@ -24,7 +24,6 @@ from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard
 from personadrift.storage import atomic_write_json
 
-REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "sk-pd-FAKE-KEY-7f3a9c0e5b1d"
 GREEDY = Sampling(do_sample=False, max_new_tokens=8)
 SAMPLED = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=8)

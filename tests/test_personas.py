@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from support.workflow import REPO as ROOT
 
 from personadrift.benchmark.judges import judge_info
 from personadrift.benchmark.personas import (
@@ -23,7 +23,6 @@ from personadrift.benchmark.personas import (
 )
 from personadrift.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "personas" / "benchmark"
 PATHS = benchmark_paths(BENCH)
 PERSONAS = load_personas(PATHS)

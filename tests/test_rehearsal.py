@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.workflow import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REHEARSAL = REPO / "configs/rehearsal.yaml"
 

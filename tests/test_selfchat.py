@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.workflow import REPO
 
 from personadrift.benchmark.personas import load_personas, load_topics
 from personadrift.config import validate_config
@@ -17,8 +18,6 @@ from personadrift.generation.selfchat import persona_record, plan_conversation
 from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard
 from personadrift.storage import atomic_write_json
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(model_dir, **selfchat):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.workflow import REPO
 
 from personadrift.benchmark.upstream import UPSTREAM_SHA256
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FIXTURE = REPO / "tests" / "fixtures" / "upstream" / "hundred_system_prompts.py"
 FIXTURE_SHA = hashlib.sha256(FIXTURE.read_bytes()).hexdigest()
