@@ -361,11 +361,11 @@ def test_smoke_study_browser_in_chromium_screenshot_and_report(smoke_run, chromi
     out = smoke_run / "results/smoke/browser"
     sc = pd.concat([read_table(p) for p in sorted((smoke_run / "results/smoke/scores").glob("*.csv"))])
     expected = sorted({(s, int(c)) for s, c in zip(sc["setting"], sc["conversation"])})
-    assert len(expected) == 3 * 4  # 3 conversations x 4 settings in the smoke config
+    assert len(expected) == 3 * 5  # 3 conversations x 5 settings (the control included) in the smoke config
 
     doc = render(chromium, out)
     assert sorted((r["data-setting"], int(r["data-conv"])) for r in doc.find("tr", class_="conv-row")) == expected
-    assert doc.find("p", id="count")[0]["text"].strip() == "of 12 conversations"
+    assert doc.find("p", id="count")[0]["text"].strip() == "of 15 conversations"
     doc = render(chromium, out, "#/?setting=none")
     assert sorted(int(r["data-conv"]) for r in doc.find("tr", class_="conv-row")) == [0, 1, 2]
 
@@ -386,6 +386,8 @@ def test_smoke_study_browser_in_chromium_screenshot_and_report(smoke_run, chromi
     with zipfile.ZipFile(tmp_path / "report.zip") as z:
         z.extractall(tmp_path / "report")
     index = [p for p in (tmp_path / "report").rglob("index.html") if (p.parent / "data" / "c").is_dir()]
-    assert len(index) == 1 and len(list(index[0].parent.glob("data/c/*/*.js"))) == 12
+    assert len(index) == 1 and len(list(index[0].parent.glob("data/c/*/*.js"))) == 15
     doc = render(chromium, index[0].parent, "#/conv/cfg-g1.5/2")
-    assert len(doc.find("span", class_="sample-score")) == 2 * 2 * 2
+    # rounds 0-2 x 2 probe kinds x 2 samples, as the scores table has them
+    want = len(sc[(sc.setting == "cfg-g1.5") & (sc.conversation == 2)])
+    assert want == 3 * 2 * 2 and len(doc.find("span", class_="sample-score")) == want
