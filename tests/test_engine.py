@@ -56,7 +56,7 @@ def test_probe_forks_do_not_change_the_dialog(tiny_model):
     s = Sampling(max_new_tokens=8)
     a, b = engine(tiny_model, sampling=s), engine(tiny_model, sampling=s)
     reqs = [GenRequest(convo(i), seed=i, key=f"c{i}") for i in range(2)]
-    ra, rb = a.generate(reqs), b.generate(reqs)
+    ra, _ = a.generate(reqs), b.generate(reqs)  # b must see the same dialog
     probes = [GenRequest(r.messages + [{"role": "assistant", "content": t[0]}, {"role": "user", "content": "PROBE?"}],
                          seed=3, key=r.key, n=3, persist=False) for r, t in zip(reqs, ra)]
     answers = a.generate(probes)
@@ -312,3 +312,11 @@ def test_a_resumed_shard_equals_an_uninterrupted_one_when_batches_differ(tiny_mo
     assert min(e["turn"] for e in events if e["conversation"] == 0) == 3
     keys = ("conversation", "history", "probes")
     assert [{k: r[k] for k in keys} for r in resumed] == [{k: r[k] for k in keys} for r in reference]
+
+
+def test_small_max_batch_groups_by_length_without_changing_replies(tiny_model):
+    s = Sampling(max_new_tokens=6)
+    reqs = [GenRequest(convo((i * 5) % 7), seed=i, key=f"c{i}", n=1 + i % 2, persist=False) for i in range(7)]
+    small = engine(tiny_model, sampling=s, max_batch=3)
+    assert small.generate(reqs) == engine(tiny_model, sampling=s, max_batch=64).generate(reqs)
+    assert small.stats.forward_calls > 0

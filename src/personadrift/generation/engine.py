@@ -128,7 +128,7 @@ class HFEngine:
         """Sample ``n`` replies for each request, with token counts and why each ended."""
         limit = max_new_tokens or self.sampling.max_new_tokens
         out: list[list[Completion]] = [[] for _ in requests]
-        chunks = list(self._chunks(requests))
+        chunks = list(self._chunks(requests, by_length=True))
         if self.progress and len(chunks) > 1:
             from tqdm import tqdm
 
@@ -162,9 +162,16 @@ class HFEngine:
             and r.negative_messages is not None
         )
 
-    def _chunks(self, requests: list[GenRequest]):
+    def _chunks(self, requests: list[GenRequest], by_length: bool = False):
+        """Request indices in batches of at most ``max_batch`` rows. With ``by_length``, requests
+        of similar prompt length share a batch (less padding); sampling is per row, so the
+        grouping never changes a reply."""
+        order = range(len(requests))
+        if by_length and sum(self._rows_needed(r) for r in requests) > self.max_batch:
+            order = sorted(order, key=lambda i: len(self.chat.render(requests[i].messages).ids))
         chunk, size = [], 0
-        for i, r in enumerate(requests):
+        for i in order:
+            r = requests[i]
             need = self._rows_needed(r)
             if chunk and size + need > self.max_batch:
                 yield chunk
