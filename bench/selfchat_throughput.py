@@ -83,20 +83,22 @@ def model_flops_per_token(model) -> float:
     return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def matmul_rate(rows: int, inner: int, cols: int, min_time: float = 0.3) -> float:
-    """GFLOP/s of a float32 [rows, inner] x [inner, cols] product on this machine, now (best of
-    repeated timings: the least disturbed by other load)."""
-    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
-    torch.mm(a, b)
+def matmul_rate(rows: int, inner: int, cols: int, min_time: float = 0.5) -> float:
+    """GFLOP/s of a float32 [rows, inner] x [inner, cols] product (as ``F.linear``, the op the
+    model's layers run) on this machine, now: the best of repeated ~20 ms timings, the least
+    disturbed by other load."""
+    x, w = torch.randn(rows, inner), torch.randn(cols, inner)
+    flop = 2.0 * rows * inner * cols
+    reps = max(1, int(0.02 * 50e9 // flop))  # ~20 ms at 50 GFLOP/s
+    torch.nn.functional.linear(x, w)
     best, spent = float("inf"), 0.0
     while spent < min_time:
-        reps = max(1, int(2e8 // (rows * inner * cols)))
         t = time.perf_counter()
         for _ in range(reps):
-            torch.mm(a, b)
-        dt = (time.perf_counter() - t) / reps
-        best, spent = min(best, dt), spent + dt * reps
-    return 2.0 * rows * inner * cols / best / 1e9
+            torch.nn.functional.linear(x, w)
+        dt = time.perf_counter() - t
+        best, spent = min(best, dt / reps), spent + dt
+    return flop / best / 1e9
 
 
 def default_shard_size() -> int:
@@ -140,9 +142,11 @@ def main():
     print(f"{'shard':>5} {'tokens/s':>9} {'x upstream':>10} {'GFLOP/s':>8} {'mm2048':>8} {'% of it':>7} "
           f"{'linear@B':>9} {'% of it':>7}")
     for size in sizes:
-        mm = matmul_rate(2048, 2048, 2048)  # measured beside each run: the load on a shared machine drifts
+        # measured just before and after each run (the best of both): load on a shared machine drifts
+        mm = matmul_rate(2048, 2048, 2048)
         lin = matmul_rate(size, 576, 1536)  # the model's MLP shape at the shard's batch (dialog turns)
         eng, dt = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs)
+        mm, lin = max(mm, matmul_rate(2048, 2048, 2048)), max(lin, matmul_rate(size, 576, 1536))
         gen = eng.stats.generated_tokens / dt
         rate = (eng.stats.generated_tokens + eng.stats.prompt_tokens) * flops / dt / 1e9
         print(f"{size:>5} {gen:>9.1f} {gen / upstream:>9.1f}x {rate:>8.1f} {mm:>8.1f} {100 * rate / mm:>6.0f}% "
