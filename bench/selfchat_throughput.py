@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
 from _common import add_model_args, load  # noqa: E402  (bench/ is on sys.path)
 

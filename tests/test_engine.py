@@ -320,3 +320,30 @@ def test_small_max_batch_groups_by_length_without_changing_replies(tiny_model):
     small = engine(tiny_model, sampling=s, max_batch=3)
     assert small.generate(reqs) == engine(tiny_model, sampling=s, max_batch=64).generate(reqs)
     assert small.stats.forward_calls > 0
+
+
+def test_sampling_uses_no_torch_generator_or_global_random_stream(tiny_model):
+    """What made sampling fail on a GPU (#11): a CPU ``torch.Generator`` passed to an op on the
+    model's device. The engine's draws come from a counter-based hash on the host; no torch op
+    during generation may take a generator or read the global random stream."""
+    from torch.overrides import TorchFunctionMode
+
+    random_ops = {torch.multinomial, torch.rand, torch.randn, torch.randint, torch.bernoulli, torch.normal,
+                  torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.exponential_}
+
+    class Watch(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            assert "generator" not in kwargs and func not in random_ops, func
+            Watch.calls += 1
+            return func(*args, **kwargs)
+
+    eng = engine(tiny_model, sampling=Sampling(max_new_tokens=4, top_k=20))
+    eng.nucleus_candidates = 16
+    reqs = [GenRequest(convo(i), seed=i, n=2, persist=False) for i in range(3)]
+    expected = eng.generate(reqs)
+    with Watch():
+        got = engine(tiny_model, sampling=Sampling(max_new_tokens=4, top_k=20)).generate(reqs)
+    assert Watch.calls > 100 and got == expected
