@@ -8,8 +8,11 @@ Both run in one process, on the same model, the same conversations and the same 
 * engine: all conversations in lock-step, one batched call per turn, each bot's KV cache kept
   across turns, probes forked from the cached prefix.
 
-Prints tokens per second of each and their ratio. Run:  python bench/selfchat_throughput.py
-[--model-dir resources/models/smollm2-135m-instruct] (default: the tiny random model).
+Prints tokens per second of each and their ratio at shard sizes 8, 32 and 128, and the fraction
+of the machine's matmul rate the engine reaches, with both rates measured in the same run (a
+2048x2048 float32 matmul, and the model's 576x1536 linear at the shard's batch size). Run:
+python bench/selfchat_throughput.py [--model-dir resources/models/smollm2-135m-instruct]
+(default: the tiny random model).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
 from _common import add_model_args, load  # noqa: E402  (bench/ is on sys.path)
 
@@ -33,7 +37,7 @@ TOPICS = ["Is remote work better than office work?", "Should cities ban cars?", 
 PROBE = "What do you like to do on weekends?"
 
 
-def run_engine(model, tok, convs, rounds, tokens, runs):
+def run_engine(model, tok, convs, rounds, tokens, runs, return_engine=False):
     eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens), max_batch=256)
     hist = [[t] for t in convs]
     for r in range(1, rounds + 1):
@@ -46,7 +50,7 @@ def run_engine(model, tok, convs, rounds, tokens, runs):
             h.append(o[0])
         eng.generate([GenRequest(probe_messages(AGENT, h, PROBE), seed=i, key=f"{i}/a", n=runs, persist=False)
                       for i, h in enumerate(hist)])
-    return eng.stats.generated_tokens
+    return eng if return_engine else eng.stats.generated_tokens
 
 
 def run_upstream(model, tok, convs, rounds, tokens, runs):
@@ -74,10 +78,46 @@ def run_upstream(model, tok, convs, rounds, tokens, runs):
     return generated
 
 
+def model_flops_per_token(model) -> float:
+    """Matmul FLOPs of one token's forward: 2 x the weights of every linear layer (output layer
+    included; attention over the context is extra and not counted, so fractions are conservative)."""
+    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def matmul_rate(rows: int, inner: int, cols: int, min_time: float = 0.5) -> float:
+    """GFLOP/s of a float32 [rows, inner] x [inner, cols] product (as ``F.linear``, the op the
+    model's layers run) on this machine, now: the best of repeated ~20 ms timings, the least
+    disturbed by other load."""
+    x, w = torch.randn(rows, inner), torch.randn(cols, inner)
+    flop = 2.0 * rows * inner * cols
+    reps = max(1, int(0.02 * 50e9 // flop))  # ~20 ms at 50 GFLOP/s
+    torch.nn.functional.linear(x, w)
+    best, spent = float("inf"), 0.0
+    while spent < min_time:
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.nn.functional.linear(x, w)
+        dt = time.perf_counter() - t
+        best, spent = min(best, dt / reps), spent + dt
+    return flop / best / 1e9
+
+
+def default_shard_size() -> int:
+    from pathlib import Path
+
+    import yaml
+
+    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    return int(yaml.safe_load(config.read_text())["selfchat"]["shard_size"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap)
-    ap.add_argument("--conversations", type=int, default=12)
+    ap.add_argument("--shard-sizes", default="8,32,128", help="conversations advanced together by the engine")
+    ap.add_argument("--upstream-conversations", type=int, default=None,
+                    help="conversations for the upstream-style loop (default: the default shard size); its "
+                         "rate does not depend on how many there are, it handles one at a time")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--runs", type=int, default=2)
@@ -85,17 +125,41 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
-    convs = [TOPICS[i % len(TOPICS)] for i in range(args.conversations)]
-    print(f"model={name} conversations={args.conversations} rounds={args.rounds} tokens/reply={args.tokens} "
-          f"probe runs={args.runs} threads={args.threads}")
-    results = {}
-    for label, fn in (("upstream-style", run_upstream), ("engine", run_engine)):
-        t = time.perf_counter()
-        n = fn(model, tok, convs, args.rounds, args.tokens, args.runs)
-        dt = time.perf_counter() - t
-        results[label] = n / dt
-        print(f"{label:>15}: {n} tokens in {dt:.1f} s = {n / dt:.1f} tokens/s")
-    print(f"ratio engine / upstream-style: {results['engine'] / results['upstream-style']:.1f}x")
+    sizes = [int(x) for x in args.shard_sizes.split(",")]
+    default = default_shard_size()
+    n_up = args.upstream_conversations or default
+    flops = model_flops_per_token(model)
+    print(f"model={name} ({flops / 1e9:.3f} GFLOP/token in linear layers) rounds={args.rounds} "
+          f"tokens/reply={args.tokens} probe runs={args.runs} threads={args.threads} default shard={default}")
+    ref = matmul_rate(2048, 2048, 2048)
+    print(f"machine: 2048x2048 float32 matmul {ref:.1f} GFLOP/s")
+
+    convs = [TOPICS[i % len(TOPICS)] for i in range(max(sizes + [n_up]))]
+    run_engine(model, tok, convs[:2], 1, 4, 1)  # warm-up (allocator, kernels)
+    t = time.perf_counter()
+    n = run_upstream(model, tok, convs[:n_up], args.rounds, args.tokens, args.runs)
+    upstream = n / (time.perf_counter() - t)
+    print(f"upstream-style ({n_up} conversations, one at a time): {upstream:.1f} tokens/s")
+    print(f"{'shard':>5} {'tokens/s':>9} {'x upstream':>10} {'GFLOP/s':>8} {'mm2048':>8} {'% of it':>7} "
+          f"{'linear@B':>9} {'% of it':>7}")
+    for size in sizes:
+        # measured just before and after each run (the best of both): load on a shared machine drifts
+        mm = matmul_rate(2048, 2048, 2048)
+        lin = matmul_rate(size, 576, 1536)  # the model's MLP shape at the shard's batch (dialog turns)
+        eng, dt = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs)
+        mm, lin = max(mm, matmul_rate(2048, 2048, 2048)), max(lin, matmul_rate(size, 576, 1536))
+        gen = eng.stats.generated_tokens / dt
+        rate = (eng.stats.generated_tokens + eng.stats.prompt_tokens) * flops / dt / 1e9
+        print(f"{size:>5} {gen:>9.1f} {gen / upstream:>9.1f}x {rate:>8.1f} {mm:>8.1f} {100 * rate / mm:>6.0f}% "
+              f"{lin:>9.1f} {100 * rate / lin:>6.0f}%")
+    print("GFLOP/s counts every token the engine's forwards processed (generated and prompt), at the linear "
+          "layers' 2 x weights FLOPs per token; x upstream compares generated tokens per second.")
+
+
+def run_engine_timed(model, tok, convs, rounds, tokens, runs):
+    t = time.perf_counter()
+    eng = run_engine(model, tok, convs, rounds, tokens, runs, return_engine=True)
+    return eng, time.perf_counter() - t
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_probe_forks_do_not_change_the_dialog(tiny_model):
     s = Sampling(max_new_tokens=8)
     a, b = engine(tiny_model, sampling=s), engine(tiny_model, sampling=s)
     reqs = [GenRequest(convo(i), seed=i, key=f"c{i}") for i in range(2)]
-    ra, rb = a.generate(reqs), b.generate(reqs)
+    ra, _ = a.generate(reqs), b.generate(reqs)  # b must see the same dialog
     probes = [GenRequest(r.messages + [{"role": "assistant", "content": t[0]}, {"role": "user", "content": "PROBE?"}],
                          seed=3, key=r.key, n=3, persist=False) for r, t in zip(reqs, ra)]
     answers = a.generate(probes)
@@ -140,3 +140,210 @@ def test_complete_reports_prompt_length_new_tokens_and_finish_reason(tiny_model)
         assert c.finish_reason in ("stop", "length")
         assert (c.finish_reason == "length") == (c.new_tokens == 6)
     assert eng.max_context == tiny_model[0].config.max_position_embeddings
+
+
+# ---------------------------------------------------------------- batch-independent sampling (#15, #11)
+def _scores(kind, v, g):
+    if kind == "flat":
+        return torch.zeros(v)  # every token tied: the nucleus needs the whole vocabulary
+    if kind == "peaked":
+        s = torch.randn(v, generator=g)
+        s[int(torch.randint(v, (1,), generator=g))] += 30.0
+        return s
+    return torch.randn(v, generator=g) * 2.0
+
+
+@pytest.mark.parametrize("top_k", [0, 5, 40])
+def test_fast_and_full_sort_paths_pick_the_same_token_for_the_same_draw(top_k):
+    from personadrift.generation.sampling import row_uniforms, sample_tokens
+
+    g = torch.Generator().manual_seed(3)
+    v = 300
+    rows = [_scores(k, v, g) for k in ("flat", "peaked", "typical", "typical")]
+    ties = torch.randn(v, generator=g).round()  # many exact ties across the candidates' edge
+    scores = torch.stack(rows + [ties, ties * 0.1])
+    for step in range(200):
+        u = row_uniforms(list(range(len(scores))), step)
+        fast = sample_tokens(scores, u, top_p=0.9, top_k=top_k, candidates=8)
+        full = sample_tokens(scores, u, top_p=0.9, top_k=top_k, candidates=v)
+        assert torch.equal(fast, full)
+
+
+def test_a_rows_tokens_depend_only_on_its_scores_and_seed_at_any_batch_size():
+    from personadrift.generation.sampling import row_uniforms, sample_tokens
+
+    g = torch.Generator().manual_seed(4)
+    v, steps = 700, 40
+    target = [_scores("typical", v, g) for _ in range(steps)]
+    seed = 123456789
+
+    def tokens_of_target(size, neighbour, where):
+        out = []
+        for step in range(steps):
+            rows = [_scores(neighbour, v, g) for _ in range(size)]
+            rows[where] = target[step]
+            seeds = [seed if i == where else 1000 + i for i in range(size)]
+            picked = sample_tokens(torch.stack(rows), row_uniforms(seeds, step), top_p=0.9, candidates=16)
+            out.append(int(picked[where]))
+        return out
+
+    alone = tokens_of_target(1, "typical", 0)
+    assert len(set(alone)) > 5  # it really samples
+    for size in (7, 48):
+        for neighbour in ("flat", "peaked"):
+            assert tokens_of_target(size, neighbour, size // 2) == alone
+
+
+def test_top_k_then_top_p_matches_transformers_warpers():
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from personadrift.generation.sampling import nucleus
+
+    g = torch.Generator().manual_seed(5)
+    for spread in (0.5, 3.0, 0.01):
+        scores = torch.randn(4, 3000, generator=g) * spread
+        for temp, top_p, top_k in ((1.0, 0.9, 50), (0.7, 0.5, 5), (1.0, 0.95, 2000)):
+            cand, probs = nucleus(scores, temp, top_p, top_k)
+            ours = torch.zeros_like(scores).scatter_(1, cand, probs)
+            ref = TemperatureLogitsWarper(temp)(None, scores.clone())
+            ref = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, ref))
+            assert torch.allclose(ours, torch.softmax(ref, dim=-1), atol=1e-6)
+
+
+def test_uniform_draws_are_a_pure_function_of_seed_and_step():
+    from personadrift.generation.sampling import row_uniforms
+
+    a = row_uniforms([1, 2, 3], 7)
+    assert a.dtype == torch.float64 and a.device.type == "cpu"
+    assert torch.equal(row_uniforms([3, 2, 1], 7).flip(0), a)  # no shared state between rows
+    assert not torch.equal(row_uniforms([1, 2, 3], 8), a)
+    big = row_uniforms(list(range(20000)), 0)
+    assert 0 <= float(big.min()) and float(big.max()) < 1 and abs(float(big.mean()) - 0.5) < 0.01
+
+
+class _Shape:
+    """A forward hook on the output layer that flattens or sharpens chosen batch rows' logits
+    (stand-ins for batch-mates whose next-token distribution is flat or peaked)."""
+
+    def __init__(self, model, flat=(), peaked=()):
+        self.flat, self.peaked = list(flat), list(peaked)
+        self.handle = model.lm_head.register_forward_hook(self)
+
+    def __call__(self, module, args, out):
+        out = out.clone()
+        if self.flat:
+            out[self.flat] = 0.0
+        if self.peaked:
+            out[self.peaked] = out[self.peaked] * 40.0
+        return out
+
+
+@pytest.mark.parametrize("size", [1, 7, 48])
+def test_engine_row_is_the_same_alone_and_beside_flat_or_peaked_rows(tiny_model, size):
+    model, tok = tiny_model
+    n = 12
+    s = Sampling(max_new_tokens=n, min_new_tokens=n, top_p=0.9)  # no row ends early: rows keep their places
+
+    def run(requests, **shape):
+        eng = engine(tiny_model, sampling=s)
+        eng.nucleus_candidates = 16  # small enough that flat rows take the full-sort path
+        hook = _Shape(model, **shape)
+        try:
+            return eng.generate(requests)
+        finally:
+            hook.handle.remove()
+
+    target = GenRequest(convo(1), seed=11, key="t")
+    alone = run([target])[0]
+    where = size // 2
+    others = [GenRequest(convo(i), seed=100 + i, key=f"o{i}") for i in range(size)]
+    for kind in ("flat", "peaked"):
+        reqs = list(others)
+        reqs[where] = target
+        mates = [i for i in range(size) if i != where]
+        got = run(reqs, **{kind: mates})
+        assert got[where] == alone, (kind, size)
+
+
+def test_a_resumed_shard_equals_an_uninterrupted_one_when_batches_differ(tiny_model_dir, tmp_path):
+    """Resume after an interruption in which conversations were checkpointed at different rounds:
+    the resumed run puts other batch-mates beside each conversation, and must not change it."""
+    import json
+    from pathlib import Path
+
+    from personadrift.benchmark.personas import load_personas, load_topics
+    from personadrift.config import validate_config
+    from personadrift.generation.selfchat import persona_record
+    from personadrift.steps.models import fetch_model
+    from personadrift.steps.selfchat import selfchat_shard
+    from personadrift.storage import atomic_write_json
+
+    REPO = Path(__file__).resolve().parents[1]
+    cfg = validate_config({
+        "model": {"name": "tiny", "source": "local", "path": str(tiny_model_dir)},
+        "selfchat": {"conversations": 4, "shard_size": 4, "turns": 6, "runs": 2,
+                     "max_new_tokens": 6, "probe_max_new_tokens": 5},
+        "personas": {"files": [str(REPO / "personas/benchmark/persona.yaml")],
+                     "topics": str(REPO / "personas/topics.yaml")},
+    })
+    fetch_model(cfg, tmp_path / "model")
+    pool = {"personas": [persona_record(p) for p in load_personas(cfg["personas"]["files"])], "dropped": [],
+            "topics": load_topics(cfg["personas"]["topics"]), "rule": "all"}
+    atomic_write_json(tmp_path / "pool.json", pool)
+
+    def shard(name):
+        selfchat_shard(cfg, setting_name="none", shard=0, model_dir=tmp_path / "model", pool_json=tmp_path / "pool.json",
+                       out_dir=tmp_path / name / "out", checkpoint_dir=tmp_path / name / "ckpt")
+        return [json.loads(p.read_text()) for p in sorted((tmp_path / name / "out").glob("conv-*.json"))]
+
+    reference = shard("reference")
+    # an interrupted run: conversation 0 after round 1, conversation 2 never started, the others after round 2
+    for rec in reference:
+        s = rec["conversation"]
+        if s == 2:
+            continue
+        t = 2 if s == 0 else 4
+        part = dict(rec, history=rec["history"][:t], probes=[p for p in rec["probes"] if p["turn"] <= t],
+                    complete=False)
+        atomic_write_json(tmp_path / "resumed" / "ckpt" / f"conv-{s:05d}.json", part)
+    resumed = shard("resumed")
+    events = [json.loads(x) for x in (tmp_path / "resumed" / "ckpt" / "events.jsonl").read_text().splitlines()]
+    assert {e["turn"] for e in events if e["conversation"] == 1} == {5, 6}  # really resumed
+    assert min(e["turn"] for e in events if e["conversation"] == 0) == 3
+    keys = ("conversation", "history", "probes")
+    assert [{k: r[k] for k in keys} for r in resumed] == [{k: r[k] for k in keys} for r in reference]
+
+
+def test_small_max_batch_groups_by_length_without_changing_replies(tiny_model):
+    s = Sampling(max_new_tokens=6)
+    reqs = [GenRequest(convo((i * 5) % 7), seed=i, key=f"c{i}", n=1 + i % 2, persist=False) for i in range(7)]
+    small = engine(tiny_model, sampling=s, max_batch=3)
+    assert small.generate(reqs) == engine(tiny_model, sampling=s, max_batch=64).generate(reqs)
+    assert small.stats.forward_calls > 0
+
+
+def test_sampling_uses_no_torch_generator_or_global_random_stream(tiny_model):
+    """What made sampling fail on a GPU (#11): a CPU ``torch.Generator`` passed to an op on the
+    model's device. The engine's draws come from a counter-based hash on the host; no torch op
+    during generation may take a generator or read the global random stream."""
+    from torch.overrides import TorchFunctionMode
+
+    random_ops = {torch.multinomial, torch.rand, torch.randn, torch.randint, torch.bernoulli, torch.normal,
+                  torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.exponential_}
+
+    class Watch(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            assert "generator" not in kwargs and func not in random_ops, func
+            Watch.calls += 1
+            return func(*args, **kwargs)
+
+    eng = engine(tiny_model, sampling=Sampling(max_new_tokens=4, top_k=20))
+    eng.nucleus_candidates = 16
+    reqs = [GenRequest(convo(i), seed=i, n=2, persist=False) for i in range(3)]
+    expected = eng.generate(reqs)
+    with Watch():
+        got = engine(tiny_model, sampling=Sampling(max_new_tokens=4, top_k=20)).generate(reqs)
+    assert Watch.calls > 100 and got == expected

@@ -11,9 +11,11 @@ global random stream (so a conversation's text would depend on its batch-mates).
   text was normalised, simply re-use less);
 * left-pads the re-used prefixes and the new tokens of all rows into one batch, with position
   ids counted over real tokens only, so padding never shifts a row's positions;
-* samples each row with its own ``torch.Generator`` seeded from the request, so a
-  conversation's text is fixed by its seed, whatever else shares the batch;
-* drops rows from the batch as they finish;
+* keeps the batch's KV cache in pre-allocated buffers (one column written per step, no
+  concatenation) and compacts the batch only when a quarter of its rows have finished;
+* samples each row from one uniform number per step drawn from its own seeded stream
+  (``generation/sampling.py``), so a conversation's text is fixed by its seed, whatever else
+  shares the batch, on any device;
 * runs classifier-free guidance as paired rows (with and without the system prompt) whose
   log-probabilities are mixed before sampling, and split-softmax through the registered
   attention function with a per-row mask of system-prompt key slots.
@@ -22,13 +24,20 @@ global random stream (so a conversation's text would depend on its batch-mates).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from personadrift.generation.api import Completion, GenRequest, Intervention, Sampling
 from personadrift.generation.chat import ChatFormat
+from personadrift.generation.sampling import (  # noqa: F401  (nucleus: tests)
+    NUCLEUS_CANDIDATES,
+    nucleus,
+    row_uniforms,
+    sample_tokens,
+)
 from personadrift.seeding import derive_seed
 
 
@@ -86,6 +95,7 @@ class HFEngine:
         self.intervention = intervention
         self.max_batch = max_batch
         self.progress = progress  # a tqdm bar per generate call of several batches (rule logs)
+        self.nucleus_candidates = NUCLEUS_CANDIDATES  # top tokens sorted before the full-sort fallback
         # Cached prefixes live in host memory: a 70B model's KV for 50 dialogs of 4k tokens
         # would not fit beside the weights on the GPU; they are copied over per turn.
         self.prefix_device = torch.device("cpu")
@@ -118,7 +128,7 @@ class HFEngine:
         """Sample ``n`` replies for each request, with token counts and why each ended."""
         limit = max_new_tokens or self.sampling.max_new_tokens
         out: list[list[Completion]] = [[] for _ in requests]
-        chunks = list(self._chunks(requests))
+        chunks = list(self._chunks(requests, by_length=True))
         if self.progress and len(chunks) > 1:
             from tqdm import tqdm
 
@@ -264,9 +274,16 @@ class HFEngine:
             and r.negative_messages is not None
         )
 
-    def _chunks(self, requests: list[GenRequest]):
+    def _chunks(self, requests: list[GenRequest], by_length: bool = False):
+        """Request indices in batches of at most ``max_batch`` rows. With ``by_length``, requests
+        of similar prompt length share a batch (less padding); sampling is per row, so the
+        grouping never changes a reply."""
+        order = range(len(requests))
+        if by_length and sum(self._rows_needed(r) for r in requests) > self.max_batch:
+            order = sorted(order, key=lambda i: len(self.chat.render(requests[i].messages).ids))
         chunk, size = [], 0
-        for i, r in enumerate(requests):
+        for i in order:
+            r = requests[i]
             need = self._rows_needed(r)
             if chunk and size + need > self.max_batch:
                 yield chunk
@@ -286,7 +303,7 @@ class HFEngine:
             reuse = min(_common_prefix(past.ids, target), len(target) - 1)
         return _Row(target, reuse, past, rendered.prompt_span, key if store else None)
 
-    def _prefill(self, requests: list[GenRequest], *, expand: bool):
+    def _prefill(self, requests: list[GenRequest], *, expand: bool, reserve: int = 0):
         """Encode all rows' new tokens in one forward; returns the live batch state."""
         rows: list[_Row] = []
         intervene: list[bool] = []
@@ -304,7 +321,7 @@ class HFEngine:
                 intervene.append(False)
                 partner.append(-2)  # marks an unconditional row
                 partner[-2] = len(rows) - 1
-        batch = _Batch.build(self, rows, intervene, partner)
+        batch = _Batch.build(self, rows, intervene, partner, reserve)
         batch.forward_prefill()
         if expand:
             sizes = []
@@ -326,37 +343,38 @@ class HFEngine:
         return logp[keep]
 
     def _generate_chunk(self, requests: list[GenRequest], limit: int) -> list[list[Completion]]:
-        batch = self._prefill(requests, expand=True)
-        # generators, one per sampled (conditional) row, in the expanded order
-        gens: list[torch.Generator | None] = []
+        batch = self._prefill(requests, expand=True, reserve=limit)
+        # the seed of each sampled (conditional) row, in the expanded order; unconditional
+        # guidance rows follow their partner's token and draw nothing
         owner: list[tuple[int, int]] = []  # (request index, sample index) of each expanded row
+        seeds: list[int] = []
         for qi, r in enumerate(requests):
             copies = 2 if self._guided(r) else 1
-            for c in range(copies):
+            for _c in range(copies):
                 for s in range(r.n):
                     owner.append((qi, s))
-                    g = None
-                    if self.sampling.do_sample and c == 0:
-                        g = torch.Generator(device="cpu").manual_seed(derive_seed(r.seed, s))
-                    gens.append(g)
-        batch.owner, batch.gens = owner, gens
+                    seeds.append(derive_seed(r.seed, s))
+        batch.owner, batch.seeds = owner, seeds
         first_rows, first_owner = list(batch.rows), list(owner)  # before rows retire
         texts: list[list[list[int]]] = [[[] for _ in range(r.n)] for r in requests]
         for step in range(limit):
-            tokens = self._pick(batch, suppress_eos=step < self.sampling.min_new_tokens)
+            tokens = self._pick(batch, step, suppress_eos=step < self.sampling.min_new_tokens)
             finished = []
-            for i, tok in enumerate(tokens):
-                qi, s = batch.owner[i]
+            last = step == limit - 1
+            for i in batch.live:
+                tok = tokens[i]
                 if batch.partner[i] != -2:
+                    qi, s = batch.owner[i]
                     texts[qi][s].append(tok)
                     self.stats.generated_tokens += 1
-                last = step == limit - 1
-                if tok in self.eos_ids or last:
+                if last or tok in self.eos_ids:
                     finished.append(i)
-            batch.retire(finished)
-            if not batch.size:
+            kept = batch.retire(finished)
+            if not batch.live:
                 break
-            batch.forward_step([tokens[i] for i in batch.alive_from_previous])
+            if kept is not None:  # the batch was compacted: rows were renumbered
+                tokens = [tokens[i] for i in kept]
+            batch.forward_step(tokens)
         prompt_len = {}  # request index -> rendered prompt length (the conditional row)
         for row, (qi, _s) in zip(first_rows, first_owner):
             prompt_len.setdefault(qi, len(row.target))
@@ -372,62 +390,38 @@ class HFEngine:
             out.append(comps)
         return out
 
-    def _pick(self, batch: _Batch, suppress_eos: bool = False) -> list[int]:
-        logits = batch.logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        g = self.intervention.guidance_scale
-        scores = logp.clone()
-        for i, p in enumerate(batch.partner):
-            if p >= 0:
-                scores[i] = logp[p] + g * (logp[i] - logp[p])
+    def _pick(self, batch: _Batch, step: int, suppress_eos: bool = False) -> list[int]:
+        """The next token of every row of ``batch`` (finished rows get a placeholder).
+
+        Only live conditional rows are scored; each draws one uniform number from its own
+        counter-based stream at ``step`` (see ``generation/sampling.py``), so its token does not
+        depend on the rows beside it. Guided rows mix their log-probabilities with their
+        unconditional partner's; unguided rows sample from raw logits (softmax is shift-invariant).
+        """
+        plan = batch.pick_plan()
+        logits = batch.logits
+        scores = logits.index_select(0, plan.cond).float()
+        if plan.guided_pos is not None:
+            g = self.intervention.guidance_scale
+            lp_c = torch.log_softmax(scores.index_select(0, plan.guided_pos), dim=-1)
+            lp_u = torch.log_softmax(logits.index_select(0, plan.uncond).float(), dim=-1)
+            scores = scores.index_copy(0, plan.guided_pos, lp_u + g * (lp_c - lp_u))
         if suppress_eos:  # after guidance: -inf in both branches would mix to nan
             scores[:, sorted(self.eos_ids)] = float("-inf")
-        picked = [0] * batch.size
-        if self.sampling.do_sample:
-            cand, probs = nucleus(scores, self.sampling.temperature, self.sampling.top_p)
-        for i in range(batch.size):
-            if batch.partner[i] == -2:
-                continue
-            if batch.gens[i] is None:
-                picked[i] = int(torch.argmax(scores[i]))
-            else:
-                j = torch.multinomial(probs[i], 1, generator=batch.gens[i])
-                picked[i] = int(cand[i, j])
-        for i, p in enumerate(batch.partner):
+        s = self.sampling
+        if s.do_sample:
+            u = row_uniforms([batch.seeds[i] for i in plan.cond_list], step)
+            picked = sample_tokens(scores, u, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                   candidates=self.nucleus_candidates).tolist()
+        else:
+            picked = scores.argmax(dim=-1).tolist()
+        tokens = [self.pad_id] * batch.size
+        for i, tok in zip(plan.cond_list, picked):
+            tokens[i] = tok
+            p = batch.partner[i]
             if p >= 0:
-                picked[p] = picked[i]  # the unconditional branch follows the sampled text
-        return picked
-
-
-NUCLEUS_CANDIDATES = 512
-
-
-def nucleus(scores: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate token ids [B, K] and their sampling probabilities [B, K] under temperature and
-    nucleus (top-p) sampling, with HF's rule: a token is kept if the tokens ranked above it hold
-    less than ``top_p`` of the mass.
-
-    Sorting the whole vocabulary every step costs more than the model's forward at small batch,
-    so only the top ``NUCLEUS_CANDIDATES`` are sorted; a row whose nucleus is not complete within
-    them (a very flat distribution) falls back to the full sort, so the result is exact.
-    """
-    scores = scores / temperature
-    k = min(NUCLEUS_CANDIDATES, scores.shape[-1])
-    log_z = torch.logsumexp(scores, dim=-1, keepdim=True)
-    top, cand = scores.topk(k, dim=-1)
-    p = torch.exp(top - log_z)
-    keep = (torch.cumsum(p, dim=-1) - p) < top_p
-    if k < scores.shape[-1] and bool(keep[:, -1].any()):
-        return nucleus_full(scores, top_p, log_z)
-    p = p * keep
-    return cand, p / p.sum(dim=-1, keepdim=True)
-
-
-def nucleus_full(scores: torch.Tensor, top_p: float, log_z: torch.Tensor):
-    top, cand = scores.sort(dim=-1, descending=True)
-    p = torch.exp(top - log_z)
-    p = p * ((torch.cumsum(p, dim=-1) - p) < top_p)
-    return cand, p / p.sum(dim=-1, keepdim=True)
+                tokens[p] = tok  # the unconditional branch follows the sampled text
+        return tokens
 
 
 def _strip_eos(tokens: list[int], eos: set[int]) -> list[int]:
@@ -444,38 +438,111 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+class _BufferLayer(DynamicLayer):
+    """A layer cache in a pre-allocated [batch, kv_heads, capacity, head_dim] buffer.
+
+    Lock-step decoding writes one column per step for all rows, so the keys are a view of the
+    filled columns; nothing is concatenated per step (``DynamicLayer`` copies the whole cache
+    every step, which at 128 rows and 600 positions moves gigabytes per token).
+    """
+
+    def __init__(self, capacity: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.capacity = capacity
+        self.length = 0
+        self.buf_k = self.buf_v = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        need = self.length + n
+        if self.buf_k is None or self.buf_k.shape[-2] < need:
+            self._grow(key_states, max(need, self.capacity, 2 * self.length))
+        self.buf_k[:, :, self.length : need] = key_states
+        self.buf_v[:, :, self.length : need] = value_states
+        self.length = need
+        self.keys, self.values = self.buf_k[:, :, :need], self.buf_v[:, :, :need]
+        return self.keys, self.values
+
+    def _grow(self, like: torch.Tensor, capacity: int) -> None:
+        b, h, _, d = like.shape
+        k = like.new_empty((b, h, capacity, d))
+        v = like.new_empty((b, h, capacity, d))
+        if self.buf_k is not None and self.length:
+            k[:, :, : self.length] = self.buf_k[:, :, : self.length]
+            v[:, :, : self.length] = self.buf_v[:, :, : self.length]
+        self.buf_k, self.buf_v = k, v
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.buf_k is None:
+            return
+        n = self.length
+        k = self.buf_k.new_empty((len(indices),) + self.buf_k.shape[1:])
+        v = self.buf_v.new_empty((len(indices),) + self.buf_v.shape[1:])
+        k[:, :, :n] = self.buf_k[:, :, :n].index_select(0, indices)
+        v[:, :, :n] = self.buf_v[:, :, :n].index_select(0, indices)
+        self.buf_k, self.buf_v = k, v
+        self.keys, self.values = k[:, :, :n], v[:, :, :n]
+
+
+@dataclass
+class _PickPlan:
+    """Which rows are sampled this step (cached until rows retire)."""
+
+    cond_list: list[int]  # live conditional rows (physical indices)
+    cond: torch.Tensor  # the same, on the device
+    guided_pos: torch.Tensor | None  # positions within cond_list of guided rows
+    uncond: torch.Tensor | None  # their unconditional partners (physical indices)
+
+
+# Finished rows stay in the batch (their tokens are ignored) until the live ones fall to this
+# fraction of it; then the batch is compacted once. Removing rows every time one finishes
+# copied the whole KV cache per finishing step.
+COMPACT_BELOW = 0.75
+
+
 class _Batch:
     """The live state of one batched forward: KV cache, slot ids, masks, positions."""
 
     def __init__(self, engine: HFEngine):
         self.engine = engine
-        self.cache = DynamicCache()
+        self.cache = None
         self.logits: torch.Tensor | None = None
         self.owner: list[tuple[int, int]] = []
-        self.gens: list = []
-        self.alive_from_previous: list[int] = []
+        self.seeds: list[int] = []
+        self.live: list[int] = []
+        self._plan: _PickPlan | None = None
+        self._ctx_masks = None
 
     @classmethod
-    def build(cls, engine: HFEngine, rows: list[_Row], intervene: list[bool], partner: list[int]):
+    def build(cls, engine: HFEngine, rows: list[_Row], intervene: list[bool], partner: list[int], reserve: int = 0):
+        """Left-pad the rows' re-used prefixes and new tokens into one batch, with room for
+        ``reserve`` generated tokens per row."""
         self = cls(engine)
         dev = engine.device
         self.rows, self.partner = rows, partner
         past_len = max(r.reuse for r in rows)
         new_len = max(len(r.target) - r.reuse for r in rows)
-        n = len(rows)
-        slot_ids = torch.full((n, past_len + new_len), engine.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, past_len + new_len), dtype=torch.long)
-        prompt = torch.zeros((n, past_len + new_len), dtype=torch.bool)
-        first = torch.zeros((n, past_len + new_len), dtype=torch.bool)
+        n, width = len(rows), past_len + new_len
+        cap = width + reserve
+        self.cache = Cache(layer_class_to_replicate=functools.partial(_BufferLayer, capacity=cap))
+        slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, cap), dtype=torch.long)
+        prompt = torch.zeros((n, width), dtype=torch.bool)
+        first = torch.zeros((n, width), dtype=torch.bool)
         for i, r in enumerate(rows):
             new = r.target[r.reuse :]
             a = past_len - r.reuse  # first slot of the re-used prefix
-            b = past_len + new_len - len(new)  # first slot of the new tokens
+            b = width - len(new)  # first slot of the new tokens
             slot_ids[i, a:past_len] = torch.tensor(r.target[: r.reuse], dtype=torch.long)
-            slot_ids[i, b:] = torch.tensor(new, dtype=torch.long)
+            slot_ids[i, b:width] = torch.tensor(new, dtype=torch.long)
             mask[i, a:past_len] = 1
-            mask[i, b:] = 1
-            slots = list(range(a, past_len)) + list(range(b, past_len + new_len))
+            mask[i, b:width] = 1
+            slots = list(range(a, past_len)) + list(range(b, width))
             first[i, slots[0]] = True
             if r.span is not None and intervene[i]:
                 s, e = r.span
@@ -489,7 +556,8 @@ class _Batch:
                 vs = [_left_pad(r.past, like, layer, 1, r.reuse, past_len) for r in rows]
                 self.cache.update(torch.stack(ks).to(dev), torch.stack(vs).to(dev), layer)
         self.slot_ids, self.mask, self.prompt, self.first = slot_ids, mask, prompt, first
-        self.new_len = new_len
+        self.width, self.new_len = width, new_len  # width: columns filled so far
+        self.live = list(range(n))
         return self
 
     @property
@@ -502,22 +570,25 @@ class _Batch:
             return contextlib.nullcontext()
         from personadrift.attention.context import attention_context
 
+        if self._ctx_masks is None:  # slots past the prompt mask are never prompt, never first
+            self._ctx_masks = (self.prompt.to(self.engine.device), self.first.to(self.engine.device))
+        prompt, first = self._ctx_masks
         return attention_context(
-            self.prompt.to(self.engine.device),
-            first_mask=self.first.to(self.engine.device),
+            prompt,
+            first_mask=first,
             split_k=iv.split_k,
             layers=iv.split_layers,
             cache=self.cache,  # sliding-window caches drop old keys; the context needs the offset
         )
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: int = 1):
-        """One forward; ``self.logits`` holds the last position's logits [rows, vocab], or with
-        ``keep`` > 1 the last ``keep`` positions' [rows, keep, vocab]."""
+        """One forward over ``input_ids`` (the newest columns); keeps the logits of the last
+        ``keep`` positions ([batch, vocab] when keep == 1, else [batch, keep, vocab])."""
         dev = self.engine.device
         with self._context():
             out = self.engine.model(
                 input_ids=input_ids.to(dev),
-                attention_mask=self.mask.to(dev),
+                attention_mask=self.mask[:, : self.width].to(dev),
                 position_ids=positions.to(dev),
                 past_key_values=self.cache,
                 use_cache=True,
@@ -527,9 +598,10 @@ class _Batch:
         self.logits = out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
 
     def forward_prefill(self, keep: int = 1) -> None:
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (self.mask[:, : self.width].cumsum(-1) - 1).clamp(min=0)
         self.next_pos = positions[:, -1] + 1
-        self._forward(self.slot_ids[:, -self.new_len :], positions[:, -self.new_len :], keep)
+        self._forward(self.slot_ids[:, self.width - self.new_len : self.width],
+                      positions[:, -self.new_len :], keep)
 
     def expand(self, sizes: list[int]) -> None:
         """Repeat row i ``sizes[i]`` times (samples share the prefilled prefix)."""
@@ -545,47 +617,67 @@ class _Batch:
                 p = new_index[p][rank]
             partner.append(p)
         rows = [self.rows[i] for i in idx]
-        self._select(torch.tensor(idx, dtype=torch.long))
+        if idx != list(range(self.size)):
+            self._select(torch.tensor(idx, dtype=torch.long))
         self.rows, self.partner = rows, partner
+        self.live = list(range(len(idx)))
 
     def _select(self, idx: torch.Tensor) -> None:
         dev_idx = idx.to(self.engine.device)
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, dev_idx)
-            layer.values = layer.values.index_select(0, dev_idx)
+            layer.batch_select_indices(dev_idx)
         self.slot_ids = self.slot_ids.index_select(0, idx)
         self.mask = self.mask.index_select(0, idx)
         self.prompt = self.prompt.index_select(0, idx)
         self.first = self.first.index_select(0, idx)
         self.next_pos = self.next_pos.index_select(0, idx)
         self.logits = self.logits.index_select(0, dev_idx)
+        self._ctx_masks = None
+        self._plan = None
 
-    def retire(self, finished: list[int]) -> None:
-        """Persist finished rows' prefixes and drop them from the batch."""
+    def pick_plan(self) -> _PickPlan:
+        if self._plan is None:
+            dev = self.engine.device
+            cond = [i for i in self.live if self.partner[i] != -2]
+            guided = [j for j, i in enumerate(cond) if self.partner[i] >= 0]
+            self._plan = _PickPlan(
+                cond_list=cond,
+                cond=torch.tensor(cond, dtype=torch.long, device=dev),
+                guided_pos=torch.tensor(guided, dtype=torch.long, device=dev) if guided else None,
+                uncond=torch.tensor([self.partner[cond[j]] for j in guided], dtype=torch.long, device=dev)
+                if guided else None,
+            )
+        return self._plan
+
+    def retire(self, finished: list[int]) -> list[int] | None:
+        """Persist finished rows' prefixes and stop sampling them; compact the batch when
+        few rows are left. Returns the old indices of the rows kept when it compacted (the
+        caller re-indexes its per-row values), else None."""
+        if not finished:
+            return None
         done = set(finished)
         for i in finished:
             key = self.rows[i].store_key
             if key is not None:
                 self.engine._prefixes[key] = self._extract(i)
-        keep = [i for i in range(self.size) if i not in done]
-        self.alive_from_previous = keep
-        if len(keep) == self.size:
-            return
-        remap = {old: new for new, old in enumerate(keep)}
-        partner = [self.partner[i] for i in keep]
-        partner = [remap[p] if p >= 0 else p for p in partner]
-        rows = [self.rows[i] for i in keep]
-        owner = [self.owner[i] for i in keep]
-        gens = [self.gens[i] for i in keep]
-        if keep:
+        self.live = [i for i in self.live if i not in done]
+        self._plan = None
+        if self.live and len(self.live) < COMPACT_BELOW * self.size:
+            keep = self.live
+            remap = {old: new for new, old in enumerate(keep)}
+            partner = [self.partner[i] for i in keep]
+            self.partner = [remap[p] if p >= 0 else p for p in partner]
+            self.rows = [self.rows[i] for i in keep]
+            self.owner = [self.owner[i] for i in keep]
+            self.seeds = [self.seeds[i] for i in keep]
             self._select(torch.tensor(keep, dtype=torch.long))
-        else:
-            self.mask = self.mask[:0]
-        self.rows, self.partner, self.owner, self.gens = rows, partner, owner, gens
+            self.live = list(range(len(keep)))
+            return keep
+        return None
 
     def _extract(self, i: int) -> _Prefix:
-        valid = self.mask[i].bool()
-        ids = self.slot_ids[i][valid].tolist()
+        valid = self.mask[i, : self.width].bool()
+        ids = self.slot_ids[i, : self.width][valid].tolist()
         dev_valid = valid.to(self.engine.device)
         host = self.engine.prefix_device
         kv = [
@@ -595,14 +687,18 @@ class _Batch:
         return _Prefix(ids, kv)
 
     def forward_step(self, tokens: list[int]) -> None:
-        tok = torch.tensor(tokens, dtype=torch.long)[:, None]
-        self.slot_ids = torch.cat([self.slot_ids, tok], dim=1)
-        self.mask = torch.cat([self.mask, torch.ones_like(tok)], dim=1)
-        self.prompt = torch.cat([self.prompt, torch.zeros_like(tok, dtype=torch.bool)], dim=1)
-        self.first = torch.cat([self.first, torch.zeros_like(tok, dtype=torch.bool)], dim=1)
+        """Append one token per row (finished rows get a placeholder) and run one forward."""
+        tok = torch.tensor(tokens, dtype=torch.long)
+        if self.width == self.mask.shape[1]:  # more steps than reserved: grow the host buffers
+            extra = max(16, self.width // 2)
+            self.slot_ids = torch.cat([self.slot_ids, self.slot_ids.new_full((self.size, extra), self.engine.pad_id)], 1)
+            self.mask = torch.cat([self.mask, self.mask.new_zeros((self.size, extra))], 1)
+        self.slot_ids[:, self.width] = tok
+        self.mask[:, self.width] = 1
+        self.width += 1
         positions = self.next_pos[:, None]
         self.next_pos = self.next_pos + 1
-        self._forward(tok, positions)
+        self._forward(tok[:, None], positions)
 
 
 def _left_pad(prefix: _Prefix | None, like: _Prefix, layer: int, which: int, reuse: int, length: int):

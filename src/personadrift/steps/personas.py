@@ -36,6 +36,8 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
                    n=cal["samples"], persist=False)
         for q in probes
     ]
+    # one call for every persona and sample: the engine batches them max_batch rows at a time,
+    # grouped by prompt length (replies do not depend on the grouping)
     answers = engine.generate(reqs, max_new_tokens=cal["max_new_tokens"])
     with_persona, without = answers[: len(personas)], dict(zip(probes, answers[len(personas):]))
     rows = []
