@@ -18,6 +18,8 @@ rule attention:
         theory_synthetic=f"{ATT}/theory_synthetic.json",
     log:
         f"{LOGS}/attention.log",
+    benchmark:
+        f"{BENCHMARKS}/attention.tsv"
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]
@@ -45,6 +47,8 @@ rule attention_vs_stability:
         correlation=f"{R}/tables/attention_vs_stability.json",
     log:
         f"{LOGS}/tables/attention_vs_stability.log",
+    benchmark:
+        f"{BENCHMARKS}/tables/attention_vs_stability.tsv"
     conda:
         "../envs/analysis.yaml"
     params:

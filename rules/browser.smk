@@ -22,6 +22,8 @@ rule browser:
         ),
     log:
         f"{LOGS}/browser.log",
+    benchmark:
+        f"{BENCHMARKS}/browser.tsv"
     conda:
         "../envs/analysis.yaml"
     params:

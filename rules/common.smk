@@ -58,6 +58,8 @@ shell.prefix(f'set -euo pipefail; pd() {{{{ {_PD} "$@"; }}}}; ')
 STUDY = config["study"]
 R = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
+# wall time, memory and CPU of every job (Snakemake benchmark files): bench/timings.py reads them
+BENCHMARKS = f"benchmarks/{STUDY}"
 SETTINGS = [s.name for s in expand_settings(config["interventions"])]
 # the baseline and the interventions; controls (e.g. the length-only control) have a
 # self-chat and drift tables but no MMLU job and no row in the trade-off

@@ -52,6 +52,8 @@ rule figure:
         ),
     log:
         f"{LOGS}/figures/{{name}}.log",
+    benchmark:
+        f"{BENCHMARKS}/figures/{{name}}.tsv"
     wildcard_constraints:
         name="|".join(FIGURE_TABLES),
     conda:
@@ -70,6 +72,8 @@ rule all_figures:
         "figures/all",
     log:
         f"{LOGS}/figures/all.log",
+    benchmark:
+        f"{BENCHMARKS}/figures/all.tsv"
     conda:
         "../envs/analysis.yaml"
     params:

@@ -14,6 +14,8 @@ rule fetch_mmlu:
         "resources/mmlu/mmlu.jsonl",
     log:
         f"{LOGS}/fetch_mmlu.log",
+    benchmark:
+        f"{BENCHMARKS}/fetch_mmlu.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -32,6 +34,8 @@ rule mmlu:
         f"{R}/mmlu/{{setting}}.csv",
     log:
         f"{LOGS}/mmlu/{{setting}}.log",
+    benchmark:
+        f"{BENCHMARKS}/mmlu/{{setting}}.tsv"
     wildcard_constraints:
         setting="|".join(map(re.escape, MITIGATION)),
     conda:
@@ -57,6 +61,8 @@ rule tradeoff:
         by_round=f"{R}/tables/mitigation_by_round.csv",
     log:
         f"{LOGS}/tables/tradeoff.log",
+    benchmark:
+        f"{BENCHMARKS}/tables/tradeoff.tsv"
     conda:
         "../envs/analysis.yaml"
     params:

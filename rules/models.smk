@@ -11,6 +11,8 @@ rule fetch_model:
         f"resources/models/{config['model']['name']}/manifest.json",
     log:
         f"{LOGS}/fetch_model.log",
+    benchmark:
+        f"{BENCHMARKS}/fetch_model.tsv"
     conda:
         "../envs/model.yaml"
     params:

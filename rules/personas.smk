@@ -20,6 +20,8 @@ rule calibrate:
         f"{R}/calibration.csv",
     log:
         f"{LOGS}/calibrate.log",
+    benchmark:
+        f"{BENCHMARKS}/calibrate.tsv"
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]
@@ -52,6 +54,8 @@ rule select_personas:
         summary=f"{R}/tables/calibration_by_persona.csv",
     log:
         f"{LOGS}/select_personas.log",
+    benchmark:
+        f"{BENCHMARKS}/select_personas.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -74,6 +78,8 @@ rule import_upstream:
         ),
     log:
         f"{LOGS}/import_upstream.log",
+    benchmark:
+        f"{BENCHMARKS}/import_upstream.tsv"
     conda:
         "../envs/analysis.yaml"
     params:

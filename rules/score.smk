@@ -14,6 +14,8 @@ rule score:
         f"{R}/scores/{{setting}}.csv",
     log:
         f"{LOGS}/score/{{setting}}.log",
+    benchmark:
+        f"{BENCHMARKS}/score/{{setting}}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -37,6 +39,8 @@ rule drift_tables:
         study=f"{R}/tables/{{setting}}/study.json",
     log:
         f"{LOGS}/tables/{{setting}}.log",
+    benchmark:
+        f"{BENCHMARKS}/tables/{{setting}}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -61,6 +65,8 @@ rule example_dialog:
         f"{R}/tables/example_dialog.json",
     log:
         f"{LOGS}/tables/example_dialog.log",
+    benchmark:
+        f"{BENCHMARKS}/tables/example_dialog.tsv"
     conda:
         "../envs/analysis.yaml"
     params:

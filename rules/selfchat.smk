@@ -9,6 +9,8 @@ rule selfchat:
         protected(directory(f"{R}/transcripts/{{setting}}/shard-{{shard}}")),
     log:
         f"{LOGS}/selfchat/{{setting}}/shard-{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/selfchat/{{setting}}/shard-{{shard}}.tsv"
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]

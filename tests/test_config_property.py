@@ -1,7 +1,7 @@
 """Property test (hypothesis): one key of the default config mutated at a time (wrong types,
 signs, empty, huge, path-like strings, unicode). Either the shared check (``personadrift
 validate`` = the workflow's planning check) refuses with one short line naming that key, or
-every path the workflow would write stays under results/, logs/, figures/ or resources/
+every path the workflow would write stays under results/, logs/, benchmarks/, figures/ or resources/
 inside the repository. No case changes an existing file (checked by hash). A slow companion
 runs the real ``snakemake -n`` on accepted path-like mutations and reads its planned outputs."""
 
@@ -25,7 +25,7 @@ from personadrift.errors import InputError
 from personadrift.interventions.settings import expand_settings
 
 DEFAULT = read_yaml(REPO / "config.yaml")
-ALLOWED = ("results", "logs", "figures", "resources")
+ALLOWED = ("results", "logs", "benchmarks", "figures", "resources")
 
 
 def leaf_keys(cfg: dict, prefix=()) -> list[tuple]:
@@ -66,7 +66,8 @@ def planned_roots(cfg: dict) -> list[Path]:
     """The folders the workflow writes into (rules/*.smk: results/<study>, logs/<study>,
     resources/models/<model.name>, results/<study>/transcripts/<setting>, figures/)."""
     study, model = cfg["study"], cfg["model"]["name"]
-    roots = [f"results/{study}", f"logs/{study}", f"resources/models/{model}", "figures", "resources/mmlu"]
+    roots = [f"results/{study}", f"logs/{study}", f"benchmarks/{study}", f"resources/models/{model}", "figures",
+             "resources/mmlu"]
     for s in expand_settings(cfg["interventions"]):
         roots += [f"results/{study}/transcripts/{s.name}/shard-0", f"results/{study}/mmlu/{s.name}.csv",
                   f"logs/{study}/selfchat/{s.name}/shard-0.log"]
