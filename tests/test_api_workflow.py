@@ -12,6 +12,7 @@ import yaml
 from test_workflow import REPO, snakemake
 
 
+@pytest.mark.slow
 def test_api_config_runs_end_to_end_against_the_local_server(tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "personadrift", "serve", "--tiny", "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -82,6 +82,7 @@ def test_rehearsal_runs_through_the_snakemake_dag_on_cpu(tmp_path):
     check_rehearsal(tmp_path)
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_code_path_on_the_cpu_with_a_tiny_shape(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench/gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)

@@ -115,6 +115,7 @@ def _events(root, name):
     return [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else []
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_equals_an_uninterrupted_run(study):
     root, _ = study
     reference = run_shard(study, "reference")
@@ -291,6 +292,7 @@ def _context_run(engine, ckpt, policy, method="none", turns=8, max_context=330):
     return ShardRun(engine, config=cfg, setting=setting, plans=_plans(2), checkpoint_dir=ckpt, provenance={})
 
 
+@pytest.mark.slow
 def test_context_error_stops_with_a_clear_message_and_resumes_under_another_policy(llama2_engine, tmp_path):
     from personadrift.generation.selfchat import ContextOverflow
 
@@ -321,6 +323,7 @@ def test_context_drop_oldest_keeps_every_prompt_within_the_limit(llama2_engine, 
     assert "truncated" in verdicts and "ok" in verdicts and "overflow" not in verdicts
 
 
+@pytest.mark.slow
 def test_context_stop_ends_the_conversation_and_keeps_its_later_rounds_as_overflow_rows(llama2_engine, tmp_path):
     from personadrift.benchmark.scoring import score_records
 

@@ -39,6 +39,7 @@ def _imported(sha: str) -> str:
     return f"resources/personas/upstream-{sha[:12]}/personas.yaml"
 
 
+@pytest.mark.slow
 def test_the_import_rule_runs_before_calibration_and_writes_the_personas(tmp_path):
     shutil.copy(FIXTURE, tmp_path / "hundred_system_prompts.py")
     cfg = _config(tmp_path, upstream_file="hundred_system_prompts.py", upstream_sha256=FIXTURE_SHA)
