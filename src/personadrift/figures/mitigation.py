@@ -8,17 +8,28 @@ import pandas as pd
 from personadrift.analysis.stats import describe
 from personadrift.figures import figure
 from personadrift.figures.style import band, caption
+from personadrift.interventions import METHODS
 
-METHOD_COLOR = {"none": "#000000", "split_softmax": "#1f77b4", "repetition": "#2ca02c", "cfg": "#d62728"}
-METHOD_LABEL = {"none": "no intervention", "split_softmax": "split-softmax", "repetition": "prompt repetition",
-                "cfg": "classifier-free guidance"}
+# colours of the methods the paper compares; a method added later takes the next free colour
+_COLORS = {"none": "#000000", "split_softmax": "#1f77b4", "repetition": "#2ca02c", "cfg": "#d62728"}
+_SPARE = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+
+
+def method_color(method: str) -> str:
+    if method not in _COLORS:
+        _COLORS[method] = _SPARE[(len(_COLORS) - 4) % len(_SPARE)]
+    return _COLORS[method]
+
+
+def method_label(method: str) -> str:
+    """The registered method's own label (interventions/<method>.py)."""
+    return METHODS[method].label if method in METHODS else method
 
 
 def _label(row) -> str:
     if row["method"] == "none":
-        return METHOD_LABEL["none"]
-    key = {"split_softmax": "k", "repetition": "every", "cfg": "g"}[row["method"]]
-    return f"{METHOD_LABEL[row['method']]} ({key}={row['value']:g})"
+        return method_label("none")
+    return f"{method_label(row['method'])} ({METHODS[row['method']].short}={row['value']:g})"
 
 
 def _method(t: pd.DataFrame) -> tuple[str, float]:
@@ -35,7 +46,7 @@ def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
     shown = trade[trade["chosen"]]
     for _, row in shown.iterrows():
         d = rounds[rounds["setting"] == row["setting"]].sort_values("round")
-        band(ax, d["round"], d["mean"], d["ci_low"], d["ci_high"], METHOD_COLOR[row["method"]], _label(row))
+        band(ax, d["round"], d["mean"], d["ci_low"], d["ci_high"], method_color(row["method"]), _label(row))
     ax.set_xlabel("round")
     ax.set_ylabel("stability (agent persona kept)")
     ax.set_ylim(-0.02, 1.02)
@@ -65,7 +76,7 @@ def tradeoff_stability_mmlu(tradeoff_csv: str):
         ax.errorbar(d["mmlu_accuracy"], d["stability"],
                     xerr=[d["mmlu_accuracy"] - d["mmlu_ci_low"], d["mmlu_ci_high"] - d["mmlu_accuracy"]],
                     yerr=[d["stability"] - d["stability_ci_low"], d["stability_ci_high"] - d["stability"]],
-                    fmt="-o", color=METHOD_COLOR[m], ms=4, lw=1, capsize=2, label=METHOD_LABEL[m])
+                    fmt="-o", color=method_color(m), ms=4, lw=1, capsize=2, label=method_label(m))
         for _, r in d.iterrows():
             ax.annotate(f"{r['value']:g}", (r["mmlu_accuracy"], r["stability"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
