@@ -14,17 +14,8 @@ from test_workflow import REPO, snakemake
 
 @pytest.mark.slow
 def test_api_config_runs_end_to_end_against_the_local_server(tmp_path):
-    server = subprocess.Popen([sys.executable, "-m", "personadrift", "serve", "--tiny", "--port", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server, url = _start_server()
     try:
-        url, deadline = None, time.time() + 120
-        while url is None and time.time() < deadline:
-            line = server.stdout.readline()
-            if not line and server.poll() is not None:
-                raise AssertionError("server exited before it listened")
-            m = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
-            url = m.group(1) if m else None
-        assert url, "the server never printed its address"
         cfg = yaml.safe_load((REPO / "configs/api-smoke.yaml").read_text())
         cfg["openai"]["base_url"] = url
         (tmp_path / "api.yaml").write_text(yaml.safe_dump(cfg))
