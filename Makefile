@@ -1,6 +1,7 @@
 # The README's commands:
 #   make figures              set up the venv, then build figures/all on the embedded default model
 #   make figure NAME=drift_over_rounds   rebuild one figure (PDF and PNG) from its cached tables
+#                             (DIR=folder: of a study run in another working folder)
 #   make validate CONFIG=configs/paper.yaml   the workflow's own config check, without running anything
 #   make test                 set up the venv, then run the whole test suite
 # No activation needed: every target calls the tools in .venv/bin.
@@ -30,8 +31,9 @@ figures: setup
 
 NAME ?= drift_over_rounds
 CONFIG ?= config.yaml
+DIR ?=
 figure: setup
-	snakemake figures/$(NAME).pdf figures/$(NAME).png --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(CONFIG))
+	snakemake figures/$(NAME).pdf figures/$(NAME).png --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(abspath $(CONFIG))) $(if $(DIR),--snakefile $(abspath Snakefile) --directory $(DIR))
 
 validate: setup
 	personadrift validate --config $(CONFIG)

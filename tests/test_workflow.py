@@ -132,3 +132,18 @@ def test_readme_single_figure_command_works_without_activating_the_venv(smoke):
                           capture_output=True, text=True, env=env, cwd=smoke)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (smoke / "figures/example_dialog.pdf").exists()
+
+
+def test_readme_make_figure_command_rebuilds_one_figure(smoke):
+    """The reviewer's map's command, `make figure NAME=...`, as the README writes it (pointed at
+    the smoke run's folder with DIR=, and at this test session's venv): one figure, nothing else."""
+    venv = BIN.parent
+    if not (venv / ".installed").exists():
+        pytest.skip(f"{venv} was not made by `make setup` (no .installed marker); make would build a new venv")
+    (smoke / "figures/drift_over_rounds.pdf").unlink()
+    proc = subprocess.run(["make", "-C", str(REPO), "figure", "NAME=drift_over_rounds", f"DIR={smoke}",
+                           "CONFIG=configs/smoke.yaml", f"VENV={venv}", "CORES=1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (smoke / "figures/drift_over_rounds.pdf").exists()
+    assert "selfchat" not in proc.stdout + proc.stderr  # no model job: the figure is drawn from tables
