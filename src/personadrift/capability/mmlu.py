@@ -498,12 +498,7 @@ def evaluate(
     if letter_logprobs is not None:
         convs = [_conversation(system_prompt, format_prompt(q)) for q in questions]
         lp = _check(letter_logprobs(convs), len(questions), "letter_logprobs", questions)
-        pred = lp.argmax(axis=1)
-        df["letter_predicted"] = [LETTERS[i] for i in pred]
-        df["letter_correct"] = pred == answers
-        df["letter_p_correct"] = _softmax_at(lp, answers)
-        for j, L in enumerate(LETTERS):
-            df[f"logprob_{L}"] = lp[:, j]
+        _add_form(df, "letter", lp, lp.argmax(axis=1), answers, logprob_prefix="logprob")
     if cloze_logprobs is not None:
         convs = [_conversation(system_prompt, format_cloze_prompt(q)) for q in questions]
         lp = _check(cloze_logprobs(convs, [q.choices for q in questions]), len(questions),
@@ -511,13 +506,18 @@ def evaluate(
         chars = np.array([cloze_chars(q) for q in questions], dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_char = np.where(chars > 0, lp / np.maximum(chars, 1), -np.inf)
-        pred = per_char.argmax(axis=1)
-        df["cloze_predicted"] = [LETTERS[i] for i in pred]
-        df["cloze_correct"] = pred == answers
-        df["cloze_p_correct"] = _softmax_at(lp, answers)
-        for j, L in enumerate(LETTERS):
-            df[f"cloze_logprob_{L}"] = lp[:, j]
+        _add_form(df, "cloze", lp, per_char.argmax(axis=1), answers, logprob_prefix="cloze_logprob")
     return df
+
+
+def _add_form(df, form: str, lp, pred, answers, *, logprob_prefix: str) -> None:
+    """One form's columns: its prediction, correctness, the correct answer's probability among
+    the four (from the summed log-probabilities ``lp``), and ``lp`` itself per letter."""
+    df[f"{form}_predicted"] = [LETTERS[i] for i in pred]
+    df[f"{form}_correct"] = pred == answers
+    df[f"{form}_p_correct"] = _softmax_at(lp, answers)
+    for j, L in enumerate(LETTERS):
+        df[f"{logprob_prefix}_{L}"] = lp[:, j]
 
 
 def accuracy_with_ci(df: "pd.DataFrame", confidence: float = 0.95, *, form: str = "letter") -> dict:
