@@ -5,8 +5,9 @@ Both run in one process, on the same model, the same conversations and the same 
 
 * upstream-style: one conversation at a time, the whole history re-rendered and re-encoded by
   ``model.generate`` for every turn and every probe sample (what the released code does);
-* engine: all conversations in lock-step, one batched call per turn, each bot's KV cache kept
-  across turns, probes forked from the cached prefix.
+* engine: all conversations in lock-step, each bot's KV cache kept across turns, probes forked
+  from the cached prefix, a round's probes in one batched call with the next user turn (the
+  workflow's schedule).
 
 Prints tokens per second of each and their ratio at shard sizes 8, 32 and 128, and the fraction
 of the machine's matmul rate the engine reaches, with both rates measured in the same run (a
@@ -37,32 +38,37 @@ TOPICS = ["Is remote work better than office work?", "Should cities ban cars?", 
 PROBE = "What do you like to do on weekends?"
 
 
-def run_engine(model, tok, convs, rounds, tokens, runs, return_engine=False):
+def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=False):
+    """The workflow's schedule (``ShardRun.run``): a round's probes share a call with the next
+    round's user turn; agent turns run alone."""
     eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens), max_batch=256)
     hist = [[t] for t in convs]
+    probes: list[GenRequest] = []
     for r in range(1, rounds + 1):
         if r > 1:
-            out = eng.generate([GenRequest(user_messages(USER, h), seed=i, key=f"{i}/u") for i, h in enumerate(hist)])
+            users = [GenRequest(user_messages(USER, h), seed=i, key=f"{i}/u") for i, h in enumerate(hist)]
+            out = eng.generate(probes + users)[len(probes):]
             for h, o in zip(hist, out):
                 h.append(o[0])
         out = eng.generate([GenRequest(agent_messages(AGENT, h), seed=i, key=f"{i}/a") for i, h in enumerate(hist)])
         for h, o in zip(hist, out):
             h.append(o[0])
-        eng.generate([GenRequest(probe_messages(AGENT, h, PROBE), seed=i, key=f"{i}/a", n=runs, persist=False)
-                      for i, h in enumerate(hist)])
+        probes = [GenRequest(probe_messages(AGENT, h, PROBE), seed=i, key=f"{i}/a", n=runs, persist=False,
+                             max_new_tokens=probe_tokens) for i, h in enumerate(hist)]
+    eng.generate(probes)
     return eng if return_engine else eng.stats.generated_tokens
 
 
-def run_upstream(model, tok, convs, rounds, tokens, runs):
+def run_upstream(model, tok, convs, rounds, tokens, runs, probe_tokens):
     chat = ChatFormat(tok)
     generated = 0
 
-    def reply(msgs, seed):
+    def reply(msgs, seed, n=tokens):
         nonlocal generated
         torch.manual_seed(seed)
         ids = torch.tensor([chat.render(msgs).ids])
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=0.9,
-                             temperature=1.0, max_new_tokens=tokens, min_new_tokens=tokens,
+                             temperature=1.0, max_new_tokens=n, min_new_tokens=n,
                              pad_token_id=tok.pad_token_id or tok.eos_token_id)
         generated += out.shape[1] - ids.shape[1]
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
@@ -74,7 +80,7 @@ def run_upstream(model, tok, convs, rounds, tokens, runs):
                 h.append(reply(user_messages(USER, h), i))
             h.append(reply(agent_messages(AGENT, h), i))
             for k in range(runs):
-                reply(probe_messages(AGENT, h, PROBE), i * 100 + k)
+                reply(probe_messages(AGENT, h, PROBE), i * 100 + k, probe_tokens)
     return generated
 
 
@@ -102,13 +108,14 @@ def matmul_rate(rows: int, inner: int, cols: int, min_time: float = 0.5) -> floa
     return flop / best / 1e9
 
 
-def default_shard_size() -> int:
+def default_selfchat() -> dict:
+    """The default study's ``selfchat`` section (config.yaml): the benchmark's defaults."""
     from pathlib import Path
 
     import yaml
 
     config = Path(__file__).resolve().parents[1] / "config.yaml"
-    return int(yaml.safe_load(config.read_text())["selfchat"]["shard_size"])
+    return yaml.safe_load(config.read_text())["selfchat"]
 
 
 def main():
@@ -118,26 +125,34 @@ def main():
     ap.add_argument("--upstream-conversations", type=int, default=None,
                     help="conversations for the upstream-style loop (default: the default shard size); its "
                          "rate does not depend on how many there are, it handles one at a time")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=24)
-    ap.add_argument("--runs", type=int, default=2)
+    sc = default_selfchat()
+    ap.add_argument("--rounds", type=int, default=sc["turns"] // 2, help="default: the default config's")
+    ap.add_argument("--tokens", type=int, default=sc["max_new_tokens"], help="reply tokens (default config's)")
+    ap.add_argument("--probe-tokens", type=int, default=sc["probe_max_new_tokens"],
+                    help="probe answer tokens (default config's)")
+    ap.add_argument("--runs", type=int, default=2 * sc.get("runs", 1),
+                    help="probe answers per round (default: the default config's two probes x runs)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights and activations of both loops (FLOPs are compared with float32 matmul rates)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
+    model = model.to(getattr(torch, args.dtype))
     sizes = [int(x) for x in args.shard_sizes.split(",")]
-    default = default_shard_size()
+    default = int(sc["shard_size"])
     n_up = args.upstream_conversations or default
     flops = model_flops_per_token(model)
     print(f"model={name} ({flops / 1e9:.3f} GFLOP/token in linear layers) rounds={args.rounds} "
-          f"tokens/reply={args.tokens} probe runs={args.runs} threads={args.threads} default shard={default}")
+          f"tokens/reply={args.tokens} probe answers={args.runs}x{args.probe_tokens} tokens threads={args.threads} default shard={default} "
+          f"dtype={args.dtype}")
     ref = matmul_rate(2048, 2048, 2048)
     print(f"machine: 2048x2048 float32 matmul {ref:.1f} GFLOP/s")
 
     convs = [TOPICS[i % len(TOPICS)] for i in range(max(sizes + [n_up]))]
-    run_engine(model, tok, convs[:2], 1, 4, 1)  # warm-up (allocator, kernels)
+    run_engine(model, tok, convs[:2], 1, 4, 1, 4)  # warm-up (allocator, kernels)
     t = time.perf_counter()
-    n = run_upstream(model, tok, convs[:n_up], args.rounds, args.tokens, args.runs)
+    n = run_upstream(model, tok, convs[:n_up], args.rounds, args.tokens, args.runs, args.probe_tokens)
     upstream = n / (time.perf_counter() - t)
     print(f"upstream-style ({n_up} conversations, one at a time): {upstream:.1f} tokens/s")
     print(f"{'shard':>5} {'tokens/s':>9} {'x upstream':>10} {'GFLOP/s':>8} {'mm2048':>8} {'% of it':>7} "
@@ -146,7 +161,7 @@ def main():
         # measured just before and after each run (the best of both): load on a shared machine drifts
         mm = matmul_rate(2048, 2048, 2048)
         lin = matmul_rate(size, 576, 1536)  # the model's MLP shape at the shard's batch (dialog turns)
-        eng, dt = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs)
+        eng, dt = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs, args.probe_tokens)
         mm, lin = max(mm, matmul_rate(2048, 2048, 2048)), max(lin, matmul_rate(size, 576, 1536))
         gen = eng.stats.generated_tokens / dt
         rate = (eng.stats.generated_tokens + eng.stats.prompt_tokens) * flops / dt / 1e9
@@ -156,9 +171,9 @@ def main():
           "layers' 2 x weights FLOPs per token; x upstream compares generated tokens per second.")
 
 
-def run_engine_timed(model, tok, convs, rounds, tokens, runs):
+def run_engine_timed(model, tok, convs, rounds, tokens, runs, probe_tokens):
     t = time.perf_counter()
-    eng = run_engine(model, tok, convs, rounds, tokens, runs, return_engine=True)
+    eng = run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=True)
     return eng, time.perf_counter() - t
 
 

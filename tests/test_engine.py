@@ -347,3 +347,51 @@ def test_sampling_uses_no_torch_generator_or_global_random_stream(tiny_model):
     with Watch():
         got = engine(tiny_model, sampling=Sampling(max_new_tokens=4, top_k=20)).generate(reqs)
     assert Watch.calls > 100 and got == expected
+
+
+def test_requests_with_their_own_budgets_share_a_call_without_changing_replies(tiny_model):
+    """A round's probes (short budget, several samples, forks) and the next user turn (longer
+    budget, persisted) go into one call (#16); each reply equals what a call of its own gives,
+    and stops at its own budget."""
+    s = Sampling(max_new_tokens=9, min_new_tokens=9)  # every reply runs to its budget
+    probes = [GenRequest(convo(i), seed=10 + i, key=f"c{i}/agent", n=2, persist=False, max_new_tokens=4)
+              for i in range(3)]
+    turns = [GenRequest(convo(i + 1), seed=20 + i, key=f"c{i}/user", max_new_tokens=7) for i in range(3)]
+    shared = engine(tiny_model, sampling=s).complete(probes + turns)
+    alone = engine(tiny_model, sampling=s).complete(probes, max_new_tokens=4)
+    alone += engine(tiny_model, sampling=s).complete(turns, max_new_tokens=7)
+    assert shared == alone
+    assert {c.new_tokens for per in shared[:3] for c in per} == {4}
+    assert {c.new_tokens for per in shared[3:] for c in per} == {7}
+    # the call's own budget applies to requests without one
+    plain = engine(tiny_model, sampling=s).complete([GenRequest(convo(0), seed=1)], max_new_tokens=5)
+    assert plain[0][0].new_tokens == 5
+
+
+@pytest.mark.parametrize("intervention", [Intervention(), Intervention(split_k=0.5), Intervention(guidance_scale=2.0)])
+def test_bfloat16_generates_under_every_intervention(tiny_model_each_dtype, intervention):
+    """The paper config runs bfloat16 on GPUs and ``bfloat16_if_native`` on CPUs: split-softmax
+    and guidance work in that dtype (finite scores, every reply to its budget, batched rows the
+    same length as alone). Texts are not compared: a bfloat16 forward is not bitwise independent
+    of its batch-mates (a row's logits move by one bfloat16 step), which the README states."""
+    s = Sampling(max_new_tokens=6, min_new_tokens=6)
+    msgs = [convo(i) for i in range(3)]
+    reqs = [GenRequest(m, seed=i, key=f"c{i}", intervene=True, negative_messages=m[1:]) for i, m in enumerate(msgs)]
+    eng = engine(tiny_model_each_dtype, sampling=s, intervention=intervention)
+    out = eng.complete(reqs)
+    assert [c[0].new_tokens for c in out] == [6, 6, 6]
+    lp = eng.next_token_logprobs(reqs)  # under guidance: the unnormalised mix
+    assert lp.shape[0] == 3 and torch.isfinite(lp).all()
+
+
+def test_bfloat16_if_native_follows_the_hardware(monkeypatch):
+    from personadrift.generation import models
+
+    monkeypatch.setattr(models, "native_bf16", lambda device: True)
+    assert models.resolve_dtype("bfloat16_if_native", "cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "native_bf16", lambda device: False)
+    assert models.resolve_dtype("bfloat16_if_native", "cpu") == torch.float32
+    assert models.resolve_dtype("float32", "cpu") == torch.float32 and models.resolve_dtype("auto", "cpu") == "auto"
+    # on this machine, the answer is what the CPU reports
+    monkeypatch.undo()
+    assert models.native_bf16("cpu") == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

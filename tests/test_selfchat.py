@@ -237,7 +237,7 @@ def test_round_zero_is_resumed_not_asked_twice(tmp_path):
     cfg = make_config("unused", turns=2)
     setting = expand_settings(cfg["interventions"])[0]
     run = ShardRun(RecordingEngine(), config=cfg, setting=setting, plans=_plans(), checkpoint_dir=tmp_path, provenance={})
-    run._probes(0)  # the job dies right after round 0 is checkpointed
+    run._together(run._probes(0))  # the job dies right after round 0 is checkpointed
     eng = RecordingEngine()
     rec = ShardRun(eng, config=cfg, setting=setting, plans=_plans(), checkpoint_dir=tmp_path, provenance={}).run()[0]
     assert [p["round"] for p in rec["probes"]].count(0) == 2
@@ -395,3 +395,41 @@ def test_guidance_with_forced_reply_lengths_samples(tiny_model):
     out = eng.complete([GenRequest(msgs, seed=s, intervene=True, negative_messages=negative_branch(msgs))
                         for s in range(4)])
     assert all(c[0].new_tokens == 6 and c[0].finish_reason == "length" for c in out)
+
+
+@pytest.mark.parametrize("method", ["none", "cfg"])
+def test_probes_sharing_a_call_with_the_next_turn_change_no_text(tiny_model, tmp_path, method):
+    """The schedule merges each round's probes into the next dialog turn's call (#16). On the real
+    engine, every turn and probe answer equals what a one-step-per-call schedule gives."""
+    from personadrift.generation.api import Intervention, Sampling
+    from personadrift.generation.engine import HFEngine
+    from personadrift.generation.selfchat import ShardRun
+    from personadrift.interventions.settings import expand_settings
+
+    class OneStepPerCall(ShardRun):
+        def _together(self, *phases):
+            for p in phases:
+                super()._together(p)
+
+    cfg = make_config("unused", turns=6, max_new_tokens=8, probe_max_new_tokens=5, runs=2)
+    cfg["interventions"] = {"none": {"method": "none"}, "cfg": {"method": "cfg", "guidance_scale": [2.0]}}
+    setting = next(s for s in expand_settings(cfg["interventions"]) if s.method == method)
+    iv = Intervention(guidance_scale=2.0) if method == "cfg" else Intervention()
+    calls = {}
+    records = {}
+    for name, cls in (("merged", ShardRun), ("one-step", OneStepPerCall)):
+        eng = HFEngine(*tiny_model, sampling=Sampling(max_new_tokens=8), intervention=iv)
+        calls[name] = 0
+        original = eng.complete
+
+        def counted(reqs, _orig=original, _name=name, **kw):
+            calls[_name] += 1
+            return _orig(reqs, **kw)
+
+        eng.complete = counted
+        records[name] = cls(eng, config=cfg, setting=setting, plans=_plans(3), checkpoint_dir=tmp_path / name,
+                            provenance={}).run()
+    keys = ("history", "turns", "probes")
+    assert [{k: r[k] for k in keys} for r in records["merged"]] == [{k: r[k] for k in keys} for r in records["one-step"]]
+    # 3 rounds: [probe 0 + agent 2], [probe 2 + user 3], [agent 4], [probe 4 + user 5], [agent 6], [probe 6]
+    assert (calls["merged"], calls["one-step"]) == (6, 9)

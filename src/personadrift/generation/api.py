@@ -40,6 +40,9 @@ class GenRequest:
     persist: bool = True  # store the resulting prefix under ``key`` (dialog turns, not forks)
     intervene: bool = False  # apply the engine's intervention to this request
     negative_messages: list[dict] | None = None  # unconditional branch for guidance
+    # this request's reply budget, overriding the call's: requests with different budgets (a
+    # round's probes and the next user turn) can then share one batched call
+    max_new_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class Engine(Protocol):
     max_context: int | None  # positions the model supports (prompt + reply); None if unknown
 
     def generate(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[str]]:
-        """``n`` sampled reply texts per request, in request order."""
+        """``n`` sampled reply texts per request, in request order. A request's own
+        ``max_new_tokens`` wins over the call's, which wins over ``sampling.max_new_tokens``."""
         ...
 
     def complete(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[Completion]]:

@@ -134,7 +134,8 @@ class HFEngine:
 
             chunks = tqdm(chunks, desc="batches", unit="batch", mininterval=0)
         for chunk in chunks:
-            for i, texts in zip(chunk, self._generate_chunk([requests[i] for i in chunk], limit)):
+            reqs = [requests[i] for i in chunk]
+            for i, texts in zip(chunk, self._generate_chunk(reqs, [r.max_new_tokens or limit for r in reqs])):
                 out[i] = texts
         return out
 
@@ -342,7 +343,10 @@ class HFEngine:
             keep.append(i)
         return logp[keep]
 
-    def _generate_chunk(self, requests: list[GenRequest], limit: int) -> list[list[Completion]]:
+    def _generate_chunk(self, requests: list[GenRequest], limits: list[int]) -> list[list[Completion]]:
+        """Sample every request of one batch; request ``q`` stops after ``limits[q]`` tokens (its
+        rows retire then, like rows that ended their turn)."""
+        limit = max(limits)
         batch = self._prefill(requests, expand=True, reserve=limit)
         # the seed of each sampled (conditional) row, in the expanded order; unconditional
         # guidance rows follow their partner's token and draw nothing
@@ -360,14 +364,13 @@ class HFEngine:
         for step in range(limit):
             tokens = self._pick(batch, step, suppress_eos=step < self.sampling.min_new_tokens)
             finished = []
-            last = step == limit - 1
             for i in batch.live:
                 tok = tokens[i]
+                qi, s = batch.owner[i]
                 if batch.partner[i] != -2:
-                    qi, s = batch.owner[i]
                     texts[qi][s].append(tok)
                     self.stats.generated_tokens += 1
-                if last or tok in self.eos_ids:
+                if step == limits[qi] - 1 or tok in self.eos_ids:
                     finished.append(i)
             kept = batch.retire(finished)
             if not batch.live:

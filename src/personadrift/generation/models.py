@@ -180,7 +180,31 @@ class LoadedModel:
         keys = ("name", "source", "repo_id", "revision", "package", "gguf_sha256", "weights_dir")
         out = {k: m[k] for k in keys if k in m}
         out["weights_sha256"] = {k: v.get("sha256") for k, v in m.get("files", {}).items()}
+        out["dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         return out
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU
+    with AVX512-BF16 or AMX. Elsewhere bfloat16 matmuls are emulated and slower than float32."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_dtype(name: str, device: str):
+    """The torch dtype (or "auto": the checkpoint's) for ``model.dtype``. ``bfloat16_if_native``
+    is bfloat16 where the hardware has it (about twice float32's speed on such a CPU, same memory
+    traffic halved) and float32 elsewhere; the dtype used is recorded in provenance."""
+    import torch
+
+    if name == "auto":
+        return "auto"
+    if name == "bfloat16_if_native":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return getattr(torch, name)
 
 
 def verify_manifest(model_dir: str | Path) -> dict:
@@ -218,8 +242,8 @@ def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
     spec = spec or {}
     manifest = verify_manifest(model_dir)
     weights = manifest["weights_path"]
-    dtype = spec.get("dtype", "float32")
-    kwargs = {"dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs = {"dtype": resolve_dtype(spec.get("dtype", "float32"), device)}
     if spec.get("device_map"):
         kwargs["device_map"] = spec["device_map"]
     tok = AutoTokenizer.from_pretrained(weights)

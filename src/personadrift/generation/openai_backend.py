@@ -219,7 +219,7 @@ class OpenAIEngine:
         if not requests:
             return []
         limit = max_new_tokens or self.sampling.max_new_tokens
-        payloads = [self._payload(r, limit) for r in requests]
+        payloads = [self._payload(r, r.max_new_tokens or limit) for r in requests]
         workers = min(self.concurrency, len(requests))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai") as pool:
             futures = [pool.submit(self._one, p) for p in payloads]

@@ -2,7 +2,9 @@
 
 All conversations of a shard advance in lock-step: every user-bot turn of the round in one
 batched call, then every agent turn, then every probe (agent persona and user persona, ``runs``
-samples each) in forks that never enter the dialog. After each round, each conversation's
+samples each) in forks that never enter the dialog. A round's probes are generated in the same
+batched call as the next dialog turn (both need only the history so far; a taller batch is what
+makes a CPU fast), and recorded before it. After each round, each conversation's
 record is checkpointed atomically, so a killed job resumes from its last completed round and
 never generates a completed turn twice (each completion is appended to ``events.jsonl`` only
 after its checkpoint is on disk).
@@ -30,6 +32,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +84,14 @@ def plan_conversation(s: int, seed: int, personas: list, topics: list[str]) -> d
         "user": persona_record(personas[u]),
         "topic": topics[r.randrange(len(topics))],
     }
+
+
+@dataclass
+class _Phase:
+    """One protocol step's requests, and what to do with their completions (record, checkpoint)."""
+
+    requests: list[GenRequest]
+    finish: Callable[[list], None]
 
 
 class ContextOverflow(InputError):
@@ -190,12 +202,14 @@ class ShardRun:
     def _applies(self, phase: str) -> bool:
         return self.setting.intervenes(phase)
 
-    def _agent_request(self, rec: dict, msgs: list[dict], seed: int, phase: str, n: int = 1) -> GenRequest:
+    def _agent_request(self, rec: dict, msgs: list[dict], seed: int, phase: str, *, limit: int,
+                       n: int = 1) -> GenRequest:
         return GenRequest(
             messages=msgs,
             seed=seed,
             key=f"{rec['conversation']}/agent",
             n=n,
+            max_new_tokens=limit,
             persist=phase == "dialog",
             intervene=self._applies(phase),
             negative_messages=self.setting.negative_messages(msgs),
@@ -226,7 +240,7 @@ class ShardRun:
             + "; set selfchat.context_policy to drop_oldest or stop, or lower the token limits "
               "(completed rounds are checkpointed and resume under any policy)")
 
-    def _user_turn(self, t: int) -> None:
+    def _user_turn(self, t: int) -> _Phase | None:
         """History entry ``t`` (1-based, odd, >= 3) is the user bot's reply."""
         todo = [r for r in self.records if len(r["history"]) == t - 1 and not r.get("stopped")]
         reqs, fits, limit = [], [], self.cfg["max_new_tokens"]
@@ -239,10 +253,11 @@ class ShardRun:
                 messages=msgs,
                 seed=derive_seed(self.seed, rec["conversation"], "user", t),
                 key=f"{rec['conversation']}/user",
+                max_new_tokens=limit,
             ))
-        self._generate_into(todo, reqs, fits, t, "user")
+        return self._turn_phase(todo, reqs, fits, t, "user")
 
-    def _agent_turn(self, t: int) -> None:
+    def _agent_turn(self, t: int) -> _Phase | None:
         todo = [r for r in self.records if len(r["history"]) == t - 1 and not r.get("stopped")]
         reqs, fits, limit = [], [], self.cfg["max_new_tokens"]
         for rec in todo:
@@ -251,30 +266,33 @@ class ShardRun:
                 rec, lambda h: agent_messages(sys, h, self.repetition), rec["history"], limit, f"turn {t} (agent)", 1)
             fits.append((verdict, dropped))
             reqs.append(None if msgs is None else self._agent_request(
-                rec, msgs, derive_seed(self.seed, rec["conversation"], "agent", t), "dialog"))
-        self._generate_into(todo, reqs, fits, t, "agent")
+                rec, msgs, derive_seed(self.seed, rec["conversation"], "agent", t), "dialog", limit=limit))
+        return self._turn_phase(todo, reqs, fits, t, "agent")
 
-    def _generate_into(self, todo, reqs, fits, t, role) -> None:
+    def _turn_phase(self, todo, reqs, fits, t, role) -> _Phase | None:
         if not todo:
-            return
-        live = [q for q in reqs if q is not None]
-        replies = iter(self._complete(live, self.cfg["max_new_tokens"]))
-        for rec, req, (verdict, dropped) in zip(todo, reqs, fits):
-            if req is None:  # context_policy stop: the dialog ends before this turn
-                rec["stopped"] = {"turn": t, "speaker": role, "reason": "context"}
-                continue
-            c = next(replies)[0]
-            rec["history"].append(clean_reply(c.text, self.cfg["flatten_newlines"]))
-            rec.setdefault("turns", []).append({"speaker": role, **_usage(c), "context": verdict,
-                                                **({"dropped_rounds": dropped} if dropped else {})})
-        self._commit(todo, role, t)
+            return None
 
-    def _probes(self, t: int) -> None:
+        def finish(replies) -> None:
+            replies = iter(replies)
+            for rec, req, (verdict, dropped) in zip(todo, reqs, fits):
+                if req is None:  # context_policy stop: the dialog ends before this turn
+                    rec["stopped"] = {"turn": t, "speaker": role, "reason": "context"}
+                    continue
+                c = next(replies)[0]
+                rec["history"].append(clean_reply(c.text, self.cfg["flatten_newlines"]))
+                rec.setdefault("turns", []).append({"speaker": role, **_usage(c), "context": verdict,
+                                                    **({"dropped_rounds": dropped} if dropped else {})})
+            self._commit(todo, role, t)
+
+        return _Phase([q for q in reqs if q is not None], finish)
+
+    def _probes(self, t: int) -> _Phase | None:
         """Probe forks after history entry ``t``; ``t = 0`` is round 0, before any dialog."""
         rnd = t // 2
         todo = [r for r in self.records if not any(p["round"] == rnd for p in r["probes"])]
         if not todo:
-            return
+            return None
         kinds = ["agent", "user"] if self.cfg["probe_user_persona"] else ["agent"]
         limit = self.cfg["probe_max_new_tokens"]
         reqs, where = [], []
@@ -294,37 +312,54 @@ class ShardRun:
                     # round 0 draws from its own label: persona calibration ("calibration") never uses it
                     seed = (derive_seed(self.seed, rec["conversation"], "round0-probe", kind) if t == 0
                             else derive_seed(self.seed, rec["conversation"], "probe", t, kind))
-                    req = self._agent_request(rec, msgs, seed, "probes", n=self.cfg["runs"])
+                    req = self._agent_request(rec, msgs, seed, "probes", n=self.cfg["runs"], limit=limit)
                     reqs.append(req)
                 where.append((rec, entry, req, verdict, dropped))
-        answers = iter(self._complete(reqs, limit))
-        for rec, entry, req, verdict, dropped in where:
-            comps = next(answers) if req is not None else []
-            rec["probes"].append({
-                **entry,
-                "answers": [clean_reply(c.text, self.cfg["flatten_newlines"]) for c in comps],
-                "completions": [_usage(c) for c in comps],
-                "context": verdict,
-                **({"dropped_rounds": dropped} if dropped else {}),
-            })
-        self._commit(todo, "probes", t)
 
-    def _complete(self, reqs: list[GenRequest], max_new_tokens: int):
-        return self.engine.complete(reqs, max_new_tokens=max_new_tokens) if reqs else []
+        def finish(answers) -> None:
+            answers = iter(answers)
+            for rec, entry, req, verdict, dropped in where:
+                comps = next(answers) if req is not None else []
+                rec["probes"].append({
+                    **entry,
+                    "answers": [clean_reply(c.text, self.cfg["flatten_newlines"]) for c in comps],
+                    "completions": [_usage(c) for c in comps],
+                    "context": verdict,
+                    **({"dropped_rounds": dropped} if dropped else {}),
+                })
+            self._commit(todo, "probes", t)
+
+        return _Phase(reqs, finish)
+
+    def _together(self, *phases: _Phase | None) -> None:
+        """Generate the requests of independent phases in one engine call, then record and
+        checkpoint each phase in order. A batch twice as tall costs far less than two calls on a
+        CPU (a small batch leaves the linear layers idle), and each row's text depends only on
+        its own seed, so merging never changes a reply."""
+        phases = [p for p in phases if p is not None]
+        reqs = [q for p in phases for q in p.requests]
+        out = iter(self.engine.complete(reqs) if reqs else [])
+        for p in phases:
+            p.finish([next(out) for _ in p.requests])
 
     def run(self) -> list[dict]:
         turns = self.cfg["turns"]
         bar = tqdm(total=turns // 2, desc=f"{self.setting.name} rounds", unit="round", mininterval=0)
         start, tokens0 = time.time(), _tokens(self.engine)
-        self._probes(0)
+        # Schedule: each round's probes share a call with the next dialog turn, which needs only
+        # the history they fork from (round 0's with the first agent turn, round r's with the user
+        # turn of round r + 1); agent turns wait for the user turn before them.
+        pending = self._probes(0)
         for t in range(2, turns + 1, 2):
             if t >= 4:
-                self._user_turn(t - 1)
-            self._agent_turn(t)
-            self._probes(t)
+                self._together(pending, self._user_turn(t - 1))
+                pending = None
+            self._together(pending, self._agent_turn(t))
+            pending = self._probes(t)
             elapsed = max(time.time() - start, 1e-9)
             bar.set_postfix(conversations=len(self.records), tok_per_s=f"{(_tokens(self.engine) - tokens0) / elapsed:.1f}")
             bar.update(1)
+        self._together(pending)  # the last round's probes
         bar.close()
         unfinished = [r for r in self.records if not r["complete"]]
         for rec in unfinished:
@@ -341,7 +376,7 @@ def generation_fingerprint(config: dict, setting: Setting, provenance: dict) -> 
 
     model = provenance.get("model", {})
     keys = {k: model.get(k) for k in ("weights_sha256", "revision", "repo_id", "gguf_sha256", "chat_template_sha256",
-                                      "system_prompt_folded", "base_url", "model")}
+                                      "system_prompt_folded", "base_url", "model", "dtype")}
     # The context policy only decides what happens once a prompt no longer fits, and its verdicts
     # are stored per turn, so a job stopped by ``error`` resumes under another policy.
     selfchat = {k: v for k, v in config["selfchat"].items() if k != "context_policy"}
