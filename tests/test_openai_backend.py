@@ -83,6 +83,17 @@ def test_replies_equal_the_local_engine(server, reference, sampling):
     assert [len(x) for x in got] == [1] * 5 + [3]
 
 
+def test_per_request_budgets_reach_the_server_and_match_the_local_engine(server, reference):
+    """The self-chat sends a round's probes and the next user turn in one call, each with its own
+    ``max_new_tokens`` (#16): over HTTP each becomes that request's ``max_tokens``."""
+    s = Sampling(max_new_tokens=8, min_new_tokens=0)
+    reqs = [GenRequest(convo(i), seed=40 + i, persist=False, max_new_tokens=m) for i, m in enumerate((3, 6, 8))]
+    with client(server, s) as eng:
+        got = eng.complete(reqs)
+    assert [[c.text for c in per] for per in got] == reference(s).generate(reqs)
+    assert [per[0].new_tokens for per in got] == [3, 6, 8]  # the random tiny model never stops early
+
+
 def test_429_500_and_timeouts_are_retried_and_every_reply_arrives_once(server, reference):
     reqs = requests(6, n=2)
     want = reference(SAMPLED).generate(reqs)

@@ -52,25 +52,28 @@ def test_rehearsal_dag_has_every_paper_setting(tmp_path):
     assert counts == {"selfchat": 13, "mmlu": 12}, plan[-2000:]
 
 
-def check_rehearsal(work: Path) -> None:
+def check_rehearsal(work: Path, whole: bool = True) -> None:
     """What the rehearsal must show: every round (0 to 8) of every conversation, prompts that
     reached the context limit and were truncated by the policy, the Llama-2 template's
-    repetition fallback, and the new score columns."""
+    repetition fallback, and the new score columns; with ``whole``, the figures too."""
     import pandas as pd
 
     cfg = _yaml("rehearsal.yaml")
     limit, reply = cfg["model"]["max_context"], cfg["selfchat"]["max_new_tokens"]
-    assert json.loads((work / "figures/all").read_text())["figures"]
-    verdicts = []
+    if whole:
+        assert json.loads((work / "figures/all").read_text())["figures"]
+    verdicts, methods = [], set()
     for conv in (work / "results/rehearsal/transcripts").glob("*/shard-*/conv-*.json"):
         rec = json.loads(conv.read_text())
         assert len(rec["history"]) == len(rec["turns"]) == 16
         assert sorted({p["round"] for p in rec["probes"]}) == list(range(9))
         assert all(t["prompt_tokens"] + reply <= limit for t in rec["turns"][1:])
         verdicts += [t["context"] for t in rec["turns"]] + [p["context"] for p in rec["probes"]]
+        methods.add(rec["setting"]["method"])
         if rec["setting"]["method"] == "repetition":
             assert rec["provenance"]["protocol"]["repetition_placement"] == "user_prefix"
     assert "truncated" in verdicts and "ok" in verdicts
+    assert methods == {"none", "split_softmax", "repetition", "cfg"}
     scores = pd.read_csv(work / "results/rehearsal/scores/none.csv")
     assert {"new_tokens", "finish_reason", "context"} <= set(scores.columns)
     assert 0 in set(scores["round"]) and "truncated" in set(scores["context"])

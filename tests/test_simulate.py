@@ -55,6 +55,22 @@ def test_t_interval_coverage_and_false_positive_rate_without_drift(n):
     assert res.loc["drift (agent)", "significant_rate"] <= (1 - NOMINAL) + MARGIN / 2
 
 
+@pytest.mark.parametrize("config", ["config.yaml", "configs/laptop.yaml"])
+def test_t_interval_coverage_at_the_shipped_configs_own_shape(config):
+    """The default and the laptop study run one probe sample per round (the checks above use
+    two): the drift interval still covers at their own size, rounds and sample count."""
+    import yaml
+
+    from support.workflow import REPO
+
+    shape = sim.shape_of(yaml.safe_load((REPO / config).read_text()))
+    assert shape.runs == 1
+    design = sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drop=1.0)
+    res = sim.check(design, studies=STUDIES, method="t", round_means=False).set_index("claim")
+    for claim in ("drift (agent)", "drift (user)"):
+        assert abs(res.loc[claim, "coverage"] - NOMINAL) <= MARGIN, res
+
+
 def test_power_at_paper_scale_and_coverage_under_drift():
     design = sim.drifting(200, drop=1.0)  # about -0.2 in mean stability over the dialog
     res = sim.check(design, studies=40, method="t", round_means=False).set_index("claim")

@@ -222,17 +222,23 @@ def test_smoke_workflow_runs_to_figures_all_through_the_slurm_executor(slurm_clu
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_rehearsal_runs_through_the_slurm_executor(slurm_cluster, tmp_path):
-    """configs/rehearsal.yaml (the paper's DAG, settings grid and 16 turns on a tiny Llama-2-format
-    model that reaches its context limit) as SLURM jobs."""
+    """configs/rehearsal.yaml (the paper's protocol and 16 turns on a tiny Llama-2-format model
+    that reaches its context limit) as SLURM jobs, up to the scores: the persona import, the
+    calibration and one self-chat job per intervention method (the GPU jobs of the paper run).
+    The whole grid and the figures run through the same DAG on the CPU
+    (test_rehearsal_runs_through_the_snakemake_dag_on_cpu); a SLURM job per grid point would
+    only repeat the same submission 13 times."""
     from test_rehearsal import check_rehearsal
 
+    r = "results/rehearsal"
     proc = run_workflow_on_slurm(
         tmp_path,
-        ["figures/all"],
+        [f"{r}/scores/none.csv"] + [f"{r}/transcripts/{s}/shard-0" for s in ("control", "split-k0.5", "repeat-every1",
+                                                                           "cfg-g1.5")],
         ["--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile", str(REPO_ROOT / "configs/rehearsal.yaml"),
          "--jobs", "2"],
         cluster=slurm_cluster,
         timeout=3000,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + slurm_cluster.diagnostics()
-    check_rehearsal(tmp_path)
+    check_rehearsal(tmp_path, whole=False)

@@ -74,6 +74,29 @@ class Design:
         return base + shift * (np.arange(self.rounds + 1) >= 1)
 
 
+@dataclass(frozen=True)
+class StudyShape:
+    """What a study's power depends on: its conversations, probe samples, rounds and the number
+    of mitigation comparisons Holm corrects over."""
+
+    label: str
+    conversations: int
+    runs: int = 2
+    rounds: int = 4
+    comparisons: int = 4
+
+
+def shape_of(config: dict, label: str = "") -> StudyShape:
+    """A workflow config's shape: ``selfchat.conversations``, ``runs``, ``turns`` / 2 rounds, and
+    the settings that intervene (not ``none``, not the control)."""
+    from personadrift.interventions.settings import expand_settings
+
+    sc = config["selfchat"]
+    mitigations = [s for s in expand_settings(config["interventions"]) if s.method != "none"]
+    return StudyShape(label or config.get("study", ""), int(sc["conversations"]), int(sc.get("runs", 1)),
+                      int(sc["turns"]) // 2, len(mitigations))
+
+
 def drifting(conversations: int, *, rounds: int = 4, start: float = 0.5, drop: float = 0.0, **kw) -> Design:
     """A design whose stability centre falls linearly on the logit scale by ``drop`` (logits) over the dialog."""
     lg = _logit(start) - drop * np.arange(rounds + 1) / rounds
