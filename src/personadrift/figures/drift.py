@@ -78,7 +78,8 @@ def drift_over_rounds(by_round_csv: str, change_csv: str, study_json: str):
     if not ctl.empty:
         sentences.append(drift_sentence(change, CONTROL, "agent"))
     text = (
-        f"n = {study['conversations']} conversations x {study['runs']} samples per probe and round; "
+        f"n = {study['conversations']} conversations x {study['runs']} sample{'s' if study['runs'] != 1 else ''} "
+        "per probe and round; "
         f"bands: {study['confidence']:.0%} {METHOD_NAME.get(method, method)} over {unit}s; changes: "
         f"the same interval on paired per-conversation differences, significant when the Holm-adjusted "
         f"p-value is below {1 - study['confidence']:.2g}. "
