@@ -162,13 +162,13 @@ def throughput(model, tok, args, log) -> dict:
     for n in args.shards:
         convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
         t = time.perf_counter()
-        tokens = run_engine(model, tok, convs, args.rounds, args.tokens, 2)
+        tokens = run_engine(model, tok, convs, args.rounds, args.tokens, 2, args.tokens)
         rates[n] = tokens / (time.perf_counter() - t)
         log(f"  engine, shard of {n:>3}: {rates[n]:10.1f} tokens/s")
     n = min(args.shards)
     convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
     t = time.perf_counter()
-    tokens = run_upstream(model, tok, convs, args.rounds, args.tokens, 2)
+    tokens = run_upstream(model, tok, convs, args.rounds, args.tokens, 2, args.tokens)
     upstream = tokens / (time.perf_counter() - t)
     log(f"  upstream-style loop:  {upstream:10.1f} tokens/s (one conversation at a time; any shard size)")
     for k, v in rates.items():
