@@ -196,8 +196,8 @@ def native_bf16(device: str) -> bool:
 
 def resolve_dtype(name: str, device: str):
     """The torch dtype (or "auto": the checkpoint's) for ``model.dtype``. ``bfloat16_if_native``
-    is bfloat16 where the hardware has it (about twice float32's speed on such a CPU, same memory
-    traffic halved) and float32 elsewhere; the dtype used is recorded in provenance."""
+    is bfloat16 where the hardware has it (about twice float32's speed on such a CPU: half the
+    weight traffic) and float32 elsewhere; the dtype used is recorded in provenance."""
     import torch
 
     if name == "auto":
