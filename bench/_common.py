@@ -1,11 +1,14 @@
-"""Helpers shared by the benchmarks: model loading and a long dialog with its prompt span."""
+"""Helpers shared by the benchmarks: model loading, a long dialog with its prompt span, and the
+machine's matmul rate (printed beside every speed ratio)."""
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
+import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
 
 from personadrift.generation.chat import ChatFormat
@@ -63,3 +66,21 @@ def dialog(tok, n_tokens: int):
     s, e = rendered.prompt_span
     pm[0, s:e] = True
     return ids, pm
+
+
+def matmul_rate(rows: int, inner: int, cols: int, min_time: float = 0.5) -> float:
+    """GFLOP/s of a float32 [rows, inner] x [inner, cols] product (as ``F.linear``, the op the
+    model's layers run) on this machine, now: the best of repeated ~20 ms timings, the least
+    disturbed by other load."""
+    x, w = torch.randn(rows, inner), torch.randn(cols, inner)
+    flop = 2.0 * rows * inner * cols
+    reps = max(1, int(0.02 * 50e9 // flop))  # ~20 ms at 50 GFLOP/s
+    torch.nn.functional.linear(x, w)
+    best, spent = float("inf"), 0.0
+    while spent < min_time:
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.nn.functional.linear(x, w)
+        dt = time.perf_counter() - t
+        best, spent = min(best, dt / reps), spent + dt
+    return flop / best / 1e9

@@ -68,7 +68,7 @@ def main() -> None:
     if args.worker:
         return one_job(args)
     import torch
-    from selfchat_throughput import matmul_rate
+    from _common import matmul_rate
 
     torch.set_num_threads(2)
     print(f"machine: 2048x2048 float32 matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s (2 threads)")

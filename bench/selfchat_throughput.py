@@ -23,7 +23,7 @@ import time
 
 import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
-from _common import add_model_args, load  # noqa: E402  (bench/ is on sys.path)
+from _common import add_model_args, load, matmul_rate  # noqa: E402  (bench/ is on sys.path)
 
 from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.chat import ChatFormat
@@ -88,24 +88,6 @@ def model_flops_per_token(model) -> float:
     """Matmul FLOPs of one token's forward: 2 x the weights of every linear layer (output layer
     included; attention over the context is extra and not counted, so fractions are conservative)."""
     return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-
-
-def matmul_rate(rows: int, inner: int, cols: int, min_time: float = 0.5) -> float:
-    """GFLOP/s of a float32 [rows, inner] x [inner, cols] product (as ``F.linear``, the op the
-    model's layers run) on this machine, now: the best of repeated ~20 ms timings, the least
-    disturbed by other load."""
-    x, w = torch.randn(rows, inner), torch.randn(cols, inner)
-    flop = 2.0 * rows * inner * cols
-    reps = max(1, int(0.02 * 50e9 // flop))  # ~20 ms at 50 GFLOP/s
-    torch.nn.functional.linear(x, w)
-    best, spent = float("inf"), 0.0
-    while spent < min_time:
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.nn.functional.linear(x, w)
-        dt = time.perf_counter() - t
-        best, spent = min(best, dt / reps), spent + dt
-    return flop / best / 1e9
 
 
 def default_selfchat() -> dict:

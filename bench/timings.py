@@ -11,24 +11,9 @@ from the first job start to the last job end when --log is given.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pandas as pd
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best of ``repeats`` float32 n x n matmuls, in GFLOP/s (torch's threads as configured)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def table(folder: Path) -> pd.DataFrame:
@@ -58,7 +43,10 @@ def main(argv=None) -> None:
         print(f"| {r.rule} | {r.jobs} | {r.total_s:.0f} s | {r.largest_s:.0f} s | {r.peak_rss_mb:.0f} MB |")
     print(f"| **sum of job wall times** | {int(t.jobs.sum())} | {t.total_s.sum():.0f} s | | |")
     if not args.no_matmul:
-        print(f"\nMachine: 2048x2048 float32 matmul at {matmul_gflops():.0f} GFLOP/s (measured by this script).")
+        from _common import matmul_rate  # bench/ is on sys.path; torch only when measuring
+
+        print(f"\nMachine: 2048x2048 float32 matmul at {matmul_rate(2048, 2048, 2048):.0f} GFLOP/s "
+              "(measured by this script).")
 
 
 if __name__ == "__main__":
