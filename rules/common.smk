@@ -148,6 +148,20 @@ def model_resources():
     )
 
 
+# Scheduling on few cores: Snakemake starts the highest-priority ready job whenever a core
+# frees up. Calibration gates every self-chat (the persona pool), so it goes first; then the
+# self-chats, longest first (a guided setting samples two rows per reply); MMLU and the small
+# table and figure jobs fill the gaps. Without this, on 2 cores the MMLU jobs ran first and a
+# core idled for about a minute while calibration ran alone.
+PRIORITY_POOL = 20
+
+
+def selfchat_priority(wildcards):
+    """Guided settings (two rows per sample, the longest self-chats) before the others."""
+    s = next(s for s in expand_settings(config["interventions"]) if s.name == wildcards.setting)
+    return 11 if s.engine_intervention().guidance_scale is not None else 10
+
+
 def transcripts(setting):
     """The shard folders of ``setting`` (rules/selfchat.smk)."""
     return expand(rules.selfchat.output[0], setting=setting, shard=SHARDS)

@@ -25,6 +25,7 @@ rule calibrate:
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]
+    priority: PRIORITY_POOL
     resources:
         **model_resources(),
     params:
@@ -56,6 +57,7 @@ rule select_personas:
         f"{LOGS}/select_personas.log",
     benchmark:
         f"{BENCHMARKS}/select_personas.tsv"
+    priority: PRIORITY_POOL
     conda:
         "../envs/analysis.yaml"
     params:

@@ -14,6 +14,7 @@ rule selfchat:
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]
+    priority: selfchat_priority
     resources:
         **model_resources(),
     params:
