@@ -9,9 +9,14 @@ Both run in one process, on the same model, the same conversations and the same 
   from the cached prefix, a round's probes in one batched call with the next user turn (the
   workflow's schedule).
 
-Prints tokens per second of each and their ratio at shard sizes 8, 32 and 128, and the fraction
-of the machine's matmul rate the engine reaches, with both rates measured in the same run (a
-2048x2048 float32 matmul, and the model's 576x1536 linear at the shard's batch size). Run:
+Prints tokens per second of each and their ratio at shard sizes 8, 32 and 128, the fraction
+of the machine's matmul rate the engine reaches (a 2048x2048 float32 matmul measured in the same
+run), and the engine's *linear floor*: the time the model's linear layers alone take for exactly
+the forwards the engine ran (every forward's rows recorded, then all linear layers run once per
+recorded shape, weights streamed from memory as in a real step; shapes above 512 rows are
+scaled from 512, where the rate has levelled off). The engine's time over its floor is what
+attention, sampling and bookkeeping add; the floor itself is the CPU's matmul at those batch
+sizes. Run:
 python bench/selfchat_throughput.py [--model-dir resources/models/smollm2-135m-instruct]
 (default: the tiny random model).
 """
@@ -138,25 +143,73 @@ def main():
     upstream = n / (time.perf_counter() - t)
     print(f"upstream-style ({n_up} conversations, one at a time): {upstream:.1f} tokens/s")
     print(f"{'shard':>5} {'tokens/s':>9} {'x upstream':>10} {'GFLOP/s':>8} {'mm2048':>8} {'% of it':>7} "
-          f"{'linear@B':>9} {'% of it':>7}")
+          f"{'time s':>7} {'floor s':>7} {'floor %':>7}")
     for size in sizes:
         # measured just before and after each run (the best of both): load on a shared machine drifts
         mm = matmul_rate(2048, 2048, 2048)
-        lin = matmul_rate(size, 576, 1536)  # the model's MLP shape at the shard's batch (dialog turns)
-        eng, dt = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs, args.probe_tokens)
-        mm, lin = max(mm, matmul_rate(2048, 2048, 2048)), max(lin, matmul_rate(size, 576, 1536))
+        eng, dt, shapes = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs,
+                                           args.probe_tokens)
+        mm = max(mm, matmul_rate(2048, 2048, 2048))
+        floor = linear_floor(model, shapes)
         gen = eng.stats.generated_tokens / dt
         rate = (eng.stats.generated_tokens + eng.stats.prompt_tokens) * flops / dt / 1e9
         print(f"{size:>5} {gen:>9.1f} {gen / upstream:>9.1f}x {rate:>8.1f} {mm:>8.1f} {100 * rate / mm:>6.0f}% "
-              f"{lin:>9.1f} {100 * rate / lin:>6.0f}%")
+              f"{dt:>7.1f} {floor:>7.1f} {100 * floor / dt:>6.0f}%")
     print("GFLOP/s counts every token the engine's forwards processed (generated and prompt), at the linear "
-          "layers' 2 x weights FLOPs per token; x upstream compares generated tokens per second.")
+          "layers' 2 x weights FLOPs per token; x upstream compares generated tokens per second; floor: the "
+          "seconds the model's linear layers alone need for the engine's forwards (floor % = share of the "
+          "engine's time; the rest is attention, sampling and bookkeeping).")
 
 
 def run_engine_timed(model, tok, convs, rounds, tokens, runs, probe_tokens):
-    t = time.perf_counter()
-    eng = run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=True)
-    return eng, time.perf_counter() - t
+    """(engine, seconds, shapes): ``shapes`` counts the (rows, new tokens, logits kept) of every
+    forward the engine ran (recorded by a forward pre-hook; nothing in the model changes)."""
+    shapes: dict[tuple[int, int, int], int] = {}
+
+    def record(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        key = (ids.shape[0], ids.shape[1], int(kwargs.get("logits_to_keep") or ids.shape[1]))
+        shapes[key] = shapes.get(key, 0) + 1
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        t = time.perf_counter()
+        eng = run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=True)
+        dt = time.perf_counter() - t
+    finally:
+        hook.remove()
+    return eng, dt, shapes
+
+
+LEVEL_ROWS = 512  # from here on a linear layer's rate is flat (README, Benchmarks): scale linearly
+
+
+def linear_floor(model, shapes: dict[tuple[int, int, int], int]) -> float:
+    """Seconds the model's linear layers alone need for the recorded forwards: per forward, the
+    body's layers at rows x new tokens and the output layer at rows x logits kept, each layer once
+    in model order (so its weights come from memory, as in a step), the best of two runs."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings()
+    body = [m for m in linears if m is not head]
+    cache: dict[tuple[int, bool], float] = {}
+
+    def timed(layers, rows: int) -> float:
+        key = (min(rows, LEVEL_ROWS), layers is body)
+        if key not in cache:
+            n = key[0]
+            xs = {m.in_features: torch.randn(n, m.in_features, dtype=m.weight.dtype) for m in layers}
+            best = float("inf")
+            with torch.inference_mode():
+                for _ in range(2):
+                    t = time.perf_counter()
+                    for m in layers:
+                        m(xs[m.in_features])
+                    best = min(best, time.perf_counter() - t)
+            cache[key] = best
+        return cache[key] * max(1.0, rows / LEVEL_ROWS)
+
+    return sum(count * (timed(body, b * t) + timed([head], b * keep))
+               for (b, t, keep), count in shapes.items())
 
 
 if __name__ == "__main__":

@@ -111,10 +111,15 @@ def config_provider(*keys):
     return json.dumps(config_subset(config, *keys), sort_keys=True)
 
 
+def setting_named(name):
+    """The configured setting (one grid point) called ``name``."""
+    return next(s for s in expand_settings(config["interventions"]) if s.name == name)
+
+
 def setting_entry(name, *, backend=None):
     """The config entry of setting ``name`` reduced to that one grid point (the rest of its
     grid and ``chosen`` change other settings or only the figures)."""
-    s = next(s for s in expand_settings(config["interventions"]) if s.name == name)
+    s = setting_named(name)
     entry = {
         k: v for k, v in config["interventions"][s.family].items() if k != "chosen"
     }
@@ -158,7 +163,7 @@ PRIORITY_POOL = 20
 
 def selfchat_priority(wildcards):
     """Guided settings (two rows per sample, the longest self-chats) before the others."""
-    s = next(s for s in expand_settings(config["interventions"]) if s.name == wildcards.setting)
+    s = setting_named(wildcards.setting)
     return 11 if s.engine_intervention().guidance_scale is not None else 10
 
 

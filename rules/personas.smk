@@ -22,10 +22,10 @@ rule calibrate:
         f"{LOGS}/calibrate.log",
     benchmark:
         f"{BENCHMARKS}/calibrate.tsv"
+    priority: PRIORITY_POOL
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]
-    priority: PRIORITY_POOL
     resources:
         **model_resources(),
     params:

@@ -11,10 +11,10 @@ rule selfchat:
         f"{LOGS}/selfchat/{{setting}}/shard-{{shard}}.log",
     benchmark:
         f"{BENCHMARKS}/selfchat/{{setting}}/shard-{{shard}}.tsv"
+    priority: selfchat_priority
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]
-    priority: selfchat_priority
     resources:
         **model_resources(),
     params:

@@ -3,7 +3,9 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,36 @@ def test_one_figure_rebuilds_from_cached_tables_without_the_model(smoke):
         assert f"rule {rule}:" not in plan and f"localrule {rule}:" not in plan
     snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "--cores", "1", "figures/drift_over_rounds.pdf")
     assert (smoke / "figures/drift_over_rounds.pdf").exists()
+
+
+def _job_starts(log: Path) -> list[tuple[str, str, str]]:
+    """(time, rule, wildcards) of every job a Snakemake log shows starting, in log order."""
+    starts, stamp, pending = [], None, None
+    for line in log.read_text().splitlines():
+        if m := re.match(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$", line):
+            stamp = time.strptime(re.sub(" +", " ", m.group(1)), "%a %b %d %H:%M:%S %Y")
+        elif m := re.match(r"(?:local)?rule (\w+):$", line):
+            pending = m.group(1)
+            starts.append((stamp, pending, ""))
+        elif pending and (m := re.match(r"\s+wildcards: (.*)", line)):
+            starts[-1] = (stamp, pending, m.group(1))
+            pending = None
+    return starts
+
+
+def test_jobs_start_in_priority_order(smoke):
+    """The smoke run's own log (2 cores): calibration starts no later than any MMLU job (the
+    persona pool gates every self-chat), and the guided self-chat no later than the others."""
+    logs = [p for p in (smoke / ".snakemake/log").glob("*.snakemake.log") if "rule calibrate:" in p.read_text()]
+    assert logs, "the smoke run left no Snakemake log"
+    starts = _job_starts(logs[0])
+    first = {}
+    for stamp, rule, wildcards in starts:
+        first.setdefault(rule, stamp)
+    assert first["calibrate"] <= first["mmlu"], starts
+    selfchats = [(stamp, wildcards) for stamp, rule, wildcards in starts if rule == "selfchat"]
+    guided = min(stamp for stamp, wildcards in selfchats if "setting=cfg" in wildcards)
+    assert guided <= min(stamp for stamp, wildcards in selfchats if "setting=cfg" not in wildcards), selfchats
 
 
 def test_transcripts_are_protected(smoke):
