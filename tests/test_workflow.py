@@ -44,7 +44,7 @@ def test_one_figure_rebuilds_from_cached_tables_without_the_model(smoke):
     assert (smoke / "figures/drift_over_rounds.pdf").exists()
 
 
-def _job_starts(log: Path) -> list[tuple[str, str, str]]:
+def _job_starts(log: Path) -> list[tuple[time.struct_time, str, str]]:
     """(time, rule, wildcards) of every job a Snakemake log shows starting, in log order."""
     starts, stamp, pending = [], None, None
     for line in log.read_text().splitlines():
@@ -62,7 +62,8 @@ def _job_starts(log: Path) -> list[tuple[str, str, str]]:
 def test_jobs_start_in_priority_order(smoke):
     """The smoke run's own log (2 cores): calibration starts no later than any MMLU job (the
     persona pool gates every self-chat), and the guided self-chat no later than the others."""
-    logs = [p for p in (smoke / ".snakemake/log").glob("*.snakemake.log") if "rule calibrate:" in p.read_text()]
+    # log names start with their time: the first one that ran calibration is the smoke run's
+    logs = sorted(p for p in (smoke / ".snakemake/log").glob("*.snakemake.log") if "rule calibrate:" in p.read_text())
     assert logs, "the smoke run left no Snakemake log"
     starts = _job_starts(logs[0])
     first = {}
