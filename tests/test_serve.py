@@ -135,6 +135,32 @@ def test_concurrent_requests_are_batched_without_changing_replies(plain):
     assert together == one_by_one
 
 
+def test_requests_with_different_budgets_share_one_engine_call(plain):
+    """Budgets are per request: jobs that differ only in max_tokens batch together, and each
+    reply is the one it gets alone (same text, its own length and finish reason)."""
+    from personadrift.runtime.serve import _Job
+
+    bodies = [{"messages": msgs(i), "temperature": 1.0, "top_p": 0.9, "seed": i, "max_tokens": 2 + 3 * (i % 3)}
+              for i in range(6)]
+    alone = [post(plain.url, b)[1]["choices"] for b in bodies]
+    sampling = Sampling(temperature=1.0, top_p=0.9, do_sample=True)
+    jobs = [_Job(messages=b["messages"], n=1, seed=b["seed"], sampling=sampling, max_tokens=b["max_tokens"])
+            for b in bodies]
+    assert len({j.group for j in jobs}) == 1  # the batcher takes them in one batch
+    calls = plain.app.batches
+    plain.app.run_batch(jobs)
+    assert plain.app.batches == calls + 1
+    assert [[{"role": "assistant", "content": t} for t in j.texts] for j in jobs] == \
+        [[c["message"] for c in choices] for choices in alone]
+    assert [j.finish_reasons for j in jobs] == [[c["finish_reason"] for c in choices] for choices in alone]
+    for j in jobs:  # each stopped at its own budget, not the batch's largest
+        n, reason = j.completion_tokens[0], j.finish_reasons[0]
+        assert n == j.max_tokens if reason == "length" else n < j.max_tokens
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda b: post(plain.url, b)[1]["choices"], bodies))
+    assert together == alone
+
+
 def test_faults_are_answered_like_a_real_api(plain):
     plain.app.faults = FaultPlan.sequence(["429", "500"], retry_after_ms=5)
     try:

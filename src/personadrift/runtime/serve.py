@@ -137,8 +137,10 @@ class _Job:
 
     @property
     def group(self) -> tuple:
+        """Jobs that may share one engine call: the same sampling settings (each keeps its own
+        ``max_tokens``: the engine retires a request's rows at its own budget)."""
         s = self.sampling
-        return (s.do_sample, s.temperature, s.top_p, self.max_tokens)
+        return (s.do_sample, s.temperature, s.top_p)
 
 
 class ChatApp:
@@ -230,6 +232,7 @@ class ChatApp:
             seed=job.seed,
             n=job.n,
             persist=False,
+            max_new_tokens=job.max_tokens,
             intervene=self.intervene,
             negative_messages=self.negative_messages(job.messages),
         )
@@ -245,7 +248,7 @@ class ChatApp:
         return job.n * (2 if self.guided else 1)
 
     def run_batch(self, jobs: list[_Job]) -> None:
-        """Generate for ``jobs`` (same sampling group) in one engine call; fills each job."""
+        """Generate for ``jobs`` (same sampling group, any budgets) in one engine call; fills each job."""
         engine = self.engine
         with self.lock:
             self.batches += 1
@@ -264,7 +267,7 @@ class ChatApp:
                 saved = engine.sampling
                 engine.sampling = ok[0].sampling
                 try:
-                    done = engine.complete([self.gen_request(j) for j in ok], max_new_tokens=ok[0].max_tokens)
+                    done = engine.complete([self.gen_request(j) for j in ok], max_new_tokens=max(j.max_tokens for j in ok))
                     for job, comps in zip(ok, done):
                         job.texts = [c.text for c in comps]
                         job.completion_tokens = [c.new_tokens for c in comps]
