@@ -2,8 +2,8 @@
 
 Every rule writes ``benchmarks/<study>/<rule>/...tsv`` (wall seconds, memory, CPU). This prints one
 Markdown row per rule (jobs, total and largest wall time, peak memory), the machine's matmul rate
-measured now (so a reader can scale the table to their machine), and the whole run's wall time
-from the first job start to the last job end when --log is given.
+measured now (so a reader can scale the table to their machine). The workflow's own wall time is
+the "Elapsed time" line at the end of the run's Snakemake log (``.snakemake/log/``).
 
     python bench/timings.py benchmarks/embedded-default
 """

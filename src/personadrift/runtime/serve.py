@@ -267,7 +267,7 @@ class ChatApp:
                 saved = engine.sampling
                 engine.sampling = ok[0].sampling
                 try:
-                    done = engine.complete([self.gen_request(j) for j in ok], max_new_tokens=max(j.max_tokens for j in ok))
+                    done = engine.complete([self.gen_request(j) for j in ok])  # each carries its budget
                     for job, comps in zip(ok, done):
                         job.texts = [c.text for c in comps]
                         job.completion_tokens = [c.new_tokens for c in comps]
