@@ -27,17 +27,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="a model folder fetched by the workflow (manifest.json), a Hugging Face folder, "
                         "or a folder holding --gguf-file (default: the tiny model, built in a temp dir)")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model-dir, if any")
+    p.add_argument("--linear-kernel", default="auto", choices=["auto", "torch"],
+                   help="the model's linear-layer kernel, as model.linear_kernel (default: auto, the config's)")
 
 
 def load(args, **tiny_kwargs):
-    """(model, tokenizer, name) for the benchmark's --model-dir."""
+    """(model, tokenizer, name) for the benchmark's --model-dir, with its --linear-kernel."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from personadrift.generation.linear_kernels import set_linear_kernel
+
     d = args.model_dir
+    kernel = getattr(args, "linear_kernel", "auto")
     if d and (Path(d) / "manifest.json").exists():
         from personadrift.generation.models import load_model
 
-        lm = load_model(d)
+        lm = load_model(d, {"linear_kernel": kernel})
         return lm.model, lm.tokenizer, lm.manifest.get("name", d)
     name = d or "tiny"
     if d is None:
@@ -47,6 +52,7 @@ def load(args, **tiny_kwargs):
     kw = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     tok = AutoTokenizer.from_pretrained(d, **kw)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, **kw).eval()
+    set_linear_kernel(model, kernel)
     return model, tok, name
 
 

@@ -9,7 +9,10 @@ Both run in one process, on the same model, the same conversations and the same 
   from the cached prefix, a round's probes in one batched call with the next user turn (the
   workflow's schedule).
 
-Prints tokens per second of each and their ratio at shard sizes 8, 32 and 128, the fraction
+Prints tokens per second of each and their ratio at shard sizes 8, 32 and 128 (the engine on the
+model's configured linear kernel, ``--linear-kernel``; the upstream-style loop on torch's, as the
+released code runs, and on the engine's kernel too, so the kernel's share is visible; one more
+row runs the engine at the default shard on torch's kernel), the fraction
 of the machine's matmul rate the engine reaches (a 2048x2048 float32 matmul measured in the same
 run), and the engine's *linear floor*: the time the model's linear layers alone take for exactly
 the forwards the engine ran (every forward's rows recorded, then all linear layers run once per
@@ -34,6 +37,7 @@ from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.chat import ChatFormat
 from personadrift.generation.dialog import agent_messages, probe_messages, user_messages
 from personadrift.generation.engine import HFEngine
+from personadrift.generation.linear_kernels import set_linear_kernel
 
 AGENT = "You love playing tennis and bring it up whenever you can."
 USER = "You are a curious traveller who always asks about food."
@@ -126,25 +130,35 @@ def main():
     torch.set_num_threads(args.threads)
     model, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
     model = model.to(getattr(torch, args.dtype))
+    kernel = set_linear_kernel(model, args.linear_kernel)  # after the dtype: oneDNN is float32 only
     sizes = [int(x) for x in args.shard_sizes.split(",")]
     default = int(sc["shard_size"])
     n_up = args.upstream_conversations or default
     flops = model_flops_per_token(model)
     print(f"model={name} ({flops / 1e9:.3f} GFLOP/token in linear layers) rounds={args.rounds} "
           f"tokens/reply={args.tokens} probe answers={args.runs}x{args.probe_tokens} tokens threads={args.threads} default shard={default} "
-          f"dtype={args.dtype}")
+          f"dtype={args.dtype} engine's linear kernel={kernel}")
     ref = matmul_rate(2048, 2048, 2048)
     print(f"machine: 2048x2048 float32 matmul {ref:.1f} GFLOP/s")
 
     convs = [TOPICS[i % len(TOPICS)] for i in range(max(sizes + [n_up]))]
     run_engine(model, tok, convs[:2], 1, 4, 1, 4)  # warm-up (allocator, kernels)
-    t = time.perf_counter()
-    n = run_upstream(model, tok, convs[:n_up], args.rounds, args.tokens, args.runs, args.probe_tokens)
-    upstream = n / (time.perf_counter() - t)
-    print(f"upstream-style ({n_up} conversations, one at a time): {upstream:.1f} tokens/s")
-    print(f"{'shard':>5} {'tokens/s':>9} {'x upstream':>10} {'GFLOP/s':>8} {'mm2048':>8} {'% of it':>7} "
-          f"{'time s':>7} {'floor s':>7} {'floor %':>7}")
-    for size in sizes:
+    # the upstream-style loop as the released code runs it: stock transformers, torch's kernel;
+    # and, if the engine's kernel differs, with that kernel too (the engine's gain without it)
+    upstream = {}
+    for k in dict.fromkeys(["torch", kernel]):
+        set_linear_kernel(model, "torch" if k == "torch" else "auto")
+        t = time.perf_counter()
+        n = run_upstream(model, tok, convs[:n_up], args.rounds, args.tokens, args.runs, args.probe_tokens)
+        upstream[k] = n / (time.perf_counter() - t)
+        print(f"upstream-style ({n_up} conversations, one at a time, {k} linears): {upstream[k]:.1f} tokens/s")
+    print(f"{'shard':>5} {'linears':>7} {'tokens/s':>9} {'x upstream':>10} {'x same':>6} {'GFLOP/s':>8} {'mm2048':>8} "
+          f"{'% of it':>7} {'time s':>7} {'floor s':>7} {'floor %':>7}")
+    rows = [(size, kernel) for size in sizes]
+    if kernel != "torch":  # the engine at the default shard with torch's kernel: the kernel's share
+        rows.append((default, "torch"))
+    for size, k in rows:
+        set_linear_kernel(model, "torch" if k == "torch" else "auto")
         # measured just before and after each run (the best of both): load on a shared machine drifts
         mm = matmul_rate(2048, 2048, 2048)
         eng, dt, shapes = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs,
@@ -153,12 +167,14 @@ def main():
         floor = linear_floor(model, shapes)
         gen = eng.stats.generated_tokens / dt
         rate = (eng.stats.generated_tokens + eng.stats.prompt_tokens) * flops / dt / 1e9
-        print(f"{size:>5} {gen:>9.1f} {gen / upstream:>9.1f}x {rate:>8.1f} {mm:>8.1f} {100 * rate / mm:>6.0f}% "
-              f"{dt:>7.1f} {floor:>7.1f} {100 * floor / dt:>6.0f}%")
+        print(f"{size:>5} {k:>7} {gen:>9.1f} {gen / upstream['torch']:>9.1f}x {gen / upstream[k]:>5.1f}x {rate:>8.1f} "
+              f"{mm:>8.1f} {100 * rate / mm:>6.0f}% {dt:>7.1f} {floor:>7.1f} {100 * floor / dt:>6.0f}%")
     print("GFLOP/s counts every token the engine's forwards processed (generated and prompt), at the linear "
-          "layers' 2 x weights FLOPs per token; x upstream compares generated tokens per second; floor: the "
-          "seconds the model's linear layers alone need for the engine's forwards (floor % = share of the "
-          "engine's time; the rest is attention, sampling and bookkeeping).")
+          "layers' 2 x weights FLOPs per token; x upstream compares generated tokens per second with the "
+          "upstream-style loop on torch's kernel (the released code's), x same with that loop on the row's "
+          "kernel; mm2048 is torch's default kernel; floor: the seconds the model's linear layers alone "
+          "(on the row's kernel) need for the engine's forwards (floor % = share of the engine's time; the "
+          "rest is attention, sampling and bookkeeping).")
 
 
 def run_engine_timed(model, tok, convs, rounds, tokens, runs, probe_tokens):

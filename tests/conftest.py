@@ -49,6 +49,25 @@ def tiny_model(tiny_model_dir):
     return model, tok
 
 
+@pytest.fixture(scope="session", params=["torch", "onednn"])
+def tiny_model_each_kernel(request, tiny_model_dir):
+    """The tiny float32 model with each linear kernel ``model.linear_kernel`` may give it: torch's
+    own, and oneDNN's (what ``auto`` picks for the embedded model on an x86 CPU; skipped where
+    torch lacks it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personadrift.generation.linear_kernels import onednn_available, set_linear_kernel
+
+    if request.param == "onednn" and not onednn_available():
+        pytest.skip("this torch build has no oneDNN linear")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    used = set_linear_kernel(model, request.param)
+    assert used == request.param
+    return model, tok
+
+
 @pytest.fixture(scope="session", params=["float32", "bfloat16"])
 def tiny_model_each_dtype(request, tiny_model_dir):
     """The tiny model in each dtype the default config may resolve to (``bfloat16_if_native``)."""

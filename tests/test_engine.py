@@ -19,19 +19,21 @@ def engine(tiny_model, **kw):
 
 
 @pytest.mark.parametrize("sampling", [Sampling(do_sample=False, max_new_tokens=10), Sampling(max_new_tokens=10)])
-def test_batched_equals_one_at_a_time(tiny_model, sampling):
+def test_batched_equals_one_at_a_time(tiny_model_each_kernel, sampling):
+    model = tiny_model_each_kernel
     reqs = [GenRequest(convo(i), seed=i, key=f"c{i}") for i in range(4)]
-    batched = engine(tiny_model, sampling=sampling).generate(reqs)
-    single = [engine(tiny_model, sampling=sampling).generate([r])[0] for r in reqs]
+    batched = engine(model, sampling=sampling).generate(reqs)
+    single = [engine(model, sampling=sampling).generate([r])[0] for r in reqs]
     assert batched == single
 
 
-def test_reply_depends_only_on_its_seed_not_on_batch_mates(tiny_model):
+def test_reply_depends_only_on_its_seed_not_on_batch_mates(tiny_model_each_kernel):
+    model = tiny_model_each_kernel
     r = GenRequest(convo(1), seed=7)
-    alone = engine(tiny_model).generate([r])[0]
-    with_others = engine(tiny_model).generate([GenRequest(convo(0), seed=1), r, GenRequest(convo(2), seed=2)])[1]
+    alone = engine(model).generate([r])[0]
+    with_others = engine(model).generate([GenRequest(convo(0), seed=1), r, GenRequest(convo(2), seed=2)])[1]
     assert alone == with_others
-    other_seed = engine(tiny_model).generate([GenRequest(convo(1), seed=8, n=1)])[0]
+    other_seed = engine(model).generate([GenRequest(convo(1), seed=8, n=1)])[0]
     assert other_seed != alone
 
 
@@ -239,7 +241,8 @@ class _Shape:
 
 
 @pytest.mark.parametrize("size", [1, 7, 48])
-def test_engine_row_is_the_same_alone_and_beside_flat_or_peaked_rows(tiny_model, size):
+def test_engine_row_is_the_same_alone_and_beside_flat_or_peaked_rows(tiny_model_each_kernel, size):
+    tiny_model = tiny_model_each_kernel
     model, tok = tiny_model
     n = 12
     s = Sampling(max_new_tokens=n, min_new_tokens=n, top_p=0.9)  # no row ends early: rows keep their places

@@ -181,6 +181,9 @@ class LoadedModel:
         out = {k: m[k] for k in keys if k in m}
         out["weights_sha256"] = {k: v.get("sha256") for k, v in m.get("files", {}).items()}
         out["dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        from personadrift.generation.linear_kernels import linear_kernel_of
+
+        out["linear_kernel"] = linear_kernel_of(self.model)
         return out
 
 
@@ -235,9 +238,12 @@ def verify_manifest(model_dir: str | Path) -> dict:
 
 
 def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
-    """Load a fetched model (after checking its files) with the spec's dtype and device map."""
+    """Load a fetched model (after checking its files) with the spec's dtype, device map and
+    linear kernel (``generation/linear_kernels.py``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personadrift.generation.linear_kernels import KernelUnavailable, set_linear_kernel
 
     spec = spec or {}
     manifest = verify_manifest(model_dir)
@@ -250,4 +256,8 @@ def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
     model = AutoModelForCausalLM.from_pretrained(weights, **kwargs).eval()
     if not spec.get("device_map") and torch.cuda.is_available():
         model = model.to("cuda")
+    try:
+        set_linear_kernel(model, spec.get("linear_kernel", "auto"))
+    except KernelUnavailable as e:
+        raise InputError("config", "model.linear_kernel", f"onednn: {e}; use auto or torch") from None
     return LoadedModel(model=model, tokenizer=tok, manifest=manifest)

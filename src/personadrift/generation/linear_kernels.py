@@ -1,0 +1,103 @@
+"""Which matrix-multiply kernel the model's linear layers use on a CPU (``model.linear_kernel``).
+
+On x86 CPUs torch runs a float32 ``nn.Linear`` on MKL's sgemm. At the batch sizes of a self-chat
+(one row per conversation and step: 12 to 128 rows) oneDNN's matmul is faster on the same
+weights: all linear layers of SmolLM2-135M at 12 rows took 66 ms against MKL's 80, at 36 rows 91
+against 119-130 on 2 threads, and the engine ran about 1.25x faster on 2 threads and 1.05x on 1
+(measured side by side; README, Benchmarks). Both are float32 with float32 accumulation: outputs
+agree within a few 1e-6 of each other and of a float64 product.
+
+``onednn`` switches every float32 ``nn.Linear`` on the CPU to :class:`OneDNNLinear` (the same
+module, same parameters, so tied embeddings stay tied; only ``forward`` calls oneDNN) after
+checking, on one of the model's own layers, that oneDNN agrees with torch's kernel (it is an
+error if it is missing or disagrees). ``auto`` does the same where oneDNN is there, agrees, and
+the layers are at least ``AUTO_MIN_WIDTH`` wide: on narrower layers (the test suite's tiny
+models) oneDNN's per-call cost made it slower than MKL, down to half MKL's speed at one row
+(measured at widths 128-2048, 1 and 2 threads). Layers on a GPU or in another dtype always keep
+torch's kernel; no model class is changed. ``torch`` keeps torch's kernel everywhere. The kernel
+in use is recorded in provenance and in the self-chat checkpoint fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+
+import torch
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("auto", "onednn", "torch")
+AUTO_MIN_WIDTH = 512  # narrowest layer input for which ``auto`` picks oneDNN
+ONEDNN = "onednn"
+TORCH = "torch"
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's dense linear op (x86 CPU builds do)."""
+    return (platform.machine().lower() in ("x86_64", "amd64")
+            and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+class OneDNNLinear(torch.nn.Linear):
+    """``nn.Linear`` whose float32 CPU forward runs on oneDNN (anything else: torch's kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
+                or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+            return super().forward(x)  # the oneDNN op has no autograd; training uses torch's kernel
+        return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
+
+
+def _linears(model) -> list[torch.nn.Linear]:
+    return [m for m in model.modules() if type(m) in (torch.nn.Linear, OneDNNLinear)]
+
+
+def _eligible(m: torch.nn.Linear) -> bool:
+    return m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+
+
+def _agrees(layer: torch.nn.Linear) -> bool:
+    """oneDNN and torch's kernel give the same product on this layer within float32 rounding."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, layer.in_features, generator=g)
+    with torch.no_grad():
+        ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        got = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    scale = float(ref.abs().max()) or 1.0
+    return got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-4 * scale
+
+
+class KernelUnavailable(RuntimeError):
+    """``onednn`` was asked for where torch has no oneDNN linear, or where it disagrees with torch's."""
+
+
+def set_linear_kernel(model, kernel: str = "auto") -> str:
+    """Switch the model's linear layers to ``kernel`` ("auto", "onednn" or "torch"); returns the
+    kernel now in use by its float32 CPU layers: "onednn" or "torch"."""
+    if kernel not in KERNELS:
+        raise ValueError(f"linear kernel must be one of {KERNELS}, not {kernel!r}")
+    layers = _linears(model)
+    eligible = [m for m in layers if _eligible(m)]
+    use_onednn = False
+    if kernel == "onednn":
+        if not onednn_available():
+            raise KernelUnavailable("this torch build has no oneDNN linear (x86 CPU builds have it)")
+        if eligible and not _agrees(eligible[0]):
+            raise KernelUnavailable("oneDNN's linear disagrees with torch's on this machine")
+        use_onednn = bool(eligible)
+    elif kernel == "auto" and eligible and onednn_available():
+        if min(m.in_features for m in eligible) >= AUTO_MIN_WIDTH:
+            use_onednn = _agrees(eligible[0])
+            if not use_onednn:
+                log.warning("oneDNN's linear disagrees with torch's on this machine: keeping torch's kernel")
+    for m in layers:
+        m.__class__ = OneDNNLinear if use_onednn and _eligible(m) else torch.nn.Linear
+    return ONEDNN if use_onednn else TORCH
+
+
+def linear_kernel_of(model) -> str:
+    """The kernel the model's linear layers use now ("onednn" if any layer was switched)."""
+    return ONEDNN if any(type(m) is OneDNNLinear for m in model.modules()) else TORCH
