@@ -27,7 +27,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="a model folder fetched by the workflow (manifest.json), a Hugging Face folder, "
                         "or a folder holding --gguf-file (default: the tiny model, built in a temp dir)")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model-dir, if any")
-    p.add_argument("--linear-kernel", default="auto", choices=["auto", "torch"],
+    from personadrift.generation.linear_kernels import KERNELS
+
+    p.add_argument("--linear-kernel", default="auto", choices=KERNELS,
                    help="the model's linear-layer kernel, as model.linear_kernel (default: auto, the config's)")
 
 
@@ -38,7 +40,7 @@ def load(args, **tiny_kwargs):
     from personadrift.generation.linear_kernels import set_linear_kernel
 
     d = args.model_dir
-    kernel = getattr(args, "linear_kernel", "auto")
+    kernel = args.linear_kernel
     if d and (Path(d) / "manifest.json").exists():
         from personadrift.generation.models import load_model
 

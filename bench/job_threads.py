@@ -42,7 +42,8 @@ def one_job(args) -> None:
 
 def launch(args, threads: int, copies: int) -> float:
     """Start ``copies`` workers together; the sum of their rates."""
-    cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--rounds", str(args.rounds)]
+    cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--rounds", str(args.rounds),
+           "--linear-kernel", args.linear_kernel]
     if args.model_dir:
         cmd += ["--model-dir", args.model_dir]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(copies)]

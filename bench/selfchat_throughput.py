@@ -147,7 +147,7 @@ def main():
     # and, if the engine's kernel differs, with that kernel too (the engine's gain without it)
     upstream = {}
     for k in dict.fromkeys(["torch", kernel]):
-        set_linear_kernel(model, "torch" if k == "torch" else "auto")
+        set_linear_kernel(model, k)
         t = time.perf_counter()
         n = run_upstream(model, tok, convs[:n_up], args.rounds, args.tokens, args.runs, args.probe_tokens)
         upstream[k] = n / (time.perf_counter() - t)
@@ -158,7 +158,7 @@ def main():
     if kernel != "torch":  # the engine at the default shard with torch's kernel: the kernel's share
         rows.append((default, "torch"))
     for size, k in rows:
-        set_linear_kernel(model, "torch" if k == "torch" else "auto")
+        set_linear_kernel(model, k)
         # measured just before and after each run (the best of both): load on a shared machine drifts
         mm = matmul_rate(2048, 2048, 2048)
         eng, dt, shapes = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs,

@@ -40,6 +40,11 @@ def onednn_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` on oneDNN's dense matmul (no fused activation)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
 class OneDNNLinear(torch.nn.Linear):
     """``nn.Linear`` whose float32 CPU forward runs on oneDNN (anything else: torch's kernel)."""
 
@@ -48,7 +53,7 @@ class OneDNNLinear(torch.nn.Linear):
         if (x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
                 or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
             return super().forward(x)  # the oneDNN op has no autograd; training uses torch's kernel
-        return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
+        return _onednn_linear(x, w, self.bias)
 
 
 def _linears(model) -> list[torch.nn.Linear]:
@@ -65,7 +70,7 @@ def _agrees(layer: torch.nn.Linear) -> bool:
     x = torch.randn(5, layer.in_features, generator=g)
     with torch.no_grad():
         ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
-        got = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+        got = _onednn_linear(x, layer.weight, layer.bias)
     scale = float(ref.abs().max()) or 1.0
     return got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-4 * scale
 
