@@ -128,6 +128,58 @@ def test_interventions_keep_batched_equal_to_unbatched(tiny_model, intervention)
     assert batched == single
 
 
+def test_prefill_groups_are_the_cheapest_partition():
+    """Checked against every partition of the length-sorted units into consecutive groups."""
+    import itertools
+    import random
+
+    from personadrift.generation.engine import prefill_groups
+
+    def cost(groups, lengths, rows, fwd):
+        return sum(fwd + sum(rows[u] for u in g) * max(lengths[u] for u in g) for g in groups)
+
+    rnd = random.Random(0)
+    for _ in range(200):
+        n = rnd.randint(1, 7)
+        lengths = [rnd.choice([3, 10, 20, 21, 40, 90]) for _ in range(n)]
+        rows = [rnd.choice([1, 1, 2]) for _ in range(n)]
+        fwd = rnd.choice([0, 16, 64, 500])
+        groups = prefill_groups(lengths, rows, fwd)
+        assert sorted(u for g in groups for u in g) == list(range(n))
+        order = sorted(range(n), key=lambda u: (lengths[u], u))
+        best = min(
+            cost([order[a:b] for a, b in zip((0,) + cuts, cuts + (n,))], lengths, rows, fwd)
+            for k in range(n)
+            for cuts in itertools.combinations(range(1, n), k)
+        )
+        assert cost(groups, lengths, rows, fwd) == best
+    assert prefill_groups([30] * 5, [1] * 5) == [[0, 1, 2, 3, 4]]  # nothing to save: one forward
+    assert len(prefill_groups([20] * 24 + [40] * 12, [1] * 36)) == 2  # a round's probes beside user turns
+
+
+@pytest.mark.parametrize("intervention", [Intervention(), Intervention(split_k=0.5), Intervention(guidance_scale=2.0)])
+def test_a_prefill_split_by_length_changes_no_reply(tiny_model, intervention):
+    """Requests of very different prompt lengths prefill in separate forwards, then decode as one
+    batch (``prefill_groups``): each reply equals the reply it gets alone, interventions included."""
+    s = Sampling(max_new_tokens=8)
+
+    def req(i):
+        msgs = convo(i * 9)  # 0, 9, 18, ... extra words: prompt lengths far apart
+        return GenRequest(msgs, seed=i, key=f"c{i}", intervene=True, negative_messages=msgs[1:])
+
+    eng = engine(tiny_model, sampling=s, intervention=intervention)
+    eng.prefill_forward_tokens = 0  # split wherever it saves padding
+    batched = eng.generate([req(i) for i in range(4)])
+    assert eng.stats.forward_calls > 8  # more than one prefill forward before the 7 decode steps
+    single = [engine(tiny_model, sampling=s, intervention=intervention).generate([req(i)])[0] for i in range(4)]
+    assert batched == single
+    follow = [GenRequest(r.messages + [{"role": "assistant", "content": t[0]}, {"role": "user", "content": "More."}],
+                         seed=9, key=r.key) for r, t in zip([req(i) for i in range(4)], batched)]
+    again = engine(tiny_model, sampling=s, intervention=intervention)
+    again.generate([req(i) for i in range(4)])
+    assert eng.generate(follow) == again.generate(follow)  # the stored prefixes are the same too
+
+
 def test_complete_reports_prompt_length_new_tokens_and_finish_reason(tiny_model):
     """``complete`` returns what ``generate`` returns, plus counts a reader can check."""
     eng = engine(tiny_model, sampling=Sampling(max_new_tokens=6))
@@ -225,13 +277,17 @@ def test_uniform_draws_are_a_pure_function_of_seed_and_step():
 
 class _Shape:
     """A forward hook on the output layer that flattens or sharpens chosen batch rows' logits
-    (stand-ins for batch-mates whose next-token distribution is flat or peaked)."""
+    (stand-ins for batch-mates whose next-token distribution is flat or peaked). Forwards over
+    fewer rows than ``size`` (a prefill split by length, ``engine.prefill_groups``) are left
+    alone: their row numbers are not the batch's."""
 
-    def __init__(self, model, flat=(), peaked=()):
-        self.flat, self.peaked = list(flat), list(peaked)
+    def __init__(self, model, flat=(), peaked=(), size=None):
+        self.flat, self.peaked, self.size = list(flat), list(peaked), size
         self.handle = model.lm_head.register_forward_hook(self)
 
     def __call__(self, module, args, out):
+        if self.size is not None and out.shape[0] != self.size:
+            return out
         out = out.clone()
         if self.flat:
             out[self.flat] = 0.0
@@ -264,7 +320,7 @@ def test_engine_row_is_the_same_alone_and_beside_flat_or_peaked_rows(tiny_model_
         reqs = list(others)
         reqs[where] = target
         mates = [i for i in range(size) if i != where]
-        got = run(reqs, **{kind: mates})
+        got = run(reqs, size=size, **{kind: mates})
         assert got[where] == alone, (kind, size)
 
 

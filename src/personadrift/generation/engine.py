@@ -74,6 +74,36 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+# An extra prefill forward costs about as much as this many more token positions in one (its
+# weights are streamed once more and small matmuls run below the CPU's rate): splitting a
+# prefill by length pays when it saves more padding than that (bench/selfchat_throughput.py).
+PREFILL_FORWARD_TOKENS = 64
+
+
+def prefill_groups(new_tokens: list[int], rows: list[int], forward_tokens: int = PREFILL_FORWARD_TOKENS) -> list[list[int]]:
+    """Units (requests: ``rows[u]`` rows of ``new_tokens[u]`` new tokens each) grouped into
+    prefill forwards so that the positions computed, padding included, plus
+    ``forward_tokens`` per forward, are fewest: units sorted by length, cut where it pays
+    (exact, by dynamic programming over the cut points)."""
+    order = sorted(range(len(new_tokens)), key=lambda u: (new_tokens[u], u))
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[i]: cost of the first i units in sorted order
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        longest = new_tokens[order[i - 1]]
+        size = 0
+        for j in range(i, 0, -1):  # the last group is order[j - 1 : i]
+            size += rows[order[j - 1]]
+            cost = best[j - 1] + forward_tokens + size * longest
+            if cost < best[i]:
+                best[i], cut[i] = cost, j - 1
+    groups, i = [], n
+    while i > 0:
+        groups.append(order[cut[i] : i])
+        i = cut[i]
+    return groups[::-1]
+
+
 class HFEngine:
     """Batched, cache-reusing generation on one Hugging Face causal LM."""
 
@@ -96,6 +126,7 @@ class HFEngine:
         self.max_batch = max_batch
         self.progress = progress  # a tqdm bar per generate call of several batches (rule logs)
         self.nucleus_candidates = NUCLEUS_CANDIDATES  # top tokens sorted before the full-sort fallback
+        self.prefill_forward_tokens = PREFILL_FORWARD_TOKENS  # see prefill_groups
         # Cached prefixes live in host memory: a 70B model's KV for 50 dialogs of 4k tokens
         # would not fit beside the weights on the GPU; they are copied over per turn.
         self.prefix_device = torch.device("cpu")
@@ -322,8 +353,30 @@ class HFEngine:
                 intervene.append(False)
                 partner.append(-2)  # marks an unconditional row
                 partner[-2] = len(rows) - 1
-        batch = _Batch.build(self, rows, intervene, partner, reserve)
-        batch.forward_prefill()
+        # a request's rows (a guided pair) prefill together; rows of very different new-token
+        # counts prefill in separate forwards (a forward costs rows x its longest row), then
+        # decode as one batch. Only when generating: scoring keeps its one forward.
+        units, start = [], 0
+        for r in requests:
+            k = 2 if self._guided(r) else 1
+            units.append(list(range(start, start + k)))
+            start += k
+        new_tokens = [max(len(rows[i].target) - rows[i].reuse for i in u) for u in units]
+        groups = (prefill_groups(new_tokens, [len(u) for u in units], self.prefill_forward_tokens) if expand
+                  else [list(range(len(units)))])
+        if len(groups) == 1:
+            batch = _Batch.build(self, rows, intervene, partner, reserve)
+            batch.forward_prefill()
+        else:
+            parts = []
+            for g in groups:
+                idx = [i for u in g for i in units[u]]
+                local = {old: new for new, old in enumerate(idx)}
+                part = _Batch.build(self, [rows[i] for i in idx], [intervene[i] for i in idx],
+                                    [local[partner[i]] if partner[i] >= 0 else partner[i] for i in idx], reserve)
+                part.forward_prefill()
+                parts.append((idx, part))
+            batch = _Batch.merge(self, parts, rows, partner, reserve)
         if expand:
             sizes = []
             for r in requests:
@@ -491,6 +544,26 @@ class _BufferLayer(DynamicLayer):
         self.buf_k, self.buf_v = k, v
         self.keys, self.values = k[:, :, :n], v[:, :, :n]
 
+    @classmethod
+    def gather(cls, parts: list[tuple[list[int], _BufferLayer]], n: int, width: int, capacity: int) -> _BufferLayer:
+        """One layer of ``n`` rows from ``parts`` ((row indices, layer) each), each part's filled
+        columns right-aligned at ``width``; the columns before them are zeros (masked: zeros,
+        not the buffer's garbage, so a masked score is never NaN)."""
+        ref = parts[0][1]
+        layer = cls(capacity=capacity)
+        layer.lazy_initialization(ref.buf_k, ref.buf_v)
+        layer.buf_k = ref.buf_k.new_empty((n, ref.buf_k.shape[1], capacity, ref.buf_k.shape[3]))
+        layer.buf_v = ref.buf_v.new_empty((n, ref.buf_v.shape[1], capacity, ref.buf_v.shape[3]))
+        for idx, part in parts:
+            i = torch.tensor(idx, dtype=torch.long, device=ref.buf_k.device)
+            a = width - part.length
+            for buf, src in ((layer.buf_k, part.buf_k), (layer.buf_v, part.buf_v)):
+                buf[i, :, :a] = 0
+                buf[i, :, a:width] = src[:, :, : part.length]
+        layer.length = width
+        layer.keys, layer.values = layer.buf_k[:, :, :width], layer.buf_v[:, :, :width]
+        return layer
+
 
 @dataclass
 class _PickPlan:
@@ -560,6 +633,40 @@ class _Batch:
                 self.cache.update(torch.stack(ks).to(dev), torch.stack(vs).to(dev), layer)
         self.slot_ids, self.mask, self.prompt, self.first = slot_ids, mask, prompt, first
         self.width, self.new_len = width, new_len  # width: columns filled so far
+        self.live = list(range(n))
+        return self
+
+    @classmethod
+    def merge(cls, engine: HFEngine, parts: list[tuple[list[int], _Batch]], rows: list[_Row],
+              partner: list[int], reserve: int = 0):
+        """One batch from separately prefilled ``parts`` ((row indices, batch) each): every row
+        back at its index, each part's columns right-aligned to the widest (left padding is
+        masked, as in ``build``), with room for ``reserve`` generated tokens per row."""
+        self = cls(engine)
+        n = len(rows)
+        width = max(p.width for _, p in parts)
+        cap = width + reserve
+        self.cache = Cache(layer_class_to_replicate=functools.partial(_BufferLayer, capacity=cap))
+        for layer in range(len(parts[0][1].cache.layers)):
+            self.cache.layers.append(
+                _BufferLayer.gather([(idx, p.cache.layers[layer]) for idx, p in parts], n, width, cap))
+        self.slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
+        self.mask = torch.zeros((n, cap), dtype=torch.long)
+        self.prompt = torch.zeros((n, width), dtype=torch.bool)
+        self.first = torch.zeros((n, width), dtype=torch.bool)
+        self.next_pos = torch.zeros(n, dtype=torch.long)
+        first_logits = parts[0][1].logits
+        self.logits = first_logits.new_empty((n,) + tuple(first_logits.shape[1:]))
+        for idx, p in parts:
+            i, a = torch.tensor(idx, dtype=torch.long), width - p.width
+            self.slot_ids[i, a:width] = p.slot_ids[:, : p.width]
+            self.mask[i, a:width] = p.mask[:, : p.width]
+            self.prompt[i, a:] = p.prompt
+            self.first[i, a:] = p.first
+            self.next_pos[i] = p.next_pos
+            self.logits[i.to(self.logits.device)] = p.logits
+        self.rows, self.partner = rows, partner
+        self.width, self.new_len = width, 0
         self.live = list(range(n))
         return self
 
