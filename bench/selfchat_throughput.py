@@ -145,15 +145,18 @@ def main():
     run_engine(model, tok, convs[:2], 1, 4, 1, 4)  # warm-up (allocator, kernels)
     # the upstream-style loop as the released code runs it: stock transformers, torch's kernel;
     # and, if the engine's kernel differs, with that kernel too (the engine's gain without it)
-    upstream = {}
+    upstream, upstream_mm = {}, {}
     for k in dict.fromkeys(["torch", kernel]):
         set_linear_kernel(model, k)
+        mm = matmul_rate(2048, 2048, 2048)
         t = time.perf_counter()
         n = run_upstream(model, tok, convs[:n_up], args.rounds, args.tokens, args.runs, args.probe_tokens)
         upstream[k] = n / (time.perf_counter() - t)
-        print(f"upstream-style ({n_up} conversations, one at a time, {k} linears): {upstream[k]:.1f} tokens/s")
-    print(f"{'shard':>5} {'linears':>7} {'tokens/s':>9} {'x upstream':>10} {'x same':>6} {'GFLOP/s':>8} {'mm2048':>8} "
-          f"{'% of it':>7} {'time s':>7} {'floor s':>7} {'floor %':>7}")
+        upstream_mm[k] = max(mm, matmul_rate(2048, 2048, 2048))
+        print(f"upstream-style ({n_up} conversations, one at a time, {k} linears): {upstream[k]:.1f} tokens/s "
+              f"(matmul {upstream_mm[k]:.1f} GFLOP/s around it)")
+    print(f"{'shard':>5} {'linears':>7} {'tokens/s':>9} {'x upstream':>10} {'x same':>6} {'x per mm':>8} {'GFLOP/s':>8} "
+          f"{'mm2048':>8} {'% of it':>7} {'time s':>7} {'floor s':>7} {'floor %':>7}")
     rows = [(size, kernel) for size in sizes]
     if kernel != "torch":  # the engine at the default shard with torch's kernel: the kernel's share
         rows.append((default, "torch"))
@@ -167,12 +170,16 @@ def main():
         floor = linear_floor(model, shapes)
         gen = eng.stats.generated_tokens / dt
         rate = (eng.stats.generated_tokens + eng.stats.prompt_tokens) * flops / dt / 1e9
-        print(f"{size:>5} {k:>7} {gen:>9.1f} {gen / upstream['torch']:>9.1f}x {gen / upstream[k]:>5.1f}x {rate:>8.1f} "
+        per_mm = (gen / mm) / (upstream["torch"] / upstream_mm["torch"])
+        print(f"{size:>5} {k:>7} {gen:>9.1f} {gen / upstream['torch']:>9.1f}x {gen / upstream[k]:>5.1f}x {per_mm:>7.1f}x {rate:>8.1f} "
               f"{mm:>8.1f} {100 * rate / mm:>6.0f}% {dt:>7.1f} {floor:>7.1f} {100 * floor / dt:>6.0f}%")
     print("GFLOP/s counts every token the engine's forwards processed (generated and prompt), at the linear "
           "layers' 2 x weights FLOPs per token; x upstream compares generated tokens per second with the "
           "upstream-style loop on torch's kernel (the released code's), x same with that loop on the row's "
-          "kernel; mm2048 is torch's default kernel; floor: the seconds the model's linear layers alone "
+          "kernel; x per mm is x upstream with each side's tokens per second divided by the matmul rate "
+          "measured around it (this machine's speed drifts by a quarter within minutes, and the loops do not "
+          "run at the same moment); mm2048 is torch's default kernel; floor: the seconds the model's linear "
+          "layers alone "
           "(on the row's kernel) need for the engine's forwards (floor % = share of the engine's time; the "
           "rest is attention, sampling and bookkeeping).")
 
