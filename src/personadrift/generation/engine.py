@@ -650,6 +650,8 @@ class _Batch:
         for layer in range(len(parts[0][1].cache.layers)):
             self.cache.layers.append(
                 _BufferLayer.gather([(idx, p.cache.layers[layer]) for idx, p in parts], n, width, cap))
+            for _, p in parts:  # free each part's layer once copied: the peak stays one layer above the batch
+                p.cache.layers[layer] = None
         self.slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
         self.mask = torch.zeros((n, cap), dtype=torch.long)
         self.prompt = torch.zeros((n, width), dtype=torch.bool)
