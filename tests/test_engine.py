@@ -277,17 +277,13 @@ def test_uniform_draws_are_a_pure_function_of_seed_and_step():
 
 class _Shape:
     """A forward hook on the output layer that flattens or sharpens chosen batch rows' logits
-    (stand-ins for batch-mates whose next-token distribution is flat or peaked). Forwards over
-    fewer rows than ``size`` (a prefill split by length, ``engine.prefill_groups``) are left
-    alone: their row numbers are not the batch's."""
+    (stand-ins for batch-mates whose next-token distribution is flat or peaked)."""
 
-    def __init__(self, model, flat=(), peaked=(), size=None):
-        self.flat, self.peaked, self.size = list(flat), list(peaked), size
+    def __init__(self, model, flat=(), peaked=()):
+        self.flat, self.peaked = list(flat), list(peaked)
         self.handle = model.lm_head.register_forward_hook(self)
 
     def __call__(self, module, args, out):
-        if self.size is not None and out.shape[0] != self.size:
-            return out
         out = out.clone()
         if self.flat:
             out[self.flat] = 0.0
@@ -306,6 +302,7 @@ def test_engine_row_is_the_same_alone_and_beside_flat_or_peaked_rows(tiny_model_
     def run(requests, **shape):
         eng = engine(tiny_model, sampling=s)
         eng.nucleus_candidates = 16  # small enough that flat rows take the full-sort path
+        eng.prefill_forward_tokens = 10**9  # one prefill forward: the hook's row numbers are the batch's
         hook = _Shape(model, **shape)
         try:
             return eng.generate(requests)
@@ -320,7 +317,7 @@ def test_engine_row_is_the_same_alone_and_beside_flat_or_peaked_rows(tiny_model_
         reqs = list(others)
         reqs[where] = target
         mates = [i for i in range(size) if i != where]
-        got = run(reqs, size=size, **{kind: mates})
+        got = run(reqs, **{kind: mates})
         assert got[where] == alone, (kind, size)
 
 

@@ -353,18 +353,18 @@ class HFEngine:
                 intervene.append(False)
                 partner.append(-2)  # marks an unconditional row
                 partner[-2] = len(rows) - 1
-        # a request's rows (a guided pair) prefill together; rows of very different new-token
-        # counts prefill in separate forwards (a forward costs rows x its longest row), then
-        # decode as one batch. Only when generating: scoring keeps its one forward.
-        units, start = [], 0
-        for r in requests:
-            k = 2 if self._guided(r) else 1
-            units.append(list(range(start, start + k)))
-            start += k
-        new_tokens = [max(len(rows[i].target) - rows[i].reuse for i in u) for u in units]
-        groups = (prefill_groups(new_tokens, [len(u) for u in units], self.prefill_forward_tokens) if expand
-                  else [list(range(len(units)))])
-        if len(groups) == 1:
+        # Generating: rows of very different new-token counts prefill in separate forwards (a
+        # forward costs rows x its longest row), then decode as one batch; a request's rows (a
+        # guided pair) stay together. Scoring keeps its one forward.
+        groups = None
+        if expand:
+            units = []  # row indices of each request
+            for r in requests:
+                start = units[-1][-1] + 1 if units else 0
+                units.append(list(range(start, start + (2 if self._guided(r) else 1))))
+            new_tokens = [max(len(rows[i].target) - rows[i].reuse for i in u) for u in units]
+            groups = prefill_groups(new_tokens, [len(u) for u in units], self.prefill_forward_tokens)
+        if groups is None or len(groups) == 1:
             batch = _Batch.build(self, rows, intervene, partner, reserve)
             batch.forward_prefill()
         else:
