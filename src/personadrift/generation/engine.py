@@ -340,8 +340,10 @@ class HFEngine:
         rows: list[_Row] = []
         intervene: list[bool] = []
         partner: list[int] = []  # index of the unconditional row, or -1
+        units: list[list[int]] = []  # the row indices of each request
         for r in requests:
             guided = self._guided(r)
+            first = len(rows)
             if expand and r.persist and r.n > 1:
                 raise ValueError("a persisted request must ask for one sample")
             rows.append(self._make_row(r.messages, r.key, r.persist and expand))
@@ -353,15 +355,12 @@ class HFEngine:
                 intervene.append(False)
                 partner.append(-2)  # marks an unconditional row
                 partner[-2] = len(rows) - 1
+            units.append(list(range(first, len(rows))))
         # Generating: rows of very different new-token counts prefill in separate forwards (a
         # forward costs rows x its longest row), then decode as one batch; a request's rows (a
         # guided pair) stay together. Scoring keeps its one forward.
         groups = None
         if expand:
-            units = []  # row indices of each request
-            for r in requests:
-                start = units[-1][-1] + 1 if units else 0
-                units.append(list(range(start, start + (2 if self._guided(r) else 1))))
             new_tokens = [max(len(rows[i].target) - rows[i].reuse for i in u) for u in units]
             groups = prefill_groups(new_tokens, [len(u) for u in units], self.prefill_forward_tokens)
         if groups is None or len(groups) == 1:
@@ -378,10 +377,7 @@ class HFEngine:
                 parts.append((idx, part))
             batch = _Batch.merge(self, parts, rows, partner, reserve)
         if expand:
-            sizes = []
-            for r in requests:
-                sizes += [r.n] * (2 if self._guided(r) else 1)
-            batch.expand(sizes)
+            batch.expand([r.n for r, u in zip(requests, units) for _ in u])
         return batch
 
     def _guided_logprobs(self, batch: _Batch) -> torch.Tensor:
