@@ -9,9 +9,15 @@ Both run in one process, on the same model, the same conversations and the same 
   from the cached prefix, a round's probes in one batched call with the next user turn (the
   workflow's schedule).
 
-Prints tokens per second of each and their ratio at shard sizes 8, 32 and 128 (the engine on the
-model's configured linear kernel, ``--linear-kernel``; the upstream-style loop on torch's, as the
-released code runs, and on the engine's kernel too, so the kernel's share is visible; one more
+The ratio at the default shard is measured side by side: ``--pairs`` upstream-style runs (torch's
+linear kernel, as the released code runs) alternate with engine runs, each between two of them,
+and each pair's ratio takes the mean of its two engine runs, so a steady drift of the machine's
+speed (a quarter within minutes on the project machine) cancels out in each pair; the
+median, the range and the pooled ratio are printed, with the matmul rate measured around every run.
+
+Then prints tokens per second and the ratio at shard sizes 8, 32 and 128 (the engine on the
+model's configured linear kernel, ``--linear-kernel``; against the pooled upstream-style runs and
+one more on the engine's kernel, so the kernel's share is visible; one more
 row runs the engine at the default shard on torch's kernel), the fraction
 of the machine's matmul rate the engine reaches (a 2048x2048 float32 matmul measured in the same
 run), and the engine's *linear floor*: the time the model's linear layers alone take for exactly
@@ -27,7 +33,10 @@ python bench/selfchat_throughput.py [--model-dir resources/models/smollm2-135m-i
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+from dataclasses import dataclass
 
 import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
@@ -45,6 +54,48 @@ TOPICS = ["Is remote work better than office work?", "Should cities ban cars?", 
           "Is breakfast the most important meal?", "Should homework be abolished?", "Is social media good for us?",
           "Are e-books better than paper books?", "Should everyone learn to cook?"]
 PROBE = "What do you like to do on weekends?"
+
+
+@dataclass
+class Run:
+    """One timed run: generated tokens, seconds, the matmul rate measured just before and after it
+    (the machine's speed drifts: printed beside every rate), and what the run returned."""
+
+    tokens: int
+    seconds: float
+    mm_before: float
+    mm_after: float
+    result: object
+
+    @classmethod
+    def timed(cls, fn) -> Run:
+        """Run ``fn``: it returns generated tokens, or (engine, seconds, shapes) from ``run_engine_timed``."""
+        before = matmul_rate(2048, 2048, 2048)
+        t = time.perf_counter()
+        result = fn()
+        dt = time.perf_counter() - t
+        if isinstance(result, tuple):
+            eng, dt, _ = result
+            tokens = eng.stats.generated_tokens
+        else:
+            tokens = result
+        return cls(tokens, dt, before, matmul_rate(2048, 2048, 2048), result)
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def mm(self) -> float:
+        return max(self.mm_before, self.mm_after)
+
+    @property
+    def mm_text(self) -> str:
+        return f"{self.mm_before:.0f}-{self.mm_after:.0f}"
+
+    @staticmethod
+    def pooled(runs: list[Run]) -> float:
+        return sum(r.tokens for r in runs) / sum(r.seconds for r in runs)
 
 
 def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=False):
@@ -112,10 +163,12 @@ def default_selfchat() -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap)
-    ap.add_argument("--shard-sizes", default="8,32,128", help="conversations advanced together by the engine")
-    ap.add_argument("--upstream-conversations", type=int, default=None,
-                    help="conversations for the upstream-style loop (default: the default shard size); its "
-                         "rate does not depend on how many there are, it handles one at a time")
+    ap.add_argument("--shard-sizes", default="8,12,32,128", help="conversations advanced together by the engine")
+    ap.add_argument("--upstream-conversations", type=int, default=2,
+                    help="conversations of each upstream-style run (its rate does not depend on how many: "
+                         "it handles one at a time); each pair runs other ones")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="upstream-style runs at the default shard, each between two engine runs")
     sc = default_selfchat()
     ap.add_argument("--rounds", type=int, default=sc["turns"] // 2, help="default: the default config's")
     ap.add_argument("--tokens", type=int, default=sc["max_new_tokens"], help="reply tokens (default config's)")
@@ -127,13 +180,14 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="weights and activations of both loops (FLOPs are compared with float32 matmul rates)")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it is measured, also into a file
     torch.set_num_threads(args.threads)
     model, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
     model = model.to(getattr(torch, args.dtype))
     kernel = set_linear_kernel(model, args.linear_kernel)  # after the dtype: oneDNN is float32 only
     sizes = [int(x) for x in args.shard_sizes.split(",")]
     default = int(sc["shard_size"])
-    n_up = args.upstream_conversations or default
+    n_up = args.upstream_conversations
     flops = model_flops_per_token(model)
     print(f"model={name} ({flops / 1e9:.3f} GFLOP/token in linear layers) rounds={args.rounds} "
           f"tokens/reply={args.tokens} probe answers={args.runs}x{args.probe_tokens} tokens threads={args.threads} default shard={default} "
@@ -141,44 +195,69 @@ def main():
     ref = matmul_rate(2048, 2048, 2048)
     print(f"machine: 2048x2048 float32 matmul {ref:.1f} GFLOP/s")
 
-    convs = [TOPICS[i % len(TOPICS)] for i in range(max(sizes + [n_up]))]
+    n_conv = max(sizes + [default, n_up * args.pairs])
+    convs = [TOPICS[i % len(TOPICS)] for i in range(n_conv)]
     run_engine(model, tok, convs[:2], 1, 4, 1, 4)  # warm-up (allocator, kernels)
-    # the upstream-style loop as the released code runs it: stock transformers, torch's kernel;
-    # and, if the engine's kernel differs, with that kernel too (the engine's gain without it)
-    upstream, upstream_mm = {}, {}
-    for k in dict.fromkeys(["torch", kernel]):
+
+    def engine_run(size: int, k: str) -> Run:
         set_linear_kernel(model, k)
-        mm = matmul_rate(2048, 2048, 2048)
-        t = time.perf_counter()
-        n = run_upstream(model, tok, convs[:n_up], args.rounds, args.tokens, args.runs, args.probe_tokens)
-        upstream[k] = n / (time.perf_counter() - t)
-        upstream_mm[k] = max(mm, matmul_rate(2048, 2048, 2048))
-        print(f"upstream-style ({n_up} conversations, one at a time, {k} linears): {upstream[k]:.1f} tokens/s "
-              f"(matmul {upstream_mm[k]:.1f} GFLOP/s around it)")
-    print(f"{'shard':>5} {'linears':>7} {'tokens/s':>9} {'x upstream':>10} {'x same':>6} {'x per mm':>8} {'GFLOP/s':>8} "
+        return Run.timed(lambda: run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs,
+                                                  args.probe_tokens))
+
+    def upstream_run(first: int, k: str) -> Run:
+        set_linear_kernel(model, k)
+        return Run.timed(lambda: run_upstream(model, tok, convs[first:first + n_up], args.rounds, args.tokens,
+                                              args.runs, args.probe_tokens))
+
+    # The ratio at the default shard, side by side: upstream-style runs (torch's kernel, as the released
+    # code runs) alternate with engine runs, each between two of them, so a drift of the machine's speed
+    # (a quarter within minutes here) slows both sides of a pair alike instead of biasing the ratio.
+    engine = [engine_run(default, kernel)]
+    upstream = []
+    for i in range(args.pairs):
+        upstream.append(upstream_run(i * n_up, "torch"))
+        engine.append(engine_run(default, kernel))
+    ratios = []
+    print(f"side by side at the default shard ({default} conversations, engine on {kernel}'s kernel; upstream-style "
+          f"loop over {n_up} conversations, one at a time, torch's kernel), alternated:")
+    for i, u in enumerate(upstream):
+        before, after = engine[i], engine[i + 1]
+        ratio = (before.rate + after.rate) / 2 / u.rate
+        ratios.append(ratio)
+        print(f"  pair {i + 1}: engine {before.rate:.1f} tokens/s before (matmul {before.mm_text}), upstream-style "
+              f"{u.rate:.1f} (matmul {u.mm_text}), engine {after.rate:.1f} after (matmul {after.mm_text}): "
+              f"{ratio:.1f}x")
+    up_rate = Run.pooled(upstream)
+    eng_rate = Run.pooled(engine)
+    print(f"  ratio {statistics.median(ratios):.1f}x (median of {len(ratios)} pairs, range "
+          f"{min(ratios):.1f}-{max(ratios):.1f}x); pooled: engine {eng_rate:.1f} tokens/s over {len(engine)} runs, "
+          f"upstream-style {up_rate:.1f} over {len(upstream)}, {eng_rate / up_rate:.1f}x")
+    up_same = up_rate
+    if kernel != "torch":  # the upstream-style loop on the engine's kernel: the kernel's share of the ratio
+        u = upstream_run(0, kernel)
+        up_same = u.rate
+        print(f"upstream-style on {kernel}'s kernel (one run, {n_up} conversations): {u.rate:.1f} tokens/s "
+              f"(matmul {u.mm_text})")
+
+    print(f"{'shard':>5} {'linears':>7} {'tokens/s':>9} {'x upstream':>10} {'x same':>6} {'GFLOP/s':>8} "
           f"{'mm2048':>8} {'% of it':>7} {'time s':>7} {'floor s':>7} {'floor %':>7}")
     rows = [(size, kernel) for size in sizes]
     if kernel != "torch":  # the engine at the default shard with torch's kernel: the kernel's share
         rows.append((default, "torch"))
     for size, k in rows:
-        set_linear_kernel(model, k)
-        # measured just before and after each run (the best of both): load on a shared machine drifts
-        mm = matmul_rate(2048, 2048, 2048)
-        eng, dt, shapes = run_engine_timed(model, tok, convs[:size], args.rounds, args.tokens, args.runs,
-                                           args.probe_tokens)
-        mm = max(mm, matmul_rate(2048, 2048, 2048))
+        run = engine[-1] if (size, k) == (default, kernel) else engine_run(size, k)
+        eng, dt, shapes = run.result
         floor = linear_floor(model, shapes)
         gen = eng.stats.generated_tokens / dt
         rate = (eng.stats.generated_tokens + eng.stats.prompt_tokens) * flops / dt / 1e9
-        per_mm = (gen / mm) / (upstream["torch"] / upstream_mm["torch"])
-        print(f"{size:>5} {k:>7} {gen:>9.1f} {gen / upstream['torch']:>9.1f}x {gen / upstream[k]:>5.1f}x {per_mm:>7.1f}x {rate:>8.1f} "
-              f"{mm:>8.1f} {100 * rate / mm:>6.0f}% {dt:>7.1f} {floor:>7.1f} {100 * floor / dt:>6.0f}%")
+        same = up_same if k == kernel else up_rate
+        print(f"{size:>5} {k:>7} {gen:>9.1f} {gen / up_rate:>9.1f}x {gen / same:>5.1f}x {rate:>8.1f} "
+              f"{run.mm:>8.1f} {100 * rate / run.mm:>6.0f}% {dt:>7.1f} {floor:>7.1f} {100 * floor / dt:>6.0f}%")
     print("GFLOP/s counts every token the engine's forwards processed (generated and prompt), at the linear "
           "layers' 2 x weights FLOPs per token; x upstream compares generated tokens per second with the "
-          "upstream-style loop on torch's kernel (the released code's), x same with that loop on the row's "
-          "kernel; x per mm is x upstream with each side's tokens per second divided by the matmul rate "
-          "measured around it (this machine's speed drifts by a quarter within minutes, and the loops do not "
-          "run at the same moment); mm2048 is torch's default kernel; floor: the seconds the model's linear "
+          "pooled upstream-style runs on torch's kernel (the released code's), x same with that loop on the "
+          "row's kernel; the default shard's row is its last alternated run; mm2048: torch's default kernel, "
+          "the best of the rates measured just before and after the row; floor: the seconds the model's linear "
           "layers alone "
           "(on the row's kernel) need for the engine's forwards (floor % = share of the engine's time; the "
           "rest is attention, sampling and bookkeeping).")
