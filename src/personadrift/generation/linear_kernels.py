@@ -20,8 +20,9 @@ in use is recorded in provenance and in the self-chat checkpoint fingerprint.
 With oneDNN, sibling projections that read the same input (an attention block's ``q_proj``,
 ``k_proj``, ``v_proj``; a gated MLP's ``gate_proj``, ``up_proj``) run as one product over their
 stacked weights (:class:`GroupLeadLinear`): at a self-chat's small batches one wider product is
-faster than three narrow ones (q, k, v of SmolLM2 at 12 rows on 2 threads: 145 against 225 us;
-gate and up 376 against 429). The first member computes the whole product and hands each other
+faster than three narrow ones (measured once, side by side, on SmolLM2's shapes at 12 rows and
+2 threads: q, k, v 145 against 225 us; gate and up 376 against 429; on 1 thread 192 against 231
+and about even). The first member computes the whole product and hands each other
 member its slice for that very input tensor (:class:`GroupMemberLinear`); a member called with any
 other tensor, or while gradients are recorded, computes its own product. The members' weights
 become views into the stacked tensor: parameters, names and ``state_dict`` are unchanged.
