@@ -157,6 +157,9 @@ def test_sibling_projections_share_one_product_and_each_keeps_its_own_numbers(bi
         got = block(x)
         for r, g in zip(ref, got):
             assert g.shape == r.shape and torch.allclose(g, r, rtol=1e-5, atol=1e-5)
+        # one product per group: the members' outputs are slices of their lead's
+        storage = [t.untyped_storage().data_ptr() for t in got]
+        assert storage[0] == storage[1] == storage[2] != storage[3] == storage[4]
         # a member called with another tensor (equal values, not the same one) computes its own
         other = x.clone()
         block.q_proj(x)
@@ -178,6 +181,13 @@ def test_sibling_projections_share_one_product_and_each_keeps_its_own_numbers(bi
         assert torch.allclose(block.v_proj(x), torch.nn.functional.linear(x, block.v_proj.weight, block.v_proj.bias))
         block.v_proj.weight.sub_(1.0)
         block.q_proj(x)  # leaves slices for k and v, for the calls with gradients below not to take
+        # a group whose weight was replaced (not a view of the stack any more) computes layer by layer
+        block.k_proj.weight.data = block.k_proj.weight.data.clone()
+        q, k = block.q_proj(x), block.k_proj(x)
+        assert q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr()
+        block.k_proj.weight.add_(1.0)  # the replaced weight is the one used
+        k = block.k_proj(x)
+        assert torch.allclose(k, torch.nn.functional.linear(x, block.k_proj.weight, block.k_proj.bias))
     # with gradients recorded, every layer computes its own product and gets its own gradient
     block.train()
     sum(t.sum() for t in block(x)).backward()
@@ -216,5 +226,14 @@ def test_the_real_model_groups_every_layer_and_keeps_its_logits(embedded_model_d
         layers = model.config.num_hidden_layers
         assert sum(type(m) is GroupLeadLinear for m in model.modules()) == 2 * layers
         assert sum(type(m) is GroupMemberLinear for m in model.modules()) == 3 * layers
+        handed = []
+        member = next(m for m in model.modules() if type(m) is GroupMemberLinear)
+        hook = member.register_forward_hook(lambda m, args, out: handed.append(out.untyped_storage().data_ptr()))
+        lead_out = []
+        lead = next(m for m in model.modules() if type(m) is GroupLeadLinear)
+        hook2 = lead.register_forward_hook(lambda m, args, out: lead_out.append(out.untyped_storage().data_ptr()))
         got = model(ids).logits
+        hook.remove()
+        hook2.remove()
+    assert handed == lead_out and len(handed) == 1  # the member took its slice of the lead's product
     assert torch.allclose(got, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))

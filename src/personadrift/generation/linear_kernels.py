@@ -24,7 +24,9 @@ faster than three narrow ones (measured once, side by side, on SmolLM2's shapes 
 2 threads: q, k, v 145 against 225 us; gate and up 376 against 429; on 1 thread 192 against 231
 and about even). The first member computes the whole product and hands each other
 member its slice for that very input tensor (:class:`GroupMemberLinear`); a member called with any
-other tensor, or while gradients are recorded, computes its own product. The members' weights
+other tensor, after its weights changed in place, or while gradients are recorded, computes its
+own product, and a group whose weights were replaced (not views of the stack any more) computes
+layer by layer. The members' weights
 become views into the stacked tensor: parameters, names and ``state_dict`` are unchanged.
 """
 
@@ -82,22 +84,29 @@ class GroupLeadLinear(OneDNNLinear):
     group_sizes: list[int]
     members: list[GroupMemberLinear]
 
+    group_ptrs: list[int]  # where each layer's weight starts in the stack
+
+    def _intact(self) -> bool:
+        """Every layer's weight is still its view of the stack (not replaced, e.g. ``.data = ...``)."""
+        layers = (self, *self.members)
+        return all(m.weight.data_ptr() == p for m, p in zip(layers, self.group_ptrs))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _onednn_applies(x, self.weight):
+        if not (_onednn_applies(x, self.weight) and self._intact()):
             for member in self.members:  # nothing from an earlier call may be taken for this one
                 member.handed = None
             return super().forward(x)
         own, *rest = _onednn_linear(x, self.group_weight, self.group_bias).split(self.group_sizes, dim=-1)
-        version = self.group_weight._version  # shared with the members' weight views
         for member, y in zip(self.members, rest):
-            member.handed = (x, y, version)
+            # a parameter's version counter is its own (not its base's): a member's in-place edit shows there
+            member.handed = (x, y, member.weight._version)
         return own
 
 
 class GroupMemberLinear(OneDNNLinear):
     """A sibling projection after the first: returns the slice the first computed for this very
-    input tensor (identity, not equality) with these very weights (not changed in place since),
-    else its own product. A slice is taken at most once."""
+    input tensor (identity, not equality) with its weights as they are now (not changed in place
+    since), else its own product. A slice is taken at most once."""
 
     handed: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
@@ -109,7 +118,7 @@ class GroupMemberLinear(OneDNNLinear):
 
 
 _KERNEL_CLASSES = (torch.nn.Linear, OneDNNLinear, GroupLeadLinear, GroupMemberLinear)
-_GROUP_ATTRS = ("group_weight", "group_bias", "group_sizes", "members", "handed")
+_GROUP_ATTRS = ("group_weight", "group_bias", "group_sizes", "group_ptrs", "members", "handed")
 
 
 def _linears(model) -> list[torch.nn.Linear]:
@@ -150,6 +159,7 @@ def _group(layers: list[torch.nn.Linear]) -> None:
     lead.__class__ = GroupLeadLinear
     lead.group_weight, lead.group_bias = weight, bias
     lead.group_sizes = [m.out_features for m in layers]
+    lead.group_ptrs = [m.weight.data_ptr() for m in layers]
     lead.members = members
     for m in members:
         m.__class__ = GroupMemberLinear
