@@ -31,3 +31,4 @@ def test_throughput_bench_alternates_the_loops_and_reports_their_ratio():
     assert abs(median - statistics.median(ratio)) <= 0.051
     for shard in (2, 3):
         assert re.search(rf"^\s+{shard}\s+torch\s+{RATE}\s+{RATE}x\s+{RATE}x .*%$", out, re.M), out
+
