@@ -15,10 +15,11 @@ and each pair's ratio takes the mean of its two engine runs, so a steady drift o
 speed (a quarter within minutes on the project machine) cancels out in each pair; the
 median, the range and the pooled ratio are printed, with the matmul rate measured around every run.
 
-Then prints tokens per second and the ratio at shard sizes 8, 32 and 128 (the engine on the
+Then prints tokens per second and the ratio at each of ``--shard-sizes`` (8, 12, 32 and 128; the
+default shard's row is its last alternated run, not another one), the engine on the
 model's configured linear kernel, ``--linear-kernel``; against the pooled upstream-style runs and
-one more on the engine's kernel, so the kernel's share is visible; one more
-row runs the engine at the default shard on torch's kernel), the fraction
+one more on the engine's kernel, so the kernel's share is visible (one more
+row runs the engine at the default shard on torch's kernel); the fraction
 of the machine's matmul rate the engine reaches (a 2048x2048 float32 matmul measured in the same
 run), and the engine's *linear floor*: the time the model's linear layers alone take for exactly
 the forwards the engine ran (every forward's rows recorded, then all linear layers run once per
@@ -180,6 +181,8 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="weights and activations of both loops (FLOPs are compared with float32 matmul rates)")
     args = ap.parse_args()
+    if args.pairs < 1 or args.upstream_conversations < 1:
+        ap.error("--pairs and --upstream-conversations must be at least 1: the ratio needs an upstream-style run")
     sys.stdout.reconfigure(line_buffering=True)  # each line as it is measured, also into a file
     torch.set_num_threads(args.threads)
     model, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
