@@ -117,3 +117,56 @@ def test_load_model_uses_and_records_the_configured_kernel(tiny_model_dir, tmp_p
 def test_the_embedded_model_runs_on_onednn_by_default_where_torch_has_it(embedded_model):
     model, _ = embedded_model
     assert linear_kernel_of(model) == ("onednn" if onednn_available() else "torch")
+
+
+@needs_onednn
+def test_a_switched_layer_packs_its_weight_once_and_again_when_the_weight_changes():
+    g = torch.Generator().manual_seed(1)
+    layer = torch.nn.Linear(64, 96).eval()
+    layer.__class__ = OneDNNLinear
+    x = torch.randn(12, 64, generator=g)
+    with torch.no_grad():
+        first = layer(x)
+        pack = layer.__dict__["_onednn_pack"]
+        packed = pack.weight
+        assert packed is not None and packed.is_mkldnn  # oneDNN's blocked copy, not the parameter
+        assert torch.equal(layer(x), first) and pack.weight is packed  # reused, not packed per call
+        layer.weight.mul_(2.0)  # in place through the parameter: seen by its version counter
+        assert pack.weight is packed  # nothing repacks until the next forward
+        assert torch.allclose(layer(x), 2 * first - layer.bias, rtol=1e-5, atol=1e-5)
+        assert pack.weight is not packed
+        layer.weight = torch.nn.Parameter(torch.zeros(96, 64))  # a new parameter: new storage
+        assert torch.allclose(layer(x), layer.bias.expand(12, 96))
+
+
+@needs_onednn
+def test_one_row_keeps_the_plain_weight_and_more_rows_agree_with_it():
+    from personadrift.generation.linear_kernels import _onednn_linear
+
+    g = torch.Generator().manual_seed(2)
+    layer = torch.nn.Linear(576, 192).eval()
+    layer.__class__ = OneDNNLinear
+    with torch.no_grad():
+        one = torch.randn(1, 576, generator=g)
+        assert torch.equal(layer(one), _onednn_linear(one, layer.weight, layer.bias))
+        assert "_onednn_pack" not in layer.__dict__  # no pack made for one row
+        for rows in (2, 12, 36, 130):
+            x = torch.randn(rows, 576, generator=g)
+            assert torch.allclose(layer(x), _onednn_linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_a_packed_model_copies_and_switches_back_cleanly(tiny_model_dir):
+    import copy
+
+    model = fresh_tiny(tiny_model_dir)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 2], [3, 4, 5, 6, 7, 8, 9]])
+    set_linear_kernel(model, "onednn")
+    with torch.no_grad():
+        ref = model(ids).logits  # packs every layer
+    assert all("_onednn_pack" in m.__dict__ for m in model.modules() if type(m) is OneDNNLinear)
+    twin = copy.deepcopy(model)  # oneDNN's packed tensors cannot be copied: the copy packs its own
+    with torch.no_grad():
+        assert torch.equal(twin(ids).logits, ref)
+    set_linear_kernel(model, "torch")
+    assert not any("_onednn_pack" in m.__dict__ for m in model.modules())  # packs freed
