@@ -10,9 +10,10 @@ agree within a few 1e-6 of each other and of a float64 product.
 Weights are handed to oneDNN pre-packed: given a plain ``[out, in]`` weight, oneDNN reorders it
 into its blocked layout on every call, which at these batch sizes cost as much as the product
 itself. Each layer keeps one packed copy of its weight (made at its first forward, made again
-when the weight is replaced or changed in place through the parameter), so every linear layer of
-SmolLM2-135M at 12 rows took 52 ms instead of 94 on one thread and 45-55 instead of 74 on two, at
-36 rows 112 instead of 145 on one (``bench/selfchat_throughput.py`` measures the engine's gain).
+when the weight is replaced or changed in place through the parameter). ``bench/linear_packing.py``
+compares the two side by side: all linear layers of SmolLM2-135M once at 12 rows took 62 ms
+instead of 106 on one thread, at 36 rows 122 instead of 164, and the engine at the default shard
+ran 1.17x faster (README, Benchmarks).
 On the project machine the packed and the plain weight give bitwise the same product from two rows
 up and differ in the last bits at one row; one row therefore keeps the plain weight, so every
 product, and so every transcript, is what it was before packing. The price is memory: one more
