@@ -170,3 +170,14 @@ def test_a_packed_model_copies_and_switches_back_cleanly(tiny_model_dir):
         assert torch.equal(twin(ids).logits, ref)
     set_linear_kernel(model, "torch")
     assert not any("_onednn_pack" in m.__dict__ for m in model.modules())  # packs freed
+
+
+@needs_onednn
+def test_a_layer_made_under_inference_mode_runs_on_packed_weights():
+    with torch.inference_mode():  # its weight is an inference tensor: no version counter to read
+        layer = torch.nn.Linear(64, 96).eval()
+        x = torch.randn(12, 64)
+        ref = layer(x)
+        layer.__class__ = OneDNNLinear
+        assert torch.allclose(layer(x), ref, rtol=1e-5, atol=1e-5)
+        assert layer.__dict__["_onednn_pack"].weight is not None

@@ -73,8 +73,9 @@ class _Pack:
     def of(self, w: torch.Tensor) -> torch.Tensor:
         # Storage, in-place version and shape: a replaced weight (``model.to``, a new parameter)
         # or one changed in place through the parameter (``load_state_dict``) is packed again.
-        # An edit through ``weight.data`` bypasses the version counter: call set_linear_kernel after one.
-        source = (w.data_ptr(), w._version, tuple(w.shape))
+        # An edit through ``weight.data``, or of a weight made under ``torch.inference_mode`` (which
+        # has no version counter), is not seen: call set_linear_kernel after one.
+        source = (w.data_ptr(), None if w.is_inference() else w._version, tuple(w.shape))
         if source != self.source:
             with torch.no_grad():
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS_HINT)
