@@ -8,16 +8,16 @@ against 119-130 on 2 threads, and the engine ran about 1.25x faster on 2 threads
 agree within a few 1e-6 of each other and of a float64 product.
 
 Weights are handed to oneDNN pre-packed: given a plain ``[out, in]`` weight, oneDNN reorders it
-into its blocked layout on every call, which at these batch sizes cost as much as the product
-itself. Each layer keeps one packed copy of its weight (made at its first forward, made again
-when the weight is replaced or changed in place through the parameter). ``bench/linear_packing.py``
-compares the two side by side: all linear layers of SmolLM2-135M once at 12 rows took 62 ms
-instead of 106 on one thread, at 36 rows 122 instead of 164, and the engine at the default shard
-ran 1.17x faster (README, Benchmarks).
-On the project machine the packed and the plain weight give bitwise the same product from two rows
-up and differ in the last bits at one row; one row therefore keeps the plain weight, so every
-product, and so every transcript, is what it was before packing. The price is memory: one more
-float32 copy of the linear weights (540 MB for SmolLM2-135M) while the model runs on oneDNN.
+into its blocked layout on every call, which at these batch sizes cost nearly as much as the
+product itself. Each layer keeps one packed copy of its weight (made at its first forward, made
+again when the weight is replaced or changed in place through the parameter).
+``bench/linear_packing.py`` compares the two side by side: all linear layers of SmolLM2-135M once
+at 12 rows took 62 ms instead of 106 on one thread, at 36 rows 122 instead of 164, and the engine
+at the default shard ran 1.17x faster (README, Benchmarks). On the project machine the packed and
+the plain weight give bitwise the same product from two rows up and differ in the last bits at one
+row; one row therefore keeps the plain weight, so every product, and so every transcript, is what
+it was before packing. The price is memory: one more float32 copy of the linear weights (540 MB for
+SmolLM2-135M) while the model runs on oneDNN.
 
 ``onednn`` switches every float32 ``nn.Linear`` on the CPU to :class:`OneDNNLinear` (the same
 module, same parameters, so tied embeddings stay tied; only ``forward`` calls oneDNN) after
@@ -52,7 +52,9 @@ def onednn_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-PACK_ROWS_HINT = 16  # the batch size oneDNN picks its weight layout for (8-128 measured alike)
+# The batch size oneDNN picks the packed layout for: hints of 8 to 128 gave times within each
+# other's noise at 4 to 1,024 rows (one scratch measurement, 1 and 2 threads, not kept).
+PACK_ROWS_HINT = 16
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
