@@ -8,8 +8,8 @@ Measured in one run, at ``--threads``:
   ``--rows``: milliseconds with the plain and with the packed weights (the best of ``--repeats``
   alternated timings), their ratio, and whether the two products are bitwise equal (one row keeps
   the plain weight in ``OneDNNLinear``, so that row compares what packing would have given);
-* the engine on the default study's self-chat schedule at the default shard (as
-  ``selfchat_throughput.py`` runs it), ``--pairs`` alternated runs with plain and with packed
+* the engine at the default shard exactly as ``selfchat_throughput.py`` runs it (the workflow's
+  schedule, every reply its full length), ``--pairs`` alternated runs with plain and with packed
   weights: generated tokens per second, each pair's ratio, and whether the texts are the same;
 * the machine's 2048x2048 float32 matmul rate before and after.
 
@@ -28,12 +28,9 @@ import time
 import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
 from _common import add_model_args, load, matmul_rate  # noqa: E402  (bench/ is on sys.path)
-from selfchat_throughput import AGENT, PROBE, TOPICS, USER, default_selfchat
+from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
 from personadrift.generation import linear_kernels
-from personadrift.generation.api import GenRequest, Sampling
-from personadrift.generation.dialog import agent_messages, probe_messages, user_messages
-from personadrift.generation.engine import HFEngine
 
 
 @contextlib.contextmanager
@@ -66,28 +63,14 @@ def layer_stack(model, rows: int, repeats: int) -> tuple[float, float, bool]:
     return 1e3 * best["plain"], 1e3 * best["packed"], equal
 
 
-def selfchat(model, tok, conversations: int, rounds: int, sc: dict) -> tuple[list[str], int, float]:
-    """(texts, generated tokens, seconds): the workflow's schedule with natural reply lengths."""
-    eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=sc["max_new_tokens"]), max_batch=256)
-    hist = [[TOPICS[i % len(TOPICS)]] for i in range(conversations)]
+def selfchat(model, tok, convs: list[str], args, sc: dict) -> tuple[list[str], int, float]:
+    """(texts, generated tokens, seconds) of the throughput benchmark's engine run (its schedule
+    and reply lengths)."""
     texts: list[str] = []
-    probes: list[GenRequest] = []
     t = time.perf_counter()
-    for r in range(1, rounds + 1):
-        if r > 1:
-            users = [GenRequest(user_messages(USER, h), seed=i, key=f"{i}/u") for i, h in enumerate(hist)]
-            out = eng.generate(probes + users)
-            texts += [x for o in out for x in o]
-            for h, o in zip(hist, out[len(probes):]):
-                h.append(o[0])
-        out = eng.generate([GenRequest(agent_messages(AGENT, h), seed=i, key=f"{i}/a") for i, h in enumerate(hist)])
-        texts += [o[0] for o in out]
-        for h, o in zip(hist, out):
-            h.append(o[0])
-        probes = [GenRequest(probe_messages(AGENT, h, PROBE), seed=i, key=f"{i}/a", n=2,
-                             persist=False, max_new_tokens=sc["probe_max_new_tokens"]) for i, h in enumerate(hist)]
-    texts += [x for o in eng.generate(probes) for x in o]
-    return texts, eng.stats.generated_tokens, time.perf_counter() - t
+    n = run_engine(model, tok, convs, args.rounds, sc["max_new_tokens"], 2 * sc.get("runs", 1),
+                   sc["probe_max_new_tokens"], texts=texts)
+    return texts, n, time.perf_counter() - t
 
 
 def main():
@@ -119,12 +102,13 @@ def main():
         print(f"{rows:>5} {plain:>9.1f} {packed:>9.1f} {plain / packed:>5.2f}x {'yes' if equal else 'no':>13}")
 
     print(f"engine, {args.conversations} conversations x {args.rounds} rounds (default schedule), alternated:")
-    selfchat(model, tok, 2, 1, sc)  # warm-up: allocator, kernels, packs
+    convs = [TOPICS[i % len(TOPICS)] for i in range(args.conversations)]
+    run_engine(model, tok, convs[:2], 1, 4, 1, 4)  # warm-up: allocator, kernels, packs
     ratios, same = [], True
     for i in range(args.pairs):
         with plain_weights():
-            texts_plain, n_plain, s_plain = selfchat(model, tok, args.conversations, args.rounds, sc)
-        texts_packed, n_packed, s_packed = selfchat(model, tok, args.conversations, args.rounds, sc)
+            texts_plain, n_plain, s_plain = selfchat(model, tok, convs, args, sc)
+        texts_packed, n_packed, s_packed = selfchat(model, tok, convs, args, sc)
         same = same and texts_plain == texts_packed
         ratios.append((n_packed / s_packed) / (n_plain / s_plain))
         print(f"  pair {i + 1}: plain {n_plain / s_plain:.1f} tokens/s, packed {n_packed / s_packed:.1f}: "

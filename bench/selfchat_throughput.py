@@ -99,24 +99,27 @@ class Run:
         return sum(r.tokens for r in runs) / sum(r.seconds for r in runs)
 
 
-def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=False):
+def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=False, texts=None):
     """The workflow's schedule (``ShardRun.run``): a round's probes share a call with the next
-    round's user turn; agent turns run alone."""
+    round's user turn; agent turns run alone. Every reply is appended to ``texts`` if given."""
     eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens), max_batch=256)
     hist = [[t] for t in convs]
+    replies = texts if texts is not None else []
     probes: list[GenRequest] = []
     for r in range(1, rounds + 1):
         if r > 1:
             users = [GenRequest(user_messages(USER, h), seed=i, key=f"{i}/u") for i, h in enumerate(hist)]
-            out = eng.generate(probes + users)[len(probes):]
-            for h, o in zip(hist, out):
+            out = eng.generate(probes + users)
+            replies += [x for o in out for x in o]
+            for h, o in zip(hist, out[len(probes):]):
                 h.append(o[0])
         out = eng.generate([GenRequest(agent_messages(AGENT, h), seed=i, key=f"{i}/a") for i, h in enumerate(hist)])
+        replies += [o[0] for o in out]
         for h, o in zip(hist, out):
             h.append(o[0])
         probes = [GenRequest(probe_messages(AGENT, h, PROBE), seed=i, key=f"{i}/a", n=runs, persist=False,
                              max_new_tokens=probe_tokens) for i, h in enumerate(hist)]
-    eng.generate(probes)
+    replies += [x for o in eng.generate(probes) for x in o]
     return eng if return_engine else eng.stats.generated_tokens
 
 

@@ -33,7 +33,6 @@ def test_throughput_bench_alternates_the_loops_and_reports_their_ratio():
         assert re.search(rf"^\s+{shard}\s+torch\s+{RATE}\s+{RATE}x\s+{RATE}x .*%$", out, re.M), out
 
 
-
 def test_packing_bench_compares_plain_and_packed_weights_side_by_side():
     from personadrift.generation.linear_kernels import onednn_available
 

@@ -12,8 +12,8 @@ into its blocked layout on every call, which at these batch sizes cost nearly as
 product itself. Each layer keeps one packed copy of its weight (made at its first forward, made
 again when the weight is replaced or changed in place through the parameter).
 ``bench/linear_packing.py`` compares the two side by side: all linear layers of SmolLM2-135M once
-at 12 rows took 62 ms instead of 106 on one thread, at 36 rows 122 instead of 164, and the engine
-at the default shard ran 1.17x faster (README, Benchmarks). On the project machine the packed and
+at 12 rows took 50 ms instead of 88 on one thread, at 36 rows 113 instead of 150, and the engine
+at the default shard ran 1.21x faster (README, Benchmarks). On the project machine the packed and
 the plain weight give bitwise the same product from two rows up and differ in the last bits at one
 row; one row therefore keeps the plain weight, so every product, and so every transcript, is what
 it was before packing. The price is memory: one more float32 copy of the linear weights (540 MB for
