@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,14 +52,13 @@ def hardware() -> dict:
     info = {"machine": platform.machine(), "python": platform.python_version(), "host": platform.node()}
     # which scheduler job and which GPUs it was given, when there is one
     info.update({k: os.environ[k] for k in SCHEDULER_VARS if k in os.environ})
-    try:
-        import torch
-
+    # Only a job that loaded torch has threads and devices worth recording; importing it here
+    # would add seconds to every table and figure job (its version is in package_versions).
+    torch = sys.modules.get("torch")
+    if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        pass
     return info
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from personadrift.generation.chat import ChatFormat
 from personadrift.generation.dialog import agent_messages
@@ -42,6 +41,8 @@ def token_speakers(chat: ChatFormat, messages: list[dict]) -> tuple[list[int], l
 
 def record_conversation(model, chat: ChatFormat, record: dict) -> pd.DataFrame:
     """The tidy per-token table of one stored conversation."""
+    import torch  # here, not at the top: the table and figure jobs using this module need no torch
+
     from personadrift.attention.recorder import record_prompt_share
 
     msgs = agent_messages(record["agent"]["system_prompt"], record["history"])
