@@ -19,6 +19,7 @@ try:
         expand_settings,
         is_control,
         mitigation_settings,
+        mmlu_from_baseline,
     )
 except ImportError as exc:
     raise WorkflowError(
@@ -65,6 +66,14 @@ SETTINGS = [s.name for s in expand_settings(config["interventions"])]
 # self-chat and drift tables but no MMLU job and no row in the trade-off
 MITIGATION = [s.name for s in mitigation_settings(config["interventions"])]
 CONTROLS = [s.name for s in expand_settings(config["interventions"]) if is_control(s)]
+# MMLU: scored by a model job, or the baseline's scores (a method that leaves single-turn
+# prompts unchanged, e.g. repetition; rules/mitigation.smk)
+MMLU_COPIED = [
+    s.name
+    for s in mitigation_settings(config["interventions"])
+    if mmlu_from_baseline(s)
+]
+MMLU_SCORED = [s for s in MITIGATION if s not in MMLU_COPIED]
 SHARDS = list(
     range(
         n_shards(config["selfchat"]["conversations"], config["selfchat"]["shard_size"])
@@ -109,6 +118,11 @@ def config_subset(cfg, *keys):
 def config_provider(*keys):
     """Rule params: the ``keys`` of the config as JSON."""
     return json.dumps(config_subset(config, *keys), sort_keys=True)
+
+
+def one_of(names):
+    """A wildcard regex matching exactly ``names`` (none: a regex that matches nothing)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
 
 
 def setting_named(name):

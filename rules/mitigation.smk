@@ -5,6 +5,7 @@
 
 localrules:
     fetch_mmlu,
+    mmlu_from_baseline,
     tradeoff,
 
 
@@ -25,7 +26,9 @@ rule fetch_mmlu:
 
 
 # MMLU scores the model's own next-token log-probabilities, so it always runs on the HF
-# engine, also for a setting whose self-chat runs on an OpenAI-compatible server.
+# engine, also for a setting whose self-chat runs on an OpenAI-compatible server. Settings
+# whose method leaves a single-turn prompt unchanged (repetition) take the baseline's scores
+# (rule mmlu_from_baseline): the same prompts are not scored twice.
 rule mmlu:
     input:
         model=MODEL,
@@ -37,7 +40,7 @@ rule mmlu:
     benchmark:
         f"{BENCHMARKS}/mmlu/{{setting}}.tsv"
     wildcard_constraints:
-        setting="|".join(map(re.escape, MITIGATION)),
+        setting=one_of(MMLU_SCORED),
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]
@@ -50,6 +53,26 @@ rule mmlu:
         "pd mmlu --params {params.cfg:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule mmlu_from_baseline:
+    input:
+        expand(rules.mmlu.output[0], setting="none"),
+    output:
+        f"{R}/mmlu/{{setting}}.csv",
+    log:
+        f"{LOGS}/mmlu/{{setting}}.log",
+    benchmark:
+        f"{BENCHMARKS}/mmlu/{{setting}}.tsv"
+    wildcard_constraints:
+        setting=one_of(MMLU_COPIED),
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        cfg=setting_params("seed"),
+    shell:
+        "pd mmlu-from-baseline --params {params.cfg:q} --setting {wildcards.setting:q}"
+        " --baseline {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule tradeoff:

@@ -102,3 +102,18 @@ def test_window_drops_whole_rounds_and_both_views_still_alternate():
 def test_opening_wording_is_a_parameter():
     m = user_messages(None, H[:2], opening="Q=$topic A=$reply")
     assert m == [{"role": "user", "content": "Q=Topic? A=a1"}]
+
+
+@pytest.mark.parametrize("placement", ["system_message", "user_prefix"])
+def test_repetition_leaves_a_single_user_turn_as_the_baseline(placement):
+    """What lets the workflow copy the baseline's MMLU to repetition settings (one user turn)."""
+    from personadrift.generation.dialog import Repetition
+    from personadrift.interventions.settings import expand_settings, mmlu_from_baseline
+
+    assert agent_messages("P", ["question"], Repetition(every=1, placement=placement)) == agent_messages("P", ["question"])
+    settings = {s.name: s for s in expand_settings({
+        "none": {"method": "none"}, "control": {"method": "none", "user_persona": False},
+        "repeat": {"method": "repetition", "every": [1, 2]}, "split": {"method": "split_softmax", "k": [0.5]},
+        "cfg": {"method": "cfg", "guidance_scale": [1.5]}})}
+    copied = sorted(n for n, s in settings.items() if mmlu_from_baseline(s))
+    assert copied == ["repeat-every1", "repeat-every2"]

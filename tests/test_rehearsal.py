@@ -46,10 +46,12 @@ def snakemake(workdir, *args, timeout=3000):
 
 def test_rehearsal_dag_has_every_paper_setting(tmp_path):
     plan = snakemake(tmp_path, "figures/all", "-n")
-    lines = [x.split() for x in plan.splitlines() if x.split()[:1] and x.split()[0] in ("selfchat", "mmlu")]
+    rules = ("selfchat", "mmlu", "mmlu_from_baseline")
+    lines = [x.split() for x in plan.splitlines() if x.split()[:1] and x.split()[0] in rules]
     counts = {r[0]: int(r[1]) for r in lines if len(r) > 1 and r[1].isdigit()}
-    # 1 + 4 + 3 + 4 settings, one shard each, and the length-only control (self-chat only, no MMLU)
-    assert counts == {"selfchat": 13, "mmlu": 12}, plan[-2000:]
+    # 1 + 4 + 3 + 4 settings, one shard each, and the length-only control (self-chat only, no
+    # MMLU); the 3 repetition settings take the baseline's MMLU (single-turn prompts unchanged)
+    assert counts == {"selfchat": 13, "mmlu": 9, "mmlu_from_baseline": 3}, plan[-2000:]
 
 
 def check_rehearsal(work: Path, whole: bool = True) -> None:

@@ -181,3 +181,55 @@ def test_readme_make_figure_command_rebuilds_one_figure(smoke):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (smoke / "figures/drift_over_rounds.pdf").exists()
     assert "selfchat" not in proc.stdout + proc.stderr  # no model job: the figure is drawn from tables
+
+
+def test_repetition_takes_the_baselines_mmlu_without_a_model_job(smoke):
+    """Repetition leaves a single-turn prompt as the baseline runs it, so its MMLU table is the
+    baseline's rows under its own name (rule mmlu_from_baseline), with no model job of its own."""
+    import pandas as pd
+
+    res = smoke / "results/smoke/mmlu"
+    base, rep = pd.read_csv(res / "none.csv"), pd.read_csv(res / "repeat-every1.csv")
+    assert set(rep["setting"]) == {"repeat-every1"}
+    pd.testing.assert_frame_equal(base.drop(columns="setting"), rep.drop(columns="setting"))
+    prov = json.loads((res / "repeat-every1.csv.provenance.json").read_text())
+    assert prov["copied_from"].endswith("mmlu/none.csv") and prov["setting"]["method"] == "repetition"
+    assert prov["accuracy"] == json.loads((res / "none.csv.provenance.json").read_text())["accuracy"]
+    # the settings that change the prompt were scored by the model (their own timing recorded)
+    for name in ("none", "split-k0.5", "cfg-g1.5"):
+        assert "scoring_seconds" in json.loads((res / f"{name}.csv.provenance.json").read_text())
+
+
+def test_table_and_figure_steps_do_not_import_torch(smoke, tmp_path):
+    """A table or figure job pays no torch import (seconds per job on 2 cores, #16): the score,
+    drift-table, MMLU-copy and figure steps run on the smoke run's files in a fresh interpreter."""
+    res = smoke / "results/smoke"
+    cfg = str(REPO / "configs/smoke.yaml")
+    script = (
+        "import sys, json\n"
+        "from personadrift.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    assert main(argv) in (0, None), argv\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))\n"
+    )
+    runs = [
+        ["score", "--config", cfg, "--out", str(tmp_path / "s.csv"),
+         *map(str, sorted((res / "transcripts/none").glob("shard-*")))],
+        ["mmlu-from-baseline", "--config", cfg, "--setting", "repeat-every1",
+         "--baseline", str(res / "mmlu/none.csv"), "--out", str(tmp_path / "m.csv")],
+        ["figure", "drift_over_rounds", "--tables", *_figure_tables(smoke, "drift_over_rounds"),
+         "--out", str(tmp_path / "f.png")],
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([str(BIN / "python"), "-c", script, json.dumps(runs)], capture_output=True, text=True,
+                          env=env, cwd=smoke, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert (tmp_path / "s.csv").exists() and (tmp_path / "m.csv").exists() and (tmp_path / "f.png").exists()
+
+
+def _figure_tables(smoke, name):
+    """The tables figure ``name`` is drawn from, as the smoke run's manifest lists them."""
+    manifest = json.loads((smoke / "figures/all").read_text())
+    entry = next(e for e in manifest["figures"] if e["figure"] == f"figures/{name}.pdf")
+    return [str(smoke / t) for t in entry["tables"]]

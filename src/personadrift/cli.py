@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mmlu", required=True)
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("mmlu-from-baseline",
+                       help="MMLU of a setting that leaves single-turn prompts unchanged: the baseline's")
+    _add_config(p)
+    p.add_argument("--setting", required=True)
+    p.add_argument("--baseline", required=True, help="the baseline's MMLU table")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("tradeoff", help="stability and MMLU per setting, with paired differences")
     _add_config(p)
     p.add_argument("--scores", nargs="+", required=True)
@@ -209,6 +216,8 @@ def run(args) -> None:
     elif cmd == "mmlu":
         mitigation.mmlu_eval(config, setting_name=args.setting, model_dir=args.model_dir, mmlu_path=args.mmlu,
                         out_csv=args.out, threads=args.threads)
+    elif cmd == "mmlu-from-baseline":
+        mitigation.mmlu_from_baseline(config, setting_name=args.setting, baseline_csv=args.baseline, out_csv=args.out)
     elif cmd == "tradeoff":
         mitigation.tradeoff_tables(config, args.scores, args.mmlu, args.out, args.by_round)
     elif cmd == "example-dialog":

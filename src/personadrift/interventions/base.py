@@ -45,6 +45,10 @@ class Method:
     grid_item: ClassVar[dict] = {}  # JSON schema of one grid value
     grid_description: ClassVar[str] = ""
     options: ClassVar[dict] = {}  # method-specific keys besides the grid: key -> JSON schema with a default
+    # True: the method leaves a conversation of one system prompt and one user message (every
+    # MMLU question) exactly as the baseline runs it, so its MMLU scores are the baseline's and
+    # the workflow copies them rather than scoring the same prompts again.
+    single_turn_as_baseline: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ config
     def entry_schema(self) -> dict:

@@ -14,6 +14,7 @@ class PromptRepetition(Method):
     short = "every"
     grid_item = {"type": "integer", "minimum": 1}
     grid_description = "Re-insert the system prompt every n user turns."
+    single_turn_as_baseline = True  # the prompt is re-inserted from the second user turn on
     options = {"placement": {"enum": ["system_message", "user_prefix"], "default": "system_message",
                              "description": "How the prompt is re-inserted."}}
 

@@ -112,6 +112,12 @@ def mitigation_settings(interventions: dict) -> list[Setting]:
     return [s for s in expand_settings(interventions) if not is_control(s)]
 
 
+def mmlu_from_baseline(setting: Setting) -> bool:
+    """Whether ``setting``'s MMLU scores are the baseline's (its method leaves a single-turn
+    prompt unchanged, e.g. repetition): the workflow copies them instead of a model job."""
+    return setting.name != "none" and not is_control(setting) and setting.impl.single_turn_as_baseline
+
+
 def chosen_settings(interventions: dict) -> list[Setting]:
     """One setting per intervention family for the over-rounds figure: ``chosen`` or the grid's middle."""
     by_family: dict[str, list[Setting]] = {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from personadrift.errors import InputError
 from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.tables import read_table, write_table
 
@@ -61,8 +62,30 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
                                  "rendering of a one-letter reply), options shown",
                        "cloze": "log-likelihood of each option's text as the whole reply, per character, "
                                 "options not shown; p_correct renormalises the unnormalised sequence "
-                                "probabilities over the four"},
-                note="repetition cannot act on a single-turn prompt: it equals none here")
+                                "probabilities over the four"})
+
+
+def mmlu_from_baseline(config: dict, *, setting_name: str, baseline_csv, out_csv) -> None:
+    """The MMLU table of a setting whose method leaves a single-turn prompt as the baseline runs
+    it (``interventions.settings.mmlu_from_baseline``): the baseline's rows under this setting's
+    name, its provenance kept and the copy said, so the same prompts are not scored twice."""
+    from personadrift.interventions.settings import mmlu_from_baseline as from_baseline
+    from personadrift.interventions.settings import setting_by_name
+    from personadrift.storage import read_json
+
+    setting = setting_by_name(config["interventions"], setting_name)
+    if not from_baseline(setting):
+        raise InputError("config", f"interventions.{setting.family}.method",
+                         f"setting {setting.name!r} ({setting.method}) changes single-turn prompts: "
+                         "its MMLU must be scored (rule mmlu), not copied from the baseline")
+    df = read_table(baseline_csv)
+    df["setting"] = setting.name
+    baseline = read_json(str(baseline_csv) + ".provenance.json")
+    kept = {k: baseline[k] for k in ("model", "accuracy", "system_prompt", "forms") if k in baseline}
+    write_table(df, out_csv, **kept, setting=setting.describe(), copied_from=str(baseline_csv),
+                baseline_provenance=baseline,
+                note=f"{setting.method} leaves a prompt of one user turn as the baseline runs it (it acts "
+                     "from the second user turn on), so these are the baseline's scores under this name")
 
 
 def tradeoff_tables(config: dict, score_csvs: list, mmlu_csvs: list, out_tradeoff, out_rounds) -> None:
