@@ -58,3 +58,17 @@ def test_packing_bench_compares_plain_and_packed_weights_side_by_side():
     if bitwise[5]:
         assert "texts identical with plain and packed weights" in out, out
     assert len(re.findall(rf"matmul {RATE} GFLOP/s", out)) == 2
+
+
+def test_batch_height_bench_alternates_heights_and_reports_their_ratio():
+    cmd = [sys.executable, "bench/batch_height.py", "--heights", "2,3", "--rounds", "1", "--tokens", "3",
+           "--probe-tokens", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    runs = [(int(h), float(s)) for h, s in re.findall(rf"^height (\d+): {RATE} s per conversation$", out, re.M)]
+    assert [h for h, _ in runs] == [2, 3, 2], out  # the taller run between two runs of the reference
+    ref = statistics.mean(s for h, s in runs if h == 2)
+    ratio = float(re.search(rf"height 3 against 2: {RATE}x per conversation", out).group(1))
+    assert abs(ref / runs[1][1] - ratio) <= 0.006 + 0.01 * ratio
+    assert re.search(rf"matmul {RATE} GFLOP/s before", out) and re.search(rf"matmul {RATE} GFLOP/s after", out)
