@@ -670,3 +670,20 @@ def test_hf_letter_logprobs_batched_equals_unbatched(tiny_model):
     df = mmlu.evaluate(qs, system_prompt="You love playing tennis.", letter_logprobs=score)
     assert len(df) == 6 and set(df["letter_predicted"]) <= set("ABCD")
     assert np.isfinite(df[["logprob_A", "logprob_B", "logprob_C", "logprob_D"]].to_numpy()).all()
+
+
+def test_mmlu_from_baseline_refuses_a_setting_that_changes_single_turn_prompts(tmp_path):
+    """Split-softmax acts on a one-turn prompt: copying the baseline's MMLU to it would be wrong,
+    so the step stops with one line naming the key, and writes nothing."""
+    from support.workflow import REPO
+
+    baseline = tmp_path / "none.csv"
+    baseline.write_text("setting,index\nnone,0\n")
+    out = tmp_path / "split.csv"
+    proc = subprocess.run([sys.executable, "-m", "personadrift", "mmlu-from-baseline", "--config",
+                           str(REPO / "configs/smoke.yaml"), "--setting", "split-k0.5", "--baseline", str(baseline),
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("personadrift: error: ") and "Traceback" not in proc.stderr
+    assert "interventions.split.method" in proc.stderr and "split-k0.5" in proc.stderr
+    assert not out.exists()
