@@ -61,6 +61,13 @@ R = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 # wall time, memory and CPU of every job (Snakemake benchmark files): bench/timings.py reads them
 BENCHMARKS = f"benchmarks/{STUDY}"
+
+
+def one_of(names):
+    """A wildcard regex matching exactly ``names`` (none: a regex that matches nothing)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
 SETTINGS = [s.name for s in expand_settings(config["interventions"])]
 # the baseline and the interventions; controls (e.g. the length-only control) have a
 # self-chat and drift tables but no MMLU job and no row in the trade-off
@@ -82,7 +89,7 @@ SHARDS = list(
 
 
 wildcard_constraints:
-    setting="|".join(map(re.escape, SETTINGS)),
+    setting=one_of(SETTINGS),
     shard=r"\d+",
 
 
@@ -118,11 +125,6 @@ def config_subset(cfg, *keys):
 def config_provider(*keys):
     """Rule params: the ``keys`` of the config as JSON."""
     return json.dumps(config_subset(config, *keys), sort_keys=True)
-
-
-def one_of(names):
-    """A wildcard regex matching exactly ``names`` (none: a regex that matches nothing)."""
-    return "|".join(map(re.escape, names)) or "(?!)"
 
 
 def setting_named(name):
