@@ -115,7 +115,7 @@ def mitigation_settings(interventions: dict) -> list[Setting]:
 def mmlu_from_baseline(setting: Setting) -> bool:
     """Whether ``setting``'s MMLU scores are the baseline's (its method leaves a single-turn
     prompt unchanged, e.g. repetition): the workflow copies them instead of a model job."""
-    return setting.name != "none" and not is_control(setting) and setting.impl.single_turn_as_baseline
+    return setting.impl.single_turn_as_baseline  # False for method none: the baseline and controls
 
 
 def chosen_settings(interventions: dict) -> list[Setting]:

@@ -68,7 +68,8 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
 def mmlu_from_baseline(config: dict, *, setting_name: str, baseline_csv, out_csv) -> None:
     """The MMLU table of a setting whose method leaves a single-turn prompt as the baseline runs
     it (``interventions.settings.mmlu_from_baseline``): the baseline's rows under this setting's
-    name, its provenance kept and the copy said, so the same prompts are not scored twice."""
+    name, its model, accuracy, system prompt and forms kept and the copy said, so the same
+    prompts are not scored twice."""
     from personadrift.interventions.settings import mmlu_from_baseline as from_baseline
     from personadrift.interventions.settings import setting_by_name
     from personadrift.storage import read_json
@@ -83,9 +84,8 @@ def mmlu_from_baseline(config: dict, *, setting_name: str, baseline_csv, out_csv
     baseline = read_json(str(baseline_csv) + ".provenance.json")
     kept = {k: baseline[k] for k in ("model", "accuracy", "system_prompt", "forms") if k in baseline}
     write_table(df, out_csv, **kept, setting=setting.describe(), copied_from=str(baseline_csv),
-                baseline_provenance=baseline,
-                note=f"{setting.method} leaves a prompt of one user turn as the baseline runs it (it acts "
-                     "from the second user turn on), so these are the baseline's scores under this name")
+                note=f"{setting.method} leaves a prompt of one user turn as the baseline runs it, so these are "
+                     "the baseline's scores under this name")
 
 
 def tradeoff_tables(config: dict, score_csvs: list, mmlu_csvs: list, out_tradeoff, out_rounds) -> None:
