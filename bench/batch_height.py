@@ -12,7 +12,8 @@ height, with the machine's 2048x2048 float32 matmul rate before and after.
 
 The schedule is the throughput benchmark's (``selfchat_throughput.run_engine``: the workflow's
 merged schedule, replies of fixed length) in the default config's shape (rounds, reply and probe
-lengths, one probe sample a round).
+lengths, two probe answers a round: the agent's persona probe and the user-persona probe, each
+sampled ``runs`` times), as ``selfchat_throughput.py`` and ``job_threads.py`` run it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main() -> None:
     rounds = args.rounds or int(sc["turns"]) // 2
     tokens = args.tokens or int(sc["max_new_tokens"])
     probe_tokens = args.probe_tokens or int(sc["probe_max_new_tokens"])
-    samples = int(sc.get("runs", 1))
+    samples = 2 * int(sc.get("runs", 1))  # the two probes (persona kept, user persona adopted) x runs
     model, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
 
     def per_conversation(n: int) -> float:
@@ -59,7 +60,7 @@ def main() -> None:
     run_engine(model, tok, TOPICS[:2], 1, 4, 1, 4)  # warm-up
     rate = matmul_rate(2048, 2048, 2048)
     print(f"model {name}, {args.threads} thread(s), {rounds} rounds, {tokens}-token replies, "
-          f"{samples} probe answer(s) of {probe_tokens} tokens a round; matmul {rate:.1f} GFLOP/s before")
+          f"{samples} probe answers of {probe_tokens} tokens a round; matmul {rate:.1f} GFLOP/s before")
     first, runs = heights[0], {h: [] for h in heights}
     runs[first].append(per_conversation(first))
     print(f"height {first}: {runs[first][-1]:.4g} s per conversation", flush=True)
