@@ -16,9 +16,13 @@ def read_table(path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
+def provenance_path(path) -> Path:
+    """The provenance sidecar of a table written by :func:`write_table`."""
+    path = Path(path)
+    return path.with_name(path.name + ".provenance.json")
+
+
 def write_table(df: pd.DataFrame, path, **extra) -> None:
     """Write a table and its provenance sidecar (``<table>.provenance.json``)."""
-    path = Path(path)
-    atomic_write_text(path, df.to_csv(index=False))
-    atomic_write_json(path.with_name(path.name + ".provenance.json"),
-                      provenance(rows=len(df), columns=list(df.columns), **extra))
+    atomic_write_text(Path(path), df.to_csv(index=False))
+    atomic_write_json(provenance_path(path), provenance(rows=len(df), columns=list(df.columns), **extra))

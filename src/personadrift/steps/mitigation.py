@@ -8,7 +8,7 @@ import pandas as pd
 
 from personadrift.errors import InputError
 from personadrift.runtime.factory import make_engine, model_identity
-from personadrift.tables import read_table, write_table
+from personadrift.tables import provenance_path, read_table, write_table
 
 
 def fetch_mmlu(config: dict, out) -> None:
@@ -81,7 +81,7 @@ def mmlu_from_baseline(config: dict, *, setting_name: str, baseline_csv, out_csv
                          "its MMLU must be scored (rule mmlu), not copied from the baseline")
     df = read_table(baseline_csv)
     df["setting"] = setting.name
-    baseline = read_json(str(baseline_csv) + ".provenance.json")
+    baseline = read_json(provenance_path(baseline_csv))
     kept = {k: baseline[k] for k in ("model", "accuracy", "system_prompt", "forms") if k in baseline}
     write_table(df, out_csv, **kept, setting=setting.describe(), copied_from=str(baseline_csv),
                 note=f"{setting.method} leaves a prompt of one user turn as the baseline runs it, so these are "
