@@ -69,7 +69,7 @@ rule mmlu_from_baseline:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=setting_params("seed"),
+        cfg=setting_params(),
     shell:
         "pd mmlu-from-baseline --params {params.cfg:q} --setting {wildcards.setting:q}"
         " --baseline {input:q} --out {output:q} > {log:q} 2>&1"
