@@ -72,3 +72,24 @@ def test_batch_height_bench_alternates_heights_and_reports_their_ratio():
     ratio = float(re.search(rf"height 3 against 2: {RATE}x per conversation", out).group(1))
     assert abs(ref / runs[1][1] - ratio) <= 0.006 + 0.01 * ratio
     assert re.search(rf"matmul {RATE} GFLOP/s before", out) and re.search(rf"matmul {RATE} GFLOP/s after", out)
+
+
+def test_dtype_bench_alternates_float32_and_bfloat16_and_reports_their_ratio():
+    cmd = [sys.executable, "bench/dtype_speed.py", "--conversations", "2", "--pairs", "2", "--rounds", "1",
+           "--tokens", "3", "--probe-tokens", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    runs = [(d, float(s)) for d, s in re.findall(rf"^(float32|bfloat16): {RATE} s per conversation$", out, re.M)]
+    # each bfloat16 run between two float32 runs
+    assert [d for d, _ in runs] == ["float32", "bfloat16", "float32", "bfloat16", "float32"], out
+    f32 = [s for d, s in runs if d == "float32"]
+    bf16 = [s for d, s in runs if d == "bfloat16"]
+    m = re.search(rf"bfloat16 against float32: {RATE}x per conversation .*pairs {RATE}x, {RATE}x\)", out)
+    assert m, out
+    ratio, pair1, pair2 = (float(g) for g in m.groups())
+    assert abs(statistics.mean(f32) / statistics.mean(bf16) - ratio) <= 0.006 + 0.01 * ratio
+    assert abs((f32[0] + f32[1]) / 2 / bf16[0] - pair1) <= 0.006 + 0.01 * pair1
+    assert abs((f32[1] + f32[2]) / 2 / bf16[1] - pair2) <= 0.006 + 0.01 * pair2
+    assert re.search(r"native bfloat16 on this CPU: (True|False)", out)
+    assert re.search(rf"matmul {RATE} GFLOP/s before", out) and re.search(rf"matmul {RATE} GFLOP/s after", out)

@@ -199,8 +199,9 @@ def native_bf16(device: str) -> bool:
 
 def resolve_dtype(name: str, device: str):
     """The torch dtype (or "auto": the checkpoint's) for ``model.dtype``. ``bfloat16_if_native``
-    is bfloat16 where the hardware has it (about twice float32's speed on such a CPU: half the
-    weight traffic) and float32 elsewhere; the dtype used is recorded in provenance."""
+    is bfloat16 where the hardware has it (half the weight traffic; 1.23x float32's speed on the
+    project's CPU, bench/dtype_speed.py) and float32 elsewhere; the dtype used is recorded in
+    provenance."""
     import torch
 
     if name == "auto":

@@ -1,0 +1,87 @@
+"""bfloat16 against float32: what `model.dtype: bfloat16_if_native` would buy the default study.
+
+The engine's seconds per conversation in float32 (the model's linear layers on the config's
+kernel, as the workflow runs them) and in bfloat16 (torch's kernel: oneDNN's packed path is
+float32 only), in one process, the two dtypes alternated (float32, bfloat16, float32, ...: each
+bfloat16 run between two float32 runs, so a steady drift of the machine's speed cancels), at the
+workflow's thread count and schedule in the default config's shape, with the machine's 2048x2048
+float32 matmul rate before and after, and whether this CPU multiplies bfloat16 natively (where it
+does not, `bfloat16_if_native` runs float32 and this ratio does not apply).
+
+    python bench/dtype_speed.py [--model-dir resources/models/smollm2-135m-instruct] [--threads 1]
+
+The schedule is the throughput benchmark's (``selfchat_throughput.run_engine``: the workflow's
+merged schedule, replies of fixed length, two probe answers a round), as ``batch_height.py`` runs
+it. bfloat16 texts differ from float32's and depend on batch-mates (README, Methods): this
+measures speed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+
+def main() -> None:
+    from _common import add_model_args
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(ap)
+    ap.add_argument("--conversations", type=int, default=None, help="batch height (default: the config's shard)")
+    ap.add_argument("--pairs", type=int, default=2, help="bfloat16 runs, each between two float32 runs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the workflow's model jobs: 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default: the config's turns / 2)")
+    ap.add_argument("--tokens", type=int, default=None, help="reply length (default: the config's)")
+    ap.add_argument("--probe-tokens", type=int, default=None, help="probe answer length (default: the config's)")
+    args = ap.parse_args()
+
+    import personadrift  # noqa: F401  (sets the OpenMP wait policy before torch loads)
+    import torch
+    from _common import load, matmul_rate
+    from selfchat_throughput import TOPICS, default_selfchat, run_engine
+
+    from personadrift.generation.linear_kernels import linear_kernel_of, set_linear_kernel
+    from personadrift.generation.models import native_bf16
+
+    torch.set_num_threads(args.threads)
+    if args.pairs < 1:
+        raise SystemExit("--pairs must be at least 1")
+    sc = default_selfchat()
+    n = args.conversations or int(sc["shard_size"])
+    rounds = args.rounds or int(sc["turns"]) // 2
+    tokens = args.tokens or int(sc["max_new_tokens"])
+    probe_tokens = args.probe_tokens or int(sc["probe_max_new_tokens"])
+    samples = 2 * int(sc.get("runs", 1))  # the two probes (persona kept, user persona adopted) x runs
+    f32, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
+    bf16 = copy.deepcopy(f32).to(torch.bfloat16)
+    set_linear_kernel(bf16, args.linear_kernel)  # after the dtype: only float32 layers can use oneDNN
+    models = {"float32": f32, "bfloat16": bf16}
+    convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
+
+    def per_conversation(dtype: str) -> float:
+        t = time.perf_counter()
+        run_engine(models[dtype], tok, convs, rounds, tokens, samples, probe_tokens)
+        return (time.perf_counter() - t) / n
+
+    for m in models.values():
+        run_engine(m, tok, TOPICS[:2], 1, 4, 1, 4)  # warm-up
+    rate = matmul_rate(2048, 2048, 2048)
+    print(f"model {name}, {args.threads} thread(s), {n} conversations, {rounds} rounds, {tokens}-token replies, "
+          f"{samples} probe answers of {probe_tokens} tokens a round; linear kernel: float32 "
+          f"{linear_kernel_of(f32)}, bfloat16 {linear_kernel_of(bf16)}; native bfloat16 on this CPU: "
+          f"{native_bf16('cpu')}; matmul {rate:.1f} GFLOP/s before")
+    runs: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for dtype in ["float32"] + ["bfloat16", "float32"] * args.pairs:
+        runs[dtype].append(per_conversation(dtype))
+        print(f"{dtype}: {runs[dtype][-1]:.4g} s per conversation", flush=True)
+    print(f"matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s after")
+    pairs = [(runs["float32"][i] + runs["float32"][i + 1]) / 2 / b for i, b in enumerate(runs["bfloat16"])]
+    ref, b = statistics.mean(runs["float32"]), statistics.mean(runs["bfloat16"])
+    print(f"bfloat16 against float32: {ref / b:.2f}x per conversation "
+          f"(means {b:.4g} s and {ref:.4g} s; pairs {', '.join(f'{p:.2f}x' for p in pairs)})")
+
+
+if __name__ == "__main__":
+    main()
