@@ -25,30 +25,24 @@ import time
 
 def main() -> None:
     from _common import add_model_args
+    from selfchat_throughput import add_shape_args
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap)
     ap.add_argument("--heights", default="12,36", help="conversations per batch, the first is the reference")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the workflow's model jobs: 1)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds (default: the config's turns / 2)")
-    ap.add_argument("--tokens", type=int, default=None, help="reply length (default: the config's)")
-    ap.add_argument("--probe-tokens", type=int, default=None, help="probe answer length (default: the config's)")
+    add_shape_args(ap)
     args = ap.parse_args()
 
-    import personadrift  # noqa: F401  (sets the OpenMP wait policy before torch loads)
-    import torch
+    import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
     from _common import load, matmul_rate
-    from selfchat_throughput import TOPICS, default_selfchat, run_engine
+    from selfchat_throughput import TOPICS, run_engine
 
     torch.set_num_threads(args.threads)
     heights = [int(h) for h in args.heights.split(",")]
     if len(heights) < 2 or min(heights) < 1:
         raise SystemExit("--heights needs at least two positive batch heights")
-    sc = default_selfchat()
-    rounds = args.rounds or int(sc["turns"]) // 2
-    tokens = args.tokens or int(sc["max_new_tokens"])
-    probe_tokens = args.probe_tokens or int(sc["probe_max_new_tokens"])
-    samples = 2 * int(sc.get("runs", 1))  # the two probes (persona kept, user persona adopted) x runs
+    rounds, tokens, samples, probe_tokens = args.rounds, args.tokens, args.runs, args.probe_tokens
     model, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
 
     def per_conversation(n: int) -> float:

@@ -26,19 +26,17 @@ import time
 
 def main() -> None:
     from _common import add_model_args
+    from selfchat_throughput import add_shape_args
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap)
     ap.add_argument("--conversations", type=int, default=None, help="batch height (default: the config's shard)")
     ap.add_argument("--pairs", type=int, default=2, help="bfloat16 runs, each between two float32 runs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the workflow's model jobs: 1)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds (default: the config's turns / 2)")
-    ap.add_argument("--tokens", type=int, default=None, help="reply length (default: the config's)")
-    ap.add_argument("--probe-tokens", type=int, default=None, help="probe answer length (default: the config's)")
+    add_shape_args(ap)
     args = ap.parse_args()
 
-    import personadrift  # noqa: F401  (sets the OpenMP wait policy before torch loads)
-    import torch
+    import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
     from _common import load, matmul_rate
     from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
@@ -48,12 +46,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.pairs < 1:
         raise SystemExit("--pairs must be at least 1")
-    sc = default_selfchat()
-    n = args.conversations or int(sc["shard_size"])
-    rounds = args.rounds or int(sc["turns"]) // 2
-    tokens = args.tokens or int(sc["max_new_tokens"])
-    probe_tokens = args.probe_tokens or int(sc["probe_max_new_tokens"])
-    samples = 2 * int(sc.get("runs", 1))  # the two probes (persona kept, user persona adopted) x runs
+    n = args.conversations or int(default_selfchat()["shard_size"])
+    rounds, tokens, samples, probe_tokens = args.rounds, args.tokens, args.runs, args.probe_tokens
     f32, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
     bf16 = copy.deepcopy(f32).to(torch.bfloat16)
     set_linear_kernel(bf16, args.linear_kernel)  # after the dtype: only float32 layers can use oneDNN

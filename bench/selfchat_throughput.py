@@ -154,6 +154,18 @@ def model_flops_per_token(model) -> float:
     return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
+def add_shape_args(ap) -> None:
+    """--rounds, --tokens, --probe-tokens and --runs: the dialog's shape, the default config's unless
+    given (``run_engine``'s arguments of the same names)."""
+    sc = default_selfchat()
+    ap.add_argument("--rounds", type=int, default=sc["turns"] // 2, help="default: the default config's")
+    ap.add_argument("--tokens", type=int, default=sc["max_new_tokens"], help="reply tokens (default config's)")
+    ap.add_argument("--probe-tokens", type=int, default=sc["probe_max_new_tokens"],
+                    help="probe answer tokens (default config's)")
+    ap.add_argument("--runs", type=int, default=2 * sc.get("runs", 1),
+                    help="probe answers per round (default: the default config's two probes x runs)")
+
+
 def default_selfchat() -> dict:
     """The default study's ``selfchat`` section (config.yaml): the benchmark's defaults."""
     from pathlib import Path
@@ -173,13 +185,7 @@ def main():
                          "it handles one at a time); each pair runs other ones")
     ap.add_argument("--pairs", type=int, default=3,
                     help="upstream-style runs at the default shard, each between two engine runs")
-    sc = default_selfchat()
-    ap.add_argument("--rounds", type=int, default=sc["turns"] // 2, help="default: the default config's")
-    ap.add_argument("--tokens", type=int, default=sc["max_new_tokens"], help="reply tokens (default config's)")
-    ap.add_argument("--probe-tokens", type=int, default=sc["probe_max_new_tokens"],
-                    help="probe answer tokens (default config's)")
-    ap.add_argument("--runs", type=int, default=2 * sc.get("runs", 1),
-                    help="probe answers per round (default: the default config's two probes x runs)")
+    add_shape_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="weights and activations of both loops (FLOPs are compared with float32 matmul rates)")
@@ -192,7 +198,7 @@ def main():
     model = model.to(getattr(torch, args.dtype))
     kernel = set_linear_kernel(model, args.linear_kernel)  # after the dtype: oneDNN is float32 only
     sizes = [int(x) for x in args.shard_sizes.split(",")]
-    default = int(sc["shard_size"])
+    default = int(default_selfchat()["shard_size"])
     n_up = args.upstream_conversations
     flops = model_flops_per_token(model)
     print(f"model={name} ({flops / 1e9:.3f} GFLOP/token in linear layers) rounds={args.rounds} "
