@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pandas as pd
 
 from personadrift.provenance import provenance
-from personadrift.storage import atomic_write_json, atomic_write_text
+from personadrift.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def read_table(path) -> pd.DataFrame:
@@ -23,6 +24,11 @@ def provenance_path(path) -> Path:
 
 
 def write_table(df: pd.DataFrame, path, **extra) -> None:
-    """Write a table and its provenance sidecar (``<table>.provenance.json``)."""
-    atomic_write_text(Path(path), df.to_csv(index=False))
+    """Write a table and its provenance sidecar (``<table>.provenance.json``); a ``.gz`` path is
+    gzip-compressed (no timestamp in the header, so the same table gives the same bytes)."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        atomic_write_bytes(path, gzip.compress(df.to_csv(index=False).encode("utf-8"), mtime=0))
+    else:
+        atomic_write_text(path, df.to_csv(index=False))
     atomic_write_json(provenance_path(path), provenance(rows=len(df), columns=list(df.columns), **extra))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from personadrift.provenance import provenance
-from personadrift.storage import atomic_write_json, atomic_write_text, read_json
+from personadrift.storage import atomic_write_json, read_json
 from personadrift.tables import read_table, write_table
 
 
@@ -34,8 +32,7 @@ def attention(config: dict, model_dir, transcript_dirs: list, out_dir, *, thread
     layers = layers_spec(config["attention"]["layers"])
     extra = {"model": lm.identity, "chat_template_sha256": chat.template_sha256, "layers": layers,
              "conversations": [str(p) for p in paths]}
-    atomic_write_text(out / "tokens.csv.gz.provenance.json", json.dumps(provenance(**extra), indent=1))
-    tidy.to_csv(out / "tokens.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
+    write_table(tidy, out / "tokens.csv.gz", **extra)
     # the figure's band level: the attention rule may not pass the scoring section (then 0.95)
     confidence = config.get("scoring", {}).get("confidence", 0.95)
     write_table(aa.per_token(tidy, layers).assign(confidence=confidence), out / "per_token.csv", **extra)
