@@ -42,19 +42,18 @@ def main() -> None:
     heights = [int(h) for h in args.heights.split(",")]
     if len(heights) < 2 or min(heights) < 1:
         raise SystemExit("--heights needs at least two positive batch heights")
-    rounds, tokens, samples, probe_tokens = args.rounds, args.tokens, args.runs, args.probe_tokens
     model, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
 
     def per_conversation(n: int) -> float:
         convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
         t = time.perf_counter()
-        run_engine(model, tok, convs, rounds, tokens, samples, probe_tokens)
+        run_engine(model, tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
         return (time.perf_counter() - t) / n
 
     run_engine(model, tok, TOPICS[:2], 1, 4, 1, 4)  # warm-up
     rate = matmul_rate(2048, 2048, 2048)
-    print(f"model {name}, {args.threads} thread(s), {rounds} rounds, {tokens}-token replies, "
-          f"{samples} probe answers of {probe_tokens} tokens a round; matmul {rate:.1f} GFLOP/s before")
+    print(f"model {name}, {args.threads} thread(s), {args.rounds} rounds, {args.tokens}-token replies, "
+          f"{args.runs} probe answers of {args.probe_tokens} tokens a round; matmul {rate:.1f} GFLOP/s before")
     first, runs = heights[0], {h: [] for h in heights}
     runs[first].append(per_conversation(first))
     print(f"height {first}: {runs[first][-1]:.4g} s per conversation", flush=True)

@@ -47,7 +47,6 @@ def main() -> None:
     if args.pairs < 1:
         raise SystemExit("--pairs must be at least 1")
     n = args.conversations or int(default_selfchat()["shard_size"])
-    rounds, tokens, samples, probe_tokens = args.rounds, args.tokens, args.runs, args.probe_tokens
     f32, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
     bf16 = copy.deepcopy(f32).to(torch.bfloat16)
     set_linear_kernel(bf16, args.linear_kernel)  # after the dtype: only float32 layers can use oneDNN
@@ -56,14 +55,14 @@ def main() -> None:
 
     def per_conversation(dtype: str) -> float:
         t = time.perf_counter()
-        run_engine(models[dtype], tok, convs, rounds, tokens, samples, probe_tokens)
+        run_engine(models[dtype], tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
         return (time.perf_counter() - t) / n
 
     for m in models.values():
         run_engine(m, tok, TOPICS[:2], 1, 4, 1, 4)  # warm-up
     rate = matmul_rate(2048, 2048, 2048)
-    print(f"model {name}, {args.threads} thread(s), {n} conversations, {rounds} rounds, {tokens}-token replies, "
-          f"{samples} probe answers of {probe_tokens} tokens a round; linear kernel: float32 "
+    print(f"model {name}, {args.threads} thread(s), {n} conversations, {args.rounds} rounds, "
+          f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; linear kernel: float32 "
           f"{linear_kernel_of(f32)}, bfloat16 {linear_kernel_of(bf16)}; native bfloat16 on this CPU: "
           f"{native_bf16('cpu')}; matmul {rate:.1f} GFLOP/s before")
     runs: dict[str, list[float]] = {"float32": [], "bfloat16": []}

@@ -26,9 +26,9 @@ def provenance_path(path) -> Path:
 def write_table(df: pd.DataFrame, path, **extra) -> None:
     """Write a table and its provenance sidecar (``<table>.provenance.json``); a ``.gz`` path is
     gzip-compressed (no timestamp in the header, so the same table gives the same bytes)."""
-    path = Path(path)
+    path, text = Path(path), df.to_csv(index=False)
     if path.suffix == ".gz":
-        atomic_write_bytes(path, gzip.compress(df.to_csv(index=False).encode("utf-8"), mtime=0))
+        atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
     else:
-        atomic_write_text(path, df.to_csv(index=False))
+        atomic_write_text(path, text)
     atomic_write_json(provenance_path(path), provenance(rows=len(df), columns=list(df.columns), **extra))
