@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from personadrift.errors import ChecksumError, InputError
+from personadrift.storage import temp_file_beside
 from personadrift.wheels import download_wheel
 
 if TYPE_CHECKING:  # heavy imports stay lazy
@@ -102,9 +103,7 @@ def _atomic_copy(src_stream, dest: Path, expected_sha256: str | None, *, origin:
 
     On any failure (checksum included) the temp file is removed and ``dest`` is untouched.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    fd, tmp = temp_file_beside(dest, suffix=".part")
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
