@@ -81,6 +81,17 @@ def test_transcripts_are_protected(smoke):
     assert (conv.stat().st_mode & 0o222) == 0
 
 
+def test_every_result_file_is_readable_as_the_umask_allows(smoke):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    if mask & 0o044:
+        pytest.skip(f"umask {mask:o} withholds group or other read")
+    files = [p for d in ("results", "resources", "figures") for p in (smoke / d).rglob("*") if p.is_file()]
+    assert len(files) > 50
+    unreadable = [str(p.relative_to(smoke)) for p in files if (p.stat().st_mode & 0o044) != 0o044]
+    assert not unreadable, unreadable[:10]
+
+
 def test_lint_and_format():
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     lint = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True, env=env)

