@@ -86,9 +86,13 @@ def test_every_result_file_is_readable_as_the_umask_allows(smoke):
     os.umask(mask)
     if mask & 0o044:
         pytest.skip(f"umask {mask:o} withholds group or other read")
-    files = [p for d in ("results", "resources", "figures") for p in (smoke / d).rglob("*") if p.is_file()]
-    assert len(files) > 50
-    unreadable = [str(p.relative_to(smoke)) for p in files if (p.stat().st_mode & 0o044) != 0o044]
+    paths = [p for d in ("results", "resources", "figures") for p in (smoke / d).rglob("*")]
+    assert len(paths) > 50
+
+    def wanted(p: Path) -> int:  # read by group and others; folders also searchable
+        return 0o055 if p.is_dir() else 0o044
+
+    unreadable = [str(p.relative_to(smoke)) for p in paths if p.stat().st_mode & wanted(p) != wanted(p)]
     assert not unreadable, unreadable[:10]
 
 

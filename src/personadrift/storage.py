@@ -26,15 +26,20 @@ def temp_file_beside(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
             continue
 
 
-def match_umask(folder: Path) -> None:
-    """Give every file below ``folder`` the mode ``open()`` gives a new one, 0666 less the umask
-    (safetensors, for one, creates its files 0600). Reads the umask by setting it: call it from
-    one thread."""
+def umask() -> int:
+    """The process umask. Read by setting it (the only portable way): call it from one thread."""
     mask = os.umask(0o022)
     os.umask(mask)
+    return mask
+
+
+def match_umask(folder: Path) -> None:
+    """Give every file below ``folder`` the mode ``open()`` gives a new one, 0666 less the umask
+    (safetensors, for one, creates its files 0600)."""
+    mode = 0o666 & ~umask()
     for p in folder.rglob("*"):
         if p.is_file() and not p.is_symlink():
-            p.chmod(0o666 & ~mask)
+            p.chmod(mode)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -32,6 +32,7 @@ from personadrift.browser.data import (
     transcript_files,
 )
 from personadrift.errors import InputError
+from personadrift.storage import umask
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def _write(path: Path, text: str) -> None:
 
 def _replace_dir(new: Path, out: Path) -> None:
     """Swap the finished folder in; a reader never sees half a browser."""
-    os.chmod(new, 0o755)
+    os.chmod(new, 0o777 & ~umask())  # mkdtemp made it 0700; a folder mkdir would make
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
