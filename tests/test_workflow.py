@@ -82,8 +82,9 @@ def test_transcripts_are_protected(smoke):
 
 
 def test_every_result_file_is_readable_as_the_umask_allows(smoke):
-    mask = os.umask(0o022)
-    os.umask(mask)
+    from personadrift.storage import umask
+
+    mask = umask()
     if mask & 0o044:
         pytest.skip(f"umask {mask:o} withholds group or other read")
     paths = [p for d in ("results", "resources", "figures") for p in (smoke / d).rglob("*")]
@@ -92,7 +93,7 @@ def test_every_result_file_is_readable_as_the_umask_allows(smoke):
     def wanted(p: Path) -> int:  # read by group and others; folders also searchable
         return 0o055 if p.is_dir() else 0o044
 
-    unreadable = [str(p.relative_to(smoke)) for p in paths if p.stat().st_mode & wanted(p) != wanted(p)]
+    unreadable = [str(p.relative_to(smoke)) for p in paths if (p.stat().st_mode & wanted(p)) != wanted(p)]
     assert not unreadable, unreadable[:10]
 
 

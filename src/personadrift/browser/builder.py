@@ -160,7 +160,7 @@ def _write(path: Path, text: str) -> None:
 
 def _replace_dir(new: Path, out: Path) -> None:
     """Swap the finished folder in; a reader never sees half a browser."""
-    os.chmod(new, 0o777 & ~umask())  # mkdtemp made it 0700; a folder mkdir would make
+    os.chmod(new, 0o777 & ~umask())  # mkdtemp made it 0700: give it the mode mkdir would
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
