@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from personadrift.provenance import provenance
-from personadrift.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+from personadrift.storage import atomic_write_bytes, atomic_write_json
 
 
 def read_table(path) -> pd.DataFrame:
@@ -26,9 +26,6 @@ def provenance_path(path) -> Path:
 def write_table(df: pd.DataFrame, path, **extra) -> None:
     """Write a table and its provenance sidecar (``<table>.provenance.json``); a ``.gz`` path is
     gzip-compressed (no timestamp in the header, so the same table gives the same bytes)."""
-    path, text = Path(path), df.to_csv(index=False)
-    if path.suffix == ".gz":
-        atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
-    else:
-        atomic_write_text(path, text)
+    path, data = Path(path), df.to_csv(index=False).encode("utf-8")
+    atomic_write_bytes(path, gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
     atomic_write_json(provenance_path(path), provenance(rows=len(df), columns=list(df.columns), **extra))
