@@ -433,3 +433,37 @@ def test_probes_sharing_a_call_with_the_next_turn_change_no_text(tiny_model, tmp
     assert [{k: r[k] for k in keys} for r in records["merged"]] == [{k: r[k] for k in keys} for r in records["one-step"]]
     # 3 rounds: [probe 0 + agent 2], [probe 2 + user 3], [agent 4], [probe 4 + user 5], [agent 6], [probe 6]
     assert (calls["merged"], calls["one-step"]) == (6, 9)
+
+
+@pytest.mark.parametrize("method,options", [
+    ("none", {}), ("split_softmax", {"k": [0.5]}), ("repetition", {"every": [1]}), ("cfg", {"guidance_scale": [1.5]}),
+])
+def test_a_shorter_study_is_the_longer_one_cut_short(tiny_model, tmp_path, method, options):
+    """Every turn and probe answer of a 2-round study equals the first 2 rounds of a 3-round one
+    with the same seed, under each intervention (the README's claim about the default's rounds:
+    what a round samples depends on its conversation and seeds only, not on how many follow)."""
+    from personadrift.generation.api import Sampling
+    from personadrift.generation.engine import HFEngine
+    from personadrift.generation.selfchat import ShardRun
+    from personadrift.interventions.settings import expand_settings
+
+    model, tok = tiny_model
+    attn = model.config._attn_implementation
+    records = {}
+    for turns in (4, 6):
+        cfg = make_config("unused", turns=turns, max_new_tokens=8, probe_max_new_tokens=5, runs=1)
+        cfg["interventions"] = {"none": {"method": "none"}, "x": {"method": method, **options}}
+        setting = expand_settings(cfg["interventions"])[-1]
+        eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=8), intervention=setting.engine_intervention())
+        try:
+            records[turns] = ShardRun(eng, config=cfg, setting=setting, plans=_plans(3),
+                                      checkpoint_dir=tmp_path / str(turns), provenance={}).run()
+        finally:
+            model.set_attn_implementation(attn)  # the fixture's model is shared
+    for short, long in zip(records[4], records[6]):
+        assert len(short["history"]) == 4 and len(long["history"]) == 6
+        assert short["history"] == long["history"][:4] and short["turns"] == long["turns"][:4]
+        rounds = {p["round"] for p in short["probes"]}
+        assert rounds == {0, 1, 2}
+        assert short["probes"] == [p for p in long["probes"] if p["round"] in rounds]
+    assert any(r["history"][4:] for r in records[6])  # the longer study did go on
