@@ -266,7 +266,8 @@ def test_gguf_name_map_is_shared_inside_the_fetch_block_and_restored_after():
 # The embedded model's weights as dequantised by transformers' GGUF loader (transformers 5.23.0,
 # gguf 0.19.0: requirements.txt). A change of either, or of the fetch's own code (it shares the
 # loader's tensor-name map, _tensor_name_map_built_once), that changed one weight would change
-# every number of the default study: it must show here first.
+# every number of the default study: it must show here first (the shared fixture fetches anew
+# where its cache is empty, as on CI; a machine's older cache checks that fetch instead).
 EMBEDDED_WEIGHTS_SHA256 = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"
 
 
