@@ -12,7 +12,7 @@ does not, `bfloat16_if_native` runs float32 and this ratio does not apply).
 
 The schedule is the throughput benchmark's (``selfchat_throughput.run_engine``: the workflow's
 merged schedule, replies of fixed length, two probe answers a round), as ``batch_height.py`` runs
-it. bfloat16 texts differ from float32's and depend on batch-mates (README, Methods): this
+it. bfloat16 texts differ from float32's and depend on batch-mates (docs/methods.md, Engine): this
 measures speed only.
 """
 

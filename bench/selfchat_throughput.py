@@ -295,7 +295,7 @@ def run_engine_timed(model, tok, convs, rounds, tokens, runs, probe_tokens):
     return eng, dt, shapes
 
 
-LEVEL_ROWS = 512  # from here on a linear layer's rate is flat (README, Benchmarks): scale linearly
+LEVEL_ROWS = 512  # from here on a linear layer's rate is flat (docs/measurements.md, Where a step's time goes): scale linearly
 
 
 def linear_floor(model, shapes: dict[tuple[int, int, int], int]) -> float:

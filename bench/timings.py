@@ -1,4 +1,4 @@
-"""The README's timing table, from the Snakemake benchmark files of a run.
+"""The timing table of docs/measurements.md, from the Snakemake benchmark files of a run.
 
 Every rule writes ``benchmarks/<study>/<rule>/...tsv`` (wall seconds, memory, CPU). This prints one
 Markdown row per rule (jobs, total and largest wall time, peak memory), the machine's matmul rate

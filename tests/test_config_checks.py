@@ -197,7 +197,7 @@ def test_openai_backend_per_setting(default):
 
 
 def test_laptop_config_is_the_default_with_only_its_documented_changes(default):
-    """configs/laptop.yaml says which keys it changes (its header and the README); any other
+    """configs/laptop.yaml says which keys it changes (its header and docs/measurements.md); any other
     difference from config.yaml would make its measured outcome not the default's, scaled up."""
     laptop = read_yaml(REPO / "configs/laptop.yaml")
     check_config(copy.deepcopy(laptop), "configs/laptop.yaml", REPO)

@@ -429,7 +429,7 @@ def test_bfloat16_generates_under_every_intervention(tiny_model_each_dtype, inte
     """The paper config runs bfloat16 on GPUs and ``bfloat16_if_native`` on CPUs: split-softmax
     and guidance work in that dtype (finite scores, every reply to its budget, batched rows the
     same length as alone). Texts are not compared: a bfloat16 forward is not bitwise independent
-    of its batch-mates (a row's logits move by one bfloat16 step), which the README states."""
+    of its batch-mates (a row's logits move by one bfloat16 step), which docs/methods.md states."""
     s = Sampling(max_new_tokens=6, min_new_tokens=6)
     msgs = [convo(i) for i in range(3)]
     reqs = [GenRequest(m, seed=i, key=f"c{i}", intervene=True, negative_messages=m[1:]) for i, m in enumerate(msgs)]

@@ -440,7 +440,7 @@ def test_probes_sharing_a_call_with_the_next_turn_change_no_text(tiny_model, tmp
 ])
 def test_a_shorter_study_is_the_longer_one_cut_short(tiny_model, tmp_path, method, options):
     """Every turn and probe answer of a 2-round study equals the first 2 rounds of a 3-round one
-    with the same seed, under each intervention (the README's claim about the default's rounds:
+    with the same seed, under each intervention (docs/measurements.md's claim about the default's rounds:
     what a round samples depends on its conversation and seeds only, not on how many follow)."""
     from personadrift.generation.api import Sampling
     from personadrift.generation.engine import HFEngine

@@ -4,7 +4,7 @@ On x86 CPUs torch runs a float32 ``nn.Linear`` on MKL's sgemm. At the batch size
 (one row per conversation and step: 12 to 128 rows) oneDNN's matmul is faster on the same
 weights: all linear layers of SmolLM2-135M at 12 rows took 66 ms against MKL's 80, at 36 rows 91
 against 119-130 on 2 threads, and the engine ran about 1.25x faster on 2 threads and 1.05x on 1
-(measured side by side; README, Benchmarks). Both are float32 with float32 accumulation: outputs
+(measured side by side; docs/measurements.md, Benchmarks). Both are float32 with float32 accumulation: outputs
 agree within a few 1e-6 of each other and of a float64 product.
 
 Weights are handed to oneDNN pre-packed: given a plain ``[out, in]`` weight, oneDNN reorders it
@@ -13,7 +13,7 @@ product itself. Each layer keeps one packed copy of its weight (made at its firs
 again when the weight is replaced or changed in place through the parameter).
 ``bench/linear_packing.py`` compares the two side by side: all linear layers of SmolLM2-135M once
 at 12 rows took 50 ms instead of 88 on one thread, at 36 rows 113 instead of 150, and the engine
-at the default shard ran 1.21x faster (README, Benchmarks). On the project machine the packed and
+at the default shard ran 1.21x faster (docs/measurements.md, Benchmarks). On the project machine the packed and
 the plain weight give bitwise the same product from two rows up and differ in the last bits at one
 row; one row therefore keeps the plain weight, so every product, and so every transcript, is what
 it was before packing. The price is memory: one more float32 copy of the linear weights (540 MB for
@@ -25,7 +25,7 @@ checking, on one of the model's own layers, that oneDNN agrees with torch's kern
 error if it is missing or disagrees). ``auto`` does the same where oneDNN is there, agrees, and
 the layers are at least ``AUTO_MIN_WIDTH`` wide: on narrower layers (the test suite's tiny
 models) oneDNN's per-call cost made it slower than MKL, down to half MKL's speed at one row
-(measured at widths 128-2048, 1 and 2 threads, before packing; README, Benchmarks, has a later
+(measured at widths 128-2048, 1 and 2 threads, before packing; docs/measurements.md, "Where a step's time goes", has a later
 scratch measurement). Layers on a GPU or in another dtype always keep
 torch's kernel; no model class is changed. ``torch`` keeps torch's kernel everywhere. The kernel
 in use is recorded in provenance and in the self-chat checkpoint fingerprint.
