@@ -36,6 +36,7 @@ rule drift_tables:
     output:
         by_round=f"{R}/tables/{{setting}}/by_round.csv",
         change=f"{R}/tables/{{setting}}/change.csv",
+        judge_errors=f"{R}/tables/{{setting}}/judge_errors.csv",
         study=f"{R}/tables/{{setting}}/study.json",
     log:
         f"{LOGS}/tables/{{setting}}.log",
@@ -53,7 +54,8 @@ rule drift_tables:
         ),
     shell:
         "pd tables --params {params.cfg:q} --pool {input.pool:q}"
-        " --by-round {output.by_round:q} --change {output.change:q} --study {output.study:q}"
+        " --by-round {output.by_round:q} --change {output.change:q}"
+        " --judge-errors {output.judge_errors:q} --study {output.study:q}"
         " {input.scores:q} > {log:q} 2>&1"
 
 

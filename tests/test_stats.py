@@ -72,16 +72,92 @@ def _scores(n=10, rounds=(0, 1, 2), drop=0.3, seed=0, context=None):
     return df
 
 
-def test_change_is_measured_from_round_zero_and_holm_adjusted():
-    ch = stats.change_over_dialog(_scores(), confidence=0.95).set_index("kind")
-    assert (ch["first_round"] == 0).all() and (ch["last_round"] == 2).all()
-    assert ch.loc["agent", "change"] == pytest.approx(-0.3, abs=0.02)
-    assert ch.loc["agent", "significant"] and ch.loc["agent", "ci_high"] < 0
-    assert (ch["n_comparisons"] == 2).all()
-    assert ch.loc["agent", "p_holm"] == pytest.approx(min(1, 2 * ch["p_value"].min()))
-    # a table without round 0 starts at its first round
+def test_drift_is_the_fitted_change_over_the_dialog_beside_the_round0_shift():
+    # agent: 0.3 lost linearly over rounds 0..3, so 0.1 from round 0 to 1 and 0.2 over rounds 1..3
+    ch = stats.change_over_dialog(_scores(rounds=(0, 1, 2, 3)), confidence=0.95).set_index(["kind", "claim"])
+    assert set(ch.index) == {(k, c) for k in ("agent", "user") for c in ("shift", "drift")}
+    assert (ch.loc[("agent", "drift"), ["first_round", "last_round"]] == [1, 3]).all()
+    assert (ch.loc[("agent", "shift"), ["first_round", "last_round"]] == [0, 1]).all()
+    assert ch.loc[("agent", "drift"), "change"] == pytest.approx(-0.2, abs=0.02)
+    assert ch.loc[("agent", "shift"), "change"] == pytest.approx(-0.1, abs=0.02)
+    assert ch.loc[("agent", "drift"), "significant"] and ch.loc[("agent", "drift"), "ci_high"] < 0
+    assert (ch["n_comparisons"] == 4).all()
+    assert ch["p_holm"].min() == pytest.approx(min(1, 4 * ch["p_value"].min()))
+    # a table without round 0 has no shift; a table with one dialog round has no decline to fit
     no0 = stats.change_over_dialog(_scores(rounds=(1, 2, 3)))
-    assert (no0["first_round"] == 1).all()
+    assert set(no0["claim"]) == {"drift"} and (no0["first_round"] == 1).all()
+    assert set(stats.change_over_dialog(_scores(rounds=(0, 1)))["claim"]) == {"shift"}
+
+
+def test_fitted_change_is_the_least_squares_slope_times_the_span_per_conversation():
+    per = pd.DataFrame({0: [0.9, 0.5], 1: [0.8, 0.5], 2: [0.5, np.nan], 3: [0.5, 0.2], 4: [0.2, 0.1]}, index=[7, 8])
+    got = stats.fitted_change(per)
+    for conv in per.index:
+        row = per.loc[conv, [1, 2, 3, 4]].dropna()
+        want = np.polyfit(row.index.astype(float), row.to_numpy(), 1)[0] * 3
+        assert got[conv] == pytest.approx(want)
+
+
+def test_difference_from_the_control_is_paired_by_conversation():
+    base = _scores(rounds=(0, 1, 2, 3), drop=0.3)
+    ctl = _scores(rounds=(0, 1, 2, 3), drop=0.0, seed=1).assign(setting="control")
+    ch = stats.change_over_dialog(pd.concat([base, ctl], ignore_index=True))
+    assert (ch["n_comparisons"] == 12).all()  # 2 settings x 2 kinds x 2 claims, and 2 kinds x 2 differences
+    did = ch[ch["versus"] == "control"].set_index(["kind", "claim"])
+    per = {s: stats.per_conversation(d[d["kind"] == "agent"]) for s, d in (("none", base), ("control", ctl))}
+    want = (stats.claim_values(per["none"], "drift") - stats.claim_values(per["control"], "drift")).mean()
+    assert did.loc[("agent", "drift"), "change"] == pytest.approx(want)
+    assert did.loc[("agent", "drift"), "change"] == pytest.approx(-0.2, abs=0.03)
+    assert did.loc[("agent", "drift"), "significant"] and np.isnan(did.loc[("agent", "drift"), "first_mean"])
+    assert ((ch["setting"] == "control") & (ch["versus"] == "control")).sum() == 0
+
+
+def _with_errors(df, rows, *, overflow=()):
+    df = df.copy()
+    df["error"], df["context"] = "", "ok"
+    df.loc[list(rows), ["score", "error"]] = [np.nan, "ValueError: no digits"]
+    df.loc[list(overflow), ["score", "error", "context"]] = [np.nan, "context overflow: probe not asked", "overflow"]
+    return df
+
+
+def test_judge_errors_are_scored_zero_counted_and_the_dropped_treatment_reported():
+    sc = _scores(rounds=(0, 1, 2, 3), drop=0.0)
+    agent_late = sc.index[(sc["kind"] == "agent") & (sc["round"] == 3)][:12]
+    bad = _with_errors(sc, agent_late, overflow=sc.index[(sc["kind"] == "user")][:2])
+    assert stats.judge_error_flags(bad).sum() == 12
+    assert stats.treat_judge_errors(bad).loc[agent_late, "score"].eq(0).all()
+    assert stats.treat_judge_errors(bad).loc[bad["context"] == "overflow", "score"].isna().all()
+    assert stats.treat_judge_errors(bad, "drop").loc[agent_late, "score"].isna().all()
+    with pytest.raises(ValueError, match="unknown judge-error treatment 'nan'"):
+        stats.treat_judge_errors(bad, "nan")
+    ch = stats.change_over_dialog(bad).set_index(["kind", "claim"])
+    drift = ch.loc[("agent", "drift")]
+    # scored 0, twelve late answers pull the fitted decline down; dropped, it stays near the truth (0)
+    assert drift["judge_errors"] == 12 and drift["judge_error_treatment"] == "scored_0"
+    assert drift["change"] < -0.1 and abs(drift["change_if_dropped"]) < 0.05
+    assert drift["significant"] and not drift["significant_if_dropped"]
+    assert ch.loc[("user", "drift"), "judge_errors"] == 0
+    br = stats.by_round(bad).set_index(["kind", "round"])
+    assert br.loc[("agent", 3), "judge_errors"] == 12 and br.loc[("agent", 2), "judge_errors"] == 0
+    assert br.loc[("agent", 3), "mean"] < br.loc[("agent", 3), "mean_if_dropped"]
+    counts = stats.judge_error_counts(bad.assign(persona="p1")).set_index(["setting", "kind", "persona"])
+    assert counts.loc[("none", "agent", "p1"), "judge_errors"] == 12
+    assert counts.loc[("none", "user", "p1"), ["judge_errors", "unasked"]].tolist() == [0, 2]
+    assert counts.loc[("none", "user", "p1"), "answers"] == (bad["kind"] == "user").sum() - 2
+
+
+def test_mitigation_claims_separate_the_level_from_the_change_over_the_dialog():
+    base = _scores(rounds=(0, 1, 2, 3), drop=0.3)
+    lifted = base.assign(setting="lift", score=np.clip(base["score"] + 0.2 * (base["round"] >= 1), 0, 1))
+    flat = base.assign(setting="flat", score=np.clip(base["score"] + 0.1 * base["round"], 0, 1))
+    v = stats.vs_baseline(pd.concat([base, lifted, flat], ignore_index=True)).set_index(["setting", "claim"])
+    assert (v["n_comparisons"] == 4).all()
+    assert v.loc[("lift", "level"), "diff_vs_baseline"] == pytest.approx(0.2, abs=0.01)
+    assert v.loc[("lift", "level"), "significant"] and not v.loc[("lift", "drift"), "significant"]
+    assert abs(v.loc[("lift", "drift"), "diff_vs_baseline"]) < 0.03
+    assert v.loc[("flat", "drift"), "diff_vs_baseline"] == pytest.approx(0.2, abs=0.01)
+    assert v.loc[("flat", "drift"), "significant"]
+    assert v.loc[("none", "level"), "diff_vs_baseline"] == 0 and np.isnan(v.loc[("none", "level"), "p_value"])
 
 
 def test_by_round_counts_context_problems_and_accepts_tables_without_the_column():
@@ -131,4 +207,9 @@ def test_tradeoff_rows_pair_settings_and_name_the_form():
     assert (t["mmlu_form"] == "cloze").all()
     assert t.loc["ss-k0.5", "stability_diff"] > 0.1 and t.loc["ss-k0.5", "stability_diff_significant"]
     assert t.loc["none", "stability_diff"] == 0 and np.isnan(t.loc["none", "stability_diff_p"])
-    assert (t["confidence"] == 0.9).all() and (t["interval_method"] == "t").all() and (t["n_comparisons"] == 1).all()
+    assert (t["confidence"] == 0.9).all() and (t["interval_method"] == "t").all()
+    assert (t["n_comparisons"] == 2).all()  # level and change over the dialog of the one setting compared
+    # a lift in rounds >= 1 raises the level but leaves the change over rounds 1..R alone
+    assert abs(t.loc["ss-k0.5", "drift_diff"]) < 0.05 and not t.loc["ss-k0.5", "drift_diff_significant"]
+    assert t.loc["none", "drift"] == pytest.approx(-0.15, abs=0.03)  # 0.3 over rounds 0..2: 0.15 over 1..2
+    assert t.loc["ss-k0.5", "judge_errors"] == 0 and "stability_diff_if_dropped" in t

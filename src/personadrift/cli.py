@@ -72,11 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("transcripts", nargs="+", help="transcript folders")
 
-    p = sub.add_parser("tables", help="drift per round, change over the dialog, study summary")
+    p = sub.add_parser("tables", help="drift per round, the drift claims, judge errors, study summary")
     _add_config(p)
     p.add_argument("--pool", required=True)
     p.add_argument("--by-round", required=True)
     p.add_argument("--change", required=True)
+    p.add_argument("--judge-errors", required=True, help="judge errors per setting, probe kind and persona (CSV)")
     p.add_argument("--study", required=True)
     p.add_argument("scores", nargs="+")
 
@@ -223,7 +224,8 @@ def run(args) -> None:
     elif cmd == "example-dialog":
         figure_steps.example_dialog(config, args.scores, args.transcripts, args.out)
     elif cmd == "tables":
-        score.drift_tables(config, args.scores, args.pool, args.by_round, args.change, args.study)
+        score.drift_tables(config, args.scores, args.pool, args.by_round, args.change, args.study,
+                           out_errors=args.judge_errors)
 
 
 def _browser(args) -> None:

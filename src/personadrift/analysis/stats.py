@@ -33,6 +33,9 @@ METHOD_NAME = {
     "bca": "BCa bootstrap interval",
     "percentile": "percentile bootstrap interval",
 }
+JUDGE_ERROR_TREATMENTS = ("zero", "drop")
+JUDGE_ERROR_TREATMENT = "zero"  # what every claim uses: an answer its judge cannot read did not show the persona
+TREATMENT_SUFFIX = {"zero": "scored_0", "drop": "dropped"}  # columns of the other treatment: <col>_if_<suffix>
 EXACT_SIGNFLIP_MAX = 16  # 2**16 sign patterns: exact enumeration is still cheap
 
 
@@ -182,15 +185,21 @@ def context_flags(scores: pd.DataFrame) -> pd.Series:
 
 
 def by_round(scores: pd.DataFrame, *, unit: str = "conversation", method: str = "t", confidence: float = 0.95,
-             resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+             resamples: int = 2000, seed: int = 0, judge_errors: str = JUDGE_ERROR_TREATMENT) -> pd.DataFrame:
     """Mean score with an interval per setting, probe kind and round (bounds clipped to [0, 1]).
 
-    ``context_not_ok`` counts the round's rows whose prompt was truncated or overflowed.
+    ``context_not_ok`` counts the round's rows whose prompt was truncated or overflowed;
+    ``judge_errors`` the answers whose judge raised (treated by ``judge_errors``, the mean under
+    the other treatment beside it).
     """
-    scores = scores.assign(_ctx=context_flags(scores))
+    other = f"mean_if_{TREATMENT_SUFFIX[other_treatment(judge_errors)]}"
+    alt = treat_judge_errors(scores, other_treatment(judge_errors))
+    scores = treat_judge_errors(scores, judge_errors).assign(_ctx=context_flags(scores),
+                                                              _err=judge_error_flags(scores), _alt=alt["score"])
     rows = []
     for (setting, kind, rnd), g in scores.groupby(["setting", "kind", "round"], sort=True):
-        flagged = int(g["_ctx"].sum())
+        flagged, n_err = int(g["_ctx"].sum()), int(g["_err"].sum())
+        a = g[np.isfinite(g["_alt"])]
         g = g[np.isfinite(g["score"])]
         iv = mean_interval(_units(g, unit), method=method, confidence=confidence, resamples=resamples, seed=seed)
         rows.append({
@@ -198,36 +207,199 @@ def by_round(scores: pd.DataFrame, *, unit: str = "conversation", method: str = 
             "ci_low": max(0.0, iv.low) if np.isfinite(iv.low) else iv.low,
             "ci_high": min(1.0, iv.high) if np.isfinite(iv.high) else iv.high,
             "n_conversations": g["conversation"].nunique(), "n_rows": len(g), "context_not_ok": flagged,
+            "judge_errors": n_err, "judge_error_treatment": TREATMENT_SUFFIX[judge_errors],
+            other: float(_units(a.assign(score=a["_alt"]), unit).mean()) if len(a) else float("nan"),
             "method": method, "confidence": confidence,
         })
     return pd.DataFrame(rows)
 
 
-def change_over_dialog(scores: pd.DataFrame, *, method: str = "t", confidence: float = 0.95, resamples: int = 2000,
-                       seed: int = 0) -> pd.DataFrame:
-    """Per setting and kind: last round minus the first, paired within conversations.
+# ---------------------------------------------------------------------------------------------
+# Judge errors. A judge that raises leaves its answer with a NaN score and the text of the
+# exception in ``error``; a probe the context policy left unasked is also NaN (``context`` =
+# "overflow") but is not an answer, so it is never scored.
 
-    The first round is round 0 (probes right after the system prompt, before any dialog and not
-    used to select personas) when the table has it, else the smallest round. p-values are
-    Holm-adjusted across all rows of the result (the claims one figure makes); ``significant``
-    means adjusted p < 1 - confidence.
+
+
+def judge_error_flags(scores: pd.DataFrame) -> pd.Series:
+    """True for rows whose judge raised (an ``error`` on an asked probe); False without the column."""
+    if "error" not in scores:
+        return pd.Series(False, index=scores.index)
+    e = scores["error"]
+    flags = e.notna() & (e.astype(str).str.strip() != "")
+    if "context" in scores:
+        flags &= scores["context"].astype(str) != "overflow"
+    return flags
+
+
+def treat_judge_errors(scores: pd.DataFrame, treatment: str = JUDGE_ERROR_TREATMENT) -> pd.DataFrame:
+    """``scores`` with judge errors scored 0 (``zero``) or left NaN, so dropped (``drop``)."""
+    if treatment not in JUDGE_ERROR_TREATMENTS:
+        raise ValueError(f"unknown judge-error treatment {treatment!r}; known: {', '.join(JUDGE_ERROR_TREATMENTS)}")
+    flags = judge_error_flags(scores)
+    if not flags.any():
+        return scores
+    out = scores.copy()
+    out.loc[flags, "score"] = 0.0 if treatment == "zero" else np.nan
+    return out
+
+
+def other_treatment(treatment: str) -> str:
+    return next(t for t in JUDGE_ERROR_TREATMENTS if t != treatment)
+
+
+def judge_error_counts(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per setting, probe kind and persona: answers, judge errors, and probes left unasked."""
+    if scores.empty:
+        return pd.DataFrame(columns=["setting", "kind", "persona", "answers", "judge_errors", "unasked"])
+    persona = scores["persona"] if "persona" in scores else pd.Series("", index=scores.index)
+    unasked = scores["context"].astype(str).eq("overflow") if "context" in scores else False
+    df = pd.DataFrame({"setting": scores["setting"], "kind": scores["kind"], "persona": persona.fillna(""),
+                       "answers": ~unasked if not isinstance(unasked, bool) else True,
+                       "judge_errors": judge_error_flags(scores), "unasked": unasked})
+    out = df.groupby(["setting", "kind", "persona"], sort=True)[["answers", "judge_errors", "unasked"]].sum()
+    out = out.astype(int).reset_index()
+    out["treatment"] = JUDGE_ERROR_TREATMENT
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Claims over the dialog. Each is a per-conversation number (the conversation's mean score per
+# round, samples averaged), so its interval is taken over conversations:
+#
+# * ``shift``: round 1 minus round 0, the change from the probe right after the system prompt
+#   (no topic, no dialog) to the probe after the first dialog round;
+# * ``drift``: the decline over the dialog's rounds, round 1 to the last (R): the conversation's
+#   least-squares slope of score on round over rounds 1..R, times R - 1, so it reads as the
+#   fitted change from round 1 to round R in score units. The primary drift claim: it uses every
+#   dialog round, where first-against-last uses two;
+# * ``level``: the mean over rounds 1..R (what a mitigation raises or not).
+#
+# A claim "against" another setting (``versus``) is the paired difference of the two settings'
+# per-conversation values on the same conversation seeds and persona pairs (for the control:
+# a difference in differences).
+
+CLAIMS = ("shift", "drift", "level")
+CONTROL = "control"  # the setting whose user bot has no persona (length-only drift)
+
+
+def per_conversation(scores: pd.DataFrame) -> pd.DataFrame:
+    """Conversation x round: the mean of the finite scores (rounds as sorted columns)."""
+    g = scores[np.isfinite(scores["score"])]
+    return g.groupby(["conversation", "round"])["score"].mean().unstack("round").sort_index(axis=1)
+
+
+def dialog_rounds(per: pd.DataFrame) -> list:
+    return [r for r in per.columns if r >= 1]
+
+
+def fitted_change(per: pd.DataFrame) -> pd.Series:
+    """Per conversation: least-squares slope over rounds 1..R times R - 1 (rounds it lacks are left out;
+    a conversation with fewer than two dialog rounds scored has none)."""
+    rounds = dialog_rounds(per)
+    if len(rounds) < 2:
+        return pd.Series(dtype=float)
+    x = np.asarray(rounds, dtype=float)
+    y = per[rounds].to_numpy(dtype=float)
+    ok = np.isfinite(y)
+    n = ok.sum(axis=1)
+    xm = np.where(ok, x, 0).sum(axis=1) / np.maximum(n, 1)
+    dx = np.where(ok, x - xm[:, None], 0)
+    ym = np.where(ok, y, 0).sum(axis=1) / np.maximum(n, 1)
+    sxx = (dx**2).sum(axis=1)
+    sxy = (dx * np.where(ok, y - ym[:, None], 0)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where((n >= 2) & (sxx > 0), sxy / sxx, np.nan)
+    return pd.Series(slope * (x[-1] - x[0]), index=per.index).dropna()
+
+
+def claim_values(per: pd.DataFrame, claim: str) -> pd.Series:
+    """The per-conversation values of ``claim`` (see the comment above :data:`CLAIMS`)."""
+    rounds = dialog_rounds(per)
+    if claim == "drift":
+        return fitted_change(per)
+    if claim == "level":
+        return per[rounds].mean(axis=1).dropna() if rounds else pd.Series(dtype=float)
+    if claim == "shift":
+        if 0 not in per.columns or not rounds:
+            return pd.Series(dtype=float)
+        return (per[rounds[0]] - per[0]).dropna()
+    raise ValueError(f"unknown claim {claim!r}; known: {', '.join(CLAIMS)}")
+
+
+def claim_rounds(per: pd.DataFrame, claim: str) -> tuple[int, int] | None:
+    """(first, last) round a claim compares, or None when the table cannot measure it."""
+    rounds = dialog_rounds(per)
+    if claim == "shift":
+        return (0, int(rounds[0])) if 0 in per.columns and rounds else None
+    if claim == "drift":
+        return (int(rounds[0]), int(rounds[-1])) if len(rounds) >= 2 else None
+    return (int(rounds[0]), int(rounds[-1])) if rounds else None
+
+
+def _with_other_treatment(scores: pd.DataFrame, build, keys: list, cols: list, treatment: str) -> pd.DataFrame:
+    """``build`` on the scores under ``treatment``, with ``cols`` of the other treatment beside each row
+    (named ``<col>_if_scored_0`` or ``<col>_if_dropped``) and the treatment named."""
+    main = build(treat_judge_errors(scores, treatment))
+    if main.empty:
+        return main
+    other = other_treatment(treatment)
+    alt = build(treat_judge_errors(scores, other))
+    suffix = TREATMENT_SUFFIX[other]
+    alt = alt[keys + cols].rename(columns={c: f"{c}_if_{suffix}" for c in cols}) if not alt.empty else None
+    main["judge_error_treatment"] = TREATMENT_SUFFIX[treatment]
+    if alt is None:
+        for c in cols:
+            main[f"{c}_if_{suffix}"] = np.nan
+        return main
+    return main.merge(alt, on=keys, how="left")
+
+
+def change_over_dialog(scores: pd.DataFrame, *, method: str = "t", confidence: float = 0.95, resamples: int = 2000,
+                       seed: int = 0, control: str = CONTROL,
+                       judge_errors: str = JUDGE_ERROR_TREATMENT) -> pd.DataFrame:
+    """The drift figure's claims, one row each, Holm-adjusted together (one family).
+
+    Per setting and kind: ``shift`` (round 0 to round 1) and ``drift`` (over rounds 1..R); and
+    when the table holds ``control``, each other setting's claims minus the control's on the same
+    conversations (``versus`` = the control; ``versus`` is empty otherwise). ``change`` is the
+    mean of the per-conversation values with its interval; ``first_mean`` / ``last_mean`` are the
+    observed means of the claim's two end rounds (NaN for a difference). Judge errors are treated
+    by ``judge_errors``; ``judge_errors`` counts them in the claim's rows, and the ``*_if_<other>``
+    columns give the claim under the other treatment (its own Holm family).
     """
-    rows = []
-    for (setting, kind), g in scores.groupby(["setting", "kind"], sort=True):
-        g = g[np.isfinite(g["score"])]
-        first, last = g["round"].min(), g["round"].max()
-        per = g.groupby(["conversation", "round"])["score"].mean().unstack("round")
-        if first == last or per.empty:
-            continue
-        diff = (per[last] - per[first]).dropna()
-        iv = mean_interval(diff, method=method, confidence=confidence, resamples=resamples, seed=seed)
-        rows.append({
-            "setting": setting, "kind": kind, "first_round": int(first), "last_round": int(last),
-            "first_mean": float(per[first].mean()), "last_mean": float(per[last].mean()),
-            "change": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "p_value": iv.p_value,
-            "n_conversations": iv.n, "method": method, "confidence": confidence,
-        })
-    return _adjust(pd.DataFrame(rows), confidence)
+    kw = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
+    errors = judge_error_flags(scores)
+
+    def build(sc: pd.DataFrame) -> pd.DataFrame:
+        rows = []
+        pers = {(s, k): per_conversation(g) for (s, k), g in sc.groupby(["setting", "kind"], sort=True)}
+        for (setting, kind), per in pers.items():
+            versus = [""] + ([control] if setting != control and (control, kind) in pers else [])
+            for vs in versus:
+                for claim in ("shift", "drift"):
+                    span = claim_rounds(per, claim)
+                    if span is None:
+                        continue
+                    vals = claim_values(per, claim)
+                    first_mean, last_mean = float(per[span[0]].mean()), float(per[span[1]].mean())
+                    if vs:
+                        vals = (vals - claim_values(pers[(vs, kind)], claim)).dropna()
+                        first_mean = last_mean = float("nan")
+                    iv = mean_interval(vals, **kw)
+                    inside = scores["kind"].eq(kind) & scores["round"].between(*span)
+                    n_err = int((errors & inside & scores["setting"].isin([setting, vs])).sum())
+                    rows.append({
+                        "setting": setting, "versus": vs, "kind": kind, "claim": claim,
+                        "first_round": span[0], "last_round": span[1], "first_mean": first_mean,
+                        "last_mean": last_mean, "change": iv.mean, "ci_low": iv.low, "ci_high": iv.high,
+                        "p_value": iv.p_value, "n_conversations": iv.n, "judge_errors": n_err,
+                        "method": method, "confidence": confidence,
+                    })
+        return _adjust(pd.DataFrame(rows), confidence)
+
+    return _with_other_treatment(scores, build, ["setting", "versus", "kind", "claim"],
+                                 ["change", "ci_low", "ci_high", "p_holm", "significant"], judge_errors)
 
 
 def _adjust(df: pd.DataFrame, confidence: float) -> pd.DataFrame:
@@ -239,26 +411,45 @@ def _adjust(df: pd.DataFrame, confidence: float) -> pd.DataFrame:
     return df
 
 
-def paired_vs_baseline(scores: pd.DataFrame, *, baseline: str = "none", kind: str = "agent", method: str = "t",
-                       confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
-                       min_round: int = 1) -> pd.DataFrame:
-    """Each setting minus the baseline on the same conversations (mean over rounds >= ``min_round``).
+def vs_baseline(scores: pd.DataFrame, *, baseline: str = "none", kind: str = "agent", method: str = "t",
+                confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+                judge_errors: str = JUDGE_ERROR_TREATMENT) -> pd.DataFrame:
+    """The mitigation figure's claims: each setting against the baseline on the same conversations.
 
-    Round 0 is left out by default: it has no dialog, so it cannot show drift being controlled.
-    p-values are Holm-adjusted across the settings other than the baseline.
+    Two claims per setting, named by what they measure: ``level`` (mean over rounds 1..R: a method
+    that raises it "raises the level over the dialog") and ``drift`` (the fitted change over
+    rounds 1..R: a method that makes it less negative "reduces the decline over the dialog").
+    Round 0 is left out: it has no dialog. ``mean`` is the setting's own value of the claim,
+    ``diff_vs_baseline`` the paired difference with its interval; p-values are Holm-adjusted over
+    every claim of every setting other than the baseline (one family). Judge errors as in
+    :func:`change_over_dialog`.
     """
-    g = scores[(scores["kind"] == kind) & np.isfinite(scores["score"]) & (scores["round"] >= min_round)]
-    per = g.groupby(["setting", "conversation"])["score"].mean().unstack("setting")
-    if baseline not in per:
-        return pd.DataFrame()
-    rows = []
-    for setting in per.columns:
-        diff = (per[setting] - per[baseline]).dropna()
-        if setting == baseline:
-            iv = Interval(0.0, 0.0, 0.0, float("nan"), len(diff), method)
-        else:
-            iv = mean_interval(diff, method=method, confidence=confidence, resamples=resamples, seed=seed)
-        rows.append({"setting": setting, "kind": kind, "mean": float(per[setting].mean()),
-                     "diff_vs_baseline": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "p_value": iv.p_value,
-                     "n_conversations": iv.n, "method": method, "confidence": confidence})
-    return _adjust(pd.DataFrame(rows), confidence)
+    kw = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
+    errors = judge_error_flags(scores)
+
+    def build(sc: pd.DataFrame) -> pd.DataFrame:
+        g = sc[sc["kind"] == kind]
+        pers = {s: per_conversation(d) for s, d in g.groupby("setting", sort=True)}
+        if baseline not in pers:
+            return pd.DataFrame()
+        rows = []
+        for setting, per in pers.items():
+            for claim in ("level", "drift"):
+                vals = claim_values(per, claim)
+                base = claim_values(pers[baseline], claim)
+                diff = (vals - base).dropna()
+                own = mean_interval(vals, **kw)
+                if setting == baseline:
+                    iv = Interval(0.0, 0.0, 0.0, float("nan"), len(diff), method)
+                else:
+                    iv = mean_interval(diff, **kw)
+                rows.append({"setting": setting, "kind": kind, "claim": claim, "mean": own.mean,
+                             "mean_ci_low": own.low, "mean_ci_high": own.high, "diff_vs_baseline": iv.mean,
+                             "ci_low": iv.low, "ci_high": iv.high, "p_value": iv.p_value, "n_conversations": iv.n,
+                             "judge_errors": int((errors & scores["kind"].eq(kind) & scores["round"].ge(1)
+                                                  & scores["setting"].eq(setting)).sum()),
+                             "method": method, "confidence": confidence})
+        return _adjust(pd.DataFrame(rows), confidence)
+
+    return _with_other_treatment(scores, build, ["setting", "kind", "claim"],
+                                 ["diff_vs_baseline", "ci_low", "ci_high", "p_holm", "significant"], judge_errors)

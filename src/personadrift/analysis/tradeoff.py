@@ -1,7 +1,9 @@
 """The stability-against-capability table: one row per setting, with paired comparisons.
 
-Stability is the agent probe's score averaged over dialog rounds (>= 1) per conversation;
-capability is MMLU accuracy in one of two forms (contract 4 of the MMLU table):
+Stability is the agent probe's score averaged over dialog rounds (>= 1) per conversation (the
+level over the dialog); its change over the dialog is the fitted change from round 1 to the last
+(``analysis.stats``: claim ``drift``). Each is compared with the baseline on the same
+conversations, and the two claims of every setting are Holm-adjusted together. Capability is MMLU accuracy in one of two forms (contract 4 of the MMLU table):
 
 * ``letter``: the answer letter's next-token probability (columns ``letter_correct`` ...;
   older tables have ``correct``/``p_correct``/``predicted``, read as this form);
@@ -17,7 +19,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from personadrift.analysis.stats import holm, mean_interval
+from personadrift.analysis.stats import (
+    JUDGE_ERROR_TREATMENT,
+    TREATMENT_SUFFIX,
+    holm,
+    mean_interval,
+    other_treatment,
+    vs_baseline,
+)
 
 CHANCE = 0.25
 FORMS = ("letter", "cloze")
@@ -63,51 +72,69 @@ def choose_form(mmlu: pd.DataFrame, confidence: float, baseline: str = "none") -
                f"capability loss cannot be measured with this model")
 
 
+def _flag(v) -> bool:
+    return bool(v) if isinstance(v, (bool, np.bool_)) else False
+
+
 def tradeoff_rows(settings: list[dict], chosen: set, scores: pd.DataFrame, mmlu: pd.DataFrame, *,
                   method: str = "t", confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
                   baseline: str = "none") -> pd.DataFrame:
-    """One row per setting (dicts with name, family, method, value): stability and MMLU with
-    intervals, paired differences from the baseline with Holm-adjusted p-values (stability and
-    MMLU each adjusted across the non-baseline settings)."""
+    """One row per setting (dicts with name, family, method, value): stability's level and change
+    over the dialog and MMLU, with intervals, and paired differences from the baseline.
+
+    ``stability_diff*`` (level) and ``drift_diff*`` (change over the dialog) are one Holm family
+    across the non-baseline settings (``n_comparisons`` counts both); MMLU is its own family.
+    Judge errors are scored 0 (``analysis.stats.JUDGE_ERROR_TREATMENT``); ``judge_errors`` counts
+    the setting's agent answers in rounds >= 1 whose judge raised, and the ``*_if_dropped``
+    columns give both claims with those answers dropped."""
     kw = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
     form, reason = choose_form(mmlu, confidence, baseline)
     mm_all = mmlu_form(mmlu, form)
-    agent = scores[(scores["kind"] == "agent") & (scores["round"] >= 1) & np.isfinite(scores["score"])]
-    per_conv = agent.groupby(["setting", "conversation"])["score"].mean().unstack("setting")
+    names = [s["name"] for s in settings]
+    claims = vs_baseline(scores[scores["setting"].isin(names) & (scores["round"] >= 1)], baseline=baseline, **kw)
+    claims = claims.set_index(["setting", "claim"]) if not claims.empty else claims
+    alt = TREATMENT_SUFFIX[other_treatment(JUDGE_ERROR_TREATMENT)]
     base_mm = mm_all[mm_all["setting"] == baseline].set_index("index")["correct"].astype(float)
     rows = []
     for s in settings:
         name = s["name"]
-        stab = per_conv[name].dropna() if name in per_conv else pd.Series(dtype=float)
-        st = mean_interval(stab, **kw)
-        if name == baseline or baseline not in per_conv or name not in per_conv:
-            sd = None
-        else:
-            sd = mean_interval((per_conv[name] - per_conv[baseline]).dropna(), **kw)
+        row = {"setting": name, "family": s["family"], "method": s["method"], "value": s["value"],
+               "chosen": name in chosen}
+        for claim, col, own in (("level", "stability_diff", "stability"), ("drift", "drift_diff", "drift")):
+            c = claims.loc[(name, claim)] if len(claims) and (name, claim) in claims.index else None
+            get = (lambda k: c[k]) if c is not None else (lambda k: np.nan)  # noqa: E731
+            row.update({own: get("mean"), f"{own}_ci_low": get("mean_ci_low"), f"{own}_ci_high": get("mean_ci_high"),
+                        col: get("diff_vs_baseline"), f"{col}_ci_low": get("ci_low"),
+                        f"{col}_ci_high": get("ci_high"), f"{col}_p": get("p_value"),
+                        f"{col}_p_holm": get("p_holm"), f"{col}_significant": _flag(get("significant")),
+                        f"{col}_if_{alt}": get(f"diff_vs_baseline_if_{alt}"),
+                        f"{col}_p_holm_if_{alt}": get(f"p_holm_if_{alt}"),
+                        f"{col}_significant_if_{alt}": _flag(get(f"significant_if_{alt}"))})
+            if name == baseline:
+                row[f"{col}_ci_low"] = row[f"{col}_ci_high"] = np.nan
+        c = claims.loc[(name, "level")] if len(claims) and (name, "level") in claims.index else None
+        row["judge_errors"] = int(c["judge_errors"]) if c is not None else 0
+        row["n_conversations"] = int(c["n_conversations"]) if c is not None else 0
         mm = mm_all[mm_all["setting"] == name].set_index("index")
         acc = wilson(mm["correct"], confidence)
         md = None if name == baseline else mean_interval((mm["correct"].astype(float) - base_mm).dropna(), **kw)
         pc = mean_interval(mm["p_correct"], **kw) if "p_correct" in mm else None
         top = float(mm["predicted"].value_counts(normalize=True).max()) if "predicted" in mm and len(mm) else np.nan
-        rows.append({
-            "setting": name, "family": s["family"], "method": s["method"], "value": s["value"],
-            "chosen": name in chosen, "stability": st.mean, "stability_ci_low": st.low, "stability_ci_high": st.high,
-            "stability_diff": sd.mean if sd else (0.0 if name == baseline else np.nan),
-            "stability_diff_ci_low": sd.low if sd else np.nan, "stability_diff_ci_high": sd.high if sd else np.nan,
-            "stability_diff_p": sd.p_value if sd else np.nan,
+        row.update({
             "mmlu_form": form, "mmlu_form_reason": reason,
             "mmlu_accuracy": acc["accuracy"], "mmlu_ci_low": acc["ci_low"], "mmlu_ci_high": acc["ci_high"],
             "mmlu_diff": md.mean if md else 0.0, "mmlu_diff_ci_low": md.low if md else np.nan,
             "mmlu_diff_ci_high": md.high if md else np.nan, "mmlu_diff_p": md.p_value if md else np.nan,
             "mmlu_p_correct": pc.mean if pc else np.nan, "mmlu_p_correct_ci_low": pc.low if pc else np.nan,
             "mmlu_p_correct_ci_high": pc.high if pc else np.nan, "mmlu_n": acc["n"],
-            "mmlu_top_answer_share": top, "n_conversations": int(stab.size),
+            "mmlu_top_answer_share": top, "judge_error_treatment": TREATMENT_SUFFIX[JUDGE_ERROR_TREATMENT],
             "interval_method": method, "confidence": confidence,
         })
+        rows.append(row)
     df = pd.DataFrame(rows)
     alpha = 1 - confidence
-    for col in ("stability_diff", "mmlu_diff"):
-        df[f"{col}_p_holm"] = holm(df[f"{col}_p"])
-        df[f"{col}_significant"] = (df[f"{col}_p_holm"] < alpha).fillna(False).astype(bool)
-    df["n_comparisons"] = int(np.isfinite(df["stability_diff_p"]).sum())
+    df["mmlu_diff_p_holm"] = holm(df["mmlu_diff_p"])
+    df["mmlu_diff_significant"] = (df["mmlu_diff_p_holm"] < alpha).fillna(False).astype(bool)
+    df["n_comparisons"] = int(np.isfinite(df["stability_diff_p"]).sum() + np.isfinite(df["drift_diff_p"]).sum())
+    df["mmlu_n_comparisons"] = int(np.isfinite(df["mmlu_diff_p"]).sum())
     return df

@@ -38,6 +38,41 @@ def _method(t: pd.DataFrame) -> tuple[str, float]:
     return method, float(t["confidence"].iloc[0]) if "confidence" in t else 0.95
 
 
+def _verdict(r, col: str, up: str, down: str) -> str:
+    if not r.get(f"{col}_significant", False):
+        return "no significant difference"
+    return up if r[col] > 0 else down
+
+
+def mitigation_sentence(r) -> str:
+    """What one method at its chosen setting is measured to do, worded by what each claim measures."""
+    def stat(col):
+        return (f"{r[col]:+.2f} [{r[f'{col}_ci_low']:+.2f}, {r[f'{col}_ci_high']:+.2f}], "
+                f"Holm p = {r[f'{col}_p_holm']:.3f}")
+
+    text = (f"{_label(r)}: level over the dialog {stat('stability_diff')} "
+            f"({_verdict(r, 'stability_diff', 'raises the level', 'lowers the level')})")
+    if "drift_diff" in r and pd.notna(r["drift_diff"]):
+        text += (f"; change over the dialog {stat('drift_diff')} "
+                 f"({_verdict(r, 'drift_diff', 'reduces the decline', 'steepens the decline')})")
+    return text + "."
+
+
+def _errors_sentence(t: pd.DataFrame) -> str:
+    """Judge errors of the compared settings and what dropping them instead changes."""
+    if "judge_errors" not in t or int(t["judge_errors"].sum()) == 0:
+        return "Every answer could be judged."
+    text = f"{int(t['judge_errors'].sum())} agent answers could not be judged; they are scored 0."
+    flips = []
+    for col in ("stability_diff", "drift_diff"):
+        alt = f"{col}_significant_if_dropped"
+        if alt in t:
+            d = t[(t["method"] != "none") & (t[f"{col}_significant"].astype(bool) != t[alt].astype(bool))]
+            flips += [f"{_label(r)} ({'level' if col == 'stability_diff' else 'change'})" for _, r in d.iterrows()]
+    return text + (" Dropped instead, the verdict changes for: " + ", ".join(flips) + "." if flips
+                   else " Dropped instead, no claim changes its verdict.")
+
+
 @figure("mitigation_over_rounds")
 def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
     rounds = pd.read_csv(by_round_csv)
@@ -54,15 +89,17 @@ def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     how = describe(*_method(trade))
-    sig = [f"{_label(r)}: {r['stability_diff']:+.2f} [{r['stability_diff_ci_low']:+.2f}, "
-           f"{r['stability_diff_ci_high']:+.2f}], Holm p = {r['stability_diff_p_holm']:.3f}"
-           f"{' (significant)' if r['stability_diff_significant'] else ''}"
-           for _, r in shown.iterrows() if r["method"] != "none"]
+    claims = [mitigation_sentence(r) for _, r in shown.iterrows() if r["method"] != "none"]
     caption(fig, "Stability per round for no intervention and each method at its chosen setting, on the same "
                  f"conversations (same seeds and persona pairs; n = {int(shown['n_conversations'].max())}); bands: "
-                 f"{how}. Paired difference from no intervention, mean over rounds 1 and later, with its {how}; "
-                 f"p-values Holm-adjusted over all {int(trade['n_comparisons'].max())} settings compared: "
-                 + ("; ".join(sig) if sig else "none configured") + ".", width=100)
+                 f"{how}. Two claims per method, each a paired difference from no intervention with its {how}: "
+                 "the level over the dialog (mean over rounds 1 and later; higher: the method raises the level) "
+                 "and the change over the dialog (fitted least-squares change from round 1 to the last; less "
+                 "negative: the method reduces the decline). The methods also act on the probes, so a higher level "
+                 "alone does not show less drift. p-values Holm-adjusted over all "
+                 f"{int(trade['n_comparisons'].max())} claims of the settings compared. "
+                 + (" ".join(claims) if claims else "No method configured.") + " " + _errors_sentence(trade),
+            width=110)
     return fig
 
 

@@ -22,8 +22,16 @@ def score(config: dict, transcript_dirs: list, out_csv) -> None:
     write_table(df, out_csv, judge_errors=errors, fluency_gate=config["scoring"]["english_fluency_gate"])
 
 
-def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_change, out_study) -> None:
-    from personadrift.analysis.stats import by_round, change_over_dialog
+def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_change, out_study,
+                 out_errors=None) -> None:
+    from personadrift.analysis.stats import (
+        JUDGE_ERROR_TREATMENT,
+        TREATMENT_SUFFIX,
+        by_round,
+        change_over_dialog,
+        judge_error_counts,
+        judge_error_flags,
+    )
 
     sc = config["scoring"]
     # the baseline's scores and, when the DAG passes them, the control setting's (user bot
@@ -33,7 +41,10 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
           "seed": config.get("seed", 0)}
     write_table(by_round(scores, unit=sc["bootstrap_unit"], **kw), out_by_round)
     write_table(change_over_dialog(scores, **kw), out_change)
+    if out_errors is not None:
+        write_table(judge_error_counts(scores), out_errors)
     pool = read_json(pool_json)
+    errors = judge_error_flags(scores)
     study = {
         "study": config["study"],
         "model": config["model"]["name"],
@@ -49,6 +60,8 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
         "confidence": sc["confidence"],
         "bootstrap_unit": sc["bootstrap_unit"],
         "method": kw["method"],
-        "judge_errors": int(scores["error"].notna().sum()),  # empty cells read as NaN
+        "judge_errors": int(errors.sum()),
+        "judge_errors_by_setting": {str(s): int(n) for s, n in errors.groupby(scores["setting"]).sum().items()},
+        "judge_error_treatment": TREATMENT_SUFFIX[JUDGE_ERROR_TREATMENT],
     }
     atomic_write_json(out_study, study)
