@@ -29,53 +29,114 @@ def test_written_transcripts_score_to_the_simulated_table(tmp_path):
     assert set(got["round"]) == {0, 1, 2} and got["score"].isin([0.0, 1.0]).all()
 
 
-def test_truth_is_the_population_mean():
-    design = sim.drifting(20_000, drop=1.5)
+@pytest.mark.parametrize("judge", ["binary", "graded"])
+def test_truth_is_the_population_mean(judge):
+    # drift that varies between conversations widens the spread round by round: the truth has it
+    design = sim.drifting(20_000, shift=0.8, drop=1.5, drift_sd=1.0, judge=judge, precision=3.0)
     sc = sim.simulate_scores(design, seed=1)
     emp = sc[sc["setting"] == "none"].groupby(["kind", "round"])["score"].mean()
     t = sim.truth(design).set_index(["kind", "round"])["true_mean"]
     assert np.abs(emp - t).max() < 0.01
-    assert sim.true_change(design) < -0.2 and sim.true_change(sim.drifting(8, drop=0.0)) == pytest.approx(0)
+    assert sc["score"].between(0, 1).all() and (judge == "binary") == sc["score"].isin([0.0, 1.0]).all()
+    # the claims are linear in the round means: the drift table's value on a huge study is the truth
+    ch = change_over_dialog(sc).set_index(["kind", "claim"])
+    assert ch.loc[("agent", "drift"), "change"] == pytest.approx(sim.true_change(design), abs=0.01)
+    assert ch.loc[("agent", "shift"), "change"] == pytest.approx(sim.true_claim(design, "none", "agent", "shift"),
+                                                                 abs=0.01)
+    assert sim.true_change(design) < -0.1 and sim.true_change(sim.drifting(8, drop=0.0)) == pytest.approx(0)
 
 
 def test_drift_of_a_planted_study_is_found_in_the_scored_transcripts(tmp_path):
     design = sim.drifting(40, drop=3.0)
     dirs = sim.write_study(design, seed=2, out_dir=tmp_path)
-    ch = change_over_dialog(score_dirs([dirs["none"]])).set_index("kind")
-    assert ch.loc["agent", "significant"] and ch.loc["agent", "first_round"] == 0
-    assert ch.loc["agent", "ci_low"] <= sim.true_change(design) <= ch.loc["agent", "ci_high"]
+    ch = change_over_dialog(score_dirs([dirs["none"]])).set_index(["kind", "claim"])
+    assert ch.loc[("agent", "drift"), "significant"] and ch.loc[("agent", "drift"), "first_round"] == 1
+    assert ch.loc[("agent", "drift"), "ci_low"] <= sim.true_change(design) <= ch.loc[("agent", "drift"), "ci_high"]
 
 
-@pytest.mark.parametrize("n", [8, 200])
-def test_t_interval_coverage_and_false_positive_rate_without_drift(n):
-    res = sim.check(sim.drifting(n, drop=0.0), studies=STUDIES, method="t").set_index("claim")
-    for claim in ("drift (agent)", "drift (user)", "round mean (agent)"):
+def test_graded_studies_are_score_tables_only():
+    with pytest.raises(ValueError, match="binary"):
+        sim.study_records(sim.drifting(2, judge="graded"), seed=0)
+    with pytest.raises(ValueError, match="Design.judge"):
+        sim.drifting(2, judge="likert")
+
+
+@pytest.mark.parametrize("n,judge,drift_sd", [(8, "binary", 0.0), (200, "binary", 0.0), (8, "graded", 1.0),
+                                               (200, "graded", 1.0)])
+def test_t_interval_coverage_and_false_positive_rate_without_drift(n, judge, drift_sd):
+    # start 0.5: conversations' own drifts cancel in the mean, so the true change is 0
+    design = sim.drifting(n, drop=0.0, judge=judge, drift_sd=drift_sd)
+    res = sim.check(design, studies=STUDIES, method="t").set_index("claim")
+    for claim in ("drift (agent)", "shift (agent)", "drift (user)", "round mean (agent)"):
         assert abs(res.loc[claim, "coverage"] - NOMINAL) <= MARGIN, res
-    # no drift: "significant drift" (Holm over the two claims) at most at the nominal rate
+    assert res.loc["drift (agent)", "true_value"] == pytest.approx(0, abs=1e-9)
+    assert (res.loc["drift (agent)", "family"] == 4)  # shift and drift of both probes
+    # no drift: "significant drift" (Holm over the four claims) at most at the nominal rate
     assert res.loc["drift (agent)", "significant_rate"] <= (1 - NOMINAL) + MARGIN / 2
+
+
+def test_coverage_of_every_figure_claim_with_the_control_and_mitigations():
+    """The drift figure's family (with the control: 12 claims, differences in differences among them)
+    and the mitigation figure's (level and change of 2 settings: 4 claims) under planted effects."""
+    design = sim.drifting(40, shift=0.8, drop=1.0, drift_sd=0.7, effects={"none": 0.0, "control": -0.5, "a": 0.8,
+                                                                          "b": 0.0},
+                          drift_effects={"control": 0.6, "a": 0.0, "b": 1.0})
+    res = sim.check(design, studies=60, method="t", round_means=False).set_index("claim")
+    assert (res.loc[res.index.str.contains("vs control|\\[control\\]|^(shift|drift) \\(", regex=True), "family"]
+            == 12).all()
+    assert (res.loc[["level vs none", "drift vs none"], "family"] == 4).all()
+    assert (res["coverage"] >= NOMINAL - 0.1).all(), res  # 60 studies: SE about 0.03
+    assert res.loc["drift (agent) vs control", "true_value"] < -0.02  # the control declines less
+    # "a" raises the level; "b" (the others) flattens the decline
+    assert res.loc["level vs none", "true_value"] > 0.05 and res.loc["drift vs none (others)", "true_value"] > 0.05
 
 
 @pytest.mark.parametrize("config", ["config.yaml", "configs/laptop.yaml"])
 def test_t_interval_coverage_at_the_shipped_configs_own_shape(config):
     """The default and the laptop study run one probe sample per round (the checks above use
-    two): the drift interval still covers at their own size, rounds and sample count."""
+    two): the drift interval still covers at their own size, rounds and sample count, with drift
+    that varies between conversations."""
     import yaml
 
     from support.workflow import REPO
 
     shape = sim.shape_of(yaml.safe_load((REPO / config).read_text()))
     assert shape.runs == 1
-    design = sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drop=1.0)
+    design = sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drop=1.0, drift_sd=1.0)
     res = sim.check(design, studies=STUDIES, method="t", round_means=False).set_index("claim")
-    for claim in ("drift (agent)", "drift (user)"):
+    for claim in ("drift (agent)", "drift (user)", "shift (agent)"):
         assert abs(res.loc[claim, "coverage"] - NOMINAL) <= MARGIN, res
 
 
 def test_power_at_paper_scale_and_coverage_under_drift():
-    design = sim.drifting(200, drop=1.0)  # about -0.2 in mean stability over the dialog
+    design = sim.drifting(200, drop=1.0, drift_sd=0.5)  # about -0.2 in mean stability over the dialog
     res = sim.check(design, studies=40, method="t", round_means=False).set_index("claim")
     assert res.loc["drift (agent)", "significant_rate"] >= 0.95
     assert abs(res.loc["drift (agent)", "coverage"] - NOMINAL) <= 0.1  # 40 studies: SE about 0.035
+
+
+def test_heterogeneous_drift_costs_power():
+    same = sim.drifting(30, drop=1.0, drift_sd=0.0)
+    varied = sim.drifting(30, drop=1.0, drift_sd=2.0)
+    p = {k: sim.check(d, studies=60, round_means=False).set_index("claim").loc["drift (agent)", "significant_rate"]
+         for k, d in (("same", same), ("varied", varied))}
+    assert p["varied"] < p["same"] - 0.1, p
+
+
+def test_fit_recovers_a_planted_study_and_refits_its_own_simulation():
+    truth = sim.drifting(300, rounds=5, start=0.4, shift=1.0, drop=1.0, drift_sd=1.2, spread=1.0, round_noise=0.3,
+                         runs=2, judge="graded", precision=5.0)
+    fit = sim.fit_design(sim.simulate_scores(truth, seed=4))
+    assert (fit.conversations, fit.rounds, fit.runs, fit.judge) == (300, 5, 2, "graded")
+    assert fit.precision == pytest.approx(5.0, rel=0.25)
+    assert fit.spread == pytest.approx(1.0, abs=0.4) and fit.drift_sd == pytest.approx(1.2, abs=0.5)
+    t, f = sim.truth(truth), sim.truth(fit)
+    assert np.abs(t["true_mean"] - f["true_mean"]).max() < 0.04
+    assert sim.true_change(fit) == pytest.approx(sim.true_change(truth), abs=0.03)
+    planted = sim.with_drift(fit, 2.0)
+    assert planted.stability[0] == fit.stability[0] and sim.true_change(planted) < sim.true_change(fit)
+    with pytest.raises(ValueError, match="rounds 0..R"):
+        sim.fit_design(sim.simulate_scores(truth, seed=4).query("round != 2"))
 
 
 def test_a_simulated_study_runs_through_the_workflow_steps(tmp_path):
@@ -98,10 +159,15 @@ def test_a_simulated_study_runs_through_the_workflow_steps(tmp_path):
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps({"personas": [{"id": "p"}], "dropped": [], "rule": "all kept"}))
     t = {k: tmp_path / f"{k}.csv" for k in ("by_round", "change")}
-    drift_tables(config, csvs, pool, t["by_round"], t["change"], tmp_path / "study.json")
+    drift_tables(config, csvs, pool, t["by_round"], t["change"], tmp_path / "study.json",
+                 out_errors=tmp_path / "errors.csv")
+    errors = pd.read_csv(tmp_path / "errors.csv")
+    assert set(errors["setting"]) == {"none", "control"} and (errors["judge_errors"] == 0).all()
+    assert errors["answers"].sum() == sum(len(pd.read_csv(c)) for c in csvs)
     ch = pd.read_csv(t["change"])
-    assert set(ch["setting"]) == {"none", "control"} and (ch["n_comparisons"] == 4).all()
-    assert (ch["first_round"] == 0).all() and (ch["method"] == "t").all()
+    assert set(ch["setting"]) == {"none", "control"} and (ch["n_comparisons"] == 12).all()
+    assert set(ch["claim"]) == {"shift", "drift"} and (ch["method"] == "t").all()
+    assert set(ch.loc[ch["claim"] == "drift", "first_round"]) == {1}
     out = tmp_path / "drift.png"
     draw("drift_over_rounds", [str(t["by_round"]), str(t["change"]), str(tmp_path / "study.json")], [str(out)])
     assert out.stat().st_size > 10_000

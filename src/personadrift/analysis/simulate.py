@@ -5,13 +5,20 @@ A simulated study has the workflow's shape: ``conversations`` self-chats, probes
 probe, an agent probe (stability) and a user probe (adoption), one or more settings on the same
 persona pairs. Its truth is known:
 
-* conversation i, setting s, kind k, round r: each probe sample passes its judge with
-  probability p = sigmoid(logit_k[r] + effect_s * [r >= 1] + b_ik + u_ikr), where b_ik ~ N(0,
-  ``spread``^2) is the conversation's own level (same across settings: common persona pairs)
-  and u_ikr ~ N(0, ``round_noise``^2) a conversation-and-round wobble;
+* conversation i, setting s, kind k, round r: the probe's expected score is
+  p = sigmoid(logit_k[r] + effect_s * [r >= 1] + drift_effect_s * (r - 1) / (R - 1) * [r >= 1]
+  + b_ik + d_ik * r / R + u_ikr), where b_ik ~ N(0, ``spread``^2) is the conversation's own
+  level and d_ik ~ N(0, ``drift_sd``^2) its own drift (both the same across settings: common
+  persona pairs and seeds) and u_ikr ~ N(0, ``round_noise``^2) a conversation-and-round wobble;
+* a ``binary`` judge passes each probe sample with probability p; a ``graded`` judge gives a
+  score in [0, 1] drawn from Beta(p * precision, (1 - p) * precision) (mean p);
 * the estimands are population means over conversations, computed exactly (Gauss-Hermite):
-  the mean score per round, the drift (last round minus round 0) and each setting's paired
-  difference from ``none`` (mean over rounds >= 1).
+  the mean score per round, and every claim of the drift and mitigation figures (round-0 shift,
+  fitted change over rounds 1..R, level over rounds 1..R, differences from the control and
+  from ``none``), which are linear in the per-round means.
+
+:func:`fit_design` fits the start levels, spread, drift heterogeneity, round wobble and judge
+noise to a study's scores table, so power can be simulated in that study's shape.
 
 :func:`write_study` writes the transcripts the self-chat step writes (``contains`` judges, so
 scoring them is real work); :func:`simulate_scores` draws the same table directly, which a test
@@ -29,6 +36,7 @@ import pandas as pd
 
 from personadrift.analysis import stats
 
+JUDGES = ("binary", "graded")
 MARK = {"agent": "anchor", "user": "pirate"}  # an answer passes its judge iff it contains the word
 _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(60)
 
@@ -60,6 +68,10 @@ class Design:
     spread: float = 1.0
     round_noise: float = 0.5
     effects: dict = field(default_factory=lambda: {"none": 0.0})
+    drift_sd: float = 0.0
+    judge: str = "binary"
+    precision: float = 4.0
+    drift_effects: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("stability", "adoption"):
@@ -67,11 +79,23 @@ class Design:
                 raise ValueError(f"Design.{name}: needs {self.rounds + 1} values (rounds 0..{self.rounds})")
         if "none" not in self.effects:
             raise ValueError("Design.effects: needs the baseline setting 'none'")
+        if self.judge not in JUDGES:
+            raise ValueError(f"Design.judge: {self.judge!r}, expected one of {', '.join(JUDGES)}")
+        if unknown := set(self.drift_effects) - set(self.effects):
+            raise ValueError(f"Design.drift_effects: settings {sorted(unknown)} are not in Design.effects")
 
     def logits(self, setting: str, kind: str) -> np.ndarray:
         base = _logit(self.stability if kind == "agent" else self.adoption)
-        shift = self.effects[setting] if kind == "agent" else 0.0
-        return base + shift * (np.arange(self.rounds + 1) >= 1)
+        if kind != "agent":
+            return base
+        r = np.arange(self.rounds + 1)
+        ramp = np.where(r >= 1, (r - 1) / max(self.rounds - 1, 1), 0.0)
+        return base + self.effects[setting] * (r >= 1) + self.drift_effects.get(setting, 0.0) * ramp
+
+    def round_sd(self) -> np.ndarray:
+        """Per round: the sd of a conversation's logit around the centre (level, own drift, wobble)."""
+        r = np.arange(self.rounds + 1)
+        return np.sqrt(self.spread**2 + (self.drift_sd * r / self.rounds) ** 2 + self.round_noise**2)
 
 
 @dataclass(frozen=True)
@@ -97,50 +121,101 @@ def shape_of(config: dict, label: str = "") -> StudyShape:
                       int(sc["turns"]) // 2, len(mitigations))
 
 
-def drifting(conversations: int, *, rounds: int = 4, start: float = 0.5, drop: float = 0.0, **kw) -> Design:
-    """A design whose stability centre falls linearly on the logit scale by ``drop`` (logits) over the dialog."""
-    lg = _logit(start) - drop * np.arange(rounds + 1) / rounds
+def drifting(conversations: int, *, rounds: int = 4, start: float = 0.5, drop: float = 0.0, shift: float = 0.0,
+             **kw) -> Design:
+    """A design whose stability centre falls by ``shift`` logits from round 0 to round 1 and then
+    linearly by ``drop`` logits over the dialog (round 1 to the last)."""
+    r = np.arange(rounds + 1)
+    lg = _logit(start) - (r >= 1) * (shift + drop * (r - 1) / max(rounds - 1, 1))
     kw.setdefault("adoption", (0.1,) * (rounds + 1))
     return Design(conversations=conversations, rounds=rounds, stability=tuple(_sigmoid(lg)), **kw)
 
 
+def with_drift(design: Design, drop: float, **changes) -> Design:
+    """``design`` with its stability centre over rounds 1..R replaced by a linear fall of ``drop``
+    logits from its round-1 centre (round 0 kept): a planted decline in a fitted study's shape."""
+    lg = _logit(design.stability)
+    r = np.arange(design.rounds + 1)
+    lg = np.where(r >= 1, lg[min(1, design.rounds)] - drop * (r - 1) / max(design.rounds - 1, 1), lg)
+    return replace(design, stability=tuple(_sigmoid(lg)), **changes)
+
+
 def truth(design: Design) -> pd.DataFrame:
     """True population mean per setting, kind and round (exact up to quadrature error)."""
-    sd = np.hypot(design.spread, design.round_noise)
+    sds = design.round_sd()
     rows = []
     for s in design.effects:
         for kind in ("agent", "user"):
             for r, lg in enumerate(design.logits(s, kind)):
-                m = float(np.sum(_GH_W * _sigmoid(lg + sd * _GH_X)) / np.sqrt(2 * np.pi))
+                m = float(np.sum(_GH_W * _sigmoid(lg + sds[r] * _GH_X)) / np.sqrt(2 * np.pi))
                 rows.append({"setting": s, "kind": kind, "round": r, "true_mean": m})
     return pd.DataFrame(rows)
 
 
-def true_change(design: Design, setting: str = "none", kind: str = "agent") -> float:
-    t = truth(design).set_index(["setting", "kind", "round"])["true_mean"]
-    return float(t[(setting, kind, design.rounds)] - t[(setting, kind, 0)])
+def _claim_of_curve(curve: np.ndarray, claim: str) -> float:
+    """A claim's value on a curve of per-round means (rounds 0..R): linear, so the population mean
+    of the per-conversation values is the claim of the population's mean curve."""
+    if claim == "shift":
+        return float(curve[1] - curve[0])
+    if claim == "level":
+        return float(np.mean(curve[1:]))
+    x = np.arange(1, len(curve), dtype=float)
+    return float(np.polyfit(x, curve[1:], 1)[0] * (x[-1] - x[0]))
 
 
-def true_effect(design: Design, setting: str) -> float:
+def _curves(design: Design) -> dict:
+    """(setting, kind) -> the true mean per round (rounds 0..R)."""
     t = truth(design)
-    t = t[(t["kind"] == "agent") & (t["round"] >= 1)].groupby("setting")["true_mean"].mean()
-    return float(t[setting] - t["none"])
+    return {(s, k): g.sort_values("round")["true_mean"].to_numpy() for (s, k), g in t.groupby(["setting", "kind"])}
+
+
+def true_claim(design: Design, setting: str, kind: str, claim: str, versus: str = "", *, curves=None) -> float:
+    """The population value of one figure claim (``versus``: minus the same claim of that setting)."""
+    curves = curves or _curves(design)
+    value = _claim_of_curve(curves[(setting, kind)], claim)
+    return value - (_claim_of_curve(curves[(versus, kind)], claim) if versus else 0.0)
+
+
+def true_change(design: Design, setting: str = "none", kind: str = "agent") -> float:
+    """The true decline over the dialog: fitted change in the mean from round 1 to the last."""
+    return true_claim(design, setting, kind, "drift")
+
+
+def true_effect(design: Design, setting: str, claim: str = "level", *, curves=None) -> float:
+    """The true difference from ``none`` of ``setting``'s level (or change) over the dialog."""
+    return true_claim(design, setting, "agent", claim, versus="none", curves=curves)
+
+
+def _population(design: Design, rng, n: int) -> dict:
+    """Each kind's conversation effects: level b, own drift d, round wobble u ([n, R+1])."""
+    R = design.rounds + 1
+    r = np.arange(R) / design.rounds
+    out = {}
+    for kind in ("agent", "user"):
+        b = rng.normal(0, design.spread, size=n)
+        d = rng.normal(0, design.drift_sd, size=n)
+        out[kind] = b[:, None] + d[:, None] * r[None, :] + rng.normal(0, design.round_noise, (n, R))
+    return out
 
 
 def simulate_scores(design: Design, seed: int) -> pd.DataFrame:
     """One study's scores table (the columns scoring writes that the statistics read)."""
     rng = np.random.default_rng(seed)
     n, R, k = design.conversations, design.rounds + 1, design.runs
-    level = {kind: rng.normal(0, design.spread, size=n) for kind in ("agent", "user")}
+    eta = _population(design, rng, n)
     parts = []
     for s in design.effects:
         for kind in ("agent", "user"):
-            z = design.logits(s, kind)[None, :] + level[kind][:, None] + rng.normal(0, design.round_noise, (n, R))
-            passed = rng.random((n, R, k)) < _sigmoid(z)[:, :, None]
+            p = _sigmoid(design.logits(s, kind)[None, :] + eta[kind])[:, :, None]
+            if design.judge == "binary":
+                score = (rng.random((n, R, k)) < p).astype(float)
+            else:
+                a = np.clip(p * design.precision, 1e-6, None)
+                score = rng.beta(a, np.clip((1 - p) * design.precision, 1e-6, None), size=(n, R, k))
             c, r, j = np.meshgrid(np.arange(n), np.arange(R), np.arange(k), indexing="ij")
             parts.append(pd.DataFrame({
                 "setting": s, "conversation": c.ravel(), "round": r.ravel(), "turn": 2 * r.ravel(),
-                "kind": kind, "sample": j.ravel(), "score": passed.ravel().astype(float), "context": "ok",
+                "kind": kind, "sample": j.ravel(), "score": score.ravel(), "context": "ok",
             }))
     return pd.concat(parts, ignore_index=True)
 
@@ -153,6 +228,9 @@ def _persona(kind: str, i: int) -> dict:
 
 def study_records(design: Design, seed: int) -> list[dict]:
     """Transcript records (the self-chat step's JSON) whose judged answers are ``simulate_scores``."""
+    if design.judge != "binary":
+        raise ValueError("study_records: transcripts are judged by 'contains' (binary); graded judges are "
+                         "simulated as score tables only (simulate_scores)")
     sc = simulate_scores(design, seed)
     records = []
     for (s, conv), g in sc.groupby(["setting", "conversation"], sort=True):
@@ -187,26 +265,40 @@ def write_study(design: Design, seed: int, out_dir) -> dict[str, Path]:
 
 def analyse(design: Design, scores: pd.DataFrame, *, method: str, confidence: float, resamples: int,
             seed: int = 0, round_means: bool = True) -> list[dict]:
-    """Run one study's scores through the tables and score each interval against the truth."""
+    """Run one study's scores through the figures' tables and score each interval against the truth.
+
+    The drift figure's table gets ``none`` and, when the design has it, ``control`` (its whole
+    Holm family); the mitigation figure's gets ``none`` and every other setting.
+    """
     kw = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
-    t = truth(design).set_index(["setting", "kind", "round"])["true_mean"]
+    curves = _curves(design)
     out = []
     br = stats.by_round(scores[scores["setting"] == "none"], **kw) if round_means else pd.DataFrame()
     for _, r in br.iterrows():
-        tv = t[(r["setting"], r["kind"], r["round"])]
-        out.append({"claim": f"round mean ({r['kind']})", "covered": r["ci_low"] <= tv <= r["ci_high"], "significant": np.nan})
-    ch = stats.change_over_dialog(scores[scores["setting"] == "none"], **kw)
+        tv = curves[(r["setting"], r["kind"])][int(r["round"])]
+        out.append({"claim": f"round mean ({r['kind']})", "covered": r["ci_low"] <= tv <= r["ci_high"],
+                    "significant": np.nan, "true_value": tv})
+    ch = stats.change_over_dialog(scores[scores["setting"].isin(["none", stats.CONTROL])], **kw)
     for _, r in ch.iterrows():
-        tv = true_change(design, r["setting"], r["kind"])
-        out.append({"claim": f"drift ({r['kind']})", "covered": r["ci_low"] <= tv <= r["ci_high"],
-                    "significant": bool(r["significant"])})
-    if len(design.effects) > 1:
-        pv = stats.paired_vs_baseline(scores, **kw)
+        versus = r["versus"] if isinstance(r["versus"], str) else ""
+        tv = true_claim(design, r["setting"], r["kind"], r["claim"], versus, curves=curves)
+        name = f"{r['claim']} ({r['kind']})" + (" vs control" if versus else "") + (
+            " [control]" if r["setting"] == stats.CONTROL else "")
+        out.append({"claim": name, "covered": r["ci_low"] <= tv <= r["ci_high"],
+                    "significant": bool(r["significant"]), "true_value": tv, "family": int(r["n_comparisons"])})
+    if len([s for s in design.effects if s != stats.CONTROL]) > 1:
+        pv = stats.vs_baseline(scores[scores["setting"] != stats.CONTROL], **kw)
         for _, r in pv[pv["setting"] != "none"].iterrows():
-            tv = true_effect(design, r["setting"])
-            out.append({"claim": "setting vs none", "covered": r["ci_low"] <= tv <= r["ci_high"],
-                        "significant": bool(r["significant"])})
+            tv = true_effect(design, r["setting"], r["claim"], curves=curves)
+            out.append({"claim": f"{r['claim']} vs none" + ("" if r["setting"] == _first(design) else " (others)"),
+                        "covered": r["ci_low"] <= tv <= r["ci_high"], "significant": bool(r["significant"]),
+                        "true_value": tv, "family": int(r["n_comparisons"])})
     return out
+
+
+def _first(design: Design) -> str:
+    """The first mitigation setting (where the planted effect sits in the checks)."""
+    return next(s for s in design.effects if s not in ("none", stats.CONTROL))
 
 
 def check(design: Design, *, studies: int, method: str = "t", confidence: float = 0.95, resamples: int = 400,
@@ -214,7 +306,8 @@ def check(design: Design, *, studies: int, method: str = "t", confidence: float 
     """Coverage and rate of "significant" per claim over ``studies`` simulated studies.
 
     Columns: claim, intervals (how many were scored), coverage, significant_rate (the false-positive
-    rate where the truth is 0, the power where it is not), true_value (mean over the claim's targets).
+    rate where the truth is 0, the power where it is not), true_value (mean over the claim's targets),
+    family (how many claims its Holm adjustment ran over).
     """
     rows = []
     for i in range(studies):
@@ -222,9 +315,12 @@ def check(design: Design, *, studies: int, method: str = "t", confidence: float 
         rows += analyse(design, sc, method=method, confidence=confidence, resamples=resamples, seed=i,
                         round_means=round_means)
     df = pd.DataFrame(rows)
+    if "family" not in df:
+        df["family"] = np.nan
     g = df.groupby("claim", sort=False)
     out = pd.DataFrame({"intervals": g.size(), "coverage": g["covered"].mean(),
-                        "significant_rate": g["significant"].mean()}).reset_index()
+                        "significant_rate": g["significant"].mean(), "true_value": g["true_value"].mean(),
+                        "family": g["family"].max()}).reset_index()
     out.insert(0, "method", method)
     out.insert(1, "n", design.conversations)
     return out
@@ -232,3 +328,107 @@ def check(design: Design, *, studies: int, method: str = "t", confidence: float 
 
 def with_conversations(design: Design, n: int) -> Design:
     return replace(design, conversations=n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting a design to a study's scores (method of moments on per-conversation curves).
+
+FIT_POPULATION = 2000  # simulated conversations per evaluation (common random numbers)
+
+
+def _observed_moments(per: pd.DataFrame) -> np.ndarray:
+    """Between-conversation variance of the level and of the fitted change over rounds 1..R, and the
+    mean within-conversation residual variance around each conversation's line."""
+    level = stats.claim_values(per, "level")
+    change = stats.claim_values(per, "drift")
+    rounds = stats.dialog_rounds(per)
+    y = per[rounds].to_numpy(dtype=float)
+    ok = np.isfinite(y)
+    n = ok.sum(axis=1)
+    x = np.where(ok, np.asarray(rounds, dtype=float), 0.0)
+    y0 = np.where(ok, y, 0.0)
+    xm, ym = x.sum(axis=1) / np.maximum(n, 1), y0.sum(axis=1) / np.maximum(n, 1)
+    dx, dy = np.where(ok, x - xm[:, None], 0.0), np.where(ok, y0 - ym[:, None], 0.0)
+    sxx, sxy, syy = (dx**2).sum(axis=1), (dx * dy).sum(axis=1), (dy**2).sum(axis=1)
+    keep = (n > 2) & (sxx > 0)
+    resid = (syy[keep] - sxy[keep] ** 2 / sxx[keep]) / (n[keep] - 2)
+    return np.array([level.var(ddof=1), change.var(ddof=1), resid.mean() if keep.any() else np.nan])
+
+
+def _centres(eta: np.ndarray, means) -> np.ndarray:
+    """Per round, the logit centre whose population mean over ``eta`` ([n, R+1]) is ``means[r]``."""
+    from scipy.optimize import brentq
+
+    out = []
+    for r, m in enumerate(np.clip(np.asarray(means, dtype=float), 0.002, 0.998)):
+        out.append(brentq(lambda c: _sigmoid(c + eta[:, r]).mean() - m, -30, 30, xtol=1e-4))
+    return np.array(out)
+
+
+def fit_design(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
+               population: int = FIT_POPULATION) -> Design:
+    """A :class:`Design` fitted to one setting of a scores table (judge errors scored 0, as the
+    statistics score them), so power can be simulated in that study's shape.
+
+    Read off the table: conversations, dialog rounds R (rounds 0..R must all be there), probe
+    samples per round, the judge (``binary`` when every score is 0 or 1, else ``graded``, its
+    Beta precision from the spread of samples within a probe; 4 when there is one sample). Fitted:
+    ``spread``, ``drift_sd`` and ``round_noise`` so that a large simulated population reproduces the
+    stability probe's between-conversation variance of the level and of the fitted change over
+    rounds 1..R and the mean residual variance around each conversation's line (least squares on
+    the log scale, Nelder-Mead); then each round's centre so that the population means equal the
+    observed round means (stability and adoption). With few conversations the variances, so the
+    fit, are rough: it gives a study's shape, not its truth.
+    """
+    from scipy.optimize import minimize
+
+    sc = stats.treat_judge_errors(scores[scores["setting"] == setting])
+    sc = sc[np.isfinite(sc["score"])]
+    if sc.empty:
+        raise ValueError(f"fit_design: no scored rows of setting {setting!r}")
+    rounds = sorted(int(r) for r in sc["round"].unique())
+    if rounds != list(range(rounds[-1] + 1)) or len(rounds) < 3:
+        raise ValueError(f"fit_design: needs rounds 0..R with R >= 2 (round 0 and two dialog rounds); "
+                         f"setting {setting!r} has rounds {rounds}")
+    R = rounds[-1]
+    runs = int(sc.groupby(["conversation", "round", "kind"]).size().median())
+    graded = not sc["score"].isin([0.0, 1.0]).all()
+    precision = 4.0
+    if graded and runs >= 2:
+        within = sc.groupby(["conversation", "round", "kind"])["score"].var(ddof=1).mean()
+        s = sc["score"]
+        if within > 0:
+            precision = float(np.clip((s * (1 - s)).mean() / within, 0.5, 1000.0))
+    judge_var = 1.0 / (precision + 1.0) if graded else 1.0  # Var(score | p) / (p (1 - p))
+    means = {k: sc[sc["kind"] == k].groupby("round")["score"].mean().reindex(rounds).to_numpy() for k in ("agent", "user")}
+    per = stats.per_conversation(sc[sc["kind"] == "agent"])
+    observed = _observed_moments(per)
+    z = np.random.default_rng(seed).standard_normal((3, population, R + 1))
+    frac = np.arange(R + 1) / R
+
+    def predicted(theta):
+        spread, drift_sd, noise = np.abs(theta)
+        eta = spread * z[0][:, :1] + drift_sd * z[1][:, :1] * frac + noise * z[2]
+        p = _sigmoid(_centres(eta, means["agent"])[None, :] + eta)
+        # the judge's sampling noise adds p (1 - p) * judge_var / runs to each round's mean
+        sim = pd.DataFrame(p, columns=range(R + 1))
+        noise_var = (p[:, 1:] * (1 - p[:, 1:])).mean() * judge_var / runs
+        x = np.arange(1, R + 1, dtype=float)
+        sxx = ((x - x.mean()) ** 2).sum()
+        m = _observed_moments(sim)
+        return m + noise_var * np.array([1 / R, (R - 1) ** 2 / sxx, 1.0])
+
+    def loss(theta):
+        pr = predicted(theta)
+        ok = np.isfinite(observed)
+        return float(np.sum((np.log(pr[ok] + 1e-4) - np.log(observed[ok] + 1e-4)) ** 2))
+
+    best = minimize(loss, x0=np.array([1.0, 0.5, 0.5]), method="Nelder-Mead",
+                    options={"xatol": 0.02, "fatol": 1e-4, "maxiter": 200})
+    spread, drift_sd, noise = (float(v) for v in np.abs(best.x))
+    eta = spread * z[0][:, :1] + drift_sd * z[1][:, :1] * frac + noise * z[2]
+    return Design(conversations=int(sc["conversation"].nunique()), rounds=R, runs=runs,
+                  stability=tuple(_sigmoid(_centres(eta, means["agent"]))),
+                  adoption=tuple(_sigmoid(_centres(eta, means["user"]))),
+                  spread=spread, round_noise=noise, drift_sd=drift_sd,
+                  judge="graded" if graded else "binary", precision=precision)

@@ -344,7 +344,8 @@ def _with_other_treatment(scores: pd.DataFrame, build, keys: list, cols: list, t
     if main.empty:
         return main
     other = other_treatment(treatment)
-    alt = build(treat_judge_errors(scores, other))
+    # without judge errors both treatments give the same table
+    alt = build(treat_judge_errors(scores, other)) if judge_error_flags(scores).any() else main.copy()
     suffix = TREATMENT_SUFFIX[other]
     alt = alt[keys + cols].rename(columns={c: f"{c}_if_{suffix}" for c in cols}) if not alt.empty else None
     main["judge_error_treatment"] = TREATMENT_SUFFIX[treatment]
