@@ -3,19 +3,31 @@
     python bench/planted_drift.py [--studies 200] [--methods t,signflip,bca,percentile]
                                   [--sizes 8,200] [--confidence 0.95] [--seed 0]
     python bench/planted_drift.py --skip-coverage --configs config.yaml,configs/laptop.yaml,configs/paper.yaml
+    python bench/planted_drift.py --skip-coverage --fit results/laptop/scores/none.csv --configs configs/laptop.yaml
 
-With ``--configs``, the power tables use each config's own shape instead of ``--sizes``: its
-conversations, rounds (turns / 2), probe samples (runs) and number of mitigation comparisons.
+Simulated studies (analysis/simulate.py: no model) go through the same tables as the workflow,
+with the figures' own Holm families: the drift figure's claims with the control (round-0 shift and
+decline over the dialog of both probes, for no intervention and the control, and their
+differences: 12 claims) and the mitigation figure's (level and change over the dialog of each
+mitigation setting: 2 x the config's settings). Drift varies between conversations
+(``--drift-sd``, logits) and the judges are ``--judges`` (binary, graded or both).
 
-Simulated studies (analysis/simulate.py: no model; binary judges, 2 samples per probe, 4 dialog
-rounds plus round 0, between-conversation spread 1.0 and round wobble 0.5 on the logit scale,
-stability 0.5 at round 0, adoption 0.1) go through the same tables as the workflow. Printed:
+Without ``--fit`` the studies start at stability 0.5, spread 1.0 and round wobble 0.5 (logits),
+2 samples per probe, 4 dialog rounds plus round 0. With ``--fit SCORES.csv`` every parameter is
+fitted to that scores table (``simulate.fit_design``: its round means, spread, drift
+heterogeneity, round wobble, judge kind and noise, conversations, rounds and samples), and the
+planted drift replaces its decline over rounds 1..R. To refit to a study, point ``--fit`` at its
+``results/<study>/scores/none.csv`` (and ``--configs`` at its config, for the number of mitigation
+comparisons).
+
+Printed:
 
 1. coverage of each interval against its nominal level, and the rate of "significant" claims,
    with no drift (false-positive rate) and with planted drift and intervention effects (power);
-2. power of "significant drift in stability" (Holm over the 2 drift claims) against the true
-   change in mean stability, and of "setting differs from none" (Holm over 4 settings, as in the
-   default config) against the true difference; and the smallest effects detected with 80% power.
+2. power of "stability declines over the dialog" (the fitted change from round 1 to the last,
+   Holm over the drift figure's 12 claims) against the true decline, and of "the setting raises
+   the level over the dialog" and "... reduces the decline" (Holm over the mitigation figure's
+   claims) against the true differences; and the smallest effects detected with 80% power.
 """
 
 from __future__ import annotations
@@ -31,19 +43,21 @@ from personadrift.analysis import simulate as sim
 DEFAULT_SETTINGS = ("ss-k0.5", "ss-k0.25", "repeat-e1", "cfg-g1.5")  # 4 comparisons, as in config.yaml
 
 
-def coverage_table(sizes, methods, studies, confidence, seed) -> pd.DataFrame:
+def coverage_table(sizes, methods, studies, confidence, seed, drift_sd, judges) -> pd.DataFrame:
     parts = []
     for label, drop, effect in (("no drift, no effect", 0.0, 0.0), ("drift and effect", 1.5, 1.0)):
         for n in sizes:
-            effects = {"none": 0.0, **{s: 0.0 for s in DEFAULT_SETTINGS}}
-            effects[DEFAULT_SETTINGS[0]] = effect
-            design = sim.drifting(n, drop=drop, effects=effects)
-            for m in methods:
-                t0 = time.perf_counter()
-                r = sim.check(design, studies=studies, method=m, confidence=confidence, seed=seed)
-                r.insert(0, "truth", label)
-                r["seconds"] = time.perf_counter() - t0
-                parts.append(r)
+            for judge in judges:
+                effects = {"none": 0.0, "control": 0.0, **{s: 0.0 for s in DEFAULT_SETTINGS}}
+                effects[DEFAULT_SETTINGS[0]] = effect
+                design = sim.drifting(n, drop=drop, effects=effects, drift_sd=drift_sd, judge=judge)
+                for m in methods:
+                    t0 = time.perf_counter()
+                    r = sim.check(design, studies=studies, method=m, confidence=confidence, seed=seed)
+                    r.insert(0, "truth", label)
+                    r.insert(1, "judge", judge)
+                    r["seconds"] = time.perf_counter() - t0
+                    parts.append(r)
     return pd.concat(parts, ignore_index=True)
 
 
@@ -57,40 +71,54 @@ def _settings(shape: sim.StudyShape) -> tuple:
     return tuple(f"setting-{i}" for i in range(shape.comparisons))
 
 
-def power_drift(shapes, drops, studies, confidence, seed) -> pd.DataFrame:
+def base_design(shape: sim.StudyShape, fitted, drift_sd: float, judge: str) -> sim.Design:
+    """The study's design before planting: fitted to its data, or the defaults in its shape."""
+    if fitted is not None:
+        return fitted
+    return sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drift_sd=drift_sd, judge=judge)
+
+
+def power_drift(shapes, drops, studies, confidence, seed, fitted, drift_sd, judges) -> pd.DataFrame:
     rows = []
     for sh in shapes:
-        n = sh.conversations
-        for drop in drops:
-            design = sim.drifting(n, drop=drop, rounds=sh.rounds, runs=sh.runs)
-            r = sim.check(design, studies=studies, confidence=confidence, seed=seed, round_means=False)
-            r = r.set_index("claim")
-            rows.append({"study": sh.label, "n": n, "logit_drop": drop, "true_change": sim.true_change(design),
-                         "power": r.loc["drift (agent)", "significant_rate"],
-                         "coverage": r.loc["drift (agent)", "coverage"]})
+        for judge in ([fitted.judge] if fitted is not None else judges):
+            base = base_design(sh, fitted, drift_sd, judge)
+            for drop in drops:
+                design = sim.with_drift(base, drop, effects={"none": 0.0, "control": 0.0})
+                r = sim.check(design, studies=studies, confidence=confidence, seed=seed, round_means=False)
+                r = r.set_index("claim")
+                rows.append({"study": sh.label, "judge": judge, "n": design.conversations,
+                             "drift_sd": design.drift_sd, "logit_drop": drop,
+                             "true_change": sim.true_change(design),
+                             "family": int(r.loc["drift (agent)", "family"]),
+                             "power": r.loc["drift (agent)", "significant_rate"],
+                             "coverage": r.loc["drift (agent)", "coverage"]})
     return pd.DataFrame(rows)
 
 
-def power_effect(shapes, effects, studies, confidence, seed) -> pd.DataFrame:
+def power_effect(shapes, effects, studies, confidence, seed, fitted, drift_sd, judges) -> pd.DataFrame:
+    """Power of each mitigation claim for a planted level effect and a planted change effect."""
     rows = []
     for sh in shapes:
-        n, names = sh.conversations, _settings(sh)
-        for e in effects:
-            eff = {"none": 0.0, **{s: 0.0 for s in names}}
-            eff[names[0]] = e
-            design = sim.drifting(n, drop=1.0, effects=eff, rounds=sh.rounds, runs=sh.runs)
-            sig, cov = [], []
-            for i in range(studies):
-                sc = sim.simulate_scores(design, seed=seed * 1_000_003 + i)
-                from personadrift.analysis.stats import paired_vs_baseline
-
-                pv = paired_vs_baseline(sc, confidence=confidence).set_index("setting")
-                r = pv.loc[names[0]]
-                sig.append(bool(r["significant"]))
-                cov.append(r["ci_low"] <= sim.true_effect(design, names[0]) <= r["ci_high"])
-            rows.append({"study": sh.label, "n": n, "logit_effect": e,
-                         "true_difference": sim.true_effect(design, names[0]),
-                         "power": float(np.mean(sig)), "coverage": float(np.mean(cov))})
+        names = _settings(sh)
+        for judge in ([fitted.judge] if fitted is not None else judges):
+            base = base_design(sh, fitted, drift_sd, judge)
+            for claim in ("level", "drift"):
+                for e in effects:
+                    eff = {"none": 0.0, **{s: 0.0 for s in names}}
+                    drift_eff = {}
+                    if claim == "level":
+                        eff[names[0]] = e
+                    else:
+                        drift_eff[names[0]] = e
+                    design = sim.with_drift(base, 1.0, effects=eff, drift_effects=drift_eff)
+                    r = sim.check(design, studies=studies, confidence=confidence, seed=seed,
+                                  round_means=False).set_index("claim")
+                    rows.append({"study": sh.label, "judge": judge, "claim": claim, "n": design.conversations,
+                                 "logit_effect": e, "true_difference": sim.true_effect(design, names[0], claim),
+                                 "family": int(r.loc[f"{claim} vs none", "family"]),
+                                 "power": r.loc[f"{claim} vs none", "significant_rate"],
+                                 "coverage": r.loc[f"{claim} vs none", "coverage"]})
     return pd.DataFrame(rows)
 
 
@@ -111,35 +139,55 @@ def main() -> None:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-coverage", action="store_true")
+    p.add_argument("--drift-sd", type=float, default=1.0,
+                   help="sd of a conversation's own drift over the dialog (logits); ignored with --fit")
+    p.add_argument("--judges", default="binary,graded", help="simulated judges; ignored with --fit")
+    p.add_argument("--fit", default=None, help="a scores table (CSV): fit the design to its 'none' setting")
     p.add_argument("--configs", default=None,
                    help="comma-separated config files: power tables in each one's shape (instead of --sizes)")
     args = p.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
+    judges = args.judges.split(",")
     shapes = ([shape_of(f) for f in args.configs.split(",")] if args.configs
               else [sim.StudyShape(f"n={n}", n) for n in sizes])
+    fitted = None
+    if args.fit:
+        from personadrift.tables import read_table
+
+        fitted = sim.fit_design(read_table(args.fit))
+        print(f"fitted to {args.fit}: {fitted}")
+        if not args.configs:
+            shapes = [sim.StudyShape(args.fit, fitted.conversations, fitted.runs, fitted.rounds)]
     for sh in shapes:
         print(f"{sh.label}: {sh.conversations} conversations, {sh.runs} sample(s) per probe, {sh.rounds} rounds, "
-              f"Holm over {sh.comparisons} mitigation comparison(s)")
+              f"{sh.comparisons} mitigation setting(s) compared")
     methods = args.methods.split(",")
     pd.set_option("display.width", 160)
     t0 = time.perf_counter()
     if not args.skip_coverage:
-        cov = coverage_table(sizes, methods, args.studies, args.confidence, args.seed)
+        cov = coverage_table(sizes, methods, args.studies, args.confidence, args.seed, args.drift_sd, judges)
         print(f"## Coverage (nominal {args.confidence}) and rate of 'significant' over {args.studies} studies each")
         print(cov.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     drops = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
-    pdrift = power_drift(shapes, drops, args.studies, args.confidence, args.seed)
-    print("\n## Power of 'significant drift in stability' (t-interval, Holm over 2 claims)")
+    pdrift = power_drift(shapes, drops, args.studies, args.confidence, args.seed, fitted, args.drift_sd, judges)
+    print("\n## Power of 'stability declines over the dialog' (t-interval, Holm over the drift figure's claims)")
     print(pdrift.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     peff = power_effect(shapes, [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0], max(50, args.studies // 2), args.confidence,
-                        args.seed)
-    print("\n## Power of 'setting differs from none' (t-interval, Holm over the study's mitigation settings)")
+                        args.seed, fitted, args.drift_sd, judges)
+    print("\n## Power of each mitigation claim against no intervention (t-interval, Holm over the mitigation "
+          "figure's claims)")
     print(peff.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print()
     for sh in shapes:
-        print(f"{sh.label} (n = {sh.conversations}): smallest drop in mean stability (round 0 to round {sh.rounds}) detected "
-              f"with 80% power: {smallest(pdrift, sh.label, 'true_change')}; smallest difference from no "
-              f"intervention: {smallest(peff, sh.label, 'true_difference')}.")
+        for judge in sorted(set(pdrift.loc[pdrift["study"] == sh.label, "judge"])):
+            d = pdrift[pdrift["judge"] == judge]
+            e = peff[peff["judge"] == judge]
+            n = int(d.loc[d["study"] == sh.label, "n"].iloc[0])
+            print(f"{sh.label} ({judge} judges, n = {n}): smallest decline in mean stability over the "
+                  f"dialog (round 1 to {sh.rounds}) detected with 80% power: {smallest(d, sh.label, 'true_change')}; "
+                  f"smallest difference from no intervention in the level: "
+                  f"{smallest(e[e['claim'] == 'level'], sh.label, 'true_difference')}, in the change over the "
+                  f"dialog: {smallest(e[e['claim'] == 'drift'], sh.label, 'true_difference')}.")
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
 
 
