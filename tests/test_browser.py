@@ -12,6 +12,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from support.workflow import REPO
@@ -172,6 +173,29 @@ def test_judge_audit_shows_distribution_extremes_and_empty_answers(study):
     assert highest == sorted(highest, reverse=True) and len(highest) == 5
     assert detail["lowest"][0]["score"] == rows["score"].min()
     assert all(a["text"] == "" and a["empty"] for a in detail["empty"]) and all(a["echo"] for a in detail["echo"])
+
+
+def test_judge_errors_are_counted_per_persona_and_setting(study, tmp_path):
+    """Answers whose judge raised (NaN score, an error) are counted in the audit, per setting."""
+    scores, n_bad = [], 0
+    for setting in SETTINGS:
+        df = read_table(study["root"] / "scores" / f"{setting}.csv")
+        if setting == "split-k0.5":
+            bad = (df["persona"] == "all-lowercase") & (df["round"] == 1)
+            df["error"] = df["error"].fillna("").astype(str)
+            df.loc[bad, "score"], df.loc[bad, "error"] = np.nan, "ValueError: no digits"
+            n_bad = int(bad.sum())
+        scores.append(tmp_path / f"{setting}.csv")
+        write_table(df, scores[-1])
+    assert n_bad > 0
+    build_browser(study["dirs"], scores, tmp_path / "browser", pool_json=study["root"] / "personas.json",
+                  calibration_csv=None, study="unit", model="none", caps={"max_new_tokens": 6, "probe_max_new_tokens": 6})
+    idx = page_index(tmp_path / "browser")
+    audit = {idx["personas"][a["p"]]["id"]: a for a in idx["audit"]}
+    names = [s["name"] for s in idx["settings"]]
+    assert audit["all-lowercase"]["errors"] == n_bad
+    assert [[names[s], k] for s, k in audit["all-lowercase"]["errors_by_setting"]] == [["split-k0.5", n_bad]]
+    assert audit["summer-lover"]["errors"] == 0 and audit["summer-lover"]["errors_by_setting"] == []
 
 
 def test_personas_kept_and_why(study):

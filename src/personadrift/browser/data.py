@@ -192,7 +192,7 @@ class JudgeAudit:
 
     def add(self, persona: dict, question: str, answer: dict, where: dict) -> None:
         a = self.personas.setdefault(persona["id"], {
-            "persona": persona, "question": question, "scores": [], "errors": 0, "unscored": 0,
+            "persona": persona, "question": question, "scores": [], "errors": 0, "unscored": 0, "errors_by": {},
             "top": [], "bottom": [], "empty": [], "echo": [], "n_empty": 0, "n_echo": 0,
             "empty_scores": [], "echo_scores": [], "seq": 0,
         })
@@ -200,6 +200,8 @@ class JudgeAudit:
         item = {**where, **{k: answer[k] for k in ("text", "score", "error", "empty", "echo", "finish_reason")}}
         if answer["score"] is None:  # a judge that raised, or an answer no score table covers
             a["errors" if answer["error"] else "unscored"] += 1
+            if answer["error"]:  # per setting (its index in the study's settings)
+                a["errors_by"][where.get("s")] = a["errors_by"].get(where.get("s"), 0) + 1
             return
         s = answer["score"]
         a["scores"].append(s)
@@ -221,6 +223,7 @@ class JudgeAudit:
                 hist[min(HIST_BINS - 1, max(0, int(s * HIST_BINS)))] += 1
             out.append({
                 "persona": pid, "n": len(sc), "errors": a["errors"], "unscored": a["unscored"],
+                "errors_by_setting": [[s, k] for s, k in sorted(a["errors_by"].items(), key=lambda x: str(x[0]))],
                 "mean": _rounded(sum(sc) / len(sc)) if sc else None,
                 "min": _rounded(min(sc)) if sc else None, "max": _rounded(max(sc)) if sc else None,
                 "hist": hist, "n_empty": a["n_empty"], "n_echo": a["n_echo"],

@@ -460,7 +460,7 @@
         personaCard(p, 'agent'),
         el('div', { class: 'card' },
           el('p', {}, 'Every probe answer judged against this persona (as the agent\u2019s own persona and as the user persona), all settings: ',
-            el('b', {}, String(summary.n)), ' scored, ' + summary.errors + ' judge errors' + (summary.unscored ? ', ' + summary.unscored + ' without a score table row' : '') + ', mean ' + fmt(summary.mean, 3) + ', range ' + fmt(summary.min) + '\u2013' + fmt(summary.max) + '.'),
+            el('b', {}, String(summary.n)), ' scored, ' + summary.errors + ' judge errors' + (summary.errors ? ' (' + errorsBySetting(summary) + '; scored 0 in the statistics)' : '') + (summary.unscored ? ', ' + summary.unscored + ' without a score table row' : '') + ', mean ' + fmt(summary.mean, 3) + ', range ' + fmt(summary.min) + '\u2013' + fmt(summary.max) + '.'),
           histogram(summary.hist, 400, 90),
           el('p', { class: 'muted text' }, 'Probe: ' + a.question)),
         el('h2', {}, 'Highest scored answers'), answers(a.highest, 'highest'),
@@ -470,6 +470,11 @@
       ]);
       ready('judge');
     }, (err) => fail(err.message));
+  }
+
+  // judge errors of one persona per setting, e.g. "none 2, control 1"
+  function errorsBySetting(a) {
+    return (a.errors_by_setting || []).map((x) => settingName(x[0]) + ' ' + x[1]).join(', ');
   }
 
   function judgeIndex() {
@@ -484,7 +489,7 @@
           const p = D.personas[a.p];
           return el('tr', { 'data-persona': p.id },
             el('td', {}, el('a', { href: link('judge', [p.id]) }, p.id)), el('td', {}, p.category || ''), el('td', {}, el('code', {}, p.judge || '')),
-            el('td', { class: 'num' }, String(a.n)), el('td', { class: 'num' }, String(a.errors)), el('td', { class: 'num' }, scoreBadge(a.mean)),
+            el('td', { class: 'num' }, String(a.n)), el('td', { class: 'num judge-errors', title: errorsBySetting(a) }, String(a.errors)), el('td', { class: 'num' }, scoreBadge(a.mean)),
             el('td', {}, histogram(a.hist)),
             el('td', { class: 'num' }, a.n_empty + ' (' + fmt(a.empty_mean) + ')'), el('td', { class: 'num' }, a.n_echo + ' (' + fmt(a.echo_mean) + ')'));
         })),
