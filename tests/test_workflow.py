@@ -249,3 +249,33 @@ def _figure_tables(smoke, name):
     manifest = json.loads((smoke / "figures/all").read_text())
     entry = next(e for e in manifest["figures"] if e["figure"] == f"figures/{name}.pdf")
     return [str(smoke / t) for t in entry["tables"]]
+
+
+def test_drift_tables_hold_the_claims_judge_errors_and_fit_a_design(smoke):
+    """The tables the drift and mitigation figures read carry every claim with its Holm family, the
+    judge errors and the other treatment's numbers; the planted-drift fit reads the smoke scores."""
+    import pandas as pd
+
+    from personadrift.analysis import simulate as sim
+    from personadrift.analysis.stats import judge_error_flags, treat_judge_errors
+    from personadrift.tables import read_table
+
+    tables, scores = smoke / "results/smoke/tables", smoke / "results/smoke/scores"
+    ch = pd.read_csv(tables / "none/change.csv", keep_default_na=False, na_values=[""])
+    pairs = set(zip(ch["claim"], ch["versus"].fillna("")))
+    assert pairs == {("shift", ""), ("drift", ""), ("shift", "control"), ("drift", "control")}
+    assert (ch["n_comparisons"] == 12).all() and {"change_if_dropped", "p_holm_if_dropped"} <= set(ch.columns)
+    both = pd.concat([read_table(scores / f"{s}.csv") for s in ("none", "control")], ignore_index=True)
+    errors = pd.read_csv(tables / "none/judge_errors.csv")
+    assert set(errors["setting"]) == {"none", "control"}
+    assert errors["judge_errors"].sum() == judge_error_flags(both).sum()
+    assert json.loads((tables / "none/study.json").read_text())["judge_error_treatment"] == "scored_0"
+    trade = pd.read_csv(tables / "tradeoff.csv")
+    assert {"drift", "drift_diff", "drift_diff_p_holm", "stability_diff_if_dropped", "judge_errors"} <= set(trade.columns)
+    assert (trade["n_comparisons"] == 2 * 3).all()  # split, repeat and cfg: level and change each
+    none = read_table(scores / "none.csv")
+    fit = sim.fit_design(none)
+    assert (fit.conversations, fit.rounds, fit.runs) == (3, 2, 2)
+    observed = treat_judge_errors(none).groupby(["kind", "round"])["score"].mean()
+    fitted = sim.truth(fit).set_index(["kind", "round"])["true_mean"]
+    assert (observed - fitted).abs().max() < 0.02  # the fitted study has the smoke study's round means

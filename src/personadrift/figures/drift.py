@@ -95,12 +95,13 @@ def judge_error_sentence(change: pd.DataFrame, study: dict) -> str:
 def _forest(ax, change: pd.DataFrame) -> None:
     """The stability claims as estimates with intervals: shift and decline, baseline, control, difference."""
     rows = []
-    for setting, versus, label in (("none", "", "no intervention"), (CONTROL, "", "control"),
-                                   ("none", CONTROL, "difference")):
+    for setting, versus, label in (("none", "", "none"), (CONTROL, "", "control"),
+                                   ("none", CONTROL, "none - control")):
         for claim in ("shift", "drift"):
             r = _claim(change, setting, "agent", claim, versus)
             if r is not None:
-                rows.append((f"{label}: {'round 0 to 1' if claim == 'shift' else 'rounds 1 to last'}", r))
+                span = "round 0\u21921" if claim == "shift" else f"rounds 1\u2192{int(r.last_round)}"
+                rows.append((f"{label}\n{span}", r))
     for i, (label, r) in enumerate(rows):
         y = len(rows) - 1 - i
         ax.errorbar([r.change], [y], xerr=[[r.change - r.ci_low], [r.ci_high - r.change]], fmt="o",
@@ -127,7 +128,7 @@ def drift_over_rounds(by_round_csv: str, change_csv: str, study_json: str):
     study = json.loads(open(study_json).read())
     df = allr[allr["setting"] == "none"]
     ctl = allr[allr["setting"] == CONTROL]
-    fig, (ax, fax) = plt.subplots(1, 2, figsize=(9.6, 3.8), gridspec_kw={"width_ratios": [3, 1.5]})
+    fig, (ax, fax) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1.4], "wspace": 0.35})
     for kind in ("agent", "user"):
         d = df[df["kind"] == kind].sort_values("round")
         if not d.empty:
