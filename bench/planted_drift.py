@@ -172,7 +172,7 @@ def main() -> None:
     pdrift = power_drift(shapes, drops, args.studies, args.confidence, args.seed, fitted, args.drift_sd, judges)
     print("\n## Power of 'stability declines over the dialog' (t-interval, Holm over the drift figure's claims)")
     print(pdrift.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    peff = power_effect(shapes, [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0], max(50, args.studies // 2), args.confidence,
+    peff = power_effect(shapes, [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0], max(2, args.studies // 2), args.confidence,
                         args.seed, fitted, args.drift_sd, judges)
     print("\n## Power of each mitigation claim against no intervention (t-interval, Holm over the mitigation "
           "figure's claims)")

@@ -188,3 +188,30 @@ def test_example_dialog_handles_round_zero(tmp_path):
     assert ex["rounds"][1]["agent"] == "utterance 1" and ex["rounds"][1]["user_next"] == "utterance 2"
     assert "round 0" in ex["rule"]
     draw("example_dialog", [str(out)], [str(tmp_path / "example.png")])
+
+
+def test_planted_drift_bench_fits_a_scores_table_and_uses_the_figures_families(tmp_path):
+    """The bench end to end at a tiny size (2 studies per cell): correctness of its tables, not power."""
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+
+    from personadrift.tables import write_table
+    from support.workflow import REPO
+
+    csv = tmp_path / "none.csv"
+    write_table(sim.simulate_scores(sim.drifting(10, rounds=3, drop=1.0, drift_sd=1.0, runs=1), seed=0), csv)
+    proc = subprocess.run([sys.executable, "bench/planted_drift.py", "--studies", "2", "--skip-coverage",
+                           "--fit", str(csv), "--configs", "config.yaml"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "fitted to" in out and "judge='binary'" in out
+    comparisons = sim.shape_of(yaml.safe_load((REPO / "config.yaml").read_text())).comparisons
+    drift_rows = re.findall(r"^\s*config\.yaml\s+binary\s+10\s+\S+\s+(\S+)\s+\S+\s+(\d+)\s", out, re.M)
+    assert len(drift_rows) == 10 and {int(f) for _, f in drift_rows} == {12}, out
+    effect_rows = re.findall(r"^\s*config\.yaml\s+binary\s+(level|drift)\s+10\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
+    assert {c for c, _ in effect_rows} == {"level", "drift"} and {int(f) for _, f in effect_rows} == {2 * comparisons}
+    assert re.search(r"n = 10\): smallest decline in mean stability over the dialog \(round 1 to 3\)", out), out
