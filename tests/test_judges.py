@@ -389,8 +389,9 @@ def test_judges_survive_odd_empty_and_huge_text(name):
 
 # ---- fluency gate ----------------------------------------------------------------------------------
 def test_fluency_gate():
-    assert FLUENCY_GATE.english_fluency is english_fluency and FLUENCY_GATE.gate is gate
-    assert FLUENCY_GATE.threshold == 0.5
+    # upstream's gate (tests/test_fluency.py has the table); english_fluency stays a judge
+    assert FLUENCY_GATE.gate is gate and FLUENCY_GATE.threshold == 0.5
+    assert english_fluency("I really love playing tennis with my friends.") == 1.0
     assert gate(0.7, "I really love playing tennis with my friends.") == 0.7
     assert gate(1.0, "Je suis très content de vous voir à Paris.") == 0.0
     assert gate(1.0, "1 2 3 4") == 0.0

@@ -6,12 +6,13 @@ Public API::
     judge_names() -> list[str]
     check_judge_args(name, args)     # raises JudgeSpecError(field, problem)
     run_judge(name, args, text) -> float in [0, 1]
-    english_fluency(text) -> float;  gate(score, text) -> float;  FLUENCY_GATE
+    english_fluency(text) -> float                          # a judge (wordfreq heuristic)
+    is_fluent_english(text) -> 0.0 | 1.0;  gate(score, text) -> float;  FLUENCY_GATE   # upstream's gate
 
 Families: :mod:`.format` (letters, case, punctuation, structure), :mod:`.lexical` (words,
 repetition, word lists, syllables, rare words, slang, tense), :mod:`.content` (substrings,
 keywords, multiple choice, sentiment, first person, numbers, JSON), :mod:`.language` (French,
-gloss alternation, English fluency), :mod:`.paper` (``upstream_*``: the paper's helpers with
+gloss alternation, English fluency), :mod:`.fluency` (upstream's English-fluency gate), :mod:`.paper` (``upstream_*``: the paper's helpers with
 upstream's semantics, and the plain Python tests its lambdas use), :mod:`.compose`
 (one_minus, all_of, any_of, affine, compare, reciprocal over nested judge or measure specs). All assets come from installed packages; nothing is
 downloaded at run time.
@@ -29,11 +30,13 @@ from personadrift.benchmark.judges import (  # noqa: E402,F401  (registers the j
     lexical,
     paper,
 )
-from personadrift.benchmark.judges.language import (
+from personadrift.benchmark.judges.fluency import (
     FLUENCY_THRESHOLD,
-    english_fluency,
+    english_word_share,
     gate,
+    is_fluent_english,
 )
+from personadrift.benchmark.judges.language import english_fluency
 from personadrift.benchmark.judges.registry import (
     Arg,
     JudgeInfo,
@@ -45,10 +48,11 @@ from personadrift.benchmark.judges.registry import (
     run_judge,
 )
 
-#: The English-fluency gate (upstream multiplies scores by it; here only when the config
-#: switch ``english_fluency_gate`` is on): ``FLUENCY_GATE.english_fluency(text)`` and
-#: ``FLUENCY_GATE.gate(score, text)``.
-FLUENCY_GATE = SimpleNamespace(english_fluency=english_fluency, gate=gate, threshold=FLUENCY_THRESHOLD)
+#: Upstream's English-fluency gate (its notebook multiplies every score by it; here when the
+#: config switch ``scoring.english_fluency_gate`` is on): ``FLUENCY_GATE.is_fluent_english(text)``,
+#: ``FLUENCY_GATE.english_word_share(text)`` and ``FLUENCY_GATE.gate(score, text)``.
+FLUENCY_GATE = SimpleNamespace(is_fluent_english=is_fluent_english, english_word_share=english_word_share, gate=gate,
+                               threshold=FLUENCY_THRESHOLD)
 
 
 def describe_judges() -> list[dict]:
@@ -69,5 +73,5 @@ def describe_judges() -> list[dict]:
 
 __all__ = [
     "Arg", "FLUENCY_GATE", "FLUENCY_THRESHOLD", "JudgeInfo", "JudgeSpecError", "check_judge_args",
-    "describe_judges", "english_fluency", "gate", "judge_info", "judge_names", "register", "run_judge",
+    "describe_judges", "english_fluency", "english_word_share", "gate", "is_fluent_english", "judge_info", "judge_names", "register", "run_judge",
 ]
