@@ -67,9 +67,25 @@ def test_guidance_branch_drops_every_system_message():
     assert "system" not in roles(without_system(m))
 
 
-def test_clean_reply_flattens_like_upstream():
-    assert clean_reply("  Hello\n\nworld \t x ") == "Hello world x"
-    assert clean_reply(" a\nb ", flatten_newlines=False) == "a\nb"
+@pytest.mark.parametrize("raw,collapse,upstream", [
+    ("  Hello\n\nworld \t x ", "Hello world x", "Hello  world \t x"),   # upstream: one space per newline
+    ("[a,\nb, c]", "[a, b, c]", "[a, b, c]"),
+    ("[a,\n\nb]", "[a, b]", "[a,  b]"),                                # ', ' split: 'a', ' b' upstream
+    ("one\r\ntwo", "one two", "one\r two"),                            # only '\n' is replaced upstream
+    ("\n\n  padded  \n", "padded", "padded"),                          # both strip first
+])
+def test_clean_reply_collapses_or_flattens_each_newline_as_upstream(raw, collapse, upstream):
+    assert clean_reply(raw) == clean_reply(raw, True, "collapse") == collapse
+    assert clean_reply(raw, True, "upstream") == upstream
+    assert clean_reply(raw, False, "upstream") == clean_reply(raw, False, "collapse") == raw.strip()
+
+
+def test_clean_reply_whitespace_modes_are_checked():
+    with pytest.raises(ValueError, match="unknown whitespace mode 'tabs'"):
+        clean_reply("x", True, "tabs")
+    from personadrift.config import validate_config
+    assert validate_config({"model": {"name": "t", "source": "tiny"}})["selfchat"]["whitespace"] == "collapse"
+    assert validate_config({"model": {"name": "t", "source": "tiny"}, "selfchat": {"whitespace": "upstream"}})
 
 
 def test_guidance_negative_branch_modes():

@@ -116,9 +116,20 @@ def negative_branch(messages: list[dict], mode: str = "no_system") -> list[dict]
     return rest
 
 
-def clean_reply(text: str, flatten_newlines: bool = True) -> str:
-    """Store replies as upstream did: stripped, newlines flattened to spaces."""
+WHITESPACE_MODES = ("collapse", "upstream")
+
+
+def clean_reply(text: str, flatten_newlines: bool = True, whitespace: str = "collapse") -> str:
+    """A reply as stored: stripped and, with ``flatten_newlines``, on one line.
+
+    ``whitespace`` says how a reply is flattened: ``collapse`` turns every whitespace run into
+    one space; ``upstream`` turns each newline into one space and keeps all other whitespace,
+    as upstream's ``process_answer`` did ("a\n\nb" becomes "a  b"). The difference reaches the
+    judges that count characters or split at ", ".
+    """
+    if whitespace not in WHITESPACE_MODES:
+        raise ValueError(f"unknown whitespace mode {whitespace!r} (expected one of {', '.join(WHITESPACE_MODES)})")
     text = text.strip()
     if flatten_newlines:
-        text = " ".join(text.split())
+        text = " ".join(text.split()) if whitespace == "collapse" else text.replace("\n", " ")
     return text

@@ -138,6 +138,7 @@ class ShardRun:
         self.setting = setting
         self.opening = check_opening(self.cfg.get("opening", OPENING_RESTATEMENT))
         self.policy = self.cfg.get("context_policy", "error")
+        self.whitespace = self.cfg.get("whitespace", "collapse")
         self.max_context = (config.get("model") or {}).get("max_context") or getattr(engine, "max_context", None)
         chat = getattr(engine, "chat", None)  # the HF engine's template; an API server keeps its own
         self._count = chat.count if chat is not None else None
@@ -280,7 +281,7 @@ class ShardRun:
                     rec["stopped"] = {"turn": t, "speaker": role, "reason": "context"}
                     continue
                 c = next(replies)[0]
-                rec["history"].append(clean_reply(c.text, self.cfg["flatten_newlines"]))
+                rec["history"].append(clean_reply(c.text, self.cfg["flatten_newlines"], self.whitespace))
                 rec.setdefault("turns", []).append({"speaker": role, **_usage(c), "context": verdict,
                                                     **({"dropped_rounds": dropped} if dropped else {})})
             self._commit(todo, role, t)
@@ -322,7 +323,7 @@ class ShardRun:
                 comps = next(answers) if req is not None else []
                 rec["probes"].append({
                     **entry,
-                    "answers": [clean_reply(c.text, self.cfg["flatten_newlines"]) for c in comps],
+                    "answers": [clean_reply(c.text, self.cfg["flatten_newlines"], self.whitespace) for c in comps],
                     "completions": [_usage(c) for c in comps],
                     "context": verdict,
                     **({"dropped_rounds": dropped} if dropped else {}),
@@ -401,6 +402,6 @@ def write_outputs(records: list[dict], out_dir: Path) -> None:
 
 def sampling_record(cfg: dict) -> dict:
     keys = ("temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens", "probe_max_new_tokens", "runs",
-            "turns", "flatten_newlines", "context_policy", "opening")
+            "turns", "flatten_newlines", "whitespace", "context_policy", "opening")
     return {k: cfg[k] for k in keys if k in cfg}
 

@@ -20,6 +20,7 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
     persona the model follows from one its judge scores high anyway)."""
     from personadrift.benchmark.scoring import score_answer
     from personadrift.generation.api import GenRequest
+    from personadrift.generation.dialog import clean_reply
     from personadrift.generation.selfchat import persona_record
     from personadrift.seeding import derive_seed
 
@@ -42,10 +43,11 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
     with_persona, without = answers[: len(personas)], dict(zip(probes, answers[len(personas):]))
     rows = []
     gate = config["scoring"]["english_fluency_gate"]
+    whitespace = config.get("selfchat", {}).get("whitespace", "collapse")   # answers cleaned as the self-chat stores replies
     for p, texts in zip(personas, with_persona):
         for condition, group in (("persona", texts), ("no_persona", without[p.probe])):
             for i, text in enumerate(group):
-                score, error = score_answer(persona_record(p), " ".join(text.split()), gate)
+                score, error = score_answer(persona_record(p), clean_reply(text, True, whitespace), gate)
                 rows.append({"persona": p.id, "category": p.category, "condition": condition, "sample": i,
                              "score": score, "error": error, "answer": text})
     df = pd.DataFrame(rows)
