@@ -1,21 +1,30 @@
 # The persona pool: round-0 adherence per persona, and the personas a study keeps.
 
-from personadrift.benchmark.personas import persona_files, upstream_personas_path
+from personadrift.benchmark.personas import (
+    persona_files,
+    topics_file,
+    upstream_personas_path,
+    upstream_topics_path,
+)
 
-# The study's persona files (the imported upstream personas with personas.upstream_file): an
-# input of the rules that read them, so an import runs first and an edit reruns calibration.
+# The study's persona and topic files (imported from upstream with personas.upstream_file and
+# personas.upstream_topics_file): inputs of the rules that read them, so an import runs first
+# and an edit reruns calibration.
 PERSONA_FILES = persona_files(config)
+TOPICS_FILE = topics_file(config)
 
 
 localrules:
     select_personas,
     import_upstream,
+    import_upstream_topics,
 
 
 rule calibrate:
     input:
         model=MODEL,
         personas=PERSONA_FILES,
+        topics=TOPICS_FILE,
     output:
         f"{R}/calibration.csv",
     log:
@@ -36,6 +45,10 @@ rule calibrate:
             "seed",
             "personas.files",
             "personas.topics",
+            "personas.upstream_file",
+            "personas.upstream_sha256",
+            "personas.upstream_topics_file",
+            "personas.upstream_topics_sha256",
             "personas.calibration.samples",
             "personas.calibration.max_new_tokens",
             "scoring.english_fluency_gate",
@@ -50,6 +63,7 @@ rule select_personas:
     input:
         calibration=rules.calibrate.output[0],
         personas=PERSONA_FILES,
+        topics=TOPICS_FILE,
     output:
         pool=f"{R}/personas.json",
         summary=f"{R}/tables/calibration_by_persona.csv",
@@ -90,3 +104,24 @@ rule import_upstream:
     shell:
         "pd import-upstream {input:q} --out {params.out:q}"
         " --sha256 {params.sha256:q} --strict > {log:q} 2>&1"
+
+
+# The paper's opener topics (personas.upstream_topics_file, its utils.py, supplied by the user):
+# the module-level list parsed with ast, checked against personas.upstream_topics_sha256.
+rule import_upstream_topics:
+    input:
+        config["personas"]["upstream_topics_file"] or "utils.py",
+    output:
+        upstream_topics_path(config),
+    log:
+        f"{LOGS}/import_upstream_topics.log",
+    benchmark:
+        f"{BENCHMARKS}/import_upstream_topics.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        sha256=config["personas"]["upstream_topics_sha256"] or "",
+        out=lambda wildcards, output: os.path.dirname(output[0]),
+    shell:
+        "pd import-upstream-topics {input:q} --out {params.out:q}"
+        " --sha256 {params.sha256:q} > {log:q} 2>&1"

@@ -26,11 +26,14 @@ def test_rehearsal_is_the_paper_config_with_only_the_documented_swaps():
     paper, reh = _yaml("paper.yaml"), _yaml("rehearsal.yaml")
     assert reh["interventions"] == paper["interventions"]  # the paper's settings grid
     assert reh["backend"] == paper["backend"] and reh["seed"] == paper["seed"]
-    same = ("turns", "runs", "temperature", "top_p", "top_k", "opening", "api_send_top_p", "api_send_max_tokens")
+    same = ("turns", "runs", "temperature", "top_p", "top_k", "opening", "whitespace", "api_send_top_p",
+            "api_send_max_tokens")
     for key in same:
         assert reh["selfchat"].get(key) == paper["selfchat"].get(key), key
     assert paper["selfchat"]["turns"] == 16 and paper["selfchat"]["top_k"] == 50
     assert paper["selfchat"]["context_policy"] == "error"
+    assert reh["scoring"]["english_fluency_gate"] is paper["scoring"]["english_fluency_gate"] is True
+    assert reh["personas"]["upstream_topics_file"] and paper["personas"]["upstream_topics_file"] == "utils.py"
     assert reh["model"]["source"] == "tiny" and reh["model"]["tiny_template"] == "llama2"
     assert reh["selfchat"]["min_new_tokens"] > 0 and reh["model"]["max_context"] < 4096
 

@@ -54,6 +54,23 @@ def test_the_import_rule_runs_before_calibration_and_writes_the_personas(tmp_pat
     assert report["sha256"] == FIXTURE_SHA and report["unmapped"] == []
 
 
+def test_the_topics_import_rule_runs_before_calibration_and_writes_the_topics(tmp_path):
+    utils = REPO / "tests" / "fixtures" / "upstream" / "utils.py"
+    sha = hashlib.sha256(utils.read_bytes()).hexdigest()
+    shutil.copy(utils, tmp_path / "utils.py")
+    cfg = _config(tmp_path, upstream_topics_file="utils.py", upstream_topics_sha256=sha)
+    plan = snakemake(tmp_path, "--configfile", str(cfg), "-n", "results/smoke/calibration.csv")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "import_upstream_topics" in plan.stdout and "calibrate" in plan.stdout
+    out = f"resources/personas/upstream-topics-{sha[:12]}/topics.yaml"
+    run = snakemake(tmp_path, "--configfile", str(cfg), "--cores", "1", out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(yaml.safe_load((tmp_path / out).read_text(encoding="utf-8"))["topics"]) == 7
+    unstated = snakemake(tmp_path, "--configfile", str(_config(tmp_path, upstream_topics_file="utils.py")),
+                         "-n", "results/smoke/calibration.csv")
+    assert unstated.returncode != 0 and "personas.upstream_topics_sha256" in unstated.stdout + unstated.stderr
+
+
 def test_a_missing_file_fails_at_planning_saying_where_to_get_it(tmp_path):
     cfg = _config(tmp_path, upstream_file="hundred_system_prompts.py")
     out = snakemake(tmp_path, "--configfile", str(cfg), "-n", "results/smoke/calibration.csv")

@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("import-upstream", add_help=False,
                    help="convert the paper's hundred_system_prompts.py into persona YAML (own --help)")
+    sub.add_parser("import-upstream-topics", add_help=False,
+                   help="convert the paper's utils.py opener topics into topics YAML (own --help)")
 
     sub.add_parser("serve", help="OpenAI-compatible chat server over a model (+ intervention); "
                    "see personadrift serve --help", add_help=False)
@@ -254,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         from personadrift.benchmark.upstream import main as upstream_main
 
         return upstream_main(argv[1:])
+    if argv[:1] == ["import-upstream-topics"]:
+        from personadrift.benchmark.upstream_topics import main as topics_main
+
+        return topics_main(argv[1:])
     if argv[:1] == ["serve"]:  # the server owns its own arguments
         from personadrift.runtime.serve import main as serve_main
 

@@ -204,11 +204,12 @@ def resolve_data_paths(config: dict, path: str | Path = "config", base: str | Pa
     pc = config["personas"]
     pc["files"] = [find(p, f"personas.files[{i}]") for i, p in enumerate(pc["files"])]
     pc["topics"] = find(pc["topics"], "personas.topics")
-    up = pc.get("upstream_file")
-    if up and not Path(up).exists() and (Path(base) / up).exists():
-        # the paper's file, or a fixture shipped with the workflow; a missing one is reported by
-        # the upstream check, which says where to download it
-        pc["upstream_file"] = str(Path(base) / up)
+    for key in ("upstream_file", "upstream_topics_file"):
+        up = pc.get(key)
+        if up and not Path(up).exists() and (Path(base) / up).exists():
+            # the paper's file, or a fixture shipped with the workflow; a missing one is reported
+            # by the upstream check, which says where to download it
+            pc[key] = str(Path(base) / up)
     return config
 
 
@@ -217,17 +218,19 @@ def check_config(config: dict, path: str | Path = "config", base: str | Path = R
     """Everything that can be checked before any job runs; the pool's (personas, topics).
 
     ``personadrift validate`` and the workflow's planning both call this one function."""
-    from personadrift.benchmark.personas import check_pool, load_pool, load_topics
+    from personadrift.benchmark.personas import check_pool, load_personas, ready_topics
 
     validate_config(config, path)
     resolve_data_paths(config, path, base)
+    # the paper's personas and topics are imported by rules import_upstream and
+    # import_upstream_topics: their source files (present, right sha256) are checked now, what
+    # they import once imported
+    check_pool(config, path)
+    topics = ready_topics(config)
     if config["personas"].get("upstream_file"):
-        # the paper's personas are imported by rule import_upstream: the source file (present,
-        # right sha256) is checked now, the personas themselves once imported
-        check_pool(config, path)
         check_model(config, path, workdir)
-        return [], load_topics(config["personas"]["topics"])
-    personas, topics = load_pool(config)
+        return [], topics
+    personas = load_personas(config["personas"]["files"])
     for p in personas:  # persona ids name files and table rows; the loader has its own stricter rule
         if name_problem(p.id):
             raise InputError(path, "personas.files", f"persona id {name_problem(p.id)}")
@@ -235,7 +238,7 @@ def check_config(config: dict, path: str | Path = "config", base: str | Path = R
     if len(personas) < cal["min_kept"]:
         raise InputError(path, "personas.files", f"{len(personas)} persona(s) in the pool, but a self-chat needs at "
                          f"least {cal['min_kept']} (personas.calibration.min_kept) to pair an agent with a user")
-    if not topics:
+    if not topics and not config["personas"].get("upstream_topics_file"):
         raise InputError(path, "personas.topics", "no topics: a self-chat opens with one")
     check_model(config, path, workdir)
     return personas, topics

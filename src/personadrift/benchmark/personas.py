@@ -322,21 +322,48 @@ def persona_files(config: dict) -> list[str]:
     return list(pc["files"])
 
 
+def upstream_topics_path(config: dict) -> str:
+    """Where rule import_upstream_topics writes the topics imported from ``personas.upstream_topics_file``
+    (one folder per file content, named by its stated sha256)."""
+    sha = config["personas"].get("upstream_topics_sha256") or "unchecked"
+    return f"{UPSTREAM_DIR}/upstream-topics-{sha[:12]}/topics.yaml"
+
+
+def topics_file(config: dict) -> str:
+    """The study's topics file: the imported upstream topics when ``personas.upstream_topics_file``
+    is set (``personas.topics`` is then not used), else ``personas.topics``."""
+    pc = config["personas"]
+    return upstream_topics_path(config) if pc.get("upstream_topics_file") else pc["topics"]
+
+
+def _imported(config: dict, key: str, path: str, rule: str) -> str:
+    if config["personas"].get(key) and not Path(path).is_file():
+        raise InputError("config", f"personas.{key}",
+                         f"the file imported from {config['personas'][key]} is not there yet ({path}): run "
+                         f"`snakemake {path}` (rule {rule}) first")
+    return path
+
+
 def load_pool(config: dict):
     """The study's personas and topics."""
     files = persona_files(config)
-    if config["personas"].get("upstream_file") and not Path(files[0]).is_file():
-        raise InputError("config", "personas.upstream_file",
-                         f"the personas imported from {config['personas']['upstream_file']} are not there yet "
-                         f"({files[0]}): run `snakemake {files[0]}` (rule import_upstream) first")
-    return load_personas(files), load_topics(config["personas"]["topics"])
+    _imported(config, "upstream_file", files[0], "import_upstream")
+    topics = _imported(config, "upstream_topics_file", topics_file(config), "import_upstream_topics")
+    return load_personas(files), load_topics(topics)
+
+
+def ready_topics(config: dict) -> list[str]:
+    """The study's topics if their file is there (imported topics may not be yet), else []."""
+    path = topics_file(config)
+    return load_topics(path) if Path(path).is_file() else []
 
 
 def check_pool(config: dict, source: str = "config") -> None:
     """Planning-time check of the persona pool: everything that exists before the workflow runs.
 
-    With ``personas.upstream_file``: the file must exist and have ``personas.upstream_sha256``
-    (errors say where to get it); the imported personas are validated once imported.
+    With ``personas.upstream_file`` or ``personas.upstream_topics_file``: the file must exist
+    and have its stated sha256 (errors say where to get it); what is imported is validated
+    once imported.
     """
     pc = config["personas"]
     if pc.get("upstream_file"):
@@ -349,6 +376,13 @@ def check_pool(config: dict, source: str = "config") -> None:
         imported = Path(upstream_personas_path(config))
         if imported.is_file():
             load_personas([imported])
-        load_topics(pc["topics"])
-        return
-    load_pool(config)
+    else:
+        load_personas(pc["files"])
+    if pc.get("upstream_topics_file"):
+        from personadrift.benchmark.upstream_topics import check_topics_source
+
+        try:
+            check_topics_source(pc["upstream_topics_file"], pc.get("upstream_topics_sha256"))
+        except InputError as e:
+            raise InputError(source, "personas.upstream_topics_file", str(e)) from None
+    ready_topics(config)
