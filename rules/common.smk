@@ -194,3 +194,18 @@ def drift_table_files(setting):
         expand(rules.drift_tables.output[k], setting=setting)[0]
         for k in ("by_round", "change", "study")
     ]
+
+
+def comparison_tables(wildcards):
+    """Each compared study's drift tables (rules/score.smk's by_round.csv and study.json)."""
+    studies, setting = config["compare"]["studies"], config["compare"]["setting"]
+    if not studies:
+        raise WorkflowError(
+            f"{CONFIG_SOURCE}: compare.studies is empty: name the results folders of the studies "
+            "to draw side by side (e.g. [results/paper-llama2-70b, results/paper-gpt35])"
+        )
+    return [
+        os.path.join(d, "tables", setting, name)
+        for d in studies
+        for name in ("by_round.csv", "study.json")
+    ]

@@ -35,6 +35,7 @@ CONTROL_TABLES = [f for s in CONTROLS for f in drift_table_files(s)]
 
 localrules:
     figure,
+    compare,
     all_figures,
     all,
 
@@ -86,3 +87,24 @@ rule all_figures:
         ),
     shell:
         "pd manifest --out {output:q} --figure-tables {params.tables:q} {input.figures:q} > {log:q} 2>&1"
+
+
+# Several studies side by side (compare.studies), the paper's two-model layout.
+rule compare:
+    input:
+        comparison_tables,
+    output:
+        pdf="figures/comparison.pdf",
+        png="figures/comparison.png",
+    log:
+        f"{LOGS}/figures/comparison.log",
+    benchmark:
+        f"{BENCHMARKS}/figures/comparison.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        studies=config["compare"]["studies"],
+        setting=config["compare"]["setting"],
+    shell:
+        "pd compare {params.studies:q} --setting {params.setting:q}"
+        " --out {output.pdf:q} {output.png:q} > {log:q} 2>&1"

@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", nargs="+", required=True)
     p.add_argument("--out", nargs="+", required=True, help="output files (.pdf and/or .png)")
 
+    p = sub.add_parser("compare", help="draw several studies' drift curves side by side (one panel per study)")
+    p.add_argument("studies", nargs="+", help="each study's results folder (results/<study>), in panel order")
+    p.add_argument("--setting", default="none", help="the setting drawn from each study (default: none)")
+    p.add_argument("--out", nargs="+", required=True, help="output files (.pdf and/or .png)")
+
     p = sub.add_parser("manifest", help="write the figures/all manifest")
     p.add_argument("--out", required=True)
     p.add_argument("--figure-tables", required=True, help="JSON: figure -> tables")
@@ -187,6 +192,13 @@ def run(args) -> None:
         from personadrift.figures import draw
 
         draw(args.name, args.tables, args.out)
+        return
+    if cmd == "compare":
+        from personadrift.figures import save
+        from personadrift.figures.comparison import comparison, study_tables
+
+        tables = [t for d in args.studies for t in study_tables(d, args.setting)]
+        save(comparison(*tables, setting=args.setting), args.out)
         return
     if cmd == "manifest":
         figure_steps.write_manifest(args.figures, json.loads(args.figure_tables), args.out)

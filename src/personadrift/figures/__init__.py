@@ -26,7 +26,7 @@ def figure(name: str):
 def draw(name: str, tables: list[str], outputs: list[str]) -> None:
     from personadrift.figures import drift  # noqa: F401  (registers figures)
 
-    for mod in ("attention", "mitigation", "example"):
+    for mod in ("attention", "mitigation", "example", "comparison"):
         try:
             __import__(f"{__name__}.{mod}")
         except ModuleNotFoundError as exc:
@@ -34,11 +34,15 @@ def draw(name: str, tables: list[str], outputs: list[str]) -> None:
                 raise
     if name not in FIGURES:
         raise KeyError(f"unknown figure {name!r}; known: {sorted(FIGURES)}")
-    fig = FIGURES[name](*tables)
-    for out in outputs:
-        fig.savefig(out, bbox_inches="tight", dpi=150, metadata=_metadata(out))
+    save(FIGURES[name](*tables), outputs)
+
+
+def save(fig, outputs: list[str]) -> None:
+    """Write ``fig`` to every output (PDF and/or PNG), then close it."""
     import matplotlib.pyplot as plt
 
+    for out in outputs:
+        fig.savefig(out, bbox_inches="tight", dpi=150, metadata=_metadata(out))
     plt.close(fig)
 
 
