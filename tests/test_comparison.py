@@ -76,3 +76,21 @@ def test_two_studies_one_through_the_api_server_side_by_side(smoke, tmp_path):
     subprocess.run([sys.executable, "-m", "personadrift", "compare", *map(str, dirs), "--out", str(out)],
                    check=True, cwd=tmp_path, timeout=300)
     assert out.stat().st_size > 1000
+
+
+def test_the_gpt35_paper_config_runs_as_upstream_ran_gpt35():
+    from personadrift.config import validate_config
+
+    raw = yaml.safe_load((REPO / "configs" / "paper-gpt35.yaml").read_text(encoding="utf-8"))
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text(encoding="utf-8"))
+    assert raw["openai"]["model"] is None                 # a placeholder the user sets
+    raw["openai"]["model"] = "a-chat-model"
+    cfg = validate_config(raw)
+    sc = cfg["selfchat"]
+    assert cfg["backend"] == "openai" and cfg["model"]["source"] == "api"
+    assert sc["turns"] == 32 and paper["selfchat"]["turns"] == 16          # 16 rounds against Llama-2's 8
+    assert not sc["api_send_top_p"] and not sc["api_send_max_tokens"]      # the API's defaults
+    assert sc["whitespace"] == "upstream" and cfg["scoring"]["english_fluency_gate"] is True
+    for key in ("opening", "runs", "whitespace"):
+        assert sc[key] == paper["selfchat"][key], key
+    assert cfg["compare"]["studies"] == [f"results/{paper['study']}", f"results/{cfg['study']}"]

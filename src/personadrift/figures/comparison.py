@@ -80,7 +80,11 @@ def comparison(*tables: str, setting: str = "none"):
                      f"samples per round, {s.get('confidence', 0):.0%} {METHOD_NAME.get(method, method)} over "
                      f"{s.get('bootstrap_unit', 'conversation')}s")
     axes[0][0].set_ylabel("persona stability (judge score, 0-1)")
-    axes[0][0].legend(loc="lower left", fontsize=7)
+    handles = {}
+    for ax in axes[0]:   # one entry per curve kind, whichever panel has it
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    axes[0][0].legend(handles.values(), handles.keys(), loc="best", fontsize=7)
     caption(fig, "Persona stability per round in each study (round 0: the probe right after the system prompt, "
                  "where a study has it), with each study's own interval. " + "; ".join(notes) + ".",
             width=55 * len(studies))
