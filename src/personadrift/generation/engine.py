@@ -132,7 +132,9 @@ class HFEngine:
         self.prefix_device = torch.device("cpu")
         self.stats = EngineStats()
         self._prefixes: dict[str, _Prefix] = {}
-        self.device = next(model.parameters()).device
+        # where input ids go: the embeddings' device (under a device map each layer's inputs
+        # are moved to that layer's device by accelerate's hooks; its KV cache lives there)
+        self.device = model.get_input_embeddings().weight.device
         self.pad_id = tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = tokenizer.eos_token_id
@@ -390,7 +392,7 @@ class HFEngine:
             if p >= 0:
                 logp[i] = logp[p] + g * (logp[i] - logp[p])
             keep.append(i)
-        return logp[keep]
+        return logp.index_select(0, torch.tensor(keep, dtype=torch.long, device=logp.device))
 
     def _generate_chunk(self, requests: list[GenRequest], limits: list[int]) -> list[list[Completion]]:
         """Sample every request of one batch; request ``q`` stops after ``limits[q]`` tokens (its
@@ -498,15 +500,22 @@ class _BufferLayer(DynamicLayer):
     every step, which at 128 rows and 600 positions moves gigabytes per token).
     """
 
-    def __init__(self, capacity: int = 0, **kwargs):
+    def __init__(self, capacity: int = 0, pending: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.capacity = capacity
-        self.length = 0
         self.buf_k = self.buf_v = None
+        # re-used prefix keys and values [batch, kv_heads, length, head_dim], wherever they were
+        # stored: written into the buffer on the device of the first keys this layer computes
+        self.pending = pending
+        self.length = 0 if pending is None else pending[0].shape[-2]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self.pending is not None:
+            k, v = self.pending
+            self.pending, self.length = None, 0
+            self.update(k.to(key_states.device, key_states.dtype), v.to(value_states.device, value_states.dtype))
         n = key_states.shape[-2]
         need = self.length + n
         if self.buf_k is None or self.buf_k.shape[-2] < need:
@@ -532,6 +541,7 @@ class _BufferLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.buf_k is None:
             return
+        indices = indices.to(self.buf_k.device)
         n = self.length
         k = self.buf_k.new_empty((len(indices),) + self.buf_k.shape[1:])
         v = self.buf_v.new_empty((len(indices),) + self.buf_v.shape[1:])
@@ -595,7 +605,6 @@ class _Batch:
         """Left-pad the rows' re-used prefixes and new tokens into one batch, with room for
         ``reserve`` generated tokens per row."""
         self = cls(engine)
-        dev = engine.device
         self.rows, self.partner = rows, partner
         past_len = max(r.reuse for r in rows)
         new_len = max(len(r.target) - r.reuse for r in rows)
@@ -622,11 +631,13 @@ class _Batch:
             engine.stats.prompt_tokens += len(new)
             engine.stats.reused_tokens += r.reuse
         if past_len:
+            # each layer's stacked prefix is moved to that layer's device when the forward first
+            # reaches the layer (where its keys are computed: the layer's device under a device map)
             like = next(r.past for r in rows if r.reuse)
             for layer in range(len(like.kv)):
                 ks = [_left_pad(r.past, like, layer, 0, r.reuse, past_len) for r in rows]
                 vs = [_left_pad(r.past, like, layer, 1, r.reuse, past_len) for r in rows]
-                self.cache.update(torch.stack(ks).to(dev), torch.stack(vs).to(dev), layer)
+                self.cache.layers.append(_BufferLayer(capacity=cap, pending=(torch.stack(ks), torch.stack(vs))))
         self.slot_ids, self.mask, self.prompt, self.first = slot_ids, mask, prompt, first
         self.width, self.new_len = width, new_len  # width: columns filled so far
         self.live = list(range(n))
@@ -731,21 +742,20 @@ class _Batch:
         self.live = list(range(len(idx)))
 
     def _select(self, idx: torch.Tensor) -> None:
-        dev_idx = idx.to(self.engine.device)
         for layer in self.cache.layers:
-            layer.batch_select_indices(dev_idx)
+            layer.batch_select_indices(idx)
         self.slot_ids = self.slot_ids.index_select(0, idx)
         self.mask = self.mask.index_select(0, idx)
         self.prompt = self.prompt.index_select(0, idx)
         self.first = self.first.index_select(0, idx)
         self.next_pos = self.next_pos.index_select(0, idx)
-        self.logits = self.logits.index_select(0, dev_idx)
+        self.logits = self.logits.index_select(0, idx.to(self.logits.device))
         self._ctx_masks = None
         self._plan = None
 
     def pick_plan(self) -> _PickPlan:
         if self._plan is None:
-            dev = self.engine.device
+            dev = self.logits.device
             cond = [i for i in self.live if self.partner[i] != -2]
             guided = [j for j, i in enumerate(cond) if self.partner[i] >= 0]
             self._plan = _PickPlan(
@@ -786,12 +796,12 @@ class _Batch:
     def _extract(self, i: int) -> _Prefix:
         valid = self.mask[i, : self.width].bool()
         ids = self.slot_ids[i, : self.width][valid].tolist()
-        dev_valid = valid.to(self.engine.device)
         host = self.engine.prefix_device
-        kv = [
-            (layer.keys[i][:, dev_valid].to(host, copy=True), layer.values[i][:, dev_valid].to(host, copy=True))
-            for layer in self.cache.layers
-        ]
+        on: dict[torch.device, torch.Tensor] = {}  # the mask on each layer's device
+        kv = []
+        for layer in self.cache.layers:
+            m = on.setdefault(layer.keys.device, valid.to(layer.keys.device))
+            kv.append((layer.keys[i][:, m].to(host, copy=True), layer.values[i][:, m].to(host, copy=True)))
         return _Prefix(ids, kv)
 
     def forward_step(self, tokens: list[int]) -> None:
