@@ -96,7 +96,7 @@ def test_mmlu_scoring_with_a_primed_prefix_runs_across_devices(tiny_model_dir, n
     def score(eng):
         sc = EngineScorer(eng, intervene=True, negative=lambda m: m[1:], share_key="mmlu")
         sc.prime(SYSTEMS[0])
-        assert "mmlu" in eng._prefixes
+        assert "mmlu" in eng.prefixes
         return sc.letters(convs), sc.cloze(convs, options)
 
     expected = score(HFEngine(model, tok, intervention=INTERVENTIONS[name]))

@@ -17,21 +17,25 @@ global random stream (so a conversation's text would depend on its batch-mates).
   (``generation/sampling.py``), so a conversation's text is fixed by its seed, whatever else
   shares the batch, on any device;
 * runs classifier-free guidance as paired rows (with and without the system prompt) whose
-  log-probabilities are mixed before sampling, and split-softmax through the registered
-  attention function with a per-row mask of system-prompt key slots.
+  log-probabilities are mixed before sampling (``generation/guidance.py``), and split-softmax
+  through the registered attention function with a per-row mask of system-prompt key slots.
+
+The batch (``generation/batch.py``) and the KV buffers and prefix store
+(``generation/kv_buffers.py``) live in their own modules; this one schedules requests into
+batches, runs the decode loop and scores continuations.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
 from personadrift.generation.api import Completion, GenRequest, Intervention, Sampling
+from personadrift.generation.batch import Batch, Row
 from personadrift.generation.chat import ChatFormat
+from personadrift.generation.guidance import Pairing, guidance_mix
+from personadrift.generation.kv_buffers import PrefixStore
 from personadrift.generation.sampling import (  # noqa: F401  (nucleus: tests)
     NUCLEUS_CANDIDATES,
     nucleus,
@@ -39,23 +43,6 @@ from personadrift.generation.sampling import (  # noqa: F401  (nucleus: tests)
     sample_tokens,
 )
 from personadrift.seeding import derive_seed
-
-
-@dataclass
-class _Prefix:
-    ids: list[int]
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [kv_heads, length, head_dim]
-
-
-@dataclass
-class _Row:
-    """One prefilled sequence (before expansion to samples)."""
-
-    target: list[int]
-    reuse: int
-    past: _Prefix | None
-    span: tuple[int, int] | None
-    store_key: str | None
 
 
 @dataclass
@@ -127,11 +114,8 @@ class HFEngine:
         self.progress = progress  # a tqdm bar per generate call of several batches (rule logs)
         self.nucleus_candidates = NUCLEUS_CANDIDATES  # top tokens sorted before the full-sort fallback
         self.prefill_forward_tokens = PREFILL_FORWARD_TOKENS  # see prefill_groups
-        # Cached prefixes live in host memory: a 70B model's KV for 50 dialogs of 4k tokens
-        # would not fit beside the weights on the GPU; they are copied over per turn.
-        self.prefix_device = torch.device("cpu")
         self.stats = EngineStats()
-        self._prefixes: dict[str, _Prefix] = {}
+        self.prefixes = PrefixStore("cpu")  # see PrefixStore: host memory, copied over per turn
         # where input ids go: the embeddings' device (under a device map each layer's inputs
         # are moved to that layer's device by accelerate's hooks; its KV cache lives there)
         self.device = model.get_input_embeddings().weight.device
@@ -149,8 +133,7 @@ class HFEngine:
     # ----------------------------------------------------------------- public API
     def forget(self, prefix: str = "") -> None:
         """Drop cached prefixes whose key starts with ``prefix`` (all by default)."""
-        for key in [k for k in self._prefixes if k.startswith(prefix)]:
-            del self._prefixes[key]
+        self.prefixes.forget(prefix)
 
     def generate(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[str]]:
         """Sample ``n`` replies for each request; returns the texts in request order."""
@@ -182,7 +165,7 @@ class HFEngine:
         for chunk in self._chunks(requests):
             reqs = [requests[i] for i in chunk]
             batch = self._prefill(reqs, expand=False)
-            rows.append(self._guided_logprobs(batch))
+            rows.append(batch.next_token_logprobs(self.intervention.guidance_scale))
         return torch.cat(rows)
 
     # positions (rows x continuation tokens) whose full-vocabulary logits one forward may hold
@@ -215,56 +198,35 @@ class HFEngine:
                 reps.append(i)
             which.append(prompt_of[sig])
         out = torch.zeros(len(requests), dtype=torch.float64)
-
-        def mixed(logits: torch.Tensor, partner: list[int]) -> torch.Tensor:
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for i, p in enumerate(partner):
-                if p >= 0:
-                    logp[i] = torch.log_softmax(logp[p] + g * (logp[i] - logp[p]), dim=-1)
-            return logp
-
         by_prompt: dict[int, list[int]] = {}
         for i, p in enumerate(which):
             by_prompt.setdefault(p, []).append(i)
         for chunk in self._chunks([requests[i] for i in reps]):  # chunk: prompt indices
             # 1. the prompts; the last position's logits score every continuation's first token
-            rows, intervene, partner, row_of = [], [], [], {}
-            for p in chunk:
-                r = requests[reps[p]]
-                row_of[p] = len(rows)
-                rows.append(self._make_row(r.messages, r.key, False))
-                intervene.append(r.intervene)
-                partner.append(-1)
-                if self._guided(r):
-                    ukey = None if r.key is None else r.key + "#uncond"
-                    rows.append(self._make_row(r.negative_messages, ukey, False))
-                    intervene.append(False)
-                    partner.append(-2)
-                    partner[-2] = len(rows) - 1
-            batch = _Batch.build(self, rows, intervene, partner)
+            rows, pairing = self._request_rows([requests[reps[p]] for p in chunk], store=False)
+            row_of = {p: j for p, j in zip(chunk, self._first_rows(rows, pairing))}
+            batch = Batch.build(self, rows, pairing)
             batch.forward_prefill()
-            first = mixed(batch.logits, partner)
-            prefixes = [batch._extract(i) for i in range(batch.size)]
+            last = batch.logits
+            first = torch.log_softmax(last.float(), dim=-1)
+            prefixes = [batch.extract(i) for i in range(batch.size)]  # on each layer's device
             del batch
             # 2. the continuations after their prompt's cached KV (all but the last token)
-            tail: list[tuple[int, list[_Row], list[bool], list[int]]] = []  # (request, rows, ...)
+            tail: list[tuple[int, list[Row]]] = []  # (request, its rows: conditional first)
             for p in chunk:
                 ci = row_of[p]
+                ui = pairing.partner(ci)
+                lp0 = first[ci] if ui is None else torch.log_softmax(
+                    guidance_mix(last[ci], last[ui], g), dim=-1)
                 for i in by_prompt[p]:
                     cont = [int(t) for t in continuations[i]]
-                    out[i] = float(first[ci, cont[0]])
+                    out[i] = float(lp0[cont[0]])
                     if len(cont) == 1:
                         continue
-                    own = [_Row(rows[ci].target + cont[:-1], len(rows[ci].target), prefixes[ci],
-                                rows[ci].span, None)]
-                    flags, pair = [intervene[ci]], [-1]
-                    if partner[ci] >= 0:
-                        ui = partner[ci]
-                        own.append(_Row(rows[ui].target + cont[:-1], len(rows[ui].target), prefixes[ui],
-                                        None, None))
-                        flags.append(False)
-                        pair = [1, -2]
-                    tail.append((i, own, flags, pair))
+                    own = [Row(rows[j].target + cont[:-1], len(rows[j].target), prefixes[j],
+                               rows[j].span if j == ci else None, None, rows[j].intervene)
+                           for j in ([ci] if ui is None else [ci, ui])]
+                    tail.append((i, own))
             tail.sort(key=lambda t: len(continuations[t[0]]))  # little padding within a forward
             start = 0
             while start < len(tail):
@@ -277,22 +239,24 @@ class HFEngine:
                                          or (n_rows + need) * w > self.CONTINUATION_POSITIONS):
                         break
                     n_rows, width, stop = n_rows + need, w, stop + 1
-                rows2, flags2, pair2, first_row = [], [], [], []
-                for i, own, flags, pair in tail[start:stop]:
+                rows2, pairs, first_row = [], {}, []
+                for i, own in tail[start:stop]:
                     first_row.append(len(rows2))
-                    pair2 += [q + len(rows2) if q >= 0 else q for q in pair]
+                    if len(own) == 2:
+                        pairs[len(rows2)] = len(rows2) + 1
                     rows2 += own
-                    flags2 += flags
-                batch = _Batch.build(self, rows2, flags2, pair2)
+                pairing2 = Pairing(pairs)
+                batch = Batch.build(self, rows2, pairing2)
                 batch.forward_prefill(keep=width)
                 logits = batch.logits if width > 1 else batch.logits[:, None, :]
-                for (i, *_), j in zip(tail[start:stop], first_row):
+                for (i, _own), j in zip(tail[start:stop], first_row):
                     cont = torch.tensor([int(t) for t in continuations[i]], device=logits.device)
                     c = len(cont) - 1  # position m of the last c predicts cont[m + 1]
-                    lp = torch.log_softmax(logits[j, width - c:].float(), dim=-1)
-                    if pair2[j] >= 0:
-                        lu = torch.log_softmax(logits[pair2[j], width - c:].float(), dim=-1)
-                        lp = torch.log_softmax(lu + g * (lp - lu), dim=-1)
+                    u = pairing2.partner(j)
+                    if u is None:
+                        lp = torch.log_softmax(logits[j, width - c:].float(), dim=-1)
+                    else:
+                        lp = torch.log_softmax(guidance_mix(logits[j, width - c:], logits[u, width - c:], g), dim=-1)
                     out[i] += float(lp.gather(1, cont[1:, None]).sum())
                 start = stop
         return out
@@ -327,37 +291,43 @@ class HFEngine:
         if chunk:
             yield chunk
 
-    def _make_row(self, messages: list[dict], key: str | None, store: bool) -> _Row:
+    def _make_row(self, messages: list[dict], key: str | None, store: bool, intervene: bool) -> Row:
         rendered = self.chat.render(messages)
         target = rendered.ids
-        past = self._prefixes.get(key) if key is not None else None
+        past = self.prefixes.get(key)
         reuse = 0
         if past is not None:
             # at least one new token must be encoded to get next-token logits
             reuse = min(_common_prefix(past.ids, target), len(target) - 1)
-        return _Row(target, reuse, past, rendered.prompt_span, key if store else None)
+        return Row(target, reuse, past, rendered.prompt_span, key if store else None, intervene)
 
-    def _prefill(self, requests: list[GenRequest], *, expand: bool, reserve: int = 0):
-        """Encode all rows' new tokens in one forward; returns the live batch state."""
-        rows: list[_Row] = []
-        intervene: list[bool] = []
-        partner: list[int] = []  # index of the unconditional row, or -1
-        units: list[list[int]] = []  # the row indices of each request
+    def _request_rows(self, requests: list[GenRequest], *, store: bool) -> tuple[list[Row], Pairing]:
+        """The rows of ``requests`` in order: each request's conditional row, followed, when it
+        is guided, by its unconditional row (its ``negative_messages``, cached under
+        ``key#uncond``, never intervened on); with ``store``, persisted requests' rows store
+        their prefixes when they finish."""
+        rows: list[Row] = []
+        pairs: dict[int, int] = {}
         for r in requests:
-            guided = self._guided(r)
-            first = len(rows)
-            if expand and r.persist and r.n > 1:
-                raise ValueError("a persisted request must ask for one sample")
-            rows.append(self._make_row(r.messages, r.key, r.persist and expand))
-            intervene.append(r.intervene)
-            partner.append(-1)
-            if guided:
+            rows.append(self._make_row(r.messages, r.key, store and r.persist, r.intervene))
+            if self._guided(r):
                 ukey = None if r.key is None else r.key + "#uncond"
-                rows.append(self._make_row(r.negative_messages, ukey, r.persist and expand))
-                intervene.append(False)
-                partner.append(-2)  # marks an unconditional row
-                partner[-2] = len(rows) - 1
-            units.append(list(range(first, len(rows))))
+                pairs[len(rows) - 1] = len(rows)
+                rows.append(self._make_row(r.negative_messages, ukey, store and r.persist, False))
+        return rows, Pairing(pairs)
+
+    @staticmethod
+    def _first_rows(rows: list[Row], pairing: Pairing) -> list[int]:
+        """The index of each request's first (conditional) row."""
+        return pairing.sampled(list(range(len(rows))))
+
+    def _prefill(self, requests: list[GenRequest], *, expand: bool, reserve: int = 0) -> Batch:
+        """Encode all rows' new tokens in one forward; returns the live batch state."""
+        if expand and any(r.persist and r.n > 1 for r in requests):
+            raise ValueError("a persisted request must ask for one sample")
+        rows, pairing = self._request_rows(requests, store=expand)
+        starts = self._first_rows(rows, pairing) + [len(rows)]
+        units = [list(range(a, b)) for a, b in zip(starts, starts[1:])]  # the row indices of each request
         # Generating: rows of very different new-token counts prefill in separate forwards (a
         # forward costs rows x its longest row), then decode as one batch; a request's rows (a
         # guided pair) stay together. Scoring keeps its one forward.
@@ -366,33 +336,23 @@ class HFEngine:
             new_tokens = [max(len(rows[i].target) - rows[i].reuse for i in u) for u in units]
             groups = prefill_groups(new_tokens, [len(u) for u in units], self.prefill_forward_tokens)
         if groups is None or len(groups) == 1:
-            batch = _Batch.build(self, rows, intervene, partner, reserve)
+            batch = Batch.build(self, rows, pairing, reserve)
             batch.forward_prefill()
         else:
             parts = []
             for g in groups:
                 idx = [i for u in g for i in units[u]]
-                local = {old: new for new, old in enumerate(idx)}
-                part = _Batch.build(self, [rows[i] for i in idx], [intervene[i] for i in idx],
-                                    [local[partner[i]] if partner[i] >= 0 else partner[i] for i in idx], reserve)
+                part = Batch.build(self, [rows[i] for i in idx], pairing.select(idx), reserve)
                 part.forward_prefill()
                 parts.append((idx, part))
-            batch = _Batch.merge(self, parts, rows, partner, reserve)
+            batch = Batch.merge(self, parts, rows, pairing, reserve)
         if expand:
             batch.expand([r.n for r, u in zip(requests, units) for _ in u])
         return batch
 
-    def _guided_logprobs(self, batch: _Batch) -> torch.Tensor:
-        logp = torch.log_softmax(batch.logits.float(), dim=-1)
-        g = self.intervention.guidance_scale
-        keep = []
-        for i, p in enumerate(batch.partner):
-            if p == -2:
-                continue
-            if p >= 0:
-                logp[i] = logp[p] + g * (logp[i] - logp[p])
-            keep.append(i)
-        return logp.index_select(0, torch.tensor(keep, dtype=torch.long, device=logp.device))
+    def _guided_logprobs(self, batch: Batch) -> torch.Tensor:
+        """float32 next-token log-probabilities of each request's row (guided: the mix)."""
+        return batch.next_token_logprobs(self.intervention.guidance_scale)
 
     def _generate_chunk(self, requests: list[GenRequest], limits: list[int]) -> list[list[Completion]]:
         """Sample every request of one batch; request ``q`` stops after ``limits[q]`` tokens (its
@@ -418,12 +378,12 @@ class HFEngine:
             for i in batch.live:
                 tok = tokens[i]
                 qi, s = batch.owner[i]
-                if batch.partner[i] != -2:
+                if not batch.pairing.is_unconditional(i):
                     texts[qi][s].append(tok)
                     self.stats.generated_tokens += 1
                 if step == limits[qi] - 1 or tok in self.eos_ids:
                     finished.append(i)
-            kept = batch.retire(finished)
+            kept = batch.retire(finished, self.prefixes)
             if not batch.live:
                 break
             if kept is not None:  # the batch was compacted: rows were renumbered
@@ -444,36 +404,30 @@ class HFEngine:
             out.append(comps)
         return out
 
-    def _pick(self, batch: _Batch, step: int, suppress_eos: bool = False) -> list[int]:
+    def _pick(self, batch: Batch, step: int, suppress_eos: bool = False) -> list[int]:
         """The next token of every row of ``batch`` (finished rows get a placeholder).
 
-        Only live conditional rows are scored; each draws one uniform number from its own
+        Only live sampled rows are scored; each draws one uniform number from its own
         counter-based stream at ``step`` (see ``generation/sampling.py``), so its token does not
         depend on the rows beside it. Guided rows mix their log-probabilities with their
         unconditional partner's; unguided rows sample from raw logits (softmax is shift-invariant).
         """
         plan = batch.pick_plan()
-        logits = batch.logits
-        scores = logits.index_select(0, plan.cond).float()
-        if plan.guided_pos is not None:
-            g = self.intervention.guidance_scale
-            lp_c = torch.log_softmax(scores.index_select(0, plan.guided_pos), dim=-1)
-            lp_u = torch.log_softmax(logits.index_select(0, plan.uncond).float(), dim=-1)
-            scores = scores.index_copy(0, plan.guided_pos, lp_u + g * (lp_c - lp_u))
+        scores = batch.sampling_scores(self.intervention.guidance_scale)
         if suppress_eos:  # after guidance: -inf in both branches would mix to nan
             scores[:, sorted(self.eos_ids)] = float("-inf")
         s = self.sampling
         if s.do_sample:
-            u = row_uniforms([batch.seeds[i] for i in plan.cond_list], step)
+            u = row_uniforms([batch.seeds[i] for i in plan.sampled], step)
             picked = sample_tokens(scores, u, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                    candidates=self.nucleus_candidates).tolist()
         else:
             picked = scores.argmax(dim=-1).tolist()
         tokens = [self.pad_id] * batch.size
-        for i, tok in zip(plan.cond_list, picked):
+        for i, tok in zip(plan.sampled, picked):
             tokens[i] = tok
-            p = batch.partner[i]
-            if p >= 0:
+            p = batch.pairing.partner(i)
+            if p is not None:
                 tokens[p] = tok  # the unconditional branch follows the sampled text
         return tokens
 
@@ -490,342 +444,3 @@ def _eos_ids(model, tokenizer) -> set[int]:
         elif src:
             ids.update(int(x) for x in src)
     return ids
-
-
-class _BufferLayer(DynamicLayer):
-    """A layer cache in a pre-allocated [batch, kv_heads, capacity, head_dim] buffer.
-
-    Lock-step decoding writes one column per step for all rows, so the keys are a view of the
-    filled columns; nothing is concatenated per step (``DynamicLayer`` copies the whole cache
-    every step, which at 128 rows and 600 positions moves gigabytes per token).
-    """
-
-    def __init__(self, capacity: int = 0, pending: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.capacity = capacity
-        self.buf_k = self.buf_v = None
-        # re-used prefix keys and values [batch, kv_heads, length, head_dim], wherever they were
-        # stored: written into the buffer on the device of the first keys this layer computes
-        self.pending = pending
-        self.length = 0 if pending is None else pending[0].shape[-2]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        if self.pending is not None:
-            k, v = self.pending
-            self.pending, self.length = None, 0
-            self.update(k.to(key_states.device, key_states.dtype), v.to(value_states.device, value_states.dtype))
-        n = key_states.shape[-2]
-        need = self.length + n
-        if self.buf_k is None or self.buf_k.shape[-2] < need:
-            self._grow(key_states, max(need, self.capacity, 2 * self.length))
-        self.buf_k[:, :, self.length : need] = key_states
-        self.buf_v[:, :, self.length : need] = value_states
-        self.length = need
-        self.keys, self.values = self.buf_k[:, :, :need], self.buf_v[:, :, :need]
-        return self.keys, self.values
-
-    def _grow(self, like: torch.Tensor, capacity: int) -> None:
-        b, h, _, d = like.shape
-        k = like.new_empty((b, h, capacity, d))
-        v = like.new_empty((b, h, capacity, d))
-        if self.buf_k is not None and self.length:
-            k[:, :, : self.length] = self.buf_k[:, :, : self.length]
-            v[:, :, : self.length] = self.buf_v[:, :, : self.length]
-        self.buf_k, self.buf_v = k, v
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.buf_k is None:
-            return
-        indices = indices.to(self.buf_k.device)
-        n = self.length
-        k = self.buf_k.new_empty((len(indices),) + self.buf_k.shape[1:])
-        v = self.buf_v.new_empty((len(indices),) + self.buf_v.shape[1:])
-        k[:, :, :n] = self.buf_k[:, :, :n].index_select(0, indices)
-        v[:, :, :n] = self.buf_v[:, :, :n].index_select(0, indices)
-        self.buf_k, self.buf_v = k, v
-        self.keys, self.values = k[:, :, :n], v[:, :, :n]
-
-    @classmethod
-    def gather(cls, parts: list[tuple[list[int], _BufferLayer]], n: int, width: int, capacity: int) -> _BufferLayer:
-        """One layer of ``n`` rows from ``parts`` ((row indices, layer) each), each part's filled
-        columns right-aligned at ``width``; the columns before them are zeros (masked: zeros,
-        not the buffer's garbage, so a masked score is never NaN)."""
-        ref = parts[0][1]
-        layer = cls(capacity=capacity)
-        layer.lazy_initialization(ref.buf_k, ref.buf_v)
-        layer.buf_k = ref.buf_k.new_empty((n, ref.buf_k.shape[1], capacity, ref.buf_k.shape[3]))
-        layer.buf_v = ref.buf_v.new_empty((n, ref.buf_v.shape[1], capacity, ref.buf_v.shape[3]))
-        for idx, part in parts:
-            i = torch.tensor(idx, dtype=torch.long, device=ref.buf_k.device)
-            a = width - part.length
-            for buf, src in ((layer.buf_k, part.buf_k), (layer.buf_v, part.buf_v)):
-                buf[i, :, :a] = 0
-                buf[i, :, a:width] = src[:, :, : part.length]
-        layer.length = width
-        layer.keys, layer.values = layer.buf_k[:, :, :width], layer.buf_v[:, :, :width]
-        return layer
-
-
-@dataclass
-class _PickPlan:
-    """Which rows are sampled this step (cached until rows retire)."""
-
-    cond_list: list[int]  # live conditional rows (physical indices)
-    cond: torch.Tensor  # the same, on the device
-    guided_pos: torch.Tensor | None  # positions within cond_list of guided rows
-    uncond: torch.Tensor | None  # their unconditional partners (physical indices)
-
-
-# Finished rows stay in the batch (their tokens are ignored) until the live ones fall to this
-# fraction of it; then the batch is compacted once. Removing rows every time one finishes
-# copied the whole KV cache per finishing step.
-COMPACT_BELOW = 0.75
-
-
-class _Batch:
-    """The live state of one batched forward: KV cache, slot ids, masks, positions."""
-
-    def __init__(self, engine: HFEngine):
-        self.engine = engine
-        self.cache = None
-        self.logits: torch.Tensor | None = None
-        self.owner: list[tuple[int, int]] = []
-        self.seeds: list[int] = []
-        self.live: list[int] = []
-        self._plan: _PickPlan | None = None
-        self._ctx_masks = None
-
-    @classmethod
-    def build(cls, engine: HFEngine, rows: list[_Row], intervene: list[bool], partner: list[int], reserve: int = 0):
-        """Left-pad the rows' re-used prefixes and new tokens into one batch, with room for
-        ``reserve`` generated tokens per row."""
-        self = cls(engine)
-        self.rows, self.partner = rows, partner
-        past_len = max(r.reuse for r in rows)
-        new_len = max(len(r.target) - r.reuse for r in rows)
-        n, width = len(rows), past_len + new_len
-        cap = width + reserve
-        self.cache = Cache(layer_class_to_replicate=functools.partial(_BufferLayer, capacity=cap))
-        slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, cap), dtype=torch.long)
-        prompt = torch.zeros((n, width), dtype=torch.bool)
-        first = torch.zeros((n, width), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            new = r.target[r.reuse :]
-            a = past_len - r.reuse  # first slot of the re-used prefix
-            b = width - len(new)  # first slot of the new tokens
-            slot_ids[i, a:past_len] = torch.tensor(r.target[: r.reuse], dtype=torch.long)
-            slot_ids[i, b:width] = torch.tensor(new, dtype=torch.long)
-            mask[i, a:past_len] = 1
-            mask[i, b:width] = 1
-            slots = list(range(a, past_len)) + list(range(b, width))
-            first[i, slots[0]] = True
-            if r.span is not None and intervene[i]:
-                s, e = r.span
-                prompt[i, [slots[j] for j in range(s, e)]] = True
-            engine.stats.prompt_tokens += len(new)
-            engine.stats.reused_tokens += r.reuse
-        if past_len:
-            # each layer's stacked prefix is moved to that layer's device when the forward first
-            # reaches the layer (where its keys are computed: the layer's device under a device map)
-            like = next(r.past for r in rows if r.reuse)
-            for layer in range(len(like.kv)):
-                ks = [_left_pad(r.past, like, layer, 0, r.reuse, past_len) for r in rows]
-                vs = [_left_pad(r.past, like, layer, 1, r.reuse, past_len) for r in rows]
-                self.cache.layers.append(_BufferLayer(capacity=cap, pending=(torch.stack(ks), torch.stack(vs))))
-        self.slot_ids, self.mask, self.prompt, self.first = slot_ids, mask, prompt, first
-        self.width, self.new_len = width, new_len  # width: columns filled so far
-        self.live = list(range(n))
-        return self
-
-    @classmethod
-    def merge(cls, engine: HFEngine, parts: list[tuple[list[int], _Batch]], rows: list[_Row],
-              partner: list[int], reserve: int = 0):
-        """One batch from separately prefilled ``parts`` ((row indices, batch) each): every row
-        back at its index, each part's columns right-aligned to the widest (left padding is
-        masked, as in ``build``), with room for ``reserve`` generated tokens per row."""
-        self = cls(engine)
-        n = len(rows)
-        width = max(p.width for _, p in parts)
-        cap = width + reserve
-        self.cache = Cache(layer_class_to_replicate=functools.partial(_BufferLayer, capacity=cap))
-        for layer in range(len(parts[0][1].cache.layers)):
-            self.cache.layers.append(
-                _BufferLayer.gather([(idx, p.cache.layers[layer]) for idx, p in parts], n, width, cap))
-            for _, p in parts:  # free each part's layer once copied: the peak stays one layer above the batch
-                p.cache.layers[layer] = None
-        self.slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
-        self.mask = torch.zeros((n, cap), dtype=torch.long)
-        self.prompt = torch.zeros((n, width), dtype=torch.bool)
-        self.first = torch.zeros((n, width), dtype=torch.bool)
-        self.next_pos = torch.zeros(n, dtype=torch.long)
-        first_logits = parts[0][1].logits
-        self.logits = first_logits.new_empty((n,) + tuple(first_logits.shape[1:]))
-        for idx, p in parts:
-            i, a = torch.tensor(idx, dtype=torch.long), width - p.width
-            self.slot_ids[i, a:width] = p.slot_ids[:, : p.width]
-            self.mask[i, a:width] = p.mask[:, : p.width]
-            self.prompt[i, a:] = p.prompt
-            self.first[i, a:] = p.first
-            self.next_pos[i] = p.next_pos
-            self.logits[i.to(self.logits.device)] = p.logits
-        self.rows, self.partner = rows, partner
-        self.width, self.new_len = width, 0
-        self.live = list(range(n))
-        return self
-
-    @property
-    def size(self) -> int:
-        return self.mask.shape[0]
-
-    def _context(self):
-        iv = self.engine.intervention
-        if iv.split_k is None or not bool(self.prompt.any()):
-            return contextlib.nullcontext()
-        from personadrift.attention.context import attention_context
-
-        if self._ctx_masks is None:  # slots past the prompt mask are never prompt, never first
-            self._ctx_masks = (self.prompt.to(self.engine.device), self.first.to(self.engine.device))
-        prompt, first = self._ctx_masks
-        return attention_context(
-            prompt,
-            first_mask=first,
-            split_k=iv.split_k,
-            layers=iv.split_layers,
-            cache=self.cache,  # sliding-window caches drop old keys; the context needs the offset
-        )
-
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: int = 1):
-        """One forward over ``input_ids`` (the newest columns); keeps the logits of the last
-        ``keep`` positions ([batch, vocab] when keep == 1, else [batch, keep, vocab])."""
-        dev = self.engine.device
-        with self._context():
-            out = self.engine.model(
-                input_ids=input_ids.to(dev),
-                attention_mask=self.mask[:, : self.width].to(dev),
-                position_ids=positions.to(dev),
-                past_key_values=self.cache,
-                use_cache=True,
-                logits_to_keep=keep,
-            )
-        self.engine.stats.forward_calls += 1
-        self.logits = out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
-
-    def forward_prefill(self, keep: int = 1) -> None:
-        positions = (self.mask[:, : self.width].cumsum(-1) - 1).clamp(min=0)
-        self.next_pos = positions[:, -1] + 1
-        self._forward(self.slot_ids[:, self.width - self.new_len : self.width],
-                      positions[:, -self.new_len :], keep)
-
-    def expand(self, sizes: list[int]) -> None:
-        """Repeat row i ``sizes[i]`` times (samples share the prefilled prefix)."""
-        idx = [i for i, s in enumerate(sizes) for _ in range(s)]
-        new_index = {}
-        for j, i in enumerate(idx):
-            new_index.setdefault(i, []).append(j)
-        partner = []
-        for j, i in enumerate(idx):
-            p = self.partner[i]
-            if p >= 0:
-                rank = new_index[i].index(j)
-                p = new_index[p][rank]
-            partner.append(p)
-        rows = [self.rows[i] for i in idx]
-        if idx != list(range(self.size)):
-            self._select(torch.tensor(idx, dtype=torch.long))
-        self.rows, self.partner = rows, partner
-        self.live = list(range(len(idx)))
-
-    def _select(self, idx: torch.Tensor) -> None:
-        for layer in self.cache.layers:
-            layer.batch_select_indices(idx)
-        self.slot_ids = self.slot_ids.index_select(0, idx)
-        self.mask = self.mask.index_select(0, idx)
-        self.prompt = self.prompt.index_select(0, idx)
-        self.first = self.first.index_select(0, idx)
-        self.next_pos = self.next_pos.index_select(0, idx)
-        self.logits = self.logits.index_select(0, idx.to(self.logits.device))
-        self._ctx_masks = None
-        self._plan = None
-
-    def pick_plan(self) -> _PickPlan:
-        if self._plan is None:
-            dev = self.logits.device
-            cond = [i for i in self.live if self.partner[i] != -2]
-            guided = [j for j, i in enumerate(cond) if self.partner[i] >= 0]
-            self._plan = _PickPlan(
-                cond_list=cond,
-                cond=torch.tensor(cond, dtype=torch.long, device=dev),
-                guided_pos=torch.tensor(guided, dtype=torch.long, device=dev) if guided else None,
-                uncond=torch.tensor([self.partner[cond[j]] for j in guided], dtype=torch.long, device=dev)
-                if guided else None,
-            )
-        return self._plan
-
-    def retire(self, finished: list[int]) -> list[int] | None:
-        """Persist finished rows' prefixes and stop sampling them; compact the batch when
-        few rows are left. Returns the old indices of the rows kept when it compacted (the
-        caller re-indexes its per-row values), else None."""
-        if not finished:
-            return None
-        done = set(finished)
-        for i in finished:
-            key = self.rows[i].store_key
-            if key is not None:
-                self.engine._prefixes[key] = self._extract(i)
-        self.live = [i for i in self.live if i not in done]
-        self._plan = None
-        if self.live and len(self.live) < COMPACT_BELOW * self.size:
-            keep = self.live
-            remap = {old: new for new, old in enumerate(keep)}
-            partner = [self.partner[i] for i in keep]
-            self.partner = [remap[p] if p >= 0 else p for p in partner]
-            self.rows = [self.rows[i] for i in keep]
-            self.owner = [self.owner[i] for i in keep]
-            self.seeds = [self.seeds[i] for i in keep]
-            self._select(torch.tensor(keep, dtype=torch.long))
-            self.live = list(range(len(keep)))
-            return keep
-        return None
-
-    def _extract(self, i: int) -> _Prefix:
-        valid = self.mask[i, : self.width].bool()
-        ids = self.slot_ids[i, : self.width][valid].tolist()
-        host = self.engine.prefix_device
-        on: dict[torch.device, torch.Tensor] = {}  # the mask on each layer's device
-        kv = []
-        for layer in self.cache.layers:
-            m = on.setdefault(layer.keys.device, valid.to(layer.keys.device))
-            kv.append((layer.keys[i][:, m].to(host, copy=True), layer.values[i][:, m].to(host, copy=True)))
-        return _Prefix(ids, kv)
-
-    def forward_step(self, tokens: list[int]) -> None:
-        """Append one token per row (finished rows get a placeholder) and run one forward."""
-        tok = torch.tensor(tokens, dtype=torch.long)
-        if self.width == self.mask.shape[1]:  # more steps than reserved: grow the host buffers
-            extra = max(16, self.width // 2)
-            self.slot_ids = torch.cat([self.slot_ids, self.slot_ids.new_full((self.size, extra), self.engine.pad_id)], 1)
-            self.mask = torch.cat([self.mask, self.mask.new_zeros((self.size, extra))], 1)
-        self.slot_ids[:, self.width] = tok
-        self.mask[:, self.width] = 1
-        self.width += 1
-        positions = self.next_pos[:, None]
-        self.next_pos = self.next_pos + 1
-        self._forward(tok[:, None], positions)
-
-
-def _left_pad(prefix: _Prefix | None, like: _Prefix, layer: int, which: int, reuse: int, length: int):
-    """The first ``reuse`` cached positions of a row, left-padded with zeros to ``length``."""
-    ref = like.kv[layer][which]
-    if prefix is None or reuse == 0:
-        return ref.new_zeros((ref.shape[0], length, ref.shape[2]))
-    t = prefix.kv[layer][which][:, :reuse]
-    if reuse == length:
-        return t
-    pad = t.new_zeros((t.shape[0], length - reuse, t.shape[2]))
-    return torch.cat([pad, t], dim=1)

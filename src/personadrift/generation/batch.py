@@ -1,0 +1,300 @@
+"""The live state of one batched forward of the engine: rows, KV cache, slot ids, masks, positions.
+
+* Rows (a request's conditional row, and its unconditional row under guidance) are left-padded
+  into one batch: re-used prefix, then new tokens, with position ids counted over real tokens
+  only, so padding never shifts a row's positions.
+* The KV cache is one :class:`~personadrift.generation.kv_buffers.BufferLayer` per layer (one
+  column written per step, no concatenation); separately prefilled parts are merged into one
+  batch, right-aligned; finished rows stay until few are left, then the batch is compacted once.
+* Device placement: slot ids, masks and positions live on the host; each tensor that meets the
+  model's is moved to the device of what it meets (the inputs' device for the forward, each
+  layer's device for its cache, the logits' device for picking rows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from transformers.cache_utils import Cache
+
+from personadrift.generation.guidance import Pairing, guidance_mix
+from personadrift.generation.kv_buffers import BufferLayer, Prefix, left_padded
+
+if TYPE_CHECKING:  # pragma: no cover
+    from personadrift.generation.engine import HFEngine
+
+# Finished rows stay in the batch (their tokens are ignored) until the live ones fall to this
+# fraction of it; then the batch is compacted once. Removing rows every time one finishes
+# copied the whole KV cache per finishing step.
+COMPACT_BELOW = 0.75
+
+
+@dataclass
+class Row:
+    """One prefilled sequence (before expansion to samples)."""
+
+    target: list[int]  # the rendered prompt's token ids
+    reuse: int  # leading tokens whose KV comes from ``past``
+    past: Prefix | None
+    span: tuple[int, int] | None  # the system prompt's token range, for split-softmax
+    store_key: str | None  # where the finished row's prefix is stored (None: not stored)
+    intervene: bool = False  # split-softmax applies to this row's system-prompt keys
+
+
+@dataclass
+class PickPlan:
+    """Which rows are sampled this step (cached until rows retire), as indices on the logits'
+    device."""
+
+    sampled: list[int]  # live rows that draw tokens (physical indices)
+    rows: torch.Tensor  # the same, as a tensor
+    guided_pos: torch.Tensor | None  # positions within ``sampled`` of guided rows
+    uncond: torch.Tensor | None  # their unconditional partners (physical indices)
+
+
+class Batch:
+    """One batch of rows through prefill and decoding (see the module docstring)."""
+
+    def __init__(self, engine: HFEngine):
+        self.engine = engine
+        self.cache = None
+        self.logits: torch.Tensor | None = None
+        self.owner: list[tuple[int, int]] = []
+        self.seeds: list[int] = []
+        self.live: list[int] = []
+        self.rows: list[Row] = []
+        self.pairing = Pairing()
+        self._plan: PickPlan | None = None
+        self._ctx_masks = None
+
+    @classmethod
+    def build(cls, engine: HFEngine, rows: list[Row], pairing: Pairing, reserve: int = 0) -> Batch:
+        """Left-pad the rows' re-used prefixes and new tokens into one batch, with room for
+        ``reserve`` generated tokens per row."""
+        self = cls(engine)
+        self.rows, self.pairing = rows, pairing
+        past_len = max(r.reuse for r in rows)
+        new_len = max(len(r.target) - r.reuse for r in rows)
+        n, width = len(rows), past_len + new_len
+        cap = width + reserve
+        self.cache = Cache(layer_class_to_replicate=functools.partial(BufferLayer, capacity=cap))
+        slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, cap), dtype=torch.long)
+        prompt = torch.zeros((n, width), dtype=torch.bool)
+        first = torch.zeros((n, width), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            new = r.target[r.reuse :]
+            a = past_len - r.reuse  # first slot of the re-used prefix
+            b = width - len(new)  # first slot of the new tokens
+            slot_ids[i, a:past_len] = torch.tensor(r.target[: r.reuse], dtype=torch.long)
+            slot_ids[i, b:width] = torch.tensor(new, dtype=torch.long)
+            mask[i, a:past_len] = 1
+            mask[i, b:width] = 1
+            slots = list(range(a, past_len)) + list(range(b, width))
+            first[i, slots[0]] = True
+            if r.span is not None and r.intervene:
+                s, e = r.span
+                prompt[i, [slots[j] for j in range(s, e)]] = True
+            engine.stats.prompt_tokens += len(new)
+            engine.stats.reused_tokens += r.reuse
+        if past_len:
+            # each layer's stacked prefix is moved to that layer's device when the forward first
+            # reaches the layer (where its keys are computed: the layer's device under a device map)
+            like = next(r.past for r in rows if r.reuse)
+            for layer in range(len(like.kv)):
+                ks = [left_padded(r.past, like, layer, 0, r.reuse, past_len) for r in rows]
+                vs = [left_padded(r.past, like, layer, 1, r.reuse, past_len) for r in rows]
+                self.cache.layers.append(BufferLayer(capacity=cap, pending=(torch.stack(ks), torch.stack(vs))))
+        self.slot_ids, self.mask, self.prompt, self.first = slot_ids, mask, prompt, first
+        self.width, self.new_len = width, new_len  # width: columns filled so far
+        self.live = list(range(n))
+        return self
+
+    @classmethod
+    def merge(cls, engine: HFEngine, parts: list[tuple[list[int], Batch]], rows: list[Row],
+              pairing: Pairing, reserve: int = 0) -> Batch:
+        """One batch from separately prefilled ``parts`` ((row indices, batch) each): every row
+        back at its index, each part's columns right-aligned to the widest (left padding is
+        masked, as in ``build``), with room for ``reserve`` generated tokens per row."""
+        self = cls(engine)
+        n = len(rows)
+        width = max(p.width for _, p in parts)
+        cap = width + reserve
+        self.cache = Cache(layer_class_to_replicate=functools.partial(BufferLayer, capacity=cap))
+        for layer in range(len(parts[0][1].cache.layers)):
+            self.cache.layers.append(
+                BufferLayer.gather([(idx, p.cache.layers[layer]) for idx, p in parts], n, width, cap))
+            for _, p in parts:  # free each part's layer once copied: the peak stays one layer above the batch
+                p.cache.layers[layer] = None
+        self.slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
+        self.mask = torch.zeros((n, cap), dtype=torch.long)
+        self.prompt = torch.zeros((n, width), dtype=torch.bool)
+        self.first = torch.zeros((n, width), dtype=torch.bool)
+        self.next_pos = torch.zeros(n, dtype=torch.long)
+        first_logits = parts[0][1].logits
+        self.logits = first_logits.new_empty((n,) + tuple(first_logits.shape[1:]))
+        for idx, p in parts:
+            i, a = torch.tensor(idx, dtype=torch.long), width - p.width
+            self.slot_ids[i, a:width] = p.slot_ids[:, : p.width]
+            self.mask[i, a:width] = p.mask[:, : p.width]
+            self.prompt[i, a:] = p.prompt
+            self.first[i, a:] = p.first
+            self.next_pos[i] = p.next_pos
+            self.logits[i.to(self.logits.device)] = p.logits.to(self.logits.device)
+        self.rows, self.pairing = rows, pairing
+        self.width, self.new_len = width, 0
+        self.live = list(range(n))
+        return self
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[0]
+
+    def _context(self):
+        iv = self.engine.intervention
+        if iv.split_k is None or not bool(self.prompt.any()):
+            return contextlib.nullcontext()
+        from personadrift.attention.context import attention_context
+
+        if self._ctx_masks is None:  # slots past the prompt mask are never prompt, never first
+            self._ctx_masks = (self.prompt.to(self.engine.device), self.first.to(self.engine.device))
+        prompt, first = self._ctx_masks
+        return attention_context(
+            prompt,
+            first_mask=first,
+            split_k=iv.split_k,
+            layers=iv.split_layers,
+            cache=self.cache,  # sliding-window caches drop old keys; the context needs the offset
+        )
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: int = 1) -> None:
+        """One forward over ``input_ids`` (the newest columns); keeps the logits of the last
+        ``keep`` positions ([batch, vocab] when keep == 1, else [batch, keep, vocab])."""
+        dev = self.engine.device
+        with self._context():
+            out = self.engine.model(
+                input_ids=input_ids.to(dev),
+                attention_mask=self.mask[:, : self.width].to(dev),
+                position_ids=positions.to(dev),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=keep,
+            )
+        self.engine.stats.forward_calls += 1
+        self.logits = out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
+
+    def forward_prefill(self, keep: int = 1) -> None:
+        positions = (self.mask[:, : self.width].cumsum(-1) - 1).clamp(min=0)
+        self.next_pos = positions[:, -1] + 1
+        self._forward(self.slot_ids[:, self.width - self.new_len : self.width],
+                      positions[:, -self.new_len :], keep)
+
+    def forward_step(self, tokens: list[int]) -> None:
+        """Append one token per row (finished rows get a placeholder) and run one forward."""
+        tok = torch.tensor(tokens, dtype=torch.long)
+        if self.width == self.mask.shape[1]:  # more steps than reserved: grow the host buffers
+            extra = max(16, self.width // 2)
+            self.slot_ids = torch.cat([self.slot_ids, self.slot_ids.new_full((self.size, extra), self.engine.pad_id)], 1)
+            self.mask = torch.cat([self.mask, self.mask.new_zeros((self.size, extra))], 1)
+        self.slot_ids[:, self.width] = tok
+        self.mask[:, self.width] = 1
+        self.width += 1
+        positions = self.next_pos[:, None]
+        self.next_pos = self.next_pos + 1
+        self._forward(tok[:, None], positions)
+
+    # ----------------------------------------------------------------- rows
+    def expand(self, sizes: list[int]) -> None:
+        """Repeat row i ``sizes[i]`` times (samples share the prefilled prefix)."""
+        idx = [i for i, s in enumerate(sizes) for _ in range(s)]
+        rows = [self.rows[i] for i in idx]
+        pairing = self.pairing.select(idx)
+        if idx != list(range(self.size)):
+            self._select(torch.tensor(idx, dtype=torch.long))
+        self.rows, self.pairing = rows, pairing
+        self.live = list(range(len(idx)))
+
+    def _select(self, idx: torch.Tensor) -> None:
+        for layer in self.cache.layers:
+            layer.batch_select_indices(idx)
+        self.slot_ids = self.slot_ids.index_select(0, idx)
+        self.mask = self.mask.index_select(0, idx)
+        self.prompt = self.prompt.index_select(0, idx)
+        self.first = self.first.index_select(0, idx)
+        self.next_pos = self.next_pos.index_select(0, idx)
+        self.logits = self.logits.index_select(0, idx.to(self.logits.device))
+        self._ctx_masks = None
+        self._plan = None
+
+    def retire(self, finished: list[int], store) -> list[int] | None:
+        """Stop sampling the ``finished`` rows, storing the prefixes of those that have a store
+        key in ``store`` (a :class:`~personadrift.generation.kv_buffers.PrefixStore`); compact
+        the batch when few rows are left. Returns the old indices of the rows kept when it
+        compacted (the caller re-indexes its per-row values), else None."""
+        if not finished:
+            return None
+        done = set(finished)
+        for i in finished:
+            key = self.rows[i].store_key
+            if key is not None:
+                store.put(key, self.extract(i, store.device))
+        self.live = [i for i in self.live if i not in done]
+        self._plan = None
+        if self.live and len(self.live) < COMPACT_BELOW * self.size:
+            keep = self.live
+            self.pairing = self.pairing.select(keep)
+            self.rows = [self.rows[i] for i in keep]
+            self.owner = [self.owner[i] for i in keep]
+            self.seeds = [self.seeds[i] for i in keep]
+            self._select(torch.tensor(keep, dtype=torch.long))
+            self.live = list(range(len(keep)))
+            return keep
+        return None
+
+    def extract(self, i: int, device: torch.device | None = None) -> Prefix:
+        """Row ``i``'s token ids and KV (its real slots only), copied to ``device`` (None: each
+        layer's own)."""
+        valid = self.mask[i, : self.width].bool()
+        ids = self.slot_ids[i, : self.width][valid].tolist()
+        return Prefix(ids, [layer.row(i, valid, device) for layer in self.cache.layers])
+
+    # ----------------------------------------------------------------- scores
+    def pick_plan(self) -> PickPlan:
+        if self._plan is None:
+            dev = self.logits.device
+            sampled = self.pairing.sampled(self.live)
+            guided = [j for j, i in enumerate(sampled) if self.pairing.partner(i) is not None]
+            self._plan = PickPlan(
+                sampled=sampled,
+                rows=torch.tensor(sampled, dtype=torch.long, device=dev),
+                guided_pos=torch.tensor(guided, dtype=torch.long, device=dev) if guided else None,
+                uncond=torch.tensor([self.pairing.partner(sampled[j]) for j in guided], dtype=torch.long, device=dev)
+                if guided else None,
+            )
+        return self._plan
+
+    def sampling_scores(self, guidance_scale: float | None) -> torch.Tensor:
+        """float32 scores [sampled rows, vocab] of the live sampled rows (``pick_plan().sampled``):
+        the raw logits of plain rows, the guidance mix of guided ones."""
+        plan = self.pick_plan()
+        scores = self.logits.index_select(0, plan.rows).float()
+        if plan.guided_pos is not None:
+            mixed = guidance_mix(scores.index_select(0, plan.guided_pos),
+                                 self.logits.index_select(0, plan.uncond), guidance_scale)
+            scores = scores.index_copy(0, plan.guided_pos, mixed)
+        return scores
+
+    def next_token_logprobs(self, guidance_scale: float | None) -> torch.Tensor:
+        """float32 log-probabilities [sampled rows, vocab] of every sampled row's next token (the
+        guidance mix, not renormalised, for guided rows), in row order."""
+        logp = torch.log_softmax(self.logits.float(), dim=-1)
+        sampled = self.pairing.sampled(list(range(self.size)))
+        for i in sampled:
+            p = self.pairing.partner(i)
+            if p is not None:
+                logp[i] = guidance_mix(self.logits[i], self.logits[p], guidance_scale)
+        return logp.index_select(0, torch.tensor(sampled, dtype=torch.long, device=logp.device))
