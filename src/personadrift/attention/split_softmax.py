@@ -121,7 +121,8 @@ def split_softmax_core(
     k_p = key.gather(2, gi.expand(b, hk, p, d))
     v_p = value.gather(2, gi.expand(b, hk, p, dv))
     qg = query.reshape(b, hk, n_rep, q_len, d)
-    s_p = torch.matmul(qg, k_p[:, :, None].transpose(-1, -2)).float() * scale  # [b, hk, n_rep, q, P]
+    # float32 scores whatever the model's dtype (SDPA's own kernels keep scores in float32)
+    s_p = torch.matmul(qg.float(), k_p[:, :, None].transpose(-1, -2).float()) * scale  # [b, hk, n_rep, q, P]
     vis = visible_mask(attention_mask, q_len, kv_len, dev)
     vis_p = _gather_prompt_visibility(vis, prompt_idx, prompt_valid)[:, :, None]  # [b, 1, 1, q, P]
     if attention_mask is not None and attention_mask.dtype != torch.bool:
@@ -195,7 +196,9 @@ def split_softmax_decode(
     b, h, _, d = query.shape
     hk, kv_len, dv = key.shape[1], key.shape[2], value.shape[-1]
     n_rep = h // hk
-    s = torch.matmul(query.reshape(b, hk, n_rep, d) * scale, key.transpose(-1, -2))  # [b, hk, n_rep, kv]
+    # scores in float32 whatever the model's dtype, as SDPA's kernels form them: a bfloat16 score
+    # of 16-32 is rounded to steps of 0.125, which moves the row's probabilities by up to 6%
+    s = torch.matmul(query.reshape(b, hk, n_rep, d).float() * scale, key.float().transpose(-1, -2))  # [b, hk, n_rep, kv]
     if attention_mask is not None:
         m = attention_mask[..., :kv_len]  # [b|1, 1, 1, kv] broadcasts over (hk, n_rep)
         if m.dtype == torch.bool:
