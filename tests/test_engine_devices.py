@@ -139,3 +139,29 @@ def test_the_harness_raises_where_cuda_would():
         c = a.new_zeros(3)
         c[1:] = b[1:]  # copy_ across devices, as CUDA allows
         assert c.device == a.device and c.cpu().tolist() == [0.0, 1.0, 1.0]
+
+
+def test_a_decode_step_sends_the_uniforms_and_receives_the_token_ids_only(tiny_model_dir):
+    """Per decode step, host and devices exchange the rows' uniforms (up) and their token ids
+    (down): the mask, positions and the sampling itself stay on the devices. (A row that needs the
+    full-vocabulary sort costs one more flag; the tiny vocabulary never needs it.)"""
+    from collections import Counter
+
+    model, tok = load(tiny_model_dir)
+    reqs = [GenRequest(convo(i), seed=i, persist=False) for i in range(3)]
+    with virtual_devices() as mode:
+        spread_over_virtual_devices(model, 3)
+
+        def transfers(steps):  # EOS suppressed: every row runs every step
+            eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=steps, min_new_tokens=steps))
+            start = len(mode.transfers)
+            eng.generate(reqs)
+            return mode.transfers[start:]
+
+        short, long = transfers(3), transfers(6)
+    # the batch's slot ids and mask go up once per call (their width depends on the budget)
+    directions = Counter((a, b) for a, b, _ in long)
+    directions.subtract(Counter((a, b) for a, b, _ in short))
+    assert +directions == Counter({("cpu", "vdev:2"): 3, ("vdev:2", "cpu"): 3})  # 3 more steps
+    step_items = Counter(long) - Counter(short)
+    assert step_items[("cpu", "vdev:2", 3)] == 3 and step_items[("vdev:2", "cpu", 3)] == 3  # 3 rows each

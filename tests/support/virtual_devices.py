@@ -75,6 +75,9 @@ class VirtualTensor(torch.Tensor):
             return tuple(_original_tensor(k) if isinstance(k, list) else k for k in key)
         return key
 
+    def tolist(self):  # CUDA copies to the host, then reads
+        return self.cpu().tolist()
+
     def __getitem__(self, key):
         return super().__getitem__(self._index(key))
 
@@ -87,19 +90,23 @@ def _dev(t: torch.Tensor) -> torch.device:
 
 
 # operations CUDA allows across devices: copies, and CPU indices into a device tensor
-_MOVES = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default, torch.ops.aten.copy.default,
-          torch.ops.aten._copy_from.default, torch.ops.aten._copy_from_and_resize.default}
+_TO = {torch.ops.aten._to_copy.default, torch.ops.aten.to.device, torch.ops.aten.to.dtype_layout,
+       torch.ops.aten.to.dtype, torch.ops.aten.to.other}
+_MOVES = _TO | {torch.ops.aten.copy_.default, torch.ops.aten.copy.default,
+                torch.ops.aten._copy_from.default, torch.ops.aten._copy_from_and_resize.default}
 _INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default,
              torch.ops.aten._index_put_impl_.default}
 
 
 class VirtualDevices(TorchDispatchMode):
-    """The dispatch mode (see the module docstring). ``ops`` counts operations run per device."""
+    """The dispatch mode (see the module docstring). ``ops`` counts operations run per device;
+    ``transfers`` lists the copies between the host and a device."""
 
     def __init__(self):
         super().__init__()
         _install_backend()
         self.ops: dict[str, int] = {}
+        self.transfers: list[tuple[str, str, int]] = []  # (from, to, elements) between host and a device
 
     def _check(self, func, args, kwargs) -> torch.device | None:
         """The device the operation runs on; raises if its tensors sit on two."""
@@ -130,12 +137,20 @@ class VirtualDevices(TorchDispatchMode):
             target = asked[0]
             to_cpu = lambda a: torch.device("cpu") if isinstance(a, torch.device) and a.type == BACKEND else a  # noqa: E731
             args, kwargs = tree_map(to_cpu, args), tree_map(to_cpu, kwargs)
-        elif func in (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype):
+        elif func is torch.ops.aten.to.other:
+            target = _dev(args[1])
+        elif func in _TO:
             target = _dev(args[0])
         else:
             target = run_on
         if target is not None:
             self.ops[str(target)] = self.ops.get(str(target), 0) + 1
+        if func is torch.ops.aten._local_scalar_dense.default and _dev(args[0]).type != "cpu":
+            self.transfers.append((str(_dev(args[0])), "cpu", 1))  # a value read on the host
+        if func in _MOVES:
+            src, dst = (_dev(args[0]), target) if func in _TO else (_dev(args[1]), _dev(args[0]))
+            if dst is not None and (src.type == "cpu") != (dst.type == "cpu"):
+                self.transfers.append((str(src), str(dst), args[0].numel()))
         unwrap = lambda t: t.elem if isinstance(t, VirtualTensor) else t  # noqa: E731
         out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
         first = func._schema.arguments[0] if func._schema.arguments else None

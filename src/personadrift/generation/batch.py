@@ -6,9 +6,11 @@
 * The KV cache is one :class:`~personadrift.generation.kv_buffers.BufferLayer` per layer (one
   column written per step, no concatenation); separately prefilled parts are merged into one
   batch, right-aligned; finished rows stay until few are left, then the batch is compacted once.
-* Device placement: slot ids, masks and positions live on the host; each tensor that meets the
-  model's is moved to the device of what it meets (the inputs' device for the forward, each
-  layer's device for its cache, the logits' device for picking rows).
+* Device placement: slot ids, the attention mask and positions are built on the host once per
+  batch, then live on the inputs' device and are updated there (a decode step sends nothing but
+  the rows' new token ids); the prompt masks of split-softmax are moved once per batch. Every
+  other tensor is moved to the device of what it meets (each layer's device for its cache, the
+  logits' device for picking rows).
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ class Batch:
                 ks = [left_padded(r.past, like, layer, 0, r.reuse, past_len) for r in rows]
                 vs = [left_padded(r.past, like, layer, 1, r.reuse, past_len) for r in rows]
                 self.cache.layers.append(BufferLayer(capacity=cap, pending=(torch.stack(ks), torch.stack(vs))))
-        self.slot_ids, self.mask, self.prompt, self.first = slot_ids, mask, prompt, first
+        dev = engine.device
+        self.slot_ids, self.mask, self.prompt, self.first = slot_ids.to(dev), mask.to(dev), prompt, first
         self.width, self.new_len = width, new_len  # width: columns filled so far
         self.live = list(range(n))
         return self
@@ -130,20 +133,22 @@ class Batch:
                 BufferLayer.gather([(idx, p.cache.layers[layer]) for idx, p in parts], n, width, cap))
             for _, p in parts:  # free each part's layer once copied: the peak stays one layer above the batch
                 p.cache.layers[layer] = None
-        self.slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
-        self.mask = torch.zeros((n, cap), dtype=torch.long)
+        dev = engine.device
+        self.slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long, device=dev)
+        self.mask = torch.zeros((n, cap), dtype=torch.long, device=dev)
         self.prompt = torch.zeros((n, width), dtype=torch.bool)
         self.first = torch.zeros((n, width), dtype=torch.bool)
-        self.next_pos = torch.zeros(n, dtype=torch.long)
+        self.next_pos = torch.zeros(n, dtype=torch.long, device=dev)
         first_logits = parts[0][1].logits
         self.logits = first_logits.new_empty((n,) + tuple(first_logits.shape[1:]))
         for idx, p in parts:
             i, a = torch.tensor(idx, dtype=torch.long), width - p.width
-            self.slot_ids[i, a:width] = p.slot_ids[:, : p.width]
-            self.mask[i, a:width] = p.mask[:, : p.width]
+            on_dev = i.to(dev)
+            self.slot_ids[on_dev, a:width] = p.slot_ids[:, : p.width].to(dev)
+            self.mask[on_dev, a:width] = p.mask[:, : p.width].to(dev)
             self.prompt[i, a:] = p.prompt
             self.first[i, a:] = p.first
-            self.next_pos[i] = p.next_pos
+            self.next_pos[on_dev] = p.next_pos.to(dev)
             self.logits[i.to(self.logits.device)] = p.logits.to(self.logits.device)
         self.rows, self.pairing = rows, pairing
         self.width, self.new_len = width, 0
@@ -193,10 +198,10 @@ class Batch:
         self._forward(self.slot_ids[:, self.width - self.new_len : self.width],
                       positions[:, -self.new_len :], keep)
 
-    def forward_step(self, tokens: list[int]) -> None:
+    def forward_step(self, tokens: torch.Tensor | list[int]) -> None:
         """Append one token per row (finished rows get a placeholder) and run one forward."""
-        tok = torch.tensor(tokens, dtype=torch.long)
-        if self.width == self.mask.shape[1]:  # more steps than reserved: grow the host buffers
+        tok = torch.as_tensor(tokens, dtype=torch.long).to(self.engine.device)
+        if self.width == self.mask.shape[1]:  # more steps than reserved: grow the buffers
             extra = max(16, self.width // 2)
             self.slot_ids = torch.cat([self.slot_ids, self.slot_ids.new_full((self.size, extra), self.engine.pad_id)], 1)
             self.mask = torch.cat([self.mask, self.mask.new_zeros((self.size, extra))], 1)
@@ -221,11 +226,12 @@ class Batch:
     def _select(self, idx: torch.Tensor) -> None:
         for layer in self.cache.layers:
             layer.batch_select_indices(idx)
-        self.slot_ids = self.slot_ids.index_select(0, idx)
-        self.mask = self.mask.index_select(0, idx)
+        on_dev = idx.to(self.slot_ids.device)
+        self.slot_ids = self.slot_ids.index_select(0, on_dev)
+        self.mask = self.mask.index_select(0, on_dev)
         self.prompt = self.prompt.index_select(0, idx)
         self.first = self.first.index_select(0, idx)
-        self.next_pos = self.next_pos.index_select(0, idx)
+        self.next_pos = self.next_pos.index_select(0, on_dev)
         self.logits = self.logits.index_select(0, idx.to(self.logits.device))
         self._ctx_masks = None
         self._plan = None
@@ -276,6 +282,17 @@ class Batch:
                 if guided else None,
             )
         return self._plan
+
+    def row_tokens(self, picked: torch.Tensor, pad_id: int) -> torch.Tensor:
+        """The next token of every row [size] from the tokens ``picked`` for the sampled rows (on
+        the logits' device): unconditional rows follow their partner's, finished rows get
+        ``pad_id``."""
+        plan = self.pick_plan()
+        tokens = torch.full((self.size,), pad_id, dtype=torch.long, device=picked.device)
+        tokens[plan.rows] = picked
+        if plan.guided_pos is not None:
+            tokens[plan.uncond] = picked.index_select(0, plan.guided_pos)  # follows the sampled text
+        return tokens
 
     def sampling_scores(self, guidance_scale: float | None) -> torch.Tensor:
         """float32 scores [sampled rows, vocab] of the live sampled rows (``pick_plan().sampled``):

@@ -123,6 +123,7 @@ class HFEngine:
         if self.pad_id is None:
             self.pad_id = tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
+        self._eos_index: dict[torch.device, torch.Tensor] = {}  # eos_ids as a tensor, per device
         # the longest prompt + reply the model was trained for (None if its config does not say)
         self.max_context = getattr(model.config, "max_position_embeddings", None)
         if intervention.split_k is not None:
@@ -374,9 +375,10 @@ class HFEngine:
         texts: list[list[list[int]]] = [[[] for _ in range(r.n)] for r in requests]
         for step in range(limit):
             tokens = self._pick(batch, step, suppress_eos=step < self.sampling.min_new_tokens)
+            host = tokens.tolist()  # the one transfer of a decode step: the rows' token ids
             finished = []
             for i in batch.live:
-                tok = tokens[i]
+                tok = host[i]
                 qi, s = batch.owner[i]
                 if not batch.pairing.is_unconditional(i):
                     texts[qi][s].append(tok)
@@ -387,7 +389,7 @@ class HFEngine:
             if not batch.live:
                 break
             if kept is not None:  # the batch was compacted: rows were renumbered
-                tokens = [tokens[i] for i in kept]
+                tokens = tokens.index_select(0, torch.tensor(kept, dtype=torch.long, device=tokens.device))
             batch.forward_step(tokens)
         prompt_len = {}  # request index -> rendered prompt length (the conditional row)
         for row, (qi, _s) in zip(first_rows, first_owner):
@@ -404,8 +406,9 @@ class HFEngine:
             out.append(comps)
         return out
 
-    def _pick(self, batch: Batch, step: int, suppress_eos: bool = False) -> list[int]:
-        """The next token of every row of ``batch`` (finished rows get a placeholder).
+    def _pick(self, batch: Batch, step: int, suppress_eos: bool = False) -> torch.Tensor:
+        """The next token of every row of ``batch`` [size], on the logits' device (finished rows
+        get a placeholder).
 
         Only live sampled rows are scored; each draws one uniform number from its own
         counter-based stream at ``step`` (see ``generation/sampling.py``), so its token does not
@@ -415,21 +418,18 @@ class HFEngine:
         plan = batch.pick_plan()
         scores = batch.sampling_scores(self.intervention.guidance_scale)
         if suppress_eos:  # after guidance: -inf in both branches would mix to nan
-            scores[:, sorted(self.eos_ids)] = float("-inf")
+            eos = self._eos_index.get(scores.device)
+            if eos is None:
+                eos = self._eos_index[scores.device] = torch.tensor(sorted(self.eos_ids), device=scores.device)
+            scores.index_fill_(1, eos, float("-inf"))
         s = self.sampling
         if s.do_sample:
             u = row_uniforms([batch.seeds[i] for i in plan.sampled], step)
             picked = sample_tokens(scores, u, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                   candidates=self.nucleus_candidates).tolist()
+                                   candidates=self.nucleus_candidates)
         else:
-            picked = scores.argmax(dim=-1).tolist()
-        tokens = [self.pad_id] * batch.size
-        for i, tok in zip(plan.sampled, picked):
-            tokens[i] = tok
-            p = batch.pairing.partner(i)
-            if p is not None:
-                tokens[p] = tok  # the unconditional branch follows the sampled text
-        return tokens
+            picked = scores.argmax(dim=-1)
+        return batch.row_tokens(picked, self.pad_id)
 
 
 def _strip_eos(tokens: list[int], eos: set[int]) -> list[int]:

@@ -4,9 +4,10 @@ Each sampled row draws exactly ONE uniform number per step from its own stream, 
 is found by inverting that row's cumulative distribution over its own sorted nucleus:
 
 * the uniforms come from a counter-based generator (splitmix64 of the row's seed and the step
-  number), computed on the host for all rows at once. There is no generator state to carry,
-  nothing consumed by other rows, and no generator ever meets a tensor on another device, so
-  the same code samples on CPU and CUDA (the device only sorts; see :func:`sample_tokens`);
+  number), computed on the host for all rows at once (one float64 per row per step crosses to
+  the device). There is no generator state to carry, nothing consumed by other rows, and no
+  generator on any device, so the same code samples on CPU and CUDA: everything else (sort,
+  nucleus, inversion) runs where the scores are, and only the token ids come back;
 * candidates are ordered by (score descending, token id ascending), so ties break the same way
   whether the top candidates or the whole vocabulary were sorted;
 * the fast path sorts only the top ``candidates`` tokens; a row whose kept set reaches the edge
@@ -51,13 +52,13 @@ def _ordered(top: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def _kept(p: torch.Tensor, top_p: float, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities over the kept set, zero elsewhere; number of leading probabilities used),
-    for rows of float64 probabilities sorted in descending order (host tensors)."""
+    for rows of float64 probabilities sorted in descending order."""
     if top_k:
         p = p[:, :top_k]
         p = p / p.sum(dim=-1, keepdim=True)  # TopP sees the softmax of the top-k scores
     keep = (torch.cumsum(p, dim=-1) - p) < top_p
     q = p * keep
-    used = keep.sum(dim=-1) if not top_k else torch.full((p.shape[0],), p.shape[1])
+    used = keep.sum(dim=-1) if not top_k else torch.full((p.shape[0],), p.shape[1], device=p.device)
     return q, used
 
 
@@ -72,33 +73,35 @@ def _invert(q: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def sample_tokens(scores: torch.Tensor, uniforms: torch.Tensor, *, temperature: float = 1.0,
                   top_p: float = 1.0, top_k: int = 0, candidates: int = NUCLEUS_CANDIDATES) -> torch.Tensor:
-    """One token id per row (long, CPU) for scores [B, V] on any device and uniforms [B] (CPU).
+    """One token id per row (long, on the scores' device) for scores [B, V] and uniforms [B]
+    (float64, any device: moved to the scores').
 
-    The device computes the log-normaliser and the top candidates; the host inverts each row's
-    distribution (B x candidates numbers), so no random state ever lives on the device.
+    Everything runs on the scores' device (float64 for the probabilities and their cumulative
+    sums): no random state lives anywhere, and a row's token is the same function of its scores
+    and uniform on any device.
     """
     b, v = scores.shape
+    dev = scores.device
+    uniforms = uniforms.to(dev, torch.float64)
     scores = scores.float() / temperature
     log_z = torch.logsumexp(scores, dim=-1, keepdim=True)
     k = min(v, max(candidates, top_k + 1) if top_k else candidates)
     top, cand = scores.topk(k, dim=-1)
     top, cand = _ordered(top, cand)
-    p = torch.exp(top - log_z).double().cpu()
-    top_h, cand_h = top.cpu(), cand.cpu()
+    p = torch.exp(top - log_z).double()
     q, used = _kept(p, top_p, top_k)
-    out = cand_h.gather(-1, _invert(q, uniforms)[:, None])[:, 0]
+    out = cand.gather(-1, _invert(q, uniforms)[:, None])[:, 0]
     if k < v:
         # a row must be re-sorted over the whole vocabulary if its used prefix reaches the edge of
         # the candidates, or ends in a tie with the edge (the tied tokens beyond it might rank first)
         last = (used - 1).clamp(min=0, max=k - 1)
-        full = (used >= k) | (top_h.gather(-1, last[:, None])[:, 0] == top_h[:, -1])
-        rows = full.nonzero().flatten()
-        if len(rows):
-            dev_rows = rows.to(scores.device)
-            s_top, s_cand = scores[dev_rows].sort(dim=-1, descending=True, stable=True)
-            p_full = torch.exp(s_top - log_z[dev_rows]).double().cpu()
+        full = (used >= k) | (top.gather(-1, last[:, None])[:, 0] == top[:, -1])
+        if bool(full.any()):
+            rows = full.nonzero().flatten()
+            s_top, s_cand = scores[rows].sort(dim=-1, descending=True, stable=True)
+            p_full = torch.exp(s_top - log_z[rows]).double()
             q_full, _ = _kept(p_full, top_p, top_k)
-            out[rows] = s_cand.cpu().gather(-1, _invert(q_full, uniforms[rows])[:, None])[:, 0]
+            out[rows] = s_cand.gather(-1, _invert(q_full, uniforms[rows])[:, None])[:, 0]
     return out
 
 
