@@ -119,3 +119,23 @@ def test_next_token_logprobs_halve_on_out_of_memory(tiny_model):
         got = HFEngine(model, tok).next_token_logprobs(reqs)
     assert oom.raised > 0
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_gpus_per_job_from_the_model_size_and_the_paper_config_follows():
+    import yaml
+    from support.workflow import REPO
+
+    kv70 = memory.kv_bytes_per_token(LlamaConfig(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
+                                                 num_key_value_heads=8), torch.bfloat16)
+    kv7 = memory.kv_bytes_per_token(LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                                num_key_value_heads=32), torch.bfloat16)
+    context = 4096 + 400
+    h200, a100 = 141e9, 80e9
+    assert memory.gpus_needed(68.98e9, 2, kv70, context, h200) == 2  # Llama-2-70B, bfloat16
+    assert memory.gpus_needed(68.98e9, 2, kv70, context, a100) == 4
+    assert memory.gpus_needed(6.74e9, 2, kv7, context, h200) == 1  # Llama-2-7B
+    assert memory.gpus_needed(6.74e9, 2, kv7, context, a100) == 1
+    paper = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
+    assert paper["model"]["repo_id"] == "meta-llama/Llama-2-70b-chat-hf" and paper["model"]["dtype"] == "bfloat16"
+    assert paper["resources"]["gpus"] == memory.gpus_needed(68.98e9, 2, kv70, context, h200)
+    assert paper["selfchat"]["context_policy"] == "stop"  # one long dialog never stops a job of many

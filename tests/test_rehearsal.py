@@ -31,7 +31,7 @@ def test_rehearsal_is_the_paper_config_with_only_the_documented_swaps():
     for key in same:
         assert reh["selfchat"].get(key) == paper["selfchat"].get(key), key
     assert paper["selfchat"]["turns"] == 16 and paper["selfchat"]["top_k"] == 50
-    assert paper["selfchat"]["context_policy"] == "error"
+    assert paper["selfchat"]["context_policy"] == "stop"
     assert reh["scoring"]["english_fluency_gate"] is paper["scoring"]["english_fluency_gate"] is True
     assert reh["personas"]["upstream_topics_file"] and paper["personas"]["upstream_topics_file"] == "utils.py"
     assert reh["model"]["source"] == "tiny" and reh["model"]["tiny_template"] == "llama2"

@@ -187,3 +187,20 @@ def halving_on_oom(engine, requests: list, run, *, budget: int = 0) -> list:
                 rows, half, len(requests) - half)
     return (halving_on_oom(engine, requests[:half], run, budget=budget)
             + halving_on_oom(engine, requests[half:], run, budget=budget))
+
+
+# rows whose whole context (the model's positions) a job's GPUs must hold beside the weights:
+# fewer and the long late rounds of a paper dialog run a few rows per forward
+MIN_FULL_ROWS = 16
+
+
+def gpus_needed(parameters: float, dtype_bytes: int, kv_per_token: int, context: int, gpu_bytes: float,
+                *, rows: int = MIN_FULL_ROWS) -> int:
+    """GPUs of ``gpu_bytes`` one model job needs: the fewest, in a power of two (jobs then pack
+    onto 4- and 8-GPU nodes without stranding GPUs), whose usable memory holds the weights and
+    the KV cache of ``rows`` rows of ``context`` positions."""
+    need = parameters * dtype_bytes + rows * context * kv_per_token
+    gpus = 1
+    while gpus * gpu_bytes * USABLE_FRACTION < need:
+        gpus *= 2
+    return gpus
