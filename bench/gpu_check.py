@@ -1,160 +1,373 @@
-"""GPU readiness: every code path of a self-chat shard on a random-weight Llama-2-shaped model,
-then the numbers that size a paper run, all in one process. No download.
+"""GPU rehearsal: every code path of a paper job on a random-weight Llama-2-shaped model, loaded
+the way the workflow loads it, then the numbers that size a paper run; one JSON. No download.
 
-    python bench/gpu_check.py                     # Llama-2-7B's shape, bfloat16, one GPU
-    python bench/gpu_check.py --shape 70b         # 13B / 70B shapes sharded over the GPUs present
-    python bench/gpu_check.py --device cpu --tiny # a tiny shape on the CPU (what the tests run)
+    python bench/gpu_check.py --json gpu.json        # Llama-2-7B's shape, bfloat16, one GPU (< 8 min on an H200)
+    python bench/gpu_check.py --device cpu --tiny    # a tiny shape on the CPU (what the tests run)
 
-1. Code paths, each on a small shard with the real ``ShardRun``: dialog and probes (round 0
-   included) under ``none``, split-softmax, repetition (with the Llama-2 template's fallback to
-   ``user_prefix``) and guidance; the attention recorder on one stored conversation; MMLU letter
-   scoring through the engine. The tokenizer is the tiny model's with the Llama-2-chat format
-   written for this project (its text is gibberish: these are code paths, not results).
-2. Engine throughput (tokens/s) at shard sizes 8, 32 and 128 against the upstream-style loop
-   (one conversation at a time, history re-encoded each turn; bench/selfchat_throughput.py), whose
-   rate does not depend on the shard size and is measured once on the smallest shard.
-3. Split-softmax's time per generated token against SDPA (greedy, KV cache, 512-token prompt).
-4. Peak GPU memory, and the bfloat16 matmul rate.
-5. The expected wall time of one paper setting (200 conversations, 8 rounds, 2 probe samples of
-   the agent's and the user persona's probe, 400-token replies) on one node of 8 GPUs, from the
-   measured engine rate. Measured on short dialogs: late rounds with 4k-token prompts run slower,
-   so the estimate is a lower bound, and says so.
+What makes it a rehearsal of the paper's run rather than a smoke test:
+
+* the vocabulary is the model's (32,000 entries: the most frequent English words, a word-level
+  tokenizer built offline with ``tokenizers``, under the Llama-2-chat prompt format written for
+  this project), so sampled ids decode to words and histories grow as real ones do;
+* the end-of-turn token's output row points along the model's mean final hidden state, scaled
+  so that it is sampled about once in 15 steps: replies end early, rows retire and the batch
+  compacts;
+* topics long enough that prompts reach the model's context limit (4,096 positions; 1,100 with
+  ``--tiny``) within a few turns, under the paper config's ``context_policy: stop``;
+* more conversations than ``model.max_batch`` rows, so every call is split into chunks;
+* the model is written to a checkpoint folder and loaded by ``models.load_model`` (manifest,
+  dtype, device map) into engines built by ``runtime.factory.hf_engine_for``, as jobs do;
+* each shard runs under ``none``, split-softmax, repetition and guidance; MMLU letter and cloze
+  scoring under ``none``, split-softmax and guidance; the attention recorder on a stored dialog;
+* on CUDA the baseline's shard and MMLU run with SDPA restricted to its flash and
+  memory-efficient kernels (``torch.nn.attention.sdpa_kernel``): a silent fallback to the math
+  kernel (which materialises every score) fails the step; and a smaller model runs a shard and
+  MMLU under a device map split between the GPU and the CPU, so every cross-device path runs
+  on one GPU;
+* the upstream-style loop (one conversation at a time, history re-encoded each turn) samples as
+  the paper did (top-k 50, top-p 0.9) on the model's device;
+* memory per step and per device: the reserved peak beside ``torch.cuda.mem_get_info``.
+
+Each step is recorded (ok, or its error) and the run goes on to the next; the exit status is 1
+if any step failed. Throughput numbers are measured for sizing only; nothing asserts a speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
+import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
 
 SHAPES = {  # Llama-2 shapes (hidden, intermediate, layers, heads, kv heads); tiny for CPU tests
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),
+                 num_key_value_heads=2, max_position_embeddings=1100),
+    # the device-map rehearsal's model: Llama-2's head size, a few layers on each device
+    "split": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=8, max_position_embeddings=1100),
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32),
-    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                num_key_value_heads=40),
-    "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=8),
+               num_key_value_heads=32, max_position_embeddings=4096),
 }
+VOCAB = 32000  # Llama-2's
+EOS_PROBABILITY = 1 / 15  # per step, roughly: replies end early, rows retire
 PAPER = dict(conversations=200, rounds=8, probe_samples=2, probe_kinds=2, reply_tokens=400, gpus_per_node=8)
 
 
-def build_model(shape: str, device: str, dtype: torch.dtype, tokenizer):
-    """A random-weight Llama of ``shape``, materialised layer by layer on its device (a 70B model
-    never exists whole in host memory); several GPUs share it through accelerate's device map."""
-    from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+# ------------------------------------------------------------------ tokenizer and model
+def word_tokenizer(out_dir: Path, vocab_size: int = VOCAB):
+    """A word-level tokenizer of ``vocab_size`` entries (Llama-2's special tokens, punctuation,
+    digits, letters, then English words by frequency, from wordfreq) with the Llama-2-chat
+    prompt format, saved to ``out_dir``. Lower-cases its input; unknown words become <unk>."""
+    import string
+
+    import wordfreq
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from personadrift.generation.tiny import LLAMA2_TEMPLATE
+
+    specials = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2 as Llama-2's
+    entries = specials + list(string.punctuation) + list(string.digits) + list(string.ascii_lowercase)
+    entries += ["inst", "sys"]  # the prompt format's [INST] and <<SYS>>
+    seen = set(entries)
+    for w in wordfreq.top_n_list("en", 3 * vocab_size):
+        if len(entries) == vocab_size:
+            break
+        if w.isalpha() and w.isascii() and w not in seen:
+            seen.add(w)
+            entries.append(w)
+    if len(entries) != vocab_size:
+        raise SystemExit(f"wordfreq gave only {len(entries)} entries; need {vocab_size}")
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(entries)}, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = LLAMA2_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def random_llama(shape: str, device: str, dtype: torch.dtype, tok, seed: int = 0):
+    """A random-weight Llama of ``shape`` with ``tok``'s vocabulary, built on ``device`` (N(0, 0.02)
+    as Llama's initialiser; norms at 1), its end-of-turn row set by ``bias_eos``."""
+    from accelerate import init_empty_weights
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=32000 if shape != "tiny" else len(tokenizer), max_position_embeddings=4096,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
+    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         **SHAPES[shape])
     with init_empty_weights():
         model = LlamaForCausalLM(config)
-    model = model.to(dtype)
-    n_gpu = torch.cuda.device_count() if device == "cuda" else 0
-    if n_gpu > 1:
-        device_map = infer_auto_device_map(model, no_split_module_classes=["LlamaDecoderLayer"], dtype=dtype,
-                                           max_memory={i: torch.cuda.get_device_properties(i).total_memory * 0.85
-                                                       for i in range(n_gpu)})
-    else:
-        device_map = {"": 0 if device == "cuda" else "cpu"}
-    gen = torch.Generator().manual_seed(0)
-    for name, dev in device_map.items():
-        module = model.get_submodule(name) if name else model
-        module.to_empty(device=dev)
-        for pname, p in module.named_parameters():
-            with torch.no_grad():
-                if "norm" in pname:
-                    p.fill_(1.0)
-                else:  # N(0, 0.02) as Llama's initialiser, drawn on the CPU in chunks
-                    flat = p.view(-1)
-                    for i in range(0, flat.numel(), 1 << 26):
-                        chunk = flat[i:i + (1 << 26)]
-                        chunk.copy_(torch.randn(chunk.numel(), generator=gen) * 0.02)
-    for mod in model.modules():  # rotary frequencies are computed buffers: rebuild them where they live
-        if type(mod).__name__.endswith("RotaryEmbedding"):
-            where = next((b.device for b in mod.buffers()), torch.device("cpu"))
-            where = where if where.type != "meta" else torch.device(device_map.get("", "cpu"))
-            fresh = type(mod)(config=config)
-            mod.inv_freq = fresh.inv_freq.to(where)
-            mod.original_inv_freq = fresh.original_inv_freq.to(where)
-    model.tie_weights()
-    if n_gpu > 1:
-        model = dispatch_model(model, device_map=device_map)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.eval(), device_map
+    model = model.to(dtype).to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+        for mod in model.modules():  # computed buffers (rotary frequencies): rebuild them
+            if type(mod).__name__.endswith("RotaryEmbedding"):
+                fresh = type(mod)(config=config)
+                mod.inv_freq = fresh.inv_freq.to(device)
+                mod.original_inv_freq = fresh.original_inv_freq.to(device)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.eos_token_id
+    model.eval()
+    bias_eos(model, tok)
+    return model
 
 
-def code_paths(model, tok, args, log) -> dict:
-    """Every code path of a shard: the real ShardRun under each setting family, the recorder, MMLU."""
-    from personadrift.analysis.attention import record_conversation
-    from personadrift.benchmark.personas import load_personas, load_topics
-    from personadrift.capability.mmlu import EngineScorer, Question, evaluate
-    from personadrift.config import validate_config
-    from personadrift.generation.api import Sampling
+@torch.no_grad()
+def bias_eos(model, tok, p: float = EOS_PROBABILITY) -> float:
+    """Point the end-of-turn token's output row along the mean final hidden state of some text,
+    scaled so that it takes about ``p`` of the top-50 mass (random weights never sample it
+    otherwise). Returns the scale."""
     from personadrift.generation.chat import ChatFormat
-    from personadrift.generation.engine import HFEngine
-    from personadrift.generation.selfchat import (
-        ShardRun,
-        persona_record,
-        plan_conversation,
-    )
-    from personadrift.interventions.settings import expand_settings
 
-    repo = Path(__file__).resolve().parents[1]
-    cfg = validate_config({
-        "model": {"name": "gpu-check", "source": "local", "path": "unused", "max_context": 4096},
-        "selfchat": {"turns": 4, "runs": 2, "max_new_tokens": args.tokens, "probe_max_new_tokens": args.tokens,
-                     "top_k": 50, "context_policy": "drop_oldest"},
-        "interventions": {"none": {"method": "none"}, "split": {"method": "split_softmax", "k": [0.5]},
-                          "repeat": {"method": "repetition", "every": [1]}, "cfg": {"method": "cfg", "guidance_scale": [1.5]}},
-    })
-    personas = load_personas(sorted((repo / "personas/benchmark").glob("*.yaml")))
-    topics = load_topics(repo / "personas/topics.yaml")
-    plans = json.loads(json.dumps([plan_conversation(s, 0, personas, topics) for s in range(args.path_conversations)]))
-    chat = ChatFormat(tok)
-    sampling = Sampling(top_k=50, max_new_tokens=args.tokens)
-    out, stored = {}, None
-    for setting in expand_settings(cfg["interventions"]):
+    text = " ".join(tok.convert_ids_to_tokens(list(range(100, 612))))
+    ids = ChatFormat(tok).render([{"role": "user", "content": text}]).ids
+    dev = model.get_input_embeddings().weight.device
+    out = model(input_ids=torch.tensor([ids], device=dev), output_hidden_states=True)
+    h = out.hidden_states[-1][0].float()  # after the final norm: what the output layer sees
+    logits = out.logits[0].float()
+    u = h.mean(0)
+    u = u / u.norm()
+    along = h @ u
+    top = torch.logsumexp(logits.topk(50, dim=-1).values, dim=-1)
+    need = (top + math.log(p / (1 - p))) / along
+    scale = float(need[along > 0].median())
+    head = model.get_output_embeddings().weight
+    head[tok.eos_token_id] = (scale * u).to(head.device, head.dtype)
+    return scale
+
+
+def save_and_load(model, tok, folder: Path, spec: dict):
+    """Write ``model`` as a checkpoint, fetch it as a ``local`` model (manifest) and load it with
+    ``models.load_model`` and ``spec`` (dtype, device map), as a workflow job does."""
+    from personadrift.generation.models import fetch_model, load_model
+
+    ckpt = folder / "checkpoint"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    fetch_model({"name": "gpu-check", "source": "local", "path": str(ckpt), "verify": "size"}, folder / "model")
+    return load_model(folder / "model", spec)
+
+
+# ------------------------------------------------------------------ bookkeeping
+class Steps:
+    """Runs named steps, recording each one's outcome, seconds and per-device memory."""
+
+    def __init__(self, cuda: bool, log=print):
+        self.cuda, self.log = cuda, log
+        self.record: dict[str, dict] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        if self.cuda:
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(i)
         t = time.perf_counter()
-        engine = HFEngine(model, tok, chat=chat, sampling=sampling, intervention=setting.engine_intervention(),
-                          max_batch=256)
-        with tempfile.TemporaryDirectory() as ckpt:
-            recs = ShardRun(engine, config=cfg, setting=setting, plans=plans, checkpoint_dir=Path(ckpt),
-                            provenance={}).run()
-        model.set_attn_implementation("sdpa")
-        rounds = sorted({p["round"] for r in recs for p in r["probes"]})
-        assert all(r["complete"] and len(r["history"]) == 4 for r in recs) and rounds == [0, 1, 2], rounds
-        out[setting.name] = {"seconds": time.perf_counter() - t,
-                             "repetition_placement": recs[0]["provenance"]["protocol"]["repetition_placement"]}
-        log(f"  shard under {setting.name:<10} ok  ({out[setting.name]['seconds']:.1f} s)")
-        stored = stored or recs[0]
-    t = time.perf_counter()
-    table = record_conversation(model, chat, stored)
-    out["attention_recorder"] = {"rows": len(table), "seconds": time.perf_counter() - t}
-    log(f"  attention recorder ok  ({len(table)} rows)")
-    qs = [Question(i, "astronomy", f"Question {i}?", ("one", "two", "three", "four"), "ABCD"[i % 4]) for i in range(8)]
-    engine = HFEngine(model, tok, chat=chat, sampling=sampling, max_batch=256)
-    scorer = EngineScorer(engine, share_key="mmlu/shared")  # the workflow's MMLU scorer, both forms
-    system = persona_record(personas[0])["system_prompt"]
-    t = time.perf_counter()
-    scorer.prime(system)
-    df = evaluate(qs, system_prompt=system, letter_logprobs=scorer.letters, cloze_logprobs=scorer.cloze)
-    out["mmlu"] = {"questions": len(df), "seconds": time.perf_counter() - t,
-                   "forms": [f for f in ("letter", "cloze") if f"{f}_correct" in df]}
-    log(f"  MMLU letter and cloze scoring ok  ({len(df)} questions)")
+        entry: dict = {}
+        value = None
+        try:
+            value = fn(*args, **kwargs)
+            if isinstance(value, (dict, list, float, int, str)):  # a model or a loaded model is not recorded
+                entry["result"] = value
+            entry["ok"] = True
+            self.log(f"  {name}: ok ({time.perf_counter() - t:.1f} s)")
+        except Exception as exc:  # noqa: BLE001 (each step's failure is recorded; the others still run)
+            entry["ok"] = False
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["traceback"] = traceback.format_exc(limit=12)
+            self.log(f"  {name}: FAILED {entry['error']}")
+        entry["seconds"] = time.perf_counter() - t
+        entry["memory"] = device_memory() if self.cuda else None
+        self.record[name] = entry
+        return value
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, v in self.record.items() if not v["ok"]]
+
+
+def device_memory() -> dict:
+    """Per GPU: the step's reserved peak and what the driver reports free and in total (GiB)."""
+    out = {}
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        out[f"cuda:{i}"] = {"reserved_peak_gib": torch.cuda.max_memory_reserved(i) / 2**30,
+                            "allocated_peak_gib": torch.cuda.max_memory_allocated(i) / 2**30,
+                            "free_gib": free / 2**30, "total_gib": total / 2**30}
     return out
 
 
+class RowsPerForward:
+    """Rows of every forward the model runs (a forward pre-hook; the model is unchanged)."""
+
+    def __init__(self, model):
+        self.rows: list[int] = []
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, _module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.rows.append(int(ids.shape[0]))
+
+    def close(self):
+        self.handle.remove()
+
+
+def fused_sdpa_only(cuda: bool):
+    """On CUDA: SDPA may use its flash and memory-efficient kernels only (a fallback to the math
+    kernel raises instead of running silently); elsewhere nothing."""
+    import contextlib
+
+    if not cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
+
+
+# ------------------------------------------------------------------ the paths of a paper job
+def study_config(args, limit: int) -> dict:
+    from personadrift.config import validate_config
+
+    return validate_config({
+        "model": {"name": "gpu-check", "source": "local", "path": "unused", "max_batch": args.max_batch,
+                  "max_context": limit},
+        "selfchat": {"conversations": args.conversations, "shard_size": args.conversations, "turns": args.turns,
+                     "runs": 2, "max_new_tokens": args.tokens, "probe_max_new_tokens": args.tokens, "top_k": 50,
+                     "top_p": 0.9, "context_policy": "stop"},
+        "interventions": {"none": {"method": "none"}, "split": {"method": "split_softmax", "k": [0.5]},
+                          "repeat": {"method": "repetition", "every": [1]},
+                          "cfg": {"method": "cfg", "guidance_scale": [1.5]}},
+    })
+
+
+def long_topics(tok, personas, limit: int, reply: int, n: int = 4) -> list[str]:
+    """Topics whose first agent prompt leaves room for about two more turns of ``reply`` tokens
+    before ``limit``: the later turns reach the model's context limit."""
+    import random
+
+    from personadrift.generation.chat import ChatFormat
+    from personadrift.generation.dialog import agent_messages
+    from personadrift.generation.selfchat import persona_record
+
+    chat = ChatFormat(tok)
+    longest = max((persona_record(p)["system_prompt"] for p in personas), key=len)
+    base = chat.count(agent_messages(longest, ["x"]))
+    words = [w for w in tok.convert_ids_to_tokens(list(range(100, 5000))) if w.isalpha()]
+    budget = limit - base - 3 * (reply + 8)  # the first turns fit; later ones reach the limit
+    rng = random.Random(0)
+    return [" ".join(rng.choice(words) for _ in range(budget)) + "?" for _ in range(n)]
+
+
+def shard_paths(lm, args, log, *, cuda: bool, conversations: int | None = None) -> dict:
+    """A shard under each setting family, MMLU under none, split-softmax and guidance, and the
+    attention recorder, on engines built as jobs build them. Returns what each path showed."""
+    from personadrift.analysis.attention import record_conversation
+    from personadrift.benchmark.personas import load_personas
+    from personadrift.capability.mmlu import EngineScorer, Question, evaluate
+    from personadrift.generation.selfchat import ShardRun, persona_record, plan_conversation
+    from personadrift.interventions.settings import expand_settings
+    from personadrift.runtime.factory import hf_engine_for
+
+    repo = Path(__file__).resolve().parents[1]
+    model, tok = lm.model, lm.tokenizer
+    limit = model.config.max_position_embeddings
+    cfg = study_config(args, limit)
+    n = conversations or args.conversations
+    personas = load_personas(sorted((repo / "personas/benchmark").glob("*.yaml")))
+    topics = long_topics(tok, personas, limit, args.tokens)
+    plans = json.loads(json.dumps([plan_conversation(s, 0, personas, topics) for s in range(n)]))
+    qs = [Question(i, "astronomy", f"Question {i} about the stars?", ("one", "two", "three", "four"), "ABCD"[i % 4])
+          for i in range(8)]
+    out, stored = {}, None
+    for setting in expand_settings(cfg["interventions"]):
+        engine = hf_engine_for(lm, cfg, setting, progress=False)
+        rows = RowsPerForward(model)
+        try:
+            with fused_sdpa_only(cuda), tempfile.TemporaryDirectory() as ckpt:
+                recs = ShardRun(engine, config=cfg, setting=setting, plans=plans, checkpoint_dir=Path(ckpt),
+                                provenance={}).run()
+                mmlu = None
+                if setting.method in ("none", "split_softmax", "cfg"):  # repetition: the baseline's MMLU
+                    scorer = EngineScorer(engine, intervene=setting.intervenes("mmlu"),  # as steps/mitigation.py
+                                          negative=setting.negative_messages, share_key="mmlu/shared")
+                    system = persona_record(personas[0])["system_prompt"]
+                    scorer.prime(system)
+                    df = evaluate(qs, system_prompt=system, letter_logprobs=scorer.letters,
+                                  cloze_logprobs=scorer.cloze)
+                    mmlu = {"questions": len(df), "forms": [f for f in ("letter", "cloze") if f"{f}_correct" in df]}
+        finally:
+            rows.close()
+            model.set_attn_implementation("sdpa")
+        turns = [t for r in recs for t in r["turns"][1:]]
+        answers = [c for r in recs for p in r["probes"] for c in p["completions"]]
+        used = [t["prompt_tokens"] + t["new_tokens"] for t in turns]
+        out[setting.name] = {
+            "conversations": len(recs),
+            "max_rows_per_forward": max(rows.rows),
+            "max_batch": args.max_batch,
+            "longest_context": max(used),
+            "context_limit": limit,
+            "stopped_at_the_limit": sum(1 for r in recs if r.get("stopped")),
+            "ended_by_eos": sum(1 for c in turns + answers if c["finish_reason"] == "stop"),
+            "generated_words": sum(t["new_tokens"] for t in turns),
+            "repetition_placement": recs[0]["provenance"]["protocol"]["repetition_placement"],
+            "mmlu": mmlu,
+            "memory_halvings": getattr(getattr(engine, "_memory", None), "halvings", 0),
+        }
+        o = out[setting.name]
+        log(f"    {setting.name:<14} longest context {o['longest_context']}/{limit}, {o['stopped_at_the_limit']} "
+            f"dialogs stopped at the limit, {o['ended_by_eos']} replies ended by EOS, rows per forward <= "
+            f"{o['max_rows_per_forward']}" + (f", MMLU {mmlu['forms']}" if mmlu else ""))
+        stored = stored or recs[0]
+    table = record_conversation(model, engine.chat, stored)
+    out["attention_recorder"] = {"rows": len(table)}
+    return out
+
+
+def check_paths(paths: dict, args) -> None:
+    """What the rehearsal must have shown (raises AssertionError otherwise)."""
+    for name in ("none", "split-k0.5", "repeat-every1", "cfg-g1.5"):
+        p = paths[name]
+        assert p["longest_context"] > p["context_limit"] - 2 * args.tokens, (name, p)  # reached the limit
+        assert p["stopped_at_the_limit"] > 0, (name, p)  # the paper's context policy ran
+        assert p["ended_by_eos"] > 0, (name, p)  # rows retired early
+        assert p["max_rows_per_forward"] <= p["max_batch"] < p["conversations"], (name, p)  # calls in chunks
+        if name != "repeat-every1":
+            assert p["mmlu"]["forms"] == ["letter", "cloze"] and p["mmlu"]["questions"] == 8, (name, p)
+    assert paths["repeat-every1"]["repetition_placement"] == "user_prefix"  # the Llama-2 format's fallback
+    assert paths["attention_recorder"]["rows"] > 0
+
+
+def split_device_map(tok, args, work: Path, log) -> dict:
+    """A shard and MMLU on a model whose first half of layers lives on the GPU and the rest
+    (with the final norm and the output layer) on the CPU."""
+    model = random_llama("split", "cuda", torch.bfloat16, tok, seed=1)
+    layers = model.config.num_hidden_layers
+    device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": 0 if i < layers // 2 else "cpu" for i in range(layers)})
+    lm = save_and_load(model, tok, work / "split", {"dtype": "bfloat16", "device_map": device_map})
+    del model
+    devices = sorted({str(p.device) for p in lm.model.parameters()})
+    assert len(devices) == 2, devices
+    paths = shard_paths(lm, args, log, cuda=False, conversations=args.max_batch + 2)
+    check_paths(paths, args)
+    return {"devices": devices, "paths": paths}
+
+
+# ------------------------------------------------------------------ numbers
 def throughput(model, tok, args, log) -> dict:
     from selfchat_throughput import TOPICS, run_engine, run_upstream
 
@@ -162,17 +375,14 @@ def throughput(model, tok, args, log) -> dict:
     for n in args.shards:
         convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
         t = time.perf_counter()
-        tokens = run_engine(model, tok, convs, args.rounds, args.tokens, 2, args.tokens)
+        tokens = run_engine(model, tok, convs, args.rounds, args.tokens, 2, args.tokens, top_k=50)  # the paper's
         rates[n] = tokens / (time.perf_counter() - t)
-        log(f"  engine, shard of {n:>3}: {rates[n]:10.1f} tokens/s")
-    n = min(args.shards)
-    convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
+        log(f"    engine, shard of {n:>3}: {rates[n]:10.1f} tokens/s")
+    convs = TOPICS[: args.upstream_conversations]
     t = time.perf_counter()
     tokens = run_upstream(model, tok, convs, args.rounds, args.tokens, 2, args.tokens)
     upstream = tokens / (time.perf_counter() - t)
-    log(f"  upstream-style loop:  {upstream:10.1f} tokens/s (one conversation at a time; any shard size)")
-    for k, v in rates.items():
-        log(f"  ratio engine/upstream at {k:>3}: {v / upstream:.1f}x")
+    log(f"    upstream-style loop (top-k 50, top-p 0.9): {upstream:10.1f} tokens/s (one conversation at a time)")
     return {"engine_tokens_per_s": rates, "upstream_tokens_per_s": upstream}
 
 
@@ -202,9 +412,11 @@ def split_cost(model, tok, args, device) -> dict:
         sync(device)
         return (time.perf_counter() - t) / n
 
-    run("sdpa"), run("split_softmax")  # warm-up
-    best = {impl: min(run(impl) for _ in range(3)) for impl in ("sdpa", "split_softmax")}
-    model.set_attn_implementation("sdpa")
+    try:
+        run("sdpa"), run("split_softmax")  # warm-up
+        best = {impl: min(run(impl) for _ in range(2)) for impl in ("sdpa", "split_softmax")}
+    finally:
+        model.set_attn_implementation("sdpa")
     return {"sdpa_ms_per_token": 1000 * best["sdpa"], "split_ms_per_token": 1000 * best["split_softmax"],
             "ratio": best["split_softmax"] / best["sdpa"]}
 
@@ -223,7 +435,7 @@ def matmul_rate(device, dtype, size) -> float:
 
 
 def sync(device):
-    if device == "cuda":
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -238,70 +450,67 @@ def paper_estimate(rate: float, gpus_per_replica: int) -> dict:
     return {"tokens": tokens, "replicas": replicas, "hours": tokens / (rate * replicas) / 3600}
 
 
+# ------------------------------------------------------------------ main
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--shape", default="7b", choices=["7b", "13b", "70b"])
     ap.add_argument("--tiny", action="store_true", help="a tiny shape (CPU tests)")
+    ap.add_argument("--conversations", type=int, default=10, help="conversations of each rehearsal shard")
+    ap.add_argument("--max-batch", type=int, default=8, help="model.max_batch of the rehearsal shards (< conversations)")
+    ap.add_argument("--turns", type=int, default=6, help="dialog turns of the rehearsal shards")
     ap.add_argument("--shards", default="8,32,128", help="shard sizes for the throughput comparison")
-    ap.add_argument("--tokens", type=int, default=64, help="reply length in the measurements")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--upstream-conversations", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=40, help="reply length in the rehearsal and the measurements")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the throughput dialogs")
     ap.add_argument("--prompt-tokens", type=int, default=512)
-    ap.add_argument("--path-conversations", type=int, default=4)
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     args.shards = [int(x) for x in args.shards.split(",")]
-    if args.device == "cuda" and not torch.cuda.is_available():
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run with --device cpu --tiny")
-    shape = "tiny" if args.tiny else args.shape
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    shape = "tiny" if args.tiny else "7b"
+    dtype = torch.bfloat16 if cuda else torch.float32
     log = print
-    from transformers import AutoTokenizer
-
-    from personadrift.generation.tiny import LLAMA2_TEMPLATE, build_tiny_model
-
-    tok = AutoTokenizer.from_pretrained(build_tiny_model(tempfile.mkdtemp(prefix="pd-gpu-check-"), template=LLAMA2_TEMPLATE))
-    where = (torch.cuda.get_device_name(0) + f" x{torch.cuda.device_count()}") if args.device == "cuda" else "CPU"
+    work = Path(tempfile.mkdtemp(prefix="pd-gpu-check-"))
+    where = (torch.cuda.get_device_name(0) + f" x{torch.cuda.device_count()}") if cuda else "CPU"
     log(f"gpu_check: shape={shape} dtype={str(dtype).split('.')[-1]} device={where} torch={torch.__version__}")
-    t = time.perf_counter()
-    model, device_map = build_model(shape, args.device, dtype, tok)
-    gpus = sorted({v for v in device_map.values() if isinstance(v, int)}) or [None]
-    log(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters in {time.perf_counter() - t:.0f} s "
-        f"on {len(gpus) if gpus != [None] else 0} GPU(s)")
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    result = {"device": where, "shape": shape, "dtype": str(dtype)}
-    log("1. code paths of a shard")
-    result["paths"] = code_paths(model, tok, args, log)
-    log("2. throughput")
-    result["throughput"] = throughput(model, tok, args, log)
-    log("3. split-softmax vs SDPA")
-    result["split_softmax"] = split_cost(model, tok, args, "cuda" if args.device == "cuda" else "cpu")
-    s = result["split_softmax"]
-    log(f"  sdpa {s['sdpa_ms_per_token']:.2f} ms/token, split-softmax {s['split_ms_per_token']:.2f} ms/token, "
-        f"ratio {s['ratio']:.2f}")
-    log("4. memory and matmul rate")
-    if args.device == "cuda":
-        peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30
-        result["peak_gpu_memory_gib"] = peak
-        log(f"  peak GPU memory {peak:.1f} GiB (all GPUs)")
-    else:
-        log("  peak GPU memory: n/a on the CPU")
-    result["matmul_tflops"] = matmul_rate("cuda" if args.device == "cuda" else "cpu", dtype,
-                                          8192 if args.device == "cuda" else 256)
-    log(f"  {str(dtype).split('.')[-1]} matmul: {result['matmul_tflops']:.2f} TFLOP/s")
-    log("5. one paper setting on one 8-GPU node")
-    rates = result["throughput"]["engine_tokens_per_s"]
-    near = min(rates, key=lambda n: abs(n - 25))  # the paper config's shard size is 25
-    est = paper_estimate(rates[near], gpus_per_replica=max(1, len(gpus) if gpus != [None] else 1))
-    result["paper_setting"] = {**est, "rate_at_shard": near}
-    log(f"  {est['tokens']:,} tokens at {rates[near]:.0f} tokens/s per replica (shard {near}) x {est['replicas']} "
-        f"replicas: about {est['hours']:.1f} h (a lower bound: measured on {args.rounds}-round dialogs; "
-        "4k-token prompts in late rounds decode slower)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    steps = Steps(cuda, log)
+    result = {"device": where, "shape": shape, "dtype": str(dtype), "steps": steps.record}
+    try:
+        tok = word_tokenizer(work / "tokenizer")
+        model = steps.run("build", random_llama, shape, "cuda" if cuda else "cpu", dtype, tok)
+        spec = {"dtype": "bfloat16" if cuda else "float32"}
+        lm = steps.run("save_and_load", save_and_load, model, tok, work / "main", spec)
+        del model
+        if lm is None:  # nothing else can run
+            raise SystemExit(f"gpu_check: {steps.failed} failed:\n" + "\n".join(
+                steps.record[k]["traceback"] for k in steps.failed))
+        if cuda:
+            torch.cuda.empty_cache()
+        log("1. the paths of a paper job")
+        paths = steps.run("paths", shard_paths, lm, args, log, cuda=cuda)
+        if paths is not None:
+            steps.run("paths_check", check_paths, paths, args)
+        if cuda:
+            steps.run("split_device_map", split_device_map, tok, args, work, log)
+        log("2. throughput")
+        steps.run("throughput", throughput, lm.model, tok, args, log)
+        log("3. split-softmax against SDPA")
+        steps.run("split_softmax", split_cost, lm.model, tok, args, "cuda" if cuda else "cpu")
+        log("4. matmul rate")
+        steps.run("matmul", matmul_rate, "cuda" if cuda else "cpu", dtype, 8192 if cuda else 256)
+        rates = (steps.record["throughput"].get("result") or {}).get("engine_tokens_per_s", {})
+        if rates:
+            near = min(rates, key=lambda n: abs(n - 50))  # the paper config's shard size is 50
+            result["paper_setting"] = {**paper_estimate(rates[near], 1), "rate_at_shard": near}
+        result["failed"] = steps.failed
+    finally:
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    log("failed steps: " + (", ".join(steps.failed) or "none"))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["failed"] else 0)

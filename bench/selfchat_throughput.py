@@ -99,10 +99,11 @@ class Run:
         return sum(r.tokens for r in runs) / sum(r.seconds for r in runs)
 
 
-def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=False, texts=None):
+def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=False, texts=None, top_k=0):
     """The workflow's schedule (``ShardRun.run``): a round's probes share a call with the next
     round's user turn; agent turns run alone. Every reply is appended to ``texts`` if given."""
-    eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens), max_batch=256)
+    eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens, top_k=top_k),
+                   max_batch=256)
     hist = [[t] for t in convs]
     replies = texts if texts is not None else []
     probes: list[GenRequest] = []
@@ -124,14 +125,18 @@ def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_eng
 
 
 def run_upstream(model, tok, convs, rounds, tokens, runs, probe_tokens):
+    """The released code's loop: one conversation at a time, its whole history encoded anew for
+    every reply, ``generate`` sampling as the paper did (top-k 50 beside top-p 0.9: its
+    pipeline kept transformers' default top-k), with the input on the model's first device."""
     chat = ChatFormat(tok)
     generated = 0
+    device = model.get_input_embeddings().weight.device
 
     def reply(msgs, seed, n=tokens):
         nonlocal generated
         torch.manual_seed(seed)
-        ids = torch.tensor([chat.render(msgs).ids])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=0.9,
+        ids = torch.tensor([chat.render(msgs).ids], device=device)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=50, top_p=0.9,
                              temperature=1.0, max_new_tokens=n, min_new_tokens=n,
                              pad_token_id=tok.pad_token_id or tok.eos_token_id)
         generated += out.shape[1] - ids.shape[1]

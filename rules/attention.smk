@@ -31,7 +31,8 @@ rule attention:
         out=lambda wildcards, output: os.path.dirname(output.tokens),
     shell:
         "pd attention --params {params.cfg:q} --model-dir {params.model_dir:q}"
-        " --threads {threads} --out {params.out:q} {input.transcripts:q} > {log:q} 2>&1"
+        " --threads {threads} --out {params.out:q} --attempt {resources.attempt}"
+        " --no-retry-note {log:q}.no-retry {input.transcripts:q} > {log:q} 2>&1"
 
 
 localrules:

@@ -160,12 +160,17 @@ def setting_params(*keys, backend=None):
 
 
 def model_resources():
-    """Resources of every rule that runs the model; retries get more memory and time."""
+    """Resources of every rule that runs the model; retries get more memory and time.
+    ``attempt`` is no resource a scheduler limits: it hands Snakemake's attempt number to
+    the step (resources are the only place Snakemake gives it), which fails a retry at once
+    when an earlier attempt failed with an error a retry cannot fix (runtime/attempts.py).
+    """
     res = config["resources"]
     return dict(
         gpu=res["gpus"],
         mem_mb=lambda wildcards, attempt: res["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: res["runtime_min"] * attempt,
+        attempt=lambda wildcards, attempt: attempt,
     )
 
 

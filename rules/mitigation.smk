@@ -52,7 +52,8 @@ rule mmlu:
     shell:
         "pd mmlu --params {params.cfg:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} --attempt {resources.attempt} --no-retry-note {log:q}.no-retry"
+        " > {log:q} 2>&1"
 
 
 rule mmlu_from_baseline:

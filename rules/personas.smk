@@ -56,7 +56,8 @@ rule calibrate:
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
         "pd calibrate --params {params.cfg:q} --model-dir {params.model_dir:q}"
-        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+        " --threads {threads} --out {output:q} --attempt {resources.attempt}"
+        " --no-retry-note {log:q}.no-retry > {log:q} 2>&1"
 
 
 rule select_personas:

@@ -25,4 +25,5 @@ rule selfchat:
     shell:
         "pd selfchat --params {params.cfg:q} --setting {wildcards.setting:q}"
         " --shard {wildcards.shard:q} --model-dir {params.model_dir:q} --pool {input.pool:q}"
-        " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads} > {log:q} 2>&1"
+        " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads}"
+        " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry > {log:q} 2>&1"

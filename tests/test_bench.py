@@ -4,6 +4,7 @@ roofline table has a row per shard size. Speeds themselves are never asserted.""
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import subprocess
@@ -93,3 +94,50 @@ def test_dtype_bench_alternates_float32_and_bfloat16_and_reports_their_ratio():
     assert abs((f32[1] + f32[2]) / 2 / bf16[1] - pair2) <= 0.006 + 0.01 * pair2
     assert re.search(r"native bfloat16 on this CPU: (True|False)", out)
     assert re.search(rf"matmul {RATE} GFLOP/s before", out) and re.search(rf"matmul {RATE} GFLOP/s after", out)
+
+
+def test_gpu_rehearsal_runs_every_path_of_a_paper_job_on_the_cpu(tmp_path):
+    """bench/gpu_check.py --device cpu --tiny: a 32,000-word vocabulary, prompts past 1,000 tokens
+    up to the model's limit, calls split into chunks, replies ended by EOS, every setting family's
+    shard and MMLU under none, split-softmax and guidance, on a model saved and loaded as jobs load
+    it (the CUDA-only steps, SDPA's kernel choice and the GPU/CPU device map, need a GPU)."""
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--shards", "2,4", "--tokens", "8",
+           "--rounds", "1", "--prompt-tokens", "48", "--conversations", "6", "--max-batch", "4", "--turns", "6",
+           "--upstream-conversations", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["shape"] == "tiny" and result["failed"] == []
+    assert set(result["steps"]) == {"build", "save_and_load", "paths", "paths_check", "throughput",
+                                    "split_softmax", "matmul"}
+    paths = result["steps"]["paths"]["result"]
+    for name in ("none", "split-k0.5", "repeat-every1", "cfg-g1.5"):
+        p = paths[name]
+        assert p["context_limit"] == 1100 and p["longest_context"] > 1000, p
+        assert p["stopped_at_the_limit"] > 0 and p["ended_by_eos"] > 0, p
+        assert p["max_rows_per_forward"] <= 4 < p["conversations"] == 6, p
+        assert p["generated_words"] > 0
+    for name in ("none", "split-k0.5", "cfg-g1.5"):
+        assert paths[name]["mmlu"] == {"questions": 8, "forms": ["letter", "cloze"]}
+    assert paths["repeat-every1"]["repetition_placement"] == "user_prefix"  # the Llama-2 format's fallback
+    assert paths["attention_recorder"]["rows"] > 0
+    tp = result["steps"]["throughput"]["result"]
+    assert set(tp["engine_tokens_per_s"]) == {"2", "4"} and tp["upstream_tokens_per_s"] > 0
+    est = result["paper_setting"]
+    assert est["tokens"] == 200 * (8 * 400 + 7 * 400 + 9 * 2 * 2 * 400) and est["hours"] > 0
+
+
+def test_the_rehearsal_vocabulary_is_the_models_and_decodes_to_words(tmp_path):
+    """The word-level tokenizer has Llama-2's 32,000 entries and special ids; sampled ids decode
+    to words that re-encode to the same ids (histories grow as real ones do)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    tok = gpu_check.word_tokenizer(tmp_path)
+    assert len(tok) == 32000 and (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    ids = list(range(200, 32000, 997))
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert len(text.split()) == len(ids) and tok(text, add_special_tokens=False)["input_ids"] == ids

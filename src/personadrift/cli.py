@@ -33,6 +33,10 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="config YAML (validated against src/personadrift/schemas/config.schema.yaml)")
     g.add_argument("--params", help="validated config sections as JSON (used by the Snakemake rules)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number of this job (1, 2, ...)")
+    p.add_argument("--no-retry-note", default=None,
+                   help="file where an error a retry cannot fix is noted; a later attempt that finds it fails at "
+                        "once with the same message (runtime/attempts.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,9 +283,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    note = None
+    if getattr(args, "no_retry_note", None):
+        from personadrift.runtime.attempts import NoRetryNote
+
+        note = NoRetryNote(Path(args.no_retry_note), args.attempt)
     try:
+        if note is not None and (earlier := note.earlier_failure()) is not None:
+            from personadrift.runtime.attempts import RepeatedFailure
+
+            raise RepeatedFailure(earlier, note)
         run(args)
     except PersonaDriftError as exc:
+        if note is not None:
+            note.record(exc)
         print(f"personadrift: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,10 @@ from __future__ import annotations
 class PersonaDriftError(Exception):
     """Base class for errors caused by the user's input, not by a bug."""
 
+    # whether running the same job again (a Snakemake retry) could succeed: input errors
+    # fail the same way every time (runtime/attempts.py)
+    retryable = False
+
 
 class InputError(PersonaDriftError):
     """A config, persona or data file is wrong.

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from personadrift.generation import memory
 from personadrift.generation.api import Completion, GenRequest, Intervention, Sampling
 from personadrift.generation.batch import Batch, Row
 from personadrift.generation.chat import ChatFormat
@@ -145,14 +146,20 @@ class HFEngine:
         """Sample ``n`` replies for each request, with token counts and why each ended."""
         limit = max_new_tokens or self.sampling.max_new_tokens
         out: list[list[Completion]] = [[] for _ in requests]
-        chunks = list(self._chunks(requests, by_length=True))
+        # memory hook: rows per forward from the device's free memory (generation/memory.py)
+        rows = memory.call_rows(self, requests, max(r.max_new_tokens or limit for r in requests) if requests else 0)
+        chunks = list(self._chunks(requests, by_length=True, rows=rows))
         if self.progress and len(chunks) > 1:
             from tqdm import tqdm
 
             chunks = tqdm(chunks, desc="batches", unit="batch", mininterval=0)
         for chunk in chunks:
             reqs = [requests[i] for i in chunk]
-            for i, texts in zip(chunk, self._generate_chunk(reqs, [r.max_new_tokens or limit for r in reqs])):
+            # memory hook: a chunk that runs out of device memory runs again in halves
+            done = memory.halving_on_oom(
+                self, reqs, lambda part: self._generate_chunk(part, [r.max_new_tokens or limit for r in part]),
+                budget=max(r.max_new_tokens or limit for r in reqs))
+            for i, texts in zip(chunk, done):
                 out[i] = texts
         return out
 
@@ -163,11 +170,13 @@ class HFEngine:
         Interventions apply as in generation (guidance mixes the two branches' log-probs).
         """
         rows: list[torch.Tensor] = []
-        for chunk in self._chunks(requests):
+        for chunk in self._chunks(requests, rows=memory.call_rows(self, requests, 1)):  # memory hook
             reqs = [requests[i] for i in chunk]
-            batch = self._prefill(reqs, expand=False)
-            rows.append(batch.next_token_logprobs(self.intervention.guidance_scale))
-        return torch.cat(rows)
+            rows += memory.halving_on_oom(  # memory hook
+                self, reqs,
+                lambda part: list(self._prefill(part, expand=False).next_token_logprobs(self.intervention.guidance_scale)),
+                budget=1)
+        return torch.stack(rows)
 
     # positions (rows x continuation tokens) whose full-vocabulary logits one forward may hold
     CONTINUATION_POSITIONS = 2048
@@ -273,18 +282,19 @@ class HFEngine:
             and r.negative_messages is not None
         )
 
-    def _chunks(self, requests: list[GenRequest], by_length: bool = False):
-        """Request indices in batches of at most ``max_batch`` rows. With ``by_length``, requests
-        of similar prompt length share a batch (less padding); sampling is per row, so the
-        grouping never changes a reply."""
+    def _chunks(self, requests: list[GenRequest], by_length: bool = False, rows: int | None = None):
+        """Request indices in batches of at most ``rows`` rows (default ``max_batch``). With
+        ``by_length``, requests of similar prompt length share a batch (less padding); sampling
+        is per row, so the grouping never changes a reply."""
+        rows = rows or self.max_batch
         order = range(len(requests))
-        if by_length and sum(self._rows_needed(r) for r in requests) > self.max_batch:
+        if by_length and sum(self._rows_needed(r) for r in requests) > rows:
             order = sorted(order, key=lambda i: len(self.chat.render(requests[i].messages).ids))
         chunk, size = [], 0
         for i in order:
             r = requests[i]
             need = self._rows_needed(r)
-            if chunk and size + need > self.max_batch:
+            if chunk and size + need > rows:
                 yield chunk
                 chunk, size = [], 0
             chunk.append(i)

@@ -39,10 +39,16 @@ class PrefixStore:
     def put(self, key: str, prefix: Prefix) -> None:
         self._items[key] = prefix
 
+    def discard(self, key: str) -> None:
+        self._items.pop(key, None)
+
     def forget(self, start: str = "") -> None:
         """Drop the prefixes whose key starts with ``start`` (all by default)."""
         for key in [k for k in self._items if k.startswith(start)]:
             del self._items[key]
+
+    def items(self):
+        return self._items.items()
 
     def __contains__(self, key: str) -> bool:
         return key in self._items

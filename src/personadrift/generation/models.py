@@ -23,6 +23,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -278,6 +279,7 @@ def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
     kwargs = {"dtype": resolve_dtype(spec.get("dtype", "float32"), device)}
     if spec.get("device_map"):
         kwargs["device_map"] = spec["device_map"]
+    logging.getLogger(__name__).info("loading the model from %s", weights)
     tok = AutoTokenizer.from_pretrained(weights)
     model = AutoModelForCausalLM.from_pretrained(weights, **kwargs).eval()
     if not spec.get("device_map") and torch.cuda.is_available():

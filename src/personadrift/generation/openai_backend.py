@@ -64,6 +64,8 @@ _RETRYABLE = {408, 409, 429}  # and every 5xx (the client's rule)
 class OpenAIBackendError(PersonaDriftError):
     """An OpenAI-compatible API call failed for good (retries spent, or not retryable)."""
 
+    retryable = True  # the server may be back, or less loaded, when the job runs again
+
     def __init__(self, base_url: str, model: str, status: str, detail: str = ""):
         self.base_url, self.model, self.status, self.detail = base_url, model, status, detail
         msg = f"OpenAI-compatible API at {base_url} (model {model!r}): {status}"

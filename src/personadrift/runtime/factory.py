@@ -21,8 +21,6 @@ def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: i
                 backend: str | None = None):
     """The backend of ``setting`` (its own ``backend`` key, else the study's): the HF engine on
     the fetched model, or the OpenAI-compatible client. ``backend`` overrides both."""
-    from personadrift.generation.api import Intervention
-
     backend = backend or (setting.backend_for(config["backend"]) if setting else config["backend"])
     sampling = sampling_from(config)
     if backend == "openai":
@@ -34,13 +32,21 @@ def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: i
         return OpenAIEngine.from_config(config, sampling=sampling, cache_dir=Path(model_dir) / "openai-cache")
     import torch
 
-    from personadrift.generation.chat import ChatFormat
-    from personadrift.generation.engine import HFEngine
     from personadrift.generation.models import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    lm = load_model(model_dir, config["model"])
+    return hf_engine_for(load_model(model_dir, config["model"]), config, setting)
+
+
+def hf_engine_for(lm, config: dict, setting=None, *, progress: bool = True):
+    """The HF engine of ``setting`` on a loaded model (``models.load_model``): the depth check,
+    the chat format, sampling, intervention and ``model.max_batch`` of ``config``."""
+    from personadrift.generation.api import Intervention
+    from personadrift.generation.chat import ChatFormat
+    from personadrift.generation.engine import HFEngine
+
+    sampling = sampling_from(config)
     if setting is not None:  # at job start, before any generation: a layer past the model's depth is an error
         from personadrift.interventions.base import EntryError
 
@@ -51,7 +57,7 @@ def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: i
     intervention = setting.engine_intervention() if setting else Intervention()
     chat = ChatFormat(lm.tokenizer, fold=config["model"].get("fold_system_prompt"))
     engine = HFEngine(lm.model, lm.tokenizer, chat=chat, sampling=sampling,
-                      intervention=intervention, max_batch=config["model"]["max_batch"], progress=True)
+                      intervention=intervention, max_batch=config["model"]["max_batch"], progress=progress)
     engine.identity = {**lm.identity, "chat_template_sha256": chat.template_sha256,
                        "system_prompt_folded": chat.fold}
     return engine
