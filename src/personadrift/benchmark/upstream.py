@@ -219,13 +219,13 @@ def _src(node: ast.AST) -> str:
     return ast.unparse(node)
 
 
-def _const_str(node: ast.AST) -> str | None:
+def const_str(node: ast.AST) -> str | None:
     """A string literal, or a '+' concatenation of literals."""
     match node:
         case ast.Constant(value=str() as s):
             return s
         case ast.BinOp(left=left, op=ast.Add(), right=right):
-            a, b = _const_str(left), _const_str(right)
+            a, b = const_str(left), const_str(right)
             return a + b if a is not None and b is not None else None
     return None
 
@@ -246,7 +246,7 @@ def _const_num(node: ast.AST) -> float | int | None:
 
 def _const_value(node: ast.AST) -> object:
     """A literal argument value: str, number, bool, list of str/int, or a known module word list."""
-    s = _const_str(node)
+    s = const_str(node)
     if s is not None:
         return s
     n = _const_num(node)
@@ -304,11 +304,11 @@ def _measure(node: ast.AST) -> dict | None:
             if _subject(arg) == "x":
                 return {"name": "characters"}
         case ast.Call(func=ast.Attribute(value=subj, attr="count"), args=[lit], keywords=[]) if _subject(subj) == "x":
-            s = _const_str(lit)
+            s = const_str(lit)
             if s:
                 return {"name": "occurrences", "args": {"substring": s}}
         case ast.Call(func=ast.Name(id="get_sentiment"), args=[arg, comp], keywords=[]) if _subject(arg) == "x":
-            c = _const_str(comp)
+            c = const_str(comp)
             if c in ("pos", "neg", "neu", "compound"):
                 return {"name": "vader", "args": {"component": c}}
     return None
@@ -383,7 +383,7 @@ def _membership(node: ast.Compare) -> dict | None:
     """`'s' in x`, `'s' in x.lower()`, `'w' in x.split()` (and `not in`), or None."""
     if len(node.ops) != 1 or not isinstance(node.ops[0], (ast.In, ast.NotIn)):
         return None
-    lit, target = _const_str(node.left), node.comparators[0]
+    lit, target = const_str(node.left), node.comparators[0]
     if lit is None:
         return None
     if _subject(target):
@@ -479,7 +479,7 @@ def translate_judge(node: ast.AST) -> dict:
             for tok_side, lit_side in ((left, right), (right, left)):
                 match tok_side:
                     case ast.Subscript(value=split, slice=idx) if _split_subject(split) == "x" and _const_num(idx) == 0:
-                        token = _const_str(lit_side)
+                        token = const_str(lit_side)
                         if token is not None and op == "==":
                             return _spec("first_token_is", {"token": token})
             m, value = _measure(left), _const_num(right)
@@ -604,7 +604,7 @@ def _translate_item(elt: ast.AST, text: str, list_name: str, i: int, category: s
         item.reason = "not a (system_prompt, probe, judge) triple"
         return None, item
     sys_node, probe_node, judge_node = elt.elts
-    item.system_prompt, item.probe = _const_str(sys_node), _const_str(probe_node)
+    item.system_prompt, item.probe = const_str(sys_node), const_str(probe_node)
     item.upstream_judge = ast.get_source_segment(text, judge_node) or ast.unparse(judge_node)
     if not item.system_prompt or not item.probe:
         item.reason = "system prompt or probe is not a plain string literal"

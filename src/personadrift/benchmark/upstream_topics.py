@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from personadrift.benchmark.personas import load_topics
-from personadrift.benchmark.upstream import sha256_of
+from personadrift.benchmark.upstream import const_str, sha256_of
 from personadrift.errors import InputError
 
 UTILS_URL = "https://raw.githubusercontent.com/likenneth/persona_drift/e5b57b0/utils.py"
@@ -70,15 +70,6 @@ def check_topics_source(path: str | Path, expected_sha256: str | None, field_nam
     return digest
 
 
-def _string(node: ast.AST) -> str | None:
-    match node:
-        case ast.Constant(value=str() as s):
-            return s
-        case ast.BinOp(left=left, op=ast.Add(), right=right):
-            a, b = _string(left), _string(right)
-            return a + b if a is not None and b is not None else None
-    return None
-
 
 def read_topics(path: str | Path) -> list[str]:
     """The module-level ``topics`` list of ``path``, parsed with ast (never executed)."""
@@ -100,7 +91,7 @@ def read_topics(path: str | Path) -> list[str]:
         raise InputError(p, TOPICS_VARIABLE, f"expected a non-empty list of string literals, got {ast.unparse(node)[:80]}")
     topics = []
     for i, elt in enumerate(node.elts):
-        s = _string(elt)
+        s = const_str(elt)
         if s is None or not s.strip():
             raise InputError(p, f"{TOPICS_VARIABLE}[{i}]", f"expected a non-empty string literal, got {ast.unparse(elt)[:80]}")
         topics.append(s)
