@@ -107,6 +107,10 @@ def check_opening(opening: str) -> str:
         raise InputError("config", "selfchat.opening", "write the fields as $topic and $reply, without braces "
                          "(Snakemake reads {name} in a config string as a wildcard); $$ is a literal $")
     fields = set(template.get_identifiers())
+    if fields - {"topic", "reply"}:
+        unknown = ", ".join(f"${f}" for f in sorted(fields - {"topic", "reply"}))
+        raise InputError("config", "selfchat.opening",
+                         f"unknown field {unknown}: the opening knows only $topic and $reply")
     if fields != {"topic", "reply"}:
         raise InputError("config", "selfchat.opening",
                          f"must contain $topic and $reply and no other field (has {sorted(fields)})")
