@@ -140,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-tables", required=True, help="JSON: figure -> tables")
     p.add_argument("figures", nargs="+")
 
+    p = sub.add_parser("study-manifest", help="fingerprint a study's outputs: transcripts, tables, claims")
+    p.add_argument("--results", required=True, help="the study's results folder (results/<study>)")
+    p.add_argument("--out", required=True, help="manifest JSON (results/<study>/manifest.json)")
+    p.add_argument("--study", help="study name (default: the results folder's name)")
+    p.add_argument("files", nargs="*", help="output files to fingerprint (default: every table of the folder)")
+
+    p = sub.add_parser("verify", help="compare a run's outputs with an expected manifest (or another run)")
+    p.add_argument("--expected", required=True, help="a manifest JSON, or another run's results folder")
+    p.add_argument("--results", required=True, help="the run's results folder (results/<study>)")
+
     p = sub.add_parser("browser", help="static transcript and judge browser of a study (open its index.html)")
     _add_config(p)
     p.add_argument("--results", help="a study's results folder: finds transcripts, scores, pool and calibration")
@@ -206,6 +216,19 @@ def run(args) -> None:
     if cmd == "browser":
         _browser(args)
         return
+    if cmd == "study-manifest":
+        from personadrift.steps.verify import write_manifest
+
+        write_manifest(args.results, args.out, args.files or None, study=args.study)
+        return
+    if cmd == "verify":
+        from personadrift.steps.verify import compare
+
+        report = compare(args.expected, args.results)
+        print("\n".join(report.lines()))
+        if not report.identical:
+            raise Departed()
+        return
     if cmd == "validate":
         _validate(args)
         return
@@ -262,6 +285,10 @@ def _browser(args) -> None:
     print(f"browser: {Path(out) / 'index.html'} ({json.dumps(summary)})")
 
 
+class Departed(Exception):
+    """``personadrift verify`` found a difference: exit status 1 (2 is bad input)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["import-upstream"]:  # the importer owns its own arguments
@@ -284,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     except PersonaDriftError as exc:
         print(f"personadrift: error: {exc}", file=sys.stderr)
         return 2
+    except Departed:
+        return 1
     return 0
 
 
