@@ -291,6 +291,12 @@ class Departed(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # before anything imports torch (a model job): the config's CPU numerics (numerics.py), which
+    # the libraries read once, when they load; the server has no config and runs natively
+    if argv[:1] not in (["serve"], ["import-upstream"]):
+        from personadrift.numerics import pin_from_argv
+
+        pin_from_argv(argv)
     if argv[:1] == ["import-upstream"]:  # the importer owns its own arguments
         from personadrift.benchmark.upstream import main as upstream_main
 

@@ -389,6 +389,8 @@ def generation_fingerprint(config: dict, setting: Setting, provenance: dict) -> 
     protocol = {k: v for k, v in provenance.get("protocol", {}).items() if k != "context_policy"}
     what = {"model": keys, "selfchat": selfchat, "seed": config["seed"], "setting": setting.describe(),
             "backend": config["backend"], "protocol": protocol}
+    if provenance.get("cpu_numerics"):  # a model on the CPU: its kernels and threads decide the floats
+        what["cpu_numerics"] = provenance["cpu_numerics"]
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
