@@ -8,6 +8,9 @@
 #                             the first departure and every claim whose verdict changed; exit 1 if
 #                             it departs (EXPECTED=file-or-results-folder RESULTS=folder: any two runs)
 #   make expected             rebuild the default study's outputs manifest and commit it as expected/
+#   make robustness           rerun the study under robustness.seeds (results/<study>-seed<k>/, the
+#                             config's own seed is the study itself) and tabulate each claim's share
+#                             of seeds and estimate spread: results/<study>-robustness/claims.csv
 #   make test                 set up the venv, then run the whole test suite
 # No activation needed: every target calls the tools in .venv/bin.
 # Everything is installed from requirements.txt (pinned) into .venv; the model and MMLU are
@@ -20,7 +23,7 @@ export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 CORES ?= 2
 
-.PHONY: setup figures figure validate verify expected test lint report rulegraph clean-results
+.PHONY: setup figures figure validate verify expected robustness test lint report rulegraph clean-results
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +53,9 @@ expected: setup
 	snakemake $(RESULTS)/manifest.json --cores $(CORES)
 	mkdir -p $(dir $(EXPECTED))
 	cp $(RESULTS)/manifest.json $(EXPECTED)
+
+robustness: setup
+	personadrift robustness --config $(CONFIG) --cores $(CORES)
 
 NAME ?= drift_over_rounds
 CONFIG ?= config.yaml

@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expected", required=True, help="a manifest JSON, or another run's results folder")
     p.add_argument("--results", required=True, help="the run's results folder (results/<study>)")
 
+    p = sub.add_parser("robustness", help="rerun the study under robustness.seeds; each claim's share of seeds")
+    _add_config(p)
+    p.add_argument("--cores", type=int, default=2, help="Snakemake --cores of each seed's run")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's robustness.seeds)")
+    p.add_argument("--out", help="claims table (default: results/<study>-robustness/claims.csv)")
+    p.add_argument("--snakefile", help="the workflow (default: ./Snakefile, else the package's checkout)")
+    p.add_argument("--no-run", action="store_true", help="only tabulate the seeds' manifests already there")
+
     p = sub.add_parser("browser", help="static transcript and judge browser of a study (open its index.html)")
     _add_config(p)
     p.add_argument("--results", help="a study's results folder: finds transcripts, scores, pool and calibration")
@@ -233,6 +241,9 @@ def run(args) -> None:
         _validate(args)
         return
     config = _config(args)
+    if cmd == "robustness":
+        _robustness(args, config)
+        return
     if cmd == "fetch-model":
         models.fetch_model(config, args.out)
     elif cmd == "calibrate":
@@ -263,6 +274,17 @@ def run(args) -> None:
     elif cmd == "tables":
         score.drift_tables(config, args.scores, args.pool, args.by_round, args.change, args.study,
                            out_errors=args.judge_errors)
+
+
+def _robustness(args, config: dict) -> None:
+    from personadrift.config import REPO_ROOT, validate_config
+    from personadrift.steps.robustness import robustness
+
+    if args.seeds:
+        config["robustness"]["seeds"] = args.seeds
+        validate_config(config, args.config or "config.yaml")  # the seeds given obey the key's rules
+    snakefile = args.snakefile or ("Snakefile" if Path("Snakefile").exists() else REPO_ROOT / "Snakefile")
+    robustness(config, args.config, cores=args.cores, snakefile=snakefile, out=args.out, run=not args.no_run)
 
 
 def _browser(args) -> None:
