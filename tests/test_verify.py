@@ -69,7 +69,8 @@ def test_the_workflow_writes_the_manifest_and_a_run_matches_it(smoke):
                   "attention/per_token.csv", "tables/example_dialog.json"):
         assert table in manifest["tables"], table
     claims = {c["claim"] for c in manifest["claims"]}
-    assert any(c.startswith("tables/none/change.csv: none agent change") for c in claims)
+    assert any(c.startswith("tables/none/change.csv: none agent drift, round ") for c in claims)
+    assert any(c.startswith("tables/none/change.csv: none agent drift minus control") for c in claims)
     assert any(c.startswith("tables/tradeoff.csv: split-k0.5 stability diff") for c in claims)
     assert all({"estimate", "ci_low", "ci_high", "p_holm", "verdict"} <= set(c) for c in manifest["claims"])
     rc, out = verify(smoke / STUDY / "manifest.json", smoke / STUDY, smoke)

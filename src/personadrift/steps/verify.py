@@ -109,9 +109,9 @@ def _truth(x) -> bool:
 
 def claims_of(rel: str, path: Path) -> list[dict]:
     """The claims one table makes: a drift change table (``tables/<setting>/change.csv``: each
-    setting and speaker's last round minus its first), the mitigation table
-    (``tables/tradeoff.csv``: each setting's stability and MMLU difference from the baseline), or
-    the attention-against-stability slope (``tables/attention_vs_stability.json``)."""
+    setting and speaker's shift and drift, alone and minus the control's), the mitigation table
+    (``tables/tradeoff.csv``: each setting's stability level, drift and MMLU difference from the
+    baseline), or the attention-against-stability slope (``tables/attention_vs_stability.json``)."""
     import csv
 
     name = Path(rel).name
@@ -128,11 +128,13 @@ def claims_of(rel: str, path: Path) -> list[dict]:
     out = []
     for row in rows:
         if name == "change.csv":
-            out.append(_claim(f"{rel}: {row['setting']} {row['kind']} change, round {row['first_round']} to "
-                              f"{row['last_round']}", row, "change", "ci_low", "ci_high", "p_holm", "significant"))
+            versus = f" minus {row['versus']}" if row.get("versus") else ""
+            out.append(_claim(f"{rel}: {row['setting']} {row['kind']} {row.get('claim') or 'change'}{versus}, "
+                              f"round {row['first_round']} to {row['last_round']}", row, "change", "ci_low",
+                              "ci_high", "p_holm", "significant"))
             continue
-        for what in ("stability_diff", "mmlu_diff"):
-            if _num(row.get(f"{what}_p_holm")) is None:
+        for what in ("stability_diff", "drift_diff", "mmlu_diff"):
+            if what not in row or _num(row.get(f"{what}_p_holm")) is None:
                 continue  # the baseline against itself is no claim
             out.append(_claim(f"{rel}: {row['setting']} {what.replace('_', ' ')} vs baseline", row, what,
                               f"{what}_ci_low", f"{what}_ci_high", f"{what}_p_holm", f"{what}_significant"))
