@@ -3,6 +3,14 @@
 #   make figure NAME=drift_over_rounds   rebuild one figure (PDF and PNG) from its cached tables
 #                             (DIR=folder: of a study run in another working folder)
 #   make validate CONFIG=configs/paper.yaml   the workflow's own config check, without running anything
+#   make verify               compare results/embedded-default with the committed manifest
+#                             (expected/embedded-default.manifest.json): "identical", or per setting
+#                             the first departure and every claim whose verdict changed; exit 1 if
+#                             it departs (EXPECTED=file-or-results-folder RESULTS=folder: any two runs)
+#   make expected             rebuild the default study's outputs manifest and commit it as expected/
+#   make robustness           rerun the study under robustness.seeds (results/<study>-seed<k>/, the
+#                             config's own seed is the study itself) and tabulate each claim's share
+#                             of seeds and estimate spread: results/<study>-robustness/claims.csv
 #   make test                 set up the venv, then run the whole test suite
 # No activation needed: every target calls the tools in .venv/bin.
 # Everything is installed from requirements.txt (pinned) into .venv; the model and MMLU are
@@ -15,7 +23,7 @@ export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 CORES ?= 2
 
-.PHONY: setup figures figure validate test lint report rulegraph clean-results
+.PHONY: setup figures figure validate verify expected robustness test lint report rulegraph clean-results
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +34,28 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
+# the study of config.yaml, its committed outputs manifest, and the run verify reads
+STUDY ?= embedded-default
+EXPECTED ?= expected/$(STUDY).manifest.json
+RESULTS ?= results/$(STUDY)
+
+# A run that departs from the committed manifest still leaves its figures: the comparison is
+# printed (exit status 1 of verify is a finding, not a failure); a bad manifest still fails.
 figures: setup
 	snakemake figures/all --cores $(CORES)
+	@if [ -f $(EXPECTED) ]; then personadrift verify --expected $(EXPECTED) --results $(RESULTS) || [ $$? -eq 1 ]; \
+	else echo "verify: no $(EXPECTED) to compare with ('make expected' writes it)"; fi
+
+verify: setup
+	personadrift verify --expected $(EXPECTED) --results $(RESULTS)
+
+expected: setup
+	snakemake $(RESULTS)/manifest.json --cores $(CORES)
+	mkdir -p $(dir $(EXPECTED))
+	cp $(RESULTS)/manifest.json $(EXPECTED)
+
+robustness: setup
+	personadrift robustness --config $(CONFIG) --cores $(CORES)
 
 NAME ?= drift_over_rounds
 CONFIG ?= config.yaml

@@ -101,7 +101,7 @@ wildcard_constraints:
 # keys of selfchat that shape the dialog, not how one reply is sampled
 DIALOG_KEYS = "conversations,shard_size,turns,runs,user_system_prompt,probe_user_persona,flatten_newlines,probe_max_new_tokens,opening,context_policy"
 # keys of model that only matter once the weights are loaded
-LOAD_KEYS = "dtype,device_map,fold_system_prompt,max_batch"
+LOAD_KEYS = "dtype,device_map,fold_system_prompt,max_batch,cpu_numerics"
 MODEL_KEYS = ("model", "backend", "openai")
 SAMPLING_KEYS = (f"selfchat-{DIALOG_KEYS}",)
 

@@ -69,6 +69,8 @@ rule all_figures:
         figures=expand("figures/{name}.{ext}", name=FIGURE_TABLES, ext=("pdf", "png")),
         browser=f"{R}/browser",
         controls=CONTROL_TABLES,
+        # the study's outputs manifest (rules/verify.smk), which a rerun is verified against
+        outputs=f"{R}/manifest.json",
     output:
         "figures/all",
     log:

@@ -141,3 +141,22 @@ def test_the_rehearsal_vocabulary_is_the_models_and_decodes_to_words(tmp_path):
     ids = list(range(200, 32000, 997))
     text = tok.decode(ids, skip_special_tokens=True)
     assert len(text.split()) == len(ids) and tok(text, add_special_tokens=False)["input_ids"] == ids
+
+
+def test_cpu_numerics_bench_alternates_native_and_pinned_in_fresh_processes():
+    cmd = [sys.executable, "bench/cpu_numerics.py", "--conversations", "2", "--pairs", "1", "--rounds", "1",
+           "--tokens", "3", "--probe-tokens", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    runs = re.findall(rf"^(native|pinned_avx2): {RATE} s per conversation, matmul {RATE} GFLOP/s, "
+                      r"torch capability (\w+), texts (\w+)$", out, re.M)
+    assert [r[0] for r in runs] == ["native", "pinned_avx2", "native"], out  # the pinned run between two native
+    assert runs[1][3] == "AVX2"  # the worker's torch ran at the pinned capability
+    assert "pinned: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_CBWR=AVX2,STRICT" in out
+    native = [float(r[1]) for r in runs if r[0] == "native"]
+    ratio = float(re.search(rf"pinned against native: {RATE}x per conversation", out).group(1))
+    assert abs(statistics.mean(native) / float(runs[1][1]) - ratio) <= 0.006 + 0.01 * ratio
+    # a CPU without AVX-512 (the project's machines) runs the same kernels in both modes: the same texts
+    if all(r[3] == "AVX2" for r in runs):
+        assert len({r[4] for r in runs}) == 1 and "texts identical pinned and native" in out, out

@@ -214,3 +214,105 @@ def test_laptop_config_is_the_default_with_only_its_documented_changes(default):
                        "attention.conversations", "mmlu.questions", "resources.mem_mb", "resources.runtime_min",
                        "resources.threads"}
     assert b["selfchat.shard_size"] == b["selfchat.conversations"] and b["selfchat.turns"] == 16
+
+
+# ------------------------------------------------------------------ checks that used to wait for a job
+
+
+@pytest.mark.parametrize("n,ok", [(14_042, True), (14_043, False), (100_000, False)])
+def test_mmlu_subset_larger_than_the_test_split_is_refused(default, n, ok):
+    default["mmlu"]["questions"] = n
+    if ok:
+        check_config(default, "cfg.yaml", REPO)
+        return
+    e = refused(default)
+    assert e.field == "mmlu.questions" and f"{n} is more than the 14,042 questions" in e.problem
+
+
+def test_mmlu_subset_is_checked_against_a_configured_copy(default, tmp_path):
+    row = {"question": "q", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
+           "correct_answer": "A", "topic": "t"}
+    copy_ = tmp_path / "mmlu.jsonl"
+    copy_.write_text("".join(json.dumps(row) + "\n" for _ in range(5)))
+    default["mmlu"] = {"source": str(copy_), "questions": 6}
+    e = refused(default)
+    assert e.field == "mmlu.questions" and "more than the 5 questions of" in e.problem and "mmlu.jsonl" in e.problem
+    default["mmlu"]["questions"] = 5
+    check_config(default, "cfg.yaml", REPO)
+
+
+@pytest.mark.parametrize("opening,problem", [
+    ("Q: $topic A: $reply $persona", "unknown field $persona"),
+    ("$Topic / $reply / $topic", "unknown field $Topic"),
+    ("only $topic", "must contain $topic and $reply"),
+    ('asked "{topic}"', "without braces"),
+])
+def test_an_opening_with_an_unknown_field_is_refused_by_validate(default, opening, problem):
+    default["selfchat"]["opening"] = opening
+    e = refused(default)
+    assert e.field == "selfchat.opening" and problem in e.problem
+
+
+def test_the_opening_knows_topic_and_reply(default):
+    default["selfchat"]["opening"] = "Earlier: $topic, then $reply ($$5)"
+    check_config(default, "cfg.yaml", REPO)
+
+
+@pytest.mark.parametrize("key", ["selfchat.max_new_tokens", "selfchat.probe_max_new_tokens",
+                                 "personas.calibration.max_new_tokens"])
+def test_a_reply_budget_past_model_max_context_is_refused(default, key):
+    default["model"]["max_context"] = 512
+    section, *rest = key.split(".")
+    target = default[section]
+    for part in rest[:-1]:
+        target = target.setdefault(part, {})
+    target[rest[-1]] = 511
+    check_config(copy.deepcopy(default), "cfg.yaml", REPO)
+    target[rest[-1]] = 512
+    e = refused(default)
+    assert e.field == key and "512 tokens leave no room for a prompt" in e.problem and "model.max_context" in e.problem
+
+
+def test_a_reply_budget_past_a_fetched_model_context_is_refused(default, tmp_path):
+    folder = tmp_path / "resources/models" / default["model"]["name"]
+    (folder / "weights").mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"weights_dir": "weights"}))
+    (folder / "weights/config.json").write_text(json.dumps({"num_hidden_layers": 4, "max_position_embeddings": 256}))
+    default["selfchat"]["probe_max_new_tokens"] = 300
+    e = refused(default, tmp_path)
+    assert e.field == "selfchat.probe_max_new_tokens" and "256 positions (its config's max_position_embeddings)" in e.problem
+    check_config(default, "cfg.yaml", REPO)  # no fetched model here: the context is unknown, nothing to check
+
+
+def test_a_reply_budget_past_the_tiny_model_context_is_refused(default):
+    import inspect
+
+    from personadrift.generation.tiny import build_tiny_model
+
+    positions = inspect.signature(build_tiny_model).parameters["max_positions"].default
+    default["model"] = {"name": "tiny", "source": "tiny"}
+    default["selfchat"]["max_new_tokens"] = positions
+    assert refused(default).field == "selfchat.max_new_tokens"
+
+
+@pytest.mark.parametrize("name,overrides,key", [
+    ("mmlu", {"mmlu": {"questions": 100000}}, "mmlu.questions"),
+    ("opening", {"selfchat": {"opening": "$topic $reply $persona"}}, "selfchat.opening"),
+    ("context", {"model": {"max_context": 64}, "selfchat": {"probe_max_new_tokens": 64}}, "selfchat.probe_max_new_tokens"),
+])
+def test_validate_command_names_the_file_and_key(default, tmp_path, name, overrides, key):
+    """``personadrift validate`` prints one line naming the file and the key, exit status 2."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from personadrift.config import deep_merge
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(default, overrides)))
+    proc = subprocess.run([sys.executable, "-m", "personadrift", "validate", "--config", str(path)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"personadrift: error: {path}: {key}: "), proc.stderr

@@ -144,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-tables", required=True, help="JSON: figure -> tables")
     p.add_argument("figures", nargs="+")
 
+    p = sub.add_parser("study-manifest", help="fingerprint a study's outputs: transcripts, tables, claims")
+    p.add_argument("--results", required=True, help="the study's results folder (results/<study>)")
+    p.add_argument("--out", required=True, help="manifest JSON (results/<study>/manifest.json)")
+    p.add_argument("--study", help="study name (default: the results folder's name)")
+    p.add_argument("files", nargs="*", help="output files to fingerprint (default: every table of the folder)")
+
+    p = sub.add_parser("verify", help="compare a run's outputs with an expected manifest (or another run)")
+    p.add_argument("--expected", required=True, help="a manifest JSON, or another run's results folder")
+    p.add_argument("--results", required=True, help="the run's results folder (results/<study>)")
+
+    p = sub.add_parser("robustness", help="rerun the study under robustness.seeds; each claim's share of seeds")
+    _add_config(p)
+    p.add_argument("--cores", type=int, default=2, help="Snakemake --cores of each seed's run")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's robustness.seeds)")
+    p.add_argument("--out", help="claims table (default: results/<study>-robustness/claims.csv)")
+    p.add_argument("--snakefile", help="the workflow (default: ./Snakefile, else the package's checkout)")
+    p.add_argument("--no-run", action="store_true", help="only tabulate the seeds' manifests already there")
+
     p = sub.add_parser("browser", help="static transcript and judge browser of a study (open its index.html)")
     _add_config(p)
     p.add_argument("--results", help="a study's results folder: finds transcripts, scores, pool and calibration")
@@ -210,10 +228,26 @@ def run(args) -> None:
     if cmd == "browser":
         _browser(args)
         return
+    if cmd == "study-manifest":
+        from personadrift.steps.verify import write_manifest
+
+        write_manifest(args.results, args.out, args.files or None, study=args.study)
+        return
+    if cmd == "verify":
+        from personadrift.steps.verify import compare
+
+        report = compare(args.expected, args.results)
+        print("\n".join(report.lines()))
+        if not report.identical:
+            raise Departed()
+        return
     if cmd == "validate":
         _validate(args)
         return
     config = _config(args)
+    if cmd == "robustness":
+        _robustness(args, config)
+        return
     if cmd == "fetch-model":
         models.fetch_model(config, args.out)
     elif cmd == "calibrate":
@@ -246,6 +280,17 @@ def run(args) -> None:
                            out_errors=args.judge_errors)
 
 
+def _robustness(args, config: dict) -> None:
+    from personadrift.config import REPO_ROOT, validate_config
+    from personadrift.steps.robustness import robustness
+
+    if args.seeds:
+        config["robustness"]["seeds"] = args.seeds
+        validate_config(config, args.config or "config.yaml")  # the seeds given obey the key's rules
+    snakefile = args.snakefile or ("Snakefile" if Path("Snakefile").exists() else REPO_ROOT / "Snakefile")
+    robustness(config, args.config, cores=args.cores, snakefile=snakefile, out=args.out, run=not args.no_run)
+
+
 def _browser(args) -> None:
     from personadrift.steps.browser import browser, study_inputs
 
@@ -266,8 +311,18 @@ def _browser(args) -> None:
     print(f"browser: {Path(out) / 'index.html'} ({json.dumps(summary)})")
 
 
+class Departed(Exception):
+    """``personadrift verify`` found a difference: exit status 1 (2 is bad input)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # before anything imports torch (a model job): the config's CPU numerics (numerics.py), which
+    # the libraries read once, when they load; the server has no config and runs natively
+    if argv[:1] not in (["serve"], ["import-upstream"]):
+        from personadrift.numerics import pin_from_argv
+
+        pin_from_argv(argv)
     if argv[:1] == ["import-upstream"]:  # the importer owns its own arguments
         from personadrift.benchmark.upstream import main as upstream_main
 
@@ -299,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             note.record(exc)
         print(f"personadrift: error: {exc}", file=sys.stderr)
         return 2
+    except Departed:
+        return 1
     return 0
 
 

@@ -6,8 +6,11 @@ the file, the key and the problem. It runs, in order: a size guard (a YAML alias
 before anything walks it), the JSON schema (defaults filled in, integers that are really
 integers), the name rule for everything that becomes a path or a wildcard, each intervention
 entry against its method's own keys and grid rules, cross-field rules, and then the semantic
-checks that can run before any model: persona files, the pool size the calibration rule needs,
-a local model folder's contents, layer indices against the model's depth when it is known.
+checks that can run before any model: the self-chat's opening template, the MMLU subset against
+the questions there are, persona files, the pool size the calibration rule needs, a local model
+folder's contents, and, when the model's config is readable (a local folder, a fetched model, the
+tiny model) or ``model.max_context`` is set, layer indices against its depth and token budgets
+against its context.
 """
 
 from __future__ import annotations
@@ -185,6 +188,39 @@ def _check_cross_fields(config: dict, path) -> None:
     if study_backend == "hf" and config["model"]["source"] == "api":
         raise InputError(path, "model.source", "use source: api exactly when backend: openai "
                          "(settings may still run on an API with interventions.<name>.backend: openai)")
+    _check_opening(config, path)
+    _check_mmlu_size(config, path)
+
+
+def _check_opening(config: dict, path) -> None:
+    """The opening template the self-chat job would refuse, refused here with the config's name."""
+    from personadrift.generation.selfchat import check_opening
+
+    opening = config["selfchat"].get("opening")
+    if opening is None:
+        return
+    try:
+        check_opening(opening)
+    except InputError as e:
+        raise InputError(path, e.field, e.problem) from None
+
+
+def _check_mmlu_size(config: dict, path) -> None:
+    """The MMLU subset cannot be larger than the split it is drawn from: the pinned test split's
+    14,042 questions, or the questions of a copy named by ``mmlu.source`` when it is readable."""
+    from personadrift.capability.mmlu import MMLU_COUNT, load_mmlu
+
+    m = config["mmlu"]
+    available, where = MMLU_COUNT, "the MMLU test split"
+    if m.get("source"):
+        try:
+            available = len(load_mmlu(m["source"], expected_sha256=None, expected_count=None))
+        except InputError:  # a missing or broken copy is reported by fetch_mmlu, with its line
+            return
+        where = short_text(str(m["source"]))
+    if m["questions"] > available:
+        raise InputError(path, "mmlu.questions",
+                         f"{m['questions']} is more than the {available:,} questions of {where}")
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: personas/ is looked up here
@@ -263,10 +299,14 @@ def check_model(config: dict, path, workdir: str | Path = ".") -> None:
     depth = model_depth(config, workdir)
     if depth is not None:
         check_depth(config, depth, path)
+    context = model_context(config, workdir)
+    if context is not None:
+        check_budgets(config, context, path)
 
 
-def model_depth(config: dict, workdir: str | Path = ".") -> int | None:
-    """Number of layers of the configured model, if knowable without loading it."""
+def _model_config_value(config: dict, workdir, key: str, tiny_parameter: str) -> int | None:
+    """``key`` of the configured model's config.json, if readable without loading the model: a
+    local folder's, a fetched model's (resources/models/<name>), the tiny model's builder default."""
     m = config["model"]
     candidates = []
     if m["source"] == "local":
@@ -276,7 +316,7 @@ def model_depth(config: dict, workdir: str | Path = ".") -> int | None:
 
         from personadrift.generation.tiny import build_tiny_model
 
-        return inspect.signature(build_tiny_model).parameters["layers"].default
+        return inspect.signature(build_tiny_model).parameters[tiny_parameter].default
     folder = Path(workdir) / "resources" / "models" / m["name"]
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -288,10 +328,42 @@ def model_depth(config: dict, workdir: str | Path = ".") -> int | None:
             cfg = json.loads(c.read_text())
         except (OSError, ValueError):
             continue
-        n = cfg.get("num_hidden_layers", cfg.get("text_config", {}).get("num_hidden_layers"))
-        if isinstance(n, int):
+        text_config = cfg.get("text_config")
+        n = cfg.get(key, text_config.get(key) if isinstance(text_config, dict) else None)
+        if isinstance(n, int) and not isinstance(n, bool):
             return n
     return None
+
+
+def model_depth(config: dict, workdir: str | Path = ".") -> int | None:
+    """Number of layers of the configured model, if knowable without loading it."""
+    return _model_config_value(config, workdir, "num_hidden_layers", "layers")
+
+
+def model_context(config: dict, workdir: str | Path = ".") -> int | None:
+    """Positions (prompt + reply) the model may use, if knowable without loading it: ``model.max_context``,
+    else its config's ``max_position_embeddings`` (the engine's own rule)."""
+    if config["model"].get("max_context"):
+        return config["model"]["max_context"]
+    return _model_config_value(config, workdir, "max_position_embeddings", "max_positions")
+
+
+# reply budgets (tokens a reply may take), each of which must leave room for a prompt
+BUDGET_KEYS = ("selfchat.max_new_tokens", "selfchat.probe_max_new_tokens", "personas.calibration.max_new_tokens")
+
+
+def check_budgets(config: dict, context: int, path="config") -> None:
+    """Every reply budget leaves room for a prompt in a model of ``context`` positions: a budget
+    of the whole context fails on the first request, under any ``selfchat.context_policy``."""
+    for key in BUDGET_KEYS:
+        section, *rest = key.split(".")
+        value = config.get(section)
+        for part in rest:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int) and value >= context:
+            source = "model.max_context" if config["model"].get("max_context") else "its config's max_position_embeddings"
+            raise InputError(path, key, f"{value} tokens leave no room for a prompt: the model has {context} "
+                             f"positions ({source})")
 
 
 def check_depth(config: dict, n_layers: int, path="config") -> None:

@@ -56,7 +56,10 @@ def hardware() -> dict:
     # would add seconds to every table and figure job (its version is in package_versions).
     torch = sys.modules.get("torch")
     if torch is not None:
+        from personadrift.numerics import record
+
         info["torch_threads"] = torch.get_num_threads()
+        info["cpu_numerics"] = record()
         if torch.cuda.is_available():
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info

@@ -107,6 +107,10 @@ def check_opening(opening: str) -> str:
         raise InputError("config", "selfchat.opening", "write the fields as $topic and $reply, without braces "
                          "(Snakemake reads {name} in a config string as a wildcard); $$ is a literal $")
     fields = set(template.get_identifiers())
+    if fields - {"topic", "reply"}:
+        unknown = ", ".join(f"${f}" for f in sorted(fields - {"topic", "reply"}))
+        raise InputError("config", "selfchat.opening",
+                         f"unknown field {unknown}: the opening knows only $topic and $reply")
     if fields != {"topic", "reply"}:
         raise InputError("config", "selfchat.opening",
                          f"must contain $topic and $reply and no other field (has {sorted(fields)})")
@@ -385,6 +389,8 @@ def generation_fingerprint(config: dict, setting: Setting, provenance: dict) -> 
     protocol = {k: v for k, v in provenance.get("protocol", {}).items() if k != "context_policy"}
     what = {"model": keys, "selfchat": selfchat, "seed": config["seed"], "setting": setting.describe(),
             "backend": config["backend"], "protocol": protocol}
+    if provenance.get("cpu_numerics"):  # a model on the CPU: its kernels and threads decide the floats
+        what["cpu_numerics"] = provenance["cpu_numerics"]
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 

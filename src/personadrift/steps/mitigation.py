@@ -27,6 +27,7 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
 
     from personadrift.capability.mmlu import (
         FORMS,
+        MMLU_COUNT,
         MMLU_SHA256,
         EngineScorer,
         accuracy_with_ci,
@@ -40,7 +41,7 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
     setting = setting_by_name(config["interventions"], setting_name)
     engine = make_engine(config, model_dir, setting, threads=threads)
     questions = load_mmlu(mmlu_path, expected_sha256=None if m["source"] else MMLU_SHA256,
-                          expected_count=None if m["source"] else 14042)
+                          expected_count=None if m["source"] else MMLU_COUNT)
     subset = stratified_subset(questions, m["questions"], seed=config["seed"])
     # the setting's method decides whether MMLU prompts are intervened on, and guidance's branch
     intervene = setting.intervenes("mmlu")

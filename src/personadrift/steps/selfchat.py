@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from personadrift.errors import InputError
+from personadrift.numerics import record as numerics_record
 from personadrift.provenance import provenance
 from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.steps.personas import _PoolPersona
@@ -31,8 +32,11 @@ def selfchat_shard(config: dict, *, setting_name: str, shard: int, model_dir, po
     plans = [plan_conversation(s, config["seed"], personas, pool["topics"]) for s in convs]
     setting = setting_by_name(config["interventions"], setting_name)
     engine = make_engine(config, model_dir, setting, threads=threads)
+    # the CPU numerics in force (numerics.py) belong to the checkpoints' fingerprint when the model runs here
+    on_cpu = getattr(getattr(engine, "device", None), "type", None) == "cpu"
     prov = provenance(model=model_identity(engine), sampling=sampling_record(sc), seed=config["seed"],
-                      setting=setting.describe(), backend=setting.backend_for(config["backend"]))
+                      setting=setting.describe(), backend=setting.backend_for(config["backend"]),
+                      **({"cpu_numerics": numerics_record()} if on_cpu else {}))
     run = ShardRun(engine, config=config, setting=setting, plans=plans,
                    checkpoint_dir=Path(checkpoint_dir), provenance=prov)
     write_outputs(run.run(), out_dir)
