@@ -12,11 +12,13 @@ pytestmark = pytest.mark.skipif(not onednn_available(), reason="batch invariance
 
 BATCH_SIZES = (1, 2, 5, 7, 12, 36, 48)
 FLAT = "Hi."
-LONG = "Always answer in French, s'il vous plait, and tell me everything about Paris. " * 4
+LONG = "Always answer in French, s'il vous plait, and tell me everything about Paris. " * 2
 SAMPLINGS = {
-    "protocol": Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12),
-    "hot": Sampling(temperature=1.5, top_p=0.95, max_new_tokens=12),
+    "protocol": Sampling(temperature=1.0, top_p=0.9, max_new_tokens=8),
+    "hot": Sampling(temperature=1.5, top_p=0.95, max_new_tokens=8),
 }
+# the engine tests split the batch sizes between the two samplings (the forward test runs all)
+ENGINE_SIZES = {"protocol": (1, 2, 12, 48), "hot": (1, 5, 7, 36)}
 INTERVENTIONS = {
     "none": Intervention(),
     "split": Intervention(split_k=0.5),
@@ -138,14 +140,14 @@ def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=str)
 @pytest.mark.parametrize("intervention", INTERVENTIONS, ids=str)
 def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervention, sampling):
-    engine_case(invariant_tiny, INTERVENTIONS[intervention], SAMPLINGS[sampling])
+    engine_case(invariant_tiny, INTERVENTIONS[intervention], SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
 
 
 def test_engine_row_is_the_same_on_two_threads(invariant_tiny):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        engine_case(invariant_tiny, INTERVENTIONS["split"], SAMPLINGS["hot"], sizes=(1, 7, 36))
+        engine_case(invariant_tiny, INTERVENTIONS["split"], SAMPLINGS["hot"], sizes=(1, 7, 12))
     finally:
         torch.set_num_threads(before)
 
