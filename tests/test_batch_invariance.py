@@ -194,7 +194,16 @@ def test_config_key_loads_records_and_refuses_torch_kernel(tiny_model_dir, tmp_p
     on = load_model(dest, {"batch_invariant": True})
     assert on.identity["batch_invariant"] is True and on.identity["linear_kernel"] == "onednn"
     assert on.model.config._attn_implementation == "batch_invariant"
-    assert load_model(dest, {}).identity["batch_invariant"] is False
+    off = load_model(dest, {"linear_kernel": "onednn"})
+    assert off.identity["batch_invariant"] is False and off.identity["linear_kernel"] == "onednn"
+    # a checkpoint made with one forward is not resumed with the other (same kernel name in both)
+    from personadrift.generation.selfchat import generation_fingerprint
+    from personadrift.interventions.settings import expand_settings
+
+    setting = expand_settings({"none": {"method": "none"}})[0]
+    config = {"selfchat": {"turns": 2}, "seed": 0, "backend": "hf"}
+    fp = [generation_fingerprint(config, setting, {"model": lm.identity}) for lm in (on, off)]
+    assert fp[0] != fp[1]
     with pytest.raises(InputError, match="model.batch_invariant"):
         load_model(dest, {"batch_invariant": True, "linear_kernel": "torch"})
 
