@@ -160,3 +160,30 @@ def test_cpu_numerics_bench_alternates_native_and_pinned_in_fresh_processes():
     # a CPU without AVX-512 (the project's machines) runs the same kernels in both modes: the same texts
     if all(r[3] == "AVX2" for r in runs):
         assert len({r[4] for r in runs}) == 1 and "texts identical pinned and native" in out, out
+
+
+def test_batch_invariance_bench_alternates_the_modes_and_reports_their_ratio():
+    from personadrift.generation.linear_kernels import onednn_available
+
+    if not onednn_available():
+        import pytest
+
+        pytest.skip("batch invariance needs oneDNN's linear")
+    cmd = [sys.executable, "bench/batch_invariance.py", "--conversations", "2", "--pairs", "2", "--rounds", "1",
+           "--tokens", "3", "--probe-tokens", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    runs = [(m, float(s)) for m, s in re.findall(rf"^(ordinary|invariant): {RATE} s per conversation$", out, re.M)]
+    assert [m for m, _ in runs] == ["ordinary", "invariant", "ordinary", "invariant", "ordinary"], out
+    plain = [s for m, s in runs if m == "ordinary"]
+    inv = [s for m, s in runs if m == "invariant"]
+    m = re.search(rf"invariant against ordinary: {RATE}x the speed per conversation .*pairs {RATE}x, {RATE}x\)", out)
+    assert m, out
+    ratio, pair1, pair2 = (float(g) for g in m.groups())
+    assert abs(statistics.mean(plain) / statistics.mean(inv) - ratio) <= 0.006 + 0.01 * ratio
+    assert abs((plain[0] + plain[1]) / 2 / inv[0] - pair1) <= 0.006 + 0.01 * pair1
+    assert abs((plain[1] + plain[2]) / 2 / inv[1] - pair2) <= 0.006 + 0.01 * pair2
+    assert "ordinary: linear kernel torch, batch-invariant False" in out  # the tiny model: auto keeps torch's
+    assert "invariant: linear kernel onednn, batch-invariant True" in out
+    assert re.search(rf"matmul {RATE} GFLOP/s before", out) and re.search(rf"matmul {RATE} GFLOP/s after", out)

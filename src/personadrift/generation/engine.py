@@ -127,7 +127,8 @@ class HFEngine:
         self._eos_index: dict[torch.device, torch.Tensor] = {}  # eos_ids as a tensor, per device
         # the longest prompt + reply the model was trained for (None if its config does not say)
         self.max_context = getattr(model.config, "max_position_embeddings", None)
-        if intervention.split_k is not None:
+        # the batch-invariant attention already wraps split-softmax (generation/batch_invariance.py)
+        if intervention.split_k is not None and model.config._attn_implementation != "batch_invariant":
             from personadrift.attention import split_softmax  # noqa: F401  (registers the function)
 
             model.set_attn_implementation("split_softmax")

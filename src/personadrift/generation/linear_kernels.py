@@ -29,6 +29,13 @@ models) oneDNN's per-call cost made it slower than MKL, down to half MKL's speed
 scratch measurement). Layers on a GPU or in another dtype always keep
 torch's kernel; no model class is changed. ``torch`` keeps torch's kernel everywhere. The kernel
 in use is recorded in provenance and in the self-chat checkpoint fingerprint.
+
+Batch invariance (``model.batch_invariant``): with the packed weight, oneDNN's product for a row
+was bitwise the same at every row count (1 to 1,000) and every position in the batch, on 1 and 2
+threads, for every layer shape of SmolLM2-135M and of the tiny test model; the plain weight
+differs at one row and MKL from one to three rows (and, on 2 threads, at some larger counts).
+:class:`InvariantOneDNNLinear` therefore uses the packed weight at every row count, so a row's
+product does not depend on what shares its batch (tests/test_batch_invariance.py checks it).
 """
 
 from __future__ import annotations
@@ -106,8 +113,23 @@ class OneDNNLinear(torch.nn.Linear):
         return _onednn_linear(x, pack.of(w), self.bias)
 
 
+class InvariantOneDNNLinear(OneDNNLinear):
+    """:class:`OneDNNLinear` with the packed weight at every row count, one row included: the
+    kernel and its summation order are then those of any other row count."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
+                or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+            return torch.nn.functional.linear(x, w, self.bias)
+        pack = self.__dict__.get("_onednn_pack")
+        if pack is None:
+            pack = self.__dict__["_onednn_pack"] = _Pack()
+        return _onednn_linear(x, pack.of(w), self.bias)
+
+
 def _linears(model) -> list[torch.nn.Linear]:
-    return [m for m in model.modules() if type(m) in (torch.nn.Linear, OneDNNLinear)]
+    return [m for m in model.modules() if type(m) in (torch.nn.Linear, OneDNNLinear, InvariantOneDNNLinear)]
 
 
 def _eligible(m: torch.nn.Linear) -> bool:
@@ -133,14 +155,24 @@ class KernelUnavailable(RuntimeError):
     """``onednn`` was asked for where torch has no oneDNN linear, or where it disagrees with torch's."""
 
 
-def set_linear_kernel(model, kernel: str = "auto") -> str:
+def set_linear_kernel(model, kernel: str = "auto", *, batch_invariant: bool = False) -> str:
     """Switch the model's linear layers to ``kernel`` ("auto", "onednn" or "torch"); returns the
-    kernel now in use by its float32 CPU layers: "onednn" or "torch"."""
+    kernel now in use by its float32 CPU layers: "onednn" or "torch".
+
+    ``batch_invariant``: every layer of the model on :class:`InvariantOneDNNLinear` ("auto" then
+    means "onednn" whatever the width); an error (KernelUnavailable) where that cannot be: torch's
+    kernel asked for, oneDNN missing or disagreeing, or a layer off the CPU or not float32."""
     if kernel not in KERNELS:
         raise ValueError(f"linear kernel must be one of {KERNELS}, not {kernel!r}")
     layers = _linears(model)
     eligible = [m for m in layers if _eligible(m)]
     use_onednn = False
+    if batch_invariant:
+        if kernel == TORCH:
+            raise KernelUnavailable("a batch-invariant forward needs oneDNN's packed linear, not torch's kernel")
+        if len(eligible) != len(layers):
+            raise KernelUnavailable("a batch-invariant forward needs every linear layer on the CPU in float32")
+        kernel = ONEDNN
     if kernel == "onednn":
         if not onednn_available():
             raise KernelUnavailable("this torch build has no oneDNN linear (x86 CPU builds have it)")
@@ -152,12 +184,19 @@ def set_linear_kernel(model, kernel: str = "auto") -> str:
             use_onednn = _agrees(eligible[0])
             if not use_onednn:
                 log.warning("oneDNN's linear disagrees with torch's on this machine: keeping torch's kernel")
+    fast = InvariantOneDNNLinear if batch_invariant else OneDNNLinear
     for m in layers:
-        m.__class__ = OneDNNLinear if use_onednn and _eligible(m) else torch.nn.Linear
+        m.__class__ = fast if use_onednn and _eligible(m) else torch.nn.Linear
         m.__dict__.pop("_onednn_pack", None)  # packed again at the next forward (or freed)
     return ONEDNN if use_onednn else TORCH
 
 
 def linear_kernel_of(model) -> str:
     """The kernel the model's linear layers use now ("onednn" if any layer was switched)."""
-    return ONEDNN if any(type(m) is OneDNNLinear for m in model.modules()) else TORCH
+    return ONEDNN if any(isinstance(m, OneDNNLinear) for m in model.modules()) else TORCH
+
+
+def linears_batch_invariant(model) -> bool:
+    """Whether every linear layer of the model computes a row the same at any row count."""
+    layers = _linears(model)
+    return bool(layers) and all(type(m) is InvariantOneDNNLinear for m in layers)

@@ -210,6 +210,9 @@ class LoadedModel:
         from personadrift.generation.linear_kernels import linear_kernel_of
 
         out["linear_kernel"] = linear_kernel_of(self.model)
+        from personadrift.generation.batch_invariance import batch_invariant_of
+
+        out["batch_invariant"] = batch_invariant_of(self.model)
         return out
 
 
@@ -265,8 +268,9 @@ def verify_manifest(model_dir: str | Path) -> dict:
 
 
 def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
-    """Load a fetched model (after checking its files) with the spec's dtype, device map and
-    linear kernel (``generation/linear_kernels.py``)."""
+    """Load a fetched model (after checking its files) with the spec's dtype, device map,
+    linear kernel (``generation/linear_kernels.py``) and batch invariance
+    (``generation/batch_invariance.py``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -288,4 +292,12 @@ def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
         set_linear_kernel(model, spec.get("linear_kernel", "auto"))
     except KernelUnavailable as e:
         raise InputError("config", "model.linear_kernel", f"onednn: {e}; use auto or torch") from None
+    if spec.get("batch_invariant"):
+        from personadrift.generation.batch_invariance import set_batch_invariant
+
+        try:
+            set_batch_invariant(model, spec.get("linear_kernel", "auto"))
+        except KernelUnavailable as e:
+            raise InputError("config", "model.batch_invariant",
+                             f"{e} (batch invariance is for float32 on an x86 CPU); set it to false") from None
     return LoadedModel(model=model, tokenizer=tok, manifest=manifest)

@@ -1,0 +1,81 @@
+"""The cost of `model.batch_invariant`: the engine's speed with a batch-invariant forward against
+the ordinary one.
+
+The engine's seconds per conversation with the model as `batch_invariant: false` runs it (linear
+layers on the config's kernel, fused SDPA over the padded batch) and as `batch_invariant: true`
+runs it (oneDNN's packed matmul at every row count, attention row by row on each row's real keys
+and queries: generation/batch_invariance.py), in one process, the two alternated (ordinary,
+invariant, ordinary, ...: each invariant run between two ordinary runs, so a steady drift of the
+machine's speed cancels), at the workflow's thread count and schedule in the default config's
+shape, with the machine's 2048x2048 float32 matmul rate before and after.
+
+    python bench/batch_invariance.py [--model-dir resources/models/smollm2-135m-instruct] [--threads 1]
+
+The schedule is the throughput benchmark's (``selfchat_throughput.run_engine``). The two modes
+sample different texts (the ordinary forward's rows depend on their batch-mates in the last
+bits): this measures speed only; tests/test_batch_invariance.py checks the invariance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+
+def main() -> None:
+    from _common import add_model_args
+    from selfchat_throughput import add_shape_args
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(ap)
+    ap.add_argument("--conversations", type=int, default=None, help="batch height (default: the config's shard)")
+    ap.add_argument("--pairs", type=int, default=2, help="invariant runs, each between two ordinary runs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the workflow's model jobs: 1)")
+    add_shape_args(ap)
+    args = ap.parse_args()
+
+    import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
+    from _common import load, matmul_rate
+    from selfchat_throughput import TOPICS, default_selfchat, run_engine
+
+    from personadrift.generation.batch_invariance import batch_invariant_of, set_batch_invariant
+    from personadrift.generation.linear_kernels import linear_kernel_of
+
+    torch.set_num_threads(args.threads)
+    if args.pairs < 1:
+        raise SystemExit("--pairs must be at least 1")
+    n = args.conversations or int(default_selfchat()["shard_size"])
+    plain, tok, name = load(args, layers=4, hidden=256, heads=8, kv_heads=2)
+    invariant = copy.deepcopy(plain)
+    set_batch_invariant(invariant, args.linear_kernel)
+    models = {"ordinary": plain, "invariant": invariant}
+    convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
+
+    def per_conversation(mode: str) -> float:
+        t = time.perf_counter()
+        run_engine(models[mode], tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
+        return (time.perf_counter() - t) / n
+
+    for m in models.values():
+        run_engine(m, tok, TOPICS[:2], 1, 4, 1, 4)  # warm-up
+    rate = matmul_rate(2048, 2048, 2048)
+    print(f"model {name}, {args.threads} thread(s), {n} conversations, {args.rounds} rounds, "
+          f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; "
+          f"ordinary: linear kernel {linear_kernel_of(plain)}, batch-invariant {batch_invariant_of(plain)}; "
+          f"invariant: linear kernel {linear_kernel_of(invariant)}, batch-invariant {batch_invariant_of(invariant)}; "
+          f"matmul {rate:.1f} GFLOP/s before")
+    runs: dict[str, list[float]] = {"ordinary": [], "invariant": []}
+    for mode in ["ordinary"] + ["invariant", "ordinary"] * args.pairs:
+        runs[mode].append(per_conversation(mode))
+        print(f"{mode}: {runs[mode][-1]:.4g} s per conversation", flush=True)
+    print(f"matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s after")
+    pairs = [(runs["ordinary"][i] + runs["ordinary"][i + 1]) / 2 / b for i, b in enumerate(runs["invariant"])]
+    ref, b = statistics.mean(runs["ordinary"]), statistics.mean(runs["invariant"])
+    print(f"invariant against ordinary: {ref / b:.2f}x the speed per conversation "
+          f"(means {b:.4g} s and {ref:.4g} s; pairs {', '.join(f'{p:.2f}x' for p in pairs)})")
+
+
+if __name__ == "__main__":
+    main()

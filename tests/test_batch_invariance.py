@@ -1,0 +1,226 @@
+"""A batch-invariant forward (``model.batch_invariant``): a row's logits are bitwise the same, and
+its sampled tokens identical, alone and beside any batch-mates, on a real model forward pass."""
+
+import pytest
+import torch
+
+from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.generation.engine import HFEngine
+from personadrift.generation.linear_kernels import onednn_available
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="batch invariance needs oneDNN's linear (x86 CPU)")
+
+BATCH_SIZES = (1, 2, 5, 7, 12, 36, 48)
+FLAT = "Hi."
+LONG = "Always answer in French, s'il vous plait, and tell me everything about Paris. " * 2
+SAMPLINGS = {
+    "protocol": Sampling(temperature=1.0, top_p=0.9, max_new_tokens=8),
+    "hot": Sampling(temperature=1.5, top_p=0.95, max_new_tokens=8),
+}
+# the engine tests split the batch sizes between the two samplings (the forward test runs all)
+ENGINE_SIZES = {"protocol": (1, 2, 12, 48), "hot": (1, 5, 7, 36)}
+INTERVENTIONS = {
+    "none": Intervention(),
+    "split": Intervention(split_k=0.5),
+    "guidance": Intervention(guidance_scale=1.5),
+}
+
+
+@pytest.fixture(scope="module")
+def invariant_tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personadrift.generation.batch_invariance import batch_invariant_of, set_batch_invariant
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    assert set_batch_invariant(model) == "onednn" and batch_invariant_of(model)
+    return model, tok
+
+
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def mates(n: int) -> list[str]:
+    """``n`` batch-mates, alternately longer (the row is left-padded) and shorter than the row."""
+    return [(LONG if i % 2 == 0 else FLAT) + f" ({i})" for i in range(n)]
+
+
+def forward_logits(model, tok, prompts: list[str], steps: int = 5, row: int = 0) -> torch.Tensor:
+    """The logits of ``prompts[row]`` after its prompt and after each of ``steps`` fed tokens,
+    all prompts left-padded into one batch sharing a KV cache (as the engine runs them)."""
+    from transformers import DynamicCache
+
+    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    width, n = max(map(len, ids)), len(ids)
+    x = torch.full((n, width), tok.pad_token_id)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, t in enumerate(ids):
+        x[i, width - len(t):] = torch.tensor(t)
+        mask[i, width - len(t):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache, out = DynamicCache(), []
+    with torch.inference_mode():
+        o = model(input_ids=x, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+        out.append(o.logits[row, -1].clone())
+        nxt = positions[:, -1:] + 1
+        for s in range(steps):
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], 1)
+            o = model(input_ids=torch.full((n, 1), 5 + s), attention_mask=mask, position_ids=nxt,
+                      past_key_values=cache, use_cache=True)
+            nxt = nxt + 1
+            out.append(o.logits[row, -1].clone())
+    return torch.stack(out)
+
+
+def test_linear_row_is_the_same_at_every_row_count_and_position(invariant_tiny):
+    from personadrift.generation.linear_kernels import InvariantOneDNNLinear
+
+    model, _ = invariant_tiny
+    g = torch.Generator().manual_seed(0)
+    layers = {tuple(m.weight.shape): m for m in model.modules() if type(m) is InvariantOneDNNLinear}
+    assert len(layers) >= 3  # attention, MLP and the lm_head's shapes
+    for layer in layers.values():
+        xs = torch.randn(64, layer.in_features, generator=g)
+        with torch.inference_mode():
+            alone = torch.cat([layer(xs[i : i + 1]) for i in range(64)])
+            for rows in (2, 3, 5, 7, 12, 36, 48, 64):
+                start = int(torch.randint(0, 64 - rows + 1, (1,), generator=g))
+                assert torch.equal(layer(xs[start : start + rows]), alone[start : start + rows]), (layer, rows)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_forward_logits_are_bitwise_the_same_alone_and_in_any_batch(invariant_tiny, threads):
+    model, tok = invariant_tiny
+    row = "You love tennis. What is your hobby?"
+    alone = forward_logits(model, tok, [row])
+    for size in BATCH_SIZES[1:]:
+        for where in (0, size - 1):  # first and last in the batch
+            prompts = mates(size - 1)
+            prompts.insert(where, row)
+            got = forward_logits(model, tok, prompts, row=where)
+            assert torch.equal(got, alone), (size, where, float((got - alone).abs().max()))
+    # beside flat mates only (the row is the longest: no padding) and long ones only (padded)
+    assert torch.equal(forward_logits(model, tok, [row] + [FLAT] * 6), alone)
+    assert torch.equal(forward_logits(model, tok, [row] + [LONG] * 6), alone)
+
+
+def convo(text: str, i: int) -> list[dict]:
+    return [{"role": "system", "content": ["You love tennis.", "You are a pirate; talk like one."][i % 2]},
+            {"role": "user", "content": text}]
+
+
+def request(text: str, i: int, guided: bool) -> GenRequest:
+    msgs = convo(text, i)
+    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=msgs[1:] if guided else None)
+
+
+def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_SIZES):
+    """The row's replies and first-token log-probabilities alone, and in each batch size."""
+    guided = intervention.guidance_scale is not None
+    row = request("What is your hobby?", 0, guided)
+    alone_eng = HFEngine(*lm, sampling=sampling, intervention=intervention)
+    alone = alone_eng.complete([row])[0][0].text
+    alone_lp = alone_eng.next_token_logprobs([row])[0]
+    for size in sizes[1:]:
+        reqs = [request(t, i + 1, guided) for i, t in enumerate(mates(size - 1))]
+        where = size // 2
+        reqs.insert(where, row)
+        eng = HFEngine(*lm, sampling=sampling, intervention=intervention)
+        assert eng.complete(reqs)[where][0].text == alone, size
+        assert torch.equal(eng.next_token_logprobs(reqs)[where], alone_lp), size
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=str)
+@pytest.mark.parametrize("intervention", INTERVENTIONS, ids=str)
+def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervention, sampling):
+    engine_case(invariant_tiny, INTERVENTIONS[intervention], SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
+
+
+def test_engine_row_is_the_same_on_two_threads(invariant_tiny):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine_case(invariant_tiny, INTERVENTIONS["split"], SAMPLINGS["hot"], sizes=(1, 7, 12))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_split_softmax_rows_are_split_softmax(invariant_tiny, tiny_model_dir):
+    """The row-by-row wrapper changes where rows are computed, not what: its split-softmax
+    log-probabilities match the batched split-softmax attention's within float32 rounding, and
+    differ from the plain model's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    reqs = [request(t, i, False) for i, t in enumerate(["What is your hobby?"] + mates(4))]
+    split = Intervention(split_k=0.25)
+    inv = HFEngine(*invariant_tiny, intervention=split).next_token_logprobs(reqs)
+    ref = HFEngine(plain, tok, intervention=split).next_token_logprobs(reqs)
+    off = HFEngine(plain, tok).next_token_logprobs(reqs)
+    assert torch.allclose(inv, ref, atol=1e-4)
+    assert not torch.allclose(inv, off, atol=1e-3)
+
+
+def test_resume_reencoding_measured(invariant_tiny):
+    """After a resume a conversation's history is encoded in one forward, where the uninterrupted
+    run built its cache turn by turn and token by token: other query counts, so other kernel
+    splits in attention. Not promised bitwise; the difference stays at float32 rounding."""
+    lm = invariant_tiny
+    s = Sampling(max_new_tokens=10)
+    live = HFEngine(*lm, sampling=s)
+    reqs = [request("What is your hobby?", i, False) for i in range(3)]
+    first = live.generate(reqs)
+    follow = [GenRequest(r.messages + [{"role": "assistant", "content": t[0]}, {"role": "user", "content": "Tell me more."}],
+                         seed=9, key=r.key) for r, t in zip(reqs, first)]
+    cached = live.next_token_logprobs(follow)
+    fresh = HFEngine(*lm, sampling=s).next_token_logprobs(follow)
+    assert torch.allclose(cached, fresh, atol=1e-4)
+
+
+def test_config_key_loads_records_and_refuses_torch_kernel(tiny_model_dir, tmp_path):
+    from personadrift.errors import InputError
+    from personadrift.generation.models import fetch_model, load_model
+
+    dest = tmp_path / "m"
+    fetch_model({"name": "tiny", "source": "tiny"}, dest)
+    on = load_model(dest, {"batch_invariant": True})
+    assert on.identity["batch_invariant"] is True and on.identity["linear_kernel"] == "onednn"
+    assert on.model.config._attn_implementation == "batch_invariant"
+    off = load_model(dest, {"linear_kernel": "onednn"})
+    assert off.identity["batch_invariant"] is False and off.identity["linear_kernel"] == "onednn"
+    # a checkpoint made with one forward is not resumed with the other (same kernel name in both)
+    from personadrift.generation.selfchat import generation_fingerprint
+    from personadrift.interventions.settings import expand_settings
+
+    setting = expand_settings({"none": {"method": "none"}})[0]
+    config = {"selfchat": {"turns": 2}, "seed": 0, "backend": "hf"}
+    fp = [generation_fingerprint(config, setting, {"model": lm.identity}) for lm in (on, off)]
+    assert fp[0] != fp[1]
+    with pytest.raises(InputError, match="model.batch_invariant"):
+        load_model(dest, {"batch_invariant": True, "linear_kernel": "torch"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_embedded_model_rows_are_bitwise_the_same_alone_and_in_batches(embedded_model_dir, threads):
+    from personadrift.generation.models import load_model
+
+    lm = load_model(embedded_model_dir, {"batch_invariant": True})
+    model, tok = lm.model, lm.tokenizer
+    row = "<|im_start|>user\nWhat is your hobby?<|im_end|>\n<|im_start|>assistant\n"
+    alone = forward_logits(model, tok, [row], steps=3)
+    for size in (2, 7, 12):
+        prompts = mates(size - 1)
+        prompts.insert(1 % size, row)
+        assert torch.equal(forward_logits(model, tok, prompts, steps=3, row=1 % size), alone), size
+    for name in ("none", "split", "guidance"):
+        engine_case((model, tok), INTERVENTIONS[name], Sampling(temperature=1.5, top_p=0.95, max_new_tokens=16),
+                    sizes=(1, 2, 7))
