@@ -46,8 +46,8 @@ from _common import add_model_args, load, matmul_rate  # noqa: E402  (bench/ is 
 from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.chat import ChatFormat
 from personadrift.generation.dialog import agent_messages, probe_messages, user_messages
-from personadrift.generation.engine import HFEngine
 from personadrift.generation.linear_kernels import set_linear_kernel
+from personadrift.runtime.factory import engine_on
 
 AGENT = "You love playing tennis and bring it up whenever you can."
 USER = "You are a curious traveller who always asks about food."
@@ -102,8 +102,8 @@ class Run:
 def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_engine=False, texts=None, top_k=0):
     """The workflow's schedule (``ShardRun.run``): a round's probes share a call with the next
     round's user turn; agent turns run alone. Every reply is appended to ``texts`` if given."""
-    eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens, top_k=top_k),
-                   max_batch=256)
+    eng = engine_on(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens, top_k=top_k),
+                    max_batch=256)
     hist = [[t] for t in convs]
     replies = texts if texts is not None else []
     probes: list[GenRequest] = []

@@ -18,7 +18,8 @@ from personadrift.generation.openai_backend import (
     cache_key,
 )
 from personadrift.generation.selfchat import persona_record
-from personadrift.runtime.serve import ChatApp, FaultPlan, build_app
+from personadrift.runtime.serve import ChatApp, build_app
+from support.faults import FaultPlan
 from personadrift.seeding import derive_seed
 from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard

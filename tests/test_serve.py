@@ -17,7 +17,11 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.dialog import without_system
 from personadrift.generation.engine import HFEngine
-from personadrift.runtime.serve import FaultPlan, build_app, parse_layers
+from personadrift.interventions.layers import parse_layers_flag
+from personadrift.interventions.settings import settings_from_flags
+from personadrift.runtime.factory import combined_intervention
+from personadrift.runtime.serve import build_app
+from support.faults import FaultPlan
 
 SYSTEM = "You love playing tennis and bring it up whenever you can."
 
@@ -176,21 +180,26 @@ def test_faults_are_answered_like_a_real_api(plain):
 
 def test_split_softmax_and_guidance_servers(tiny_model_dir, tiny_model):
     model, tok = sharp_model(tiny_model_dir)
-    iv = Intervention(split_k=0.5)
+    split = settings_from_flags({"--split-k": 0.5})
+    iv = combined_intervention(split)
+    assert iv == Intervention(split_k=0.5)
     sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=8)
     reqs = [GenRequest(msgs(i), seed=i, persist=False, intervene=True) for i in range(6)]
     plain = [t[0] for t in HFEngine(*sharp_model(tiny_model_dir), sampling=sampling).generate(reqs)]
     body = {"temperature": 1.0, "top_p": 0.9, "max_tokens": 8}
-    with build_app(HFEngine(model, tok, intervention=iv), model_name="tiny-ss")("127.0.0.1", 0).start() as srv:
+    with build_app(HFEngine(model, tok, intervention=iv), model_name="tiny-ss",
+                   settings=split)("127.0.0.1", 0).start() as srv:
         served = [post(srv.url, {**body, "messages": r.messages, "seed": r.seed})[1]["choices"][0]["message"]["content"]
                   for r in reqs]
     direct = [t[0] for t in HFEngine(model, tok, sampling=sampling, intervention=iv).generate(reqs)]
     assert served == direct
     assert served != plain  # the intervention changes some replies
 
-    g = Intervention(guidance_scale=2.0)
+    guidance = settings_from_flags({"--guidance-scale": 2.0})
+    g = combined_intervention(guidance)
     model, tok = tiny_model
-    with build_app(HFEngine(model, tok, intervention=g), model_name="tiny-cfg")("127.0.0.1", 0).start() as srv:
+    with build_app(HFEngine(model, tok, intervention=g), model_name="tiny-cfg",
+                   settings=guidance)("127.0.0.1", 0).start() as srv:
         served = [post(srv.url, {**body, "messages": r.messages, "seed": r.seed})[1]["choices"][0]["message"]["content"]
                   for r in reqs]
     guided = [GenRequest(r.messages, seed=r.seed, persist=False, intervene=True,
@@ -199,7 +208,26 @@ def test_split_softmax_and_guidance_servers(tiny_model_dir, tiny_model):
 
 
 def test_parse_layers():
-    assert parse_layers("all") == "all" and parse_layers("0,1") == [0, 1] and parse_layers("1:4") == [1, 2, 3]
+    assert parse_layers_flag("all") == "all" and parse_layers_flag("0,1") == [0, 1]
+    assert parse_layers_flag("1:4") == [1, 2, 3]
+
+
+def test_an_app_refuses_an_engine_whose_intervention_is_not_its_settings(tiny_model):
+    """The settings decide which requests are intervened on; the engine must apply exactly theirs."""
+    model, tok = tiny_model
+    with pytest.raises(ValueError, match="not the settings'"):
+        build_app(HFEngine(model, tok, intervention=Intervention(split_k=0.5)), model_name="tiny")
+
+
+def test_bad_method_flags_name_the_flag():
+    from personadrift.errors import InputError
+
+    with pytest.raises(InputError, match=r"--split-k: .*1"):
+        settings_from_flags({"--split-k": 1.5})
+    with pytest.raises(InputError, match=r"--guidance-scale: .*1"):
+        settings_from_flags({"--guidance-scale": 0.5})
+    with pytest.raises(InputError, match=r"--split-layers: .*no layer"):
+        settings_from_flags({"--split-k": 0.5, "--split-layers": []})
 
 
 def test_command_line_serves_the_tiny_model_with_split_softmax(tmp_path):
@@ -229,13 +257,16 @@ def test_command_line_serves_the_tiny_model_with_split_softmax(tmp_path):
 def test_serve_flags_are_the_registered_methods_with_the_configured_negative_branch():
     """--split-k / --guidance-scale / --guidance-negative build the same settings the workflow
     uses; the guidance branch follows the configured mode (it was ignored before)."""
-    from personadrift.runtime.serve import combined_intervention, flag_settings
+    from personadrift.runtime.serve import build_parser, method_flags
 
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    settings = flag_settings(split_k=0.5, split_layers=[0], guidance_scale=2.0, negative="empty_system")
-    assert [s.method for s in settings] == ["split_softmax", "cfg"]
+    args = build_parser().parse_args(["--tiny", "--split-k", "0.5", "--split-layers", "0", "--guidance-scale", "2",
+                                      "--guidance-negative", "empty_system"])
+    settings = settings_from_flags(method_flags(args))
+    assert sorted(s.method for s in settings) == ["cfg", "split_softmax"]
     iv = combined_intervention(settings)
     assert (iv.split_k, iv.split_layers, iv.guidance_scale) == (0.5, [0], 2.0)
-    assert settings[1].negative_messages(msgs) == [{"role": "system", "content": ""}, msgs[1]]
-    assert flag_settings(guidance_scale=1.5)[0].negative_messages(msgs) == msgs[1:]
-    assert flag_settings() == []
+    guided = next(s for s in settings if s.method == "cfg")
+    assert guided.negative_messages(msgs) == [{"role": "system", "content": ""}, msgs[1]]
+    assert settings_from_flags({"--guidance-scale": 1.5})[0].negative_messages(msgs) == msgs[1:]
+    assert settings_from_flags(method_flags(build_parser().parse_args(["--tiny"]))) == []

@@ -126,40 +126,46 @@ def validate_config(config: dict, path: str | Path = "config") -> dict:
 
 def _check_interventions(config: dict, path) -> None:
     """Each entry against its method's own keys; grids that keep every point; unique names."""
-    from personadrift.interventions import METHODS
-    from personadrift.interventions.base import EntryError
-    from personadrift.interventions.settings import check_family
-
     ivs = config["interventions"]
     base = ivs.get("none")
     if not isinstance(base, dict) or base.get("method") != "none" or base.get("user_persona", True) is not True:
         raise InputError(path, "interventions.none", "the baseline entry none: {method: none} is required")
     made: dict[str, str] = {}
     for family, entry in ivs.items():
-        where = f"interventions.{family}"
-        method = entry["method"]
-        if method not in METHODS:
-            raise InputError(path, f"{where}.method", f"{short_repr(method)} is not one of {sorted(METHODS)}")
-        impl = METHODS[method]
-        cls = _strict_validator(jsonschema.validators.validator_for(impl.entry_schema()))
-        err = _first_error(cls(impl.entry_schema()), copy.deepcopy(entry))
-        if err and err.validator == "required":
-            missing = err.message.split("'")[1]
-            raise InputError(path, f"{where}.{missing}", f"required by method {method}")
-        if err and err.validator == "additionalProperties" and not err.absolute_path:
-            extra = sorted(map(str, set(entry) - set(impl.entry_schema()["properties"])))[0]
-            raise InputError(path, f"{where}.{extra}", f"not a key of method {method} "
-                             f"(its keys: {', '.join(sorted(impl.entry_schema()['properties']))})")
-        if err:
-            raise InputError(path, field_path(err, where), describe(err))
-        try:
-            settings = check_family(family, entry)
-        except EntryError as e:
-            raise InputError(path, f"{where}.{e.key}", e.problem) from None
-        for s in settings:
+        for s in check_entry(path, family, entry):
             if s.name in made:
-                raise InputError(path, where, f"setting name {s.name!r} is also made by interventions.{made[s.name]}")
+                raise InputError(path, f"interventions.{family}",
+                                 f"setting name {s.name!r} is also made by interventions.{made[s.name]}")
             made[s.name] = family
+
+
+def check_entry(path, family: str, entry: dict) -> list:
+    """One ``interventions.<family>`` entry against its method's own keys and checks; its
+    settings. (``serve`` checks the entries its flags make with this too.)"""
+    from personadrift.interventions import METHODS
+    from personadrift.interventions.base import EntryError
+    from personadrift.interventions.settings import check_family
+
+    where = f"interventions.{family}"
+    method = entry["method"]
+    if method not in METHODS:
+        raise InputError(path, f"{where}.method", f"{short_repr(method)} is not one of {sorted(METHODS)}")
+    impl = METHODS[method]
+    cls = _strict_validator(jsonschema.validators.validator_for(impl.entry_schema()))
+    err = _first_error(cls(impl.entry_schema()), copy.deepcopy(entry))
+    if err and err.validator == "required":
+        missing = err.message.split("'")[1]
+        raise InputError(path, f"{where}.{missing}", f"required by method {method}")
+    if err and err.validator == "additionalProperties" and not err.absolute_path:
+        extra = sorted(map(str, set(entry) - set(impl.entry_schema()["properties"])))[0]
+        raise InputError(path, f"{where}.{extra}", f"not a key of method {method} "
+                         f"(its keys: {', '.join(sorted(impl.entry_schema()['properties']))})")
+    if err:
+        raise InputError(path, field_path(err, where), describe(err))
+    try:
+        return check_family(family, entry)
+    except EntryError as e:
+        raise InputError(path, f"{where}.{e.key}", e.problem) from None
 
 
 def _check_cross_fields(config: dict, path) -> None:

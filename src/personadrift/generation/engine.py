@@ -105,8 +105,11 @@ class HFEngine:
         intervention: Intervention = Intervention(),
         max_batch: int = 64,
         progress: bool = False,
+        identity: dict | None = None,
     ):
         self.model = model
+        # provenance of what generated (weights, chat template); runtime/factory.py fills it
+        self.identity = identity or {}
         self.tokenizer = tokenizer
         self.chat = chat or ChatFormat(tokenizer)
         self.sampling = sampling

@@ -3,13 +3,18 @@
 A method owns everything about itself: the config key that holds its grid, how a grid value
 is written in a setting's name, whether it needs the model's internals (so cannot run behind an
 HTTP API), the engine settings of a setting (:class:`~personadrift.generation.api.Intervention`),
-its repetition of the system prompt, its guidance negative branch, and which requests it acts
-on (phase ``"dialog"``, ``"probe"`` or ``"mmlu"``). The workflow, the self-chat, MMLU, ``serve``
+its repetition of the system prompt, its guidance negative branch, which requests it acts on
+(phase ``"dialog"``, ``"probe"`` or ``"mmlu"``), how many sequences one sampled reply costs
+(scheduling and ``serve``'s batches), whether a single-turn prompt is left as the baseline runs
+it, whether a setting is a control (no MMLU, no row in the trade-off), its colour and label in
+the figures, and its ``personadrift serve`` flags. The workflow, the self-chat, MMLU, ``serve``
 and the figures ask the method; nothing else compares method names.
 
 Adding a method = one new module in this package that subclasses :class:`Method` and is
-decorated with :func:`register` (see ``split_softmax.py``), plus its tests; the config schema's
-intervention entry lists its keys.
+decorated with :func:`register` (see ``split_softmax.py``; the module is imported in
+``__init__.py``), plus its tests. Its entry keys are the method's own (:meth:`Method.entry_schema`).
+A method defined outside the package is registered by naming its module in the environment
+variable ``PERSONADRIFT_METHODS`` (comma-separated; the tests' toy method uses this).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ class Method:
     # MMLU question) exactly as the baseline runs it, so its MMLU scores are the baseline's and
     # the workflow copies them rather than scoring the same prompts again.
     single_turn_as_baseline: ClassVar[bool] = False
+    color: ClassVar[str | None] = None  # figure colour; None: the next spare colour
+    # ``personadrift serve`` flags: {flag: (entry key, argparse keywords)}. The first flag holds
+    # the grid value and switches the method on; the others set its options.
+    serve_flags: ClassVar[dict] = {}
 
     # ------------------------------------------------------------------ config
     def entry_schema(self) -> dict:
@@ -97,6 +106,16 @@ class Method:
     def user_persona(self, setting: Setting) -> bool:
         """Whether the user bot gets its persona (False only in the length-only control)."""
         return True
+
+    def rows_per_sample(self, setting: Setting) -> int:
+        """Sequences decoded per sampled reply of an intervened request (guidance: two, the
+        conditional and the unconditional branch): batch sizes and job priorities use it."""
+        return 1
+
+    def is_control(self, setting: Setting) -> bool:
+        """A control setting: it has a self-chat and drift tables, but no MMLU job and no row
+        in the mitigation trade-off (it controls for drift, it does not mitigate it)."""
+        return False
 
 
 METHODS: dict[str, Method] = {}

@@ -11,6 +11,7 @@ from personadrift.interventions.base import Method, applies_to, register
 class Guidance(Method):
     name = "cfg"
     label = "classifier-free guidance"
+    color = "#d62728"
     grid_key = "guidance_scale"
     short = "g"
     needs_internals = True
@@ -23,6 +24,14 @@ class Guidance(Method):
                      "description": "The unconditional branch: the messages without system messages (a "
                                     "template may insert its default one), or with an empty system message."},
     }
+    serve_flags = {
+        "--guidance-scale": ("guidance_scale", {"type": float, "help": "classifier-free guidance scale g >= 1 "
+                                                "(the unconditional branch: --guidance-negative)"}),
+        "--guidance-negative": ("negative", {"choices": ["no_system", "empty_system"], "default": "no_system",
+                                             "help": "guidance's unconditional branch: the messages without system "
+                                                     "messages, or with an empty one (as interventions.<name>.negative "
+                                                     "in the config)"}),
+    }
 
     def intervention(self, setting):
         return Intervention(guidance_scale=float(setting.value))
@@ -34,3 +43,6 @@ class Guidance(Method):
 
     def intervenes(self, setting, phase):
         return applies_to(setting, phase)
+
+    def rows_per_sample(self, setting):
+        return 2  # the conditional and the unconditional branch

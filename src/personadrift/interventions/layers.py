@@ -50,3 +50,20 @@ def check_layers_depth(spec, n_layers: int, key: str = "layers") -> None:
     past = [i for i in idx if i >= n_layers]
     if past:
         raise EntryError(key, f"layer {past[0]} does not exist: the model has {n_layers} layers (0..{n_layers - 1})")
+
+
+def parse_layers_flag(text: str):
+    """A command-line layer set (``all``, ``0,2,5`` or ``start:stop``) as "all" or a list of
+    indices (``personadrift serve --split-layers``)."""
+    import argparse
+
+    text = text.strip()
+    if text in ("", "all"):
+        return "all"
+    try:
+        if ":" in text:
+            a, b = text.split(":", 1)
+            return list(range(int(a), int(b)))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, a comma list or start:stop, got {text!r}") from None

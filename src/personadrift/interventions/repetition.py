@@ -10,6 +10,7 @@ from personadrift.interventions.base import Method, register
 class PromptRepetition(Method):
     name = "repetition"
     label = "prompt repetition"
+    color = "#2ca02c"
     grid_key = "every"
     short = "every"
     grid_item = {"type": "integer", "minimum": 1}

@@ -57,6 +57,15 @@ class Setting:
         """Whether a request of ``phase`` ("dialog", "probe", "mmlu") gets the engine intervention."""
         return self.impl.intervenes(self, phase_name(phase))
 
+    def rows_per_sample(self) -> int:
+        """Sequences decoded per sampled reply when intervened (guidance: two)."""
+        return self.impl.rows_per_sample(self)
+
+    @property
+    def is_control(self) -> bool:
+        """A control (e.g. the length-only control): no MMLU job, no row in the trade-off."""
+        return self.impl.is_control(self)
+
     def backend_for(self, study_backend: str) -> str:
         return self.backend or study_backend
 
@@ -102,14 +111,37 @@ def setting_by_name(interventions: dict, name: str) -> Setting:
 
 
 def is_control(setting: Setting) -> bool:
-    """A no-intervention setting other than the baseline (e.g. the length-only control): it has
-    a self-chat and drift tables, but no MMLU job and no row in the mitigation trade-off."""
-    return setting.method == "none" and setting.name != "none"
+    """Whether ``setting`` is a control (its method says: ``Method.is_control``)."""
+    return setting.is_control
 
 
 def mitigation_settings(interventions: dict) -> list[Setting]:
     """The baseline and every intervention setting (controls excluded)."""
-    return [s for s in expand_settings(interventions) if not is_control(s)]
+    return [s for s in expand_settings(interventions) if not s.is_control]
+
+
+def settings_from_flags(values: dict) -> list[Setting]:
+    """The settings ``personadrift serve``'s method flags ask for: ``values`` maps each flag of
+    a method's ``serve_flags`` to its value (None: not given). A method is on when its first
+    flag is given; its entry is checked as a config entry would be, and an error names the flag."""
+    from personadrift.config import check_entry
+    from personadrift.errors import InputError
+
+    out = []
+    for impl in METHODS.values():
+        flags = list(impl.serve_flags.items())
+        if not flags or values.get(flags[0][0]) is None:
+            continue
+        (grid_flag, (grid_key, _)), *rest = flags
+        entry = {"method": impl.name, grid_key: [values[grid_flag]]}
+        entry.update({key: values[flag] for flag, (key, _) in rest if values.get(flag) is not None})
+        try:
+            out += check_entry("(command line)", impl.name, entry)
+        except InputError as e:
+            key = (e.field or "").split(".")[2].split("[")[0] if (e.field or "").count(".") >= 2 else grid_key
+            flag = next((f for f, (k, _) in flags if k == key), grid_flag)
+            raise InputError("(command line)", flag, e.problem) from None
+    return out
 
 
 def mmlu_from_baseline(setting: Setting) -> bool:

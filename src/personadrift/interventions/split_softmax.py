@@ -9,6 +9,7 @@ from personadrift.interventions.layers import (
     check_layers_depth,
     layer_indices,
     layers_problem,
+    parse_layers_flag,
 )
 
 
@@ -16,6 +17,7 @@ from personadrift.interventions.layers import (
 class SplitSoftmax(Method):
     name = "split_softmax"
     label = "split-softmax"
+    color = "#1f77b4"
     grid_key = "k"
     short = "k"
     needs_internals = True
@@ -25,6 +27,11 @@ class SplitSoftmax(Method):
         "layers": {"default": "all", "description": 'Layers: "all", a list of indices, or {start, stop} (stop exclusive).'},
         "apply_to": {"enum": ["dialog", "probes", "both"], "default": "both",
                      "description": "Agent generations the method applies to (MMLU: always)."},
+    }
+    serve_flags = {
+        "--split-k": ("k", {"type": float, "help": "split-softmax exponent k in (0, 1] (off by default)"}),
+        "--split-layers": ("layers", {"type": parse_layers_flag, "default": "all",
+                                      "help": "split-softmax layers: all, 0,1,2 or start:stop"}),
     }
 
     def check(self, family, entry):

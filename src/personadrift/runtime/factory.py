@@ -1,7 +1,13 @@
-"""The one engine factory: the configured backend, built from a config and a fetched model."""
+"""The one engine factory: the configured backend, built from a config and a fetched model.
+
+The workflow's steps (:func:`make_engine`), ``personadrift serve`` (:func:`hf_engine`) and the
+benchmarks (:func:`engine_on`, :func:`hf_engine_for`) all build engines here, so an engine's identity (weights, chat template,
+whether the system prompt is folded) is written in one place.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from personadrift.errors import InputError
@@ -15,6 +21,72 @@ def sampling_from(config: dict):
     sc = config.get("selfchat", {})
     keys = ("temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens")
     return Sampling(**{k: sc[k] for k in keys if k in sc and k in Sampling.__dataclass_fields__})
+
+
+def combined_intervention(settings: Sequence):
+    """One engine intervention from the settings' own: each setting sets the fields its method
+    uses (split-softmax and guidance can run together in ``serve``)."""
+    import dataclasses
+
+    from personadrift.generation.api import Intervention
+
+    out = Intervention()
+    default = Intervention()
+    for st in settings:
+        iv = st.engine_intervention()
+        changed = {f.name: getattr(iv, f.name) for f in dataclasses.fields(iv)
+                   if getattr(iv, f.name) != getattr(default, f.name)}
+        out = dataclasses.replace(out, **changed)
+    return out
+
+
+def hf_engine(model_dir: str | Path, model_config: dict, *, settings: Sequence = (), sampling=None,
+              intervention=None, max_batch: int | None = None, progress: bool = False,
+              threads: int | None = None, where: str = "config"):
+    """An :class:`~personadrift.generation.engine.HFEngine` on a fetched model folder, with the
+    engine intervention of ``settings`` (or ``intervention`` as given) and its identity.
+
+    ``model_config``: the config's ``model`` section (``dtype``, ``fold_system_prompt``,
+    ``max_batch``; the others are the fetch's).
+    """
+    import torch
+
+    from personadrift.generation.models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    lm = load_model(model_dir, model_config)
+    return engine_on(lm.model, lm.tokenizer, model_config, model_identity=lm.identity, settings=settings,
+                     sampling=sampling, intervention=intervention, max_batch=max_batch, progress=progress,
+                     where=where)
+
+
+def engine_on(model, tokenizer, model_config: dict | None = None, *, model_identity: dict | None = None,
+              settings: Sequence = (), sampling=None, intervention=None, max_batch: int | None = None,
+              progress: bool = False, where: str = "config"):
+    """An HFEngine on a model already loaded (the benchmarks build several engines on one).
+
+    A setting whose layers are past the model's depth is an error here, at job start, before
+    any generation; ``where`` is the file such an error names.
+    """
+    from personadrift.generation.api import Sampling
+    from personadrift.generation.chat import ChatFormat
+    from personadrift.generation.engine import HFEngine
+    from personadrift.interventions.base import EntryError
+
+    model_config = model_config or {}
+    for setting in settings:
+        try:
+            setting.impl.check_depth(setting, model.config.num_hidden_layers)
+        except EntryError as e:
+            raise InputError(where, f"interventions.{setting.family}.{e.key}", e.problem) from None
+    chat = ChatFormat(tokenizer, fold=model_config.get("fold_system_prompt"))
+    identity = {**(model_identity or {}), "chat_template_sha256": chat.template_sha256,
+                "system_prompt_folded": chat.fold}
+    return HFEngine(model, tokenizer, chat=chat, sampling=sampling or Sampling(),
+                    intervention=intervention if intervention is not None else combined_intervention(settings),
+                    max_batch=max_batch or model_config.get("max_batch", 16), progress=progress,
+                    identity=identity)
 
 
 def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: int | None = None,
@@ -42,25 +114,9 @@ def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: i
 def hf_engine_for(lm, config: dict, setting=None, *, progress: bool = True):
     """The HF engine of ``setting`` on a loaded model (``models.load_model``): the depth check,
     the chat format, sampling, intervention and ``model.max_batch`` of ``config``."""
-    from personadrift.generation.api import Intervention
-    from personadrift.generation.chat import ChatFormat
-    from personadrift.generation.engine import HFEngine
-
-    sampling = sampling_from(config)
-    if setting is not None:  # at job start, before any generation: a layer past the model's depth is an error
-        from personadrift.interventions.base import EntryError
-
-        try:
-            setting.impl.check_depth(setting, lm.model.config.num_hidden_layers)
-        except EntryError as e:
-            raise InputError("config", f"interventions.{setting.family}.{e.key}", e.problem) from None
-    intervention = setting.engine_intervention() if setting else Intervention()
-    chat = ChatFormat(lm.tokenizer, fold=config["model"].get("fold_system_prompt"))
-    engine = HFEngine(lm.model, lm.tokenizer, chat=chat, sampling=sampling,
-                      intervention=intervention, max_batch=config["model"]["max_batch"], progress=progress)
-    engine.identity = {**lm.identity, "chat_template_sha256": chat.template_sha256,
-                       "system_prompt_folded": chat.fold}
-    return engine
+    return engine_on(lm.model, lm.tokenizer, config["model"], model_identity=lm.identity,
+                     settings=[setting] if setting is not None else [], sampling=sampling_from(config),
+                     max_batch=config["model"]["max_batch"], progress=progress)
 
 
 def model_identity(engine) -> dict:

@@ -1,10 +1,11 @@
 """``personadrift serve``: an OpenAI-compatible chat-completions server over a local HF model.
 
 Any model the workflow fetched (``--model-dir``) or the tiny test model (``--tiny``) is served
-through :class:`~personadrift.generation.engine.HFEngine`, with an optional drift intervention applied to
-every request: split-softmax (``--split-k``, ``--split-layers``) and/or classifier-free
-guidance (``--guidance-scale``; the unconditional branch is the same messages without their
-system messages). Any OpenAI client, and the workflow's ``backend: openai``, can then use it.
+through :class:`~personadrift.generation.engine.HFEngine` (built by ``runtime/factory.py``), with
+optional drift interventions applied to every request: each registered method's own flags
+(``Method.serve_flags``: split-softmax ``--split-k``, ``--split-layers``; classifier-free guidance
+``--guidance-scale``, ``--guidance-negative``) make settings exactly as a config entry would. Any
+OpenAI client, and the workflow's ``backend: openai``, can then use it.
 
 Endpoints: ``POST /v1/chat/completions`` (non-streaming; ``messages``, ``temperature``,
 ``top_p``, ``max_tokens``/``max_completion_tokens``, ``n``, ``seed``), ``GET /v1/models``,
@@ -27,8 +28,9 @@ the model and runs queued requests that share sampling parameters as one batched
 call (at most ``max_batch`` sequences), holding the app's lock around every model/tokenizer
 use. Requests are independent: nothing is kept between them.
 
-Fault injection for tests: :class:`FaultPlan` (Python API only, not on the command line)
-makes chosen requests, by arrival order, answer 429 or 5xx or stall past the client's timeout.
+Tests inject faults through ``ChatApp.faults`` (an object whose ``take()`` returns a
+:class:`Fault` or None per request; ``tests/support/faults.py``): chosen requests answer 429 or
+5xx or stall past the client's timeout. Nothing on the command line sets it.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from personadrift.errors import InputError, PersonaDriftError
-from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.errors import PersonaDriftError
+from personadrift.generation.api import GenRequest, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -59,53 +61,6 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_N = 128
 _ROLES = {"system", "user", "assistant", "developer"}  # developer = system (newer OpenAI clients)
 _UNSUPPORTED = ("stream", "tools", "functions", "logprobs", "stop")
-
-
-# ------------------------------------------------------------------ fault injection
-@dataclass
-class FaultPlan:
-    """Faults for chosen ``POST /v1/chat/completions`` requests, by arrival order (0-based).
-
-    The plan counts the requests it sees itself, so request 0 is the first one after the plan
-    was given to the app (``app.faults = plan`` works on a running server).
-
-    Kinds: ``"429"``, ``"500"``, ``"503"`` (answered with that status and an OpenAI-style
-    error body, without touching the model) and ``"timeout"`` (the handler stalls ``stall_s``
-    seconds, then drops the connection: set ``stall_s`` above the client's timeout).
-    ``default`` applies to every request not named in ``faults`` (e.g. ``"500"`` forever, to
-    exhaust a client's retries). ``retry_after_ms`` adds that header to 429/5xx answers.
-    """
-
-    faults: dict[int, str] = field(default_factory=dict)
-    default: str | None = None
-    stall_s: float = 2.0
-    retry_after_ms: int | None = None
-    _seen: int = field(default=0, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
-
-    KINDS = ("429", "500", "503", "timeout")
-
-    def __post_init__(self):
-        for kind in [*self.faults.values(), self.default]:
-            if kind is not None and kind not in self.KINDS:
-                raise ValueError(f"unknown fault {kind!r} (known: {', '.join(self.KINDS)})")
-
-    @classmethod
-    def first(cls, n: int, kind: str, **kw) -> FaultPlan:
-        """The first ``n`` requests get ``kind``."""
-        return cls({i: kind for i in range(n)}, **kw)
-
-    @classmethod
-    def sequence(cls, kinds: list[str | None], **kw) -> FaultPlan:
-        """Request ``i`` gets ``kinds[i]`` (None = served normally); later requests are served."""
-        return cls({i: k for i, k in enumerate(kinds) if k is not None}, **kw)
-
-    def take(self) -> str | None:
-        """The fault for the next request (None = serve it normally)."""
-        with self._lock:
-            k = self._seen
-            self._seen += 1
-        return self.faults.get(k, self.default)
 
 
 # ------------------------------------------------------------------ the app
@@ -119,6 +74,17 @@ class RequestError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An injected answer to one request (tests): ``error`` with ``headers``, after stalling
+    ``stall_s`` seconds (then the connection is dropped); ``outcome`` is logged in ``events``."""
+
+    outcome: str
+    error: RequestError
+    headers: dict | None = None
+    stall_s: float = 0.0
 
 
 @dataclass
@@ -151,24 +117,29 @@ class ChatApp:
     read, so no API key is ever recorded.
     """
 
-    def __init__(self, engine, *, model_name: str, faults: FaultPlan | None = None, max_batch: int | None = None,
+    def __init__(self, engine, *, model_name: str, faults=None, max_batch: int | None = None,
                  default_max_tokens: int = 256, max_tokens_limit: int = 8192, settings: list | None = None):
+        from personadrift.runtime.factory import combined_intervention
+
         self.engine = engine
         self.model_name = model_name
-        self.faults = faults
+        self.faults = faults  # tests only: take() -> Fault | None per chat request
         self.max_batch = max_batch or getattr(engine, "max_batch", 16)
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit
-        iv: Intervention = getattr(engine, "intervention", Intervention())
-        # the registered methods decide which requests they act on and the guidance branch
-        self.settings = settings if settings is not None else flag_settings(
-            split_k=iv.split_k, split_layers=iv.split_layers, guidance_scale=iv.guidance_scale)
+        # the registered methods decide which requests they act on, the guidance branch and
+        # the rows a request costs; the engine must carry exactly their intervention
+        self.settings = list(settings or [])
+        want = combined_intervention(self.settings)
+        if getattr(engine, "intervention", want) != want:
+            raise ValueError(f"the engine's intervention {engine.intervention} is not the settings' {want} "
+                             "(build the engine with runtime.factory.hf_engine(settings=...))")
         self.intervene = any(st.intervenes("dialog") for st in self.settings)
-        self.guided = iv.guidance_scale is not None
+        self.rows_per_sample = max((st.rows_per_sample() for st in self.settings), default=1)
         self.lock = threading.Lock()  # one model: every engine/tokenizer use holds it
         self.created = int(time.time())
         self.fingerprint = "pd-" + hashlib.sha256(json.dumps(
-            {"model": model_name, "split_k": iv.split_k, "layers": iv.split_layers, "g": iv.guidance_scale},
+            {"model": model_name, "settings": [st.describe() for st in self.settings]},
             sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.events: list[dict] = []
         self.batches = 0  # engine calls made
@@ -245,7 +216,7 @@ class ChatApp:
         return None
 
     def rows(self, job: _Job) -> int:
-        return job.n * (2 if self.guided else 1)
+        return job.n * self.rows_per_sample
 
     def run_batch(self, jobs: list[_Job]) -> None:
         """Generate for ``jobs`` (same sampling group, any budgets) in one engine call; fills each job."""
@@ -482,11 +453,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if isinstance(body, dict):
             event.update(seed=body.get("seed"), n=body.get("n"))
-        plan = app.faults
-        fault = plan.take() if plan is not None else None
+        fault = app.faults.take() if app.faults is not None else None
         if fault is not None:
-            app.record(**event, outcome=fault)
-            self._fault(fault, plan)
+            app.record(**event, outcome=fault.outcome)
+            if fault.stall_s:
+                time.sleep(fault.stall_s)  # the client has given up by now
+                self.close_connection = True
+            self._error(fault.error, fault.headers)
             return
         try:
             job = app.parse(body)
@@ -527,19 +500,6 @@ class _Handler(BaseHTTPRequestHandler):
             return json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
-
-    def _fault(self, kind: str, plan: FaultPlan) -> None:
-        if kind == "timeout":
-            time.sleep(plan.stall_s)  # the client has given up by now
-            self.close_connection = True
-            self._error(RequestError(504, "injected stall", kind="server_error"))
-            return
-        headers = {"retry-after-ms": str(plan.retry_after_ms)} if plan.retry_after_ms is not None else None
-        if kind == "429":
-            err = RequestError(429, "injected rate limit", kind="rate_limit_error", code="rate_limit_exceeded")
-        else:
-            err = RequestError(int(kind), f"injected server error {kind}", kind="server_error")
-        self._error(err, headers)
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -587,7 +547,7 @@ class ChatServer(ThreadingHTTPServer):
         self.close()
 
 
-def build_app(engine, *, model_name: str, faults: FaultPlan | None = None, max_batch: int | None = None,
+def build_app(engine, *, model_name: str, faults=None, max_batch: int | None = None,
               default_max_tokens: int = 256, settings: list | None = None) -> ChatApp:
     """The server factory: ``build_app(engine, model_name="m")(host, port).start()``."""
     return ChatApp(engine, model_name=model_name, faults=faults, max_batch=max_batch,
@@ -609,77 +569,11 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, *, model_name: str 
         server.server_close()
 
 
-# ------------------------------------------------------------------ engines and CLI
-def flag_settings(*, split_k: float | None = None, split_layers="all", guidance_scale: float | None = None,
-                  negative: str = "no_system") -> list:
-    """The server's intervention flags as settings of the registered methods (the objects the
-    workflow uses), so the server applies them exactly as a self-chat does."""
-    from personadrift.interventions.settings import expand_family
+# ------------------------------------------------------------------ command line
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """``personadrift serve``'s arguments; each registered method adds its own flags."""
+    from personadrift.interventions import METHODS
 
-    out = []
-    if split_k is not None:
-        out += expand_family("split", {"method": "split_softmax", "k": [split_k], "layers": split_layers})
-    if guidance_scale is not None:
-        out += expand_family("guidance", {"method": "cfg", "guidance_scale": [guidance_scale], "negative": negative})
-    return out
-
-
-def combined_intervention(settings: list) -> Intervention:
-    """One engine intervention from the settings' own (split-softmax and guidance can combine)."""
-    import dataclasses
-
-    out = Intervention()
-    for st in settings:
-        iv = st.engine_intervention()
-        if iv.split_k is not None:
-            out = dataclasses.replace(out, split_k=iv.split_k, split_layers=iv.split_layers)
-        if iv.guidance_scale is not None:
-            out = dataclasses.replace(out, guidance_scale=iv.guidance_scale)
-    return out
-
-
-def parse_layers(text: str):
-    """``all``, ``0,2,5`` or ``start:stop`` as "all" or a list of layer indices."""
-    text = text.strip()
-    if text in ("", "all"):
-        return "all"
-    try:
-        if ":" in text:
-            a, b = text.split(":", 1)
-            return list(range(int(a), int(b)))
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InputError("--split-layers", None, f"expected all, a comma list or start:stop, got {text!r}") from None
-
-
-def load_engine(model_dir, *, split_k: float | None = None, split_layers="all", guidance_scale: float | None = None,
-                max_batch: int = 16, dtype: str = "float32", fold_system_prompt: bool | None = None,
-                negative: str = "no_system"):
-    """An HFEngine on a fetched model folder (``manifest.json`` + weights) with an intervention.
-
-    ``fold_system_prompt``: None folds only if the chat template has no system role.
-    """
-    from personadrift.generation.chat import ChatFormat
-    from personadrift.generation.engine import HFEngine
-    from personadrift.generation.models import load_model
-
-    if split_k is not None and not 0 < split_k <= 1:
-        raise InputError("--split-k", None, f"must be in (0, 1], got {split_k}")
-    if guidance_scale is not None and guidance_scale < 1:
-        raise InputError("--guidance-scale", None, f"must be at least 1, got {guidance_scale}")
-    lm = load_model(model_dir, {"dtype": dtype})
-    chat = ChatFormat(lm.tokenizer, fold=fold_system_prompt)
-    settings = flag_settings(split_k=split_k, split_layers=split_layers, guidance_scale=guidance_scale,
-                             negative=negative)
-    iv = combined_intervention(settings)
-    engine = HFEngine(lm.model, lm.tokenizer, chat=chat, intervention=iv, max_batch=max_batch)
-    engine.identity = {**lm.identity, "chat_template_sha256": chat.template_sha256, "system_prompt_folded": chat.fold}
-    engine.settings = settings
-    return engine, lm.manifest.get("name") or "model"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="personadrift serve", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-dir", help="a model folder fetched by the workflow (manifest.json + weights)")
     src.add_argument("--tiny", action="store_true", help="serve the tiny random-weight test model (built in a temp dir)")
@@ -687,49 +581,63 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto", "bfloat16_if_native"])
     ap.add_argument("--fold-system-prompt", choices=["auto", "yes", "no"], default="auto",
                     help="fold the system prompt into the first user turn (auto: only if the template has no system role)")
-    ap.add_argument("--split-k", type=float, default=None, help="split-softmax exponent k in (0, 1] (off by default)")
-    ap.add_argument("--split-layers", default="all", help="split-softmax layers: all, 0,1,2 or start:stop")
-    ap.add_argument("--guidance-scale", type=float, default=None,
-                    help="classifier-free guidance scale g >= 1 (the unconditional branch: --guidance-negative)")
-    ap.add_argument("--guidance-negative", choices=["no_system", "empty_system"], default="no_system",
-                    help="guidance's unconditional branch: the messages without system messages, or with an empty one "
-                         "(as interventions.<name>.negative in the config)")
+    for impl in METHODS.values():
+        for flag, (_, kwargs) in impl.serve_flags.items():
+            ap.add_argument(flag, **{"default": None, **kwargs})
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     ap.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together")
     ap.add_argument("--max-tokens", type=int, default=256, help="max_tokens of requests that give none")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def method_flags(args: argparse.Namespace) -> dict:
+    """The registered methods' flags as given: flag -> value (None if not given)."""
+    from personadrift.interventions import METHODS
+
+    return {flag: getattr(args, flag.lstrip("-").replace("-", "_"), None)
+            for impl in METHODS.values() for flag in impl.serve_flags}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="personadrift serve", description=__doc__.splitlines()[0])
+    add_arguments(ap)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(args: argparse.Namespace) -> None:
+    """Serve the model ``args`` names until interrupted (SIGTERM included)."""
+    from personadrift.interventions.settings import settings_from_flags
+    from personadrift.runtime.factory import hf_engine
+
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    settings = settings_from_flags(method_flags(args))
     try:
         with tempfile.TemporaryDirectory(prefix="personadrift-tiny-") as tmp:
-            if args.threads:
-                import torch
-
-                torch.set_num_threads(args.threads)
             model_dir = args.model_dir
             if args.tiny:
                 from personadrift.generation.models import fetch_model
 
                 fetch_model({"name": "tiny", "source": "tiny"}, tmp)
                 model_dir = tmp
-            engine, name = load_engine(model_dir, split_k=args.split_k, split_layers=parse_layers(args.split_layers),
-                                       guidance_scale=args.guidance_scale, max_batch=args.max_batch,
-                                       negative=args.guidance_negative,
-                                       dtype=args.dtype,
-                                       fold_system_prompt={"auto": None, "yes": True, "no": False}[args.fold_system_prompt])
-            serve(engine, args.host, args.port, model_name=args.model_name or name,
-                  max_batch=args.max_batch, default_max_tokens=args.max_tokens, settings=engine.settings)
+            fold = {"auto": None, "yes": True, "no": False}[args.fold_system_prompt]
+            engine = hf_engine(model_dir, {"dtype": args.dtype, "fold_system_prompt": fold}, settings=settings,
+                               max_batch=args.max_batch, threads=args.threads, where="(command line)")
+            name = args.model_name or engine.identity.get("name") or "model"
+            serve(engine, args.host, args.port, model_name=name, max_batch=args.max_batch,
+                  default_max_tokens=args.max_tokens, settings=settings)
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
     except PersonaDriftError as exc:
         print(f"personadrift serve: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
