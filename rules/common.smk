@@ -17,7 +17,6 @@ try:
     from personadrift.generation.selfchat import n_shards
     from personadrift.interventions.settings import (
         expand_settings,
-        is_control,
         mitigation_settings,
         mmlu_from_baseline,
     )
@@ -69,10 +68,9 @@ def one_of(names):
 
 
 SETTINGS = [s.name for s in expand_settings(config["interventions"])]
-# the baseline and the interventions; controls (e.g. the length-only control) have a
-# self-chat and drift tables but no MMLU job and no row in the trade-off
+# the baseline and the interventions; controls: Method.is_control
 MITIGATION = [s.name for s in mitigation_settings(config["interventions"])]
-CONTROLS = [s.name for s in expand_settings(config["interventions"]) if is_control(s)]
+CONTROLS = [s.name for s in expand_settings(config["interventions"]) if s.is_control]
 # MMLU: scored by a model job, or the baseline's scores (a method that leaves single-turn
 # prompts unchanged, e.g. repetition; rules/mitigation.smk)
 MMLU_COPIED = [
@@ -176,16 +174,15 @@ def model_resources():
 
 # Scheduling on few cores: Snakemake starts the highest-priority ready job whenever a core
 # frees up. Calibration gates every self-chat (the persona pool), so it goes first; then the
-# self-chats, longest first (a guided setting samples two rows per reply); MMLU and the small
+# self-chats, longest first (more rows per sampled reply: Method.rows_per_sample); MMLU and the small
 # table and figure jobs fill the gaps. Without this, on 2 cores the MMLU jobs ran first and a
 # core idled for about a minute while calibration ran alone.
 PRIORITY_POOL = 20
 
 
 def selfchat_priority(wildcards):
-    """Guided settings (two rows per sample, the longest self-chats) before the others."""
-    s = setting_named(wildcards.setting)
-    return 11 if s.engine_intervention().guidance_scale is not None else 10
+    """Settings decoding more rows per sampled reply (the longest self-chats) first."""
+    return 9 + setting_named(wildcards.setting).rows_per_sample()
 
 
 def transcripts(setting):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jsonschema
 
+from personadrift.command import Command, add_config_arguments
 from personadrift.errors import InputError
 from personadrift.names import NAME_RULE, name_problem, short_repr, short_text
 from personadrift.yamlio import read_yaml
@@ -140,8 +141,7 @@ def _check_interventions(config: dict, path) -> None:
 
 
 def check_entry(path, family: str, entry: dict) -> list:
-    """One ``interventions.<family>`` entry against its method's own keys and checks; its
-    settings. (``serve`` checks the entries its flags make with this too.)"""
+    """One ``interventions.<family>`` entry against its method's own keys and checks; its settings."""
     from personadrift.interventions import METHODS
     from personadrift.interventions.base import EntryError
     from personadrift.interventions.settings import check_family
@@ -410,3 +410,37 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 
 __all__ = ["NAME_RULE", "check_config", "load_config", "validate_config"]
+
+
+def config_from_args(args) -> dict:
+    """The config of a subcommand: ``--params`` (JSON, or ``@file``; the rules'), else
+    ``--config``, else ./config.yaml as Snakemake would use it."""
+    if args.params:
+        return json.loads(Path(args.params[1:]).read_text()) if args.params.startswith("@") else json.loads(args.params)
+    if args.config:
+        return load_config(args.config)
+    if Path("config.yaml").exists():  # the default study, as Snakemake would use it
+        return load_config("config.yaml")
+    raise InputError("(command line)", "--config", "no config given and no config.yaml here")
+
+
+def _validate(args) -> None:
+    """The workflow's own check (rules/common.smk calls the same check_config)."""
+    from personadrift.interventions.settings import expand_settings
+
+    if args.params:
+        config, source = config_from_args(args), "--params"
+    else:
+        source = args.config or "config.yaml"
+        if not args.config and not Path(source).exists():
+            raise InputError("(command line)", "--config", "no config given and no config.yaml here")
+        config = read_yaml(source)
+    personas, topics = check_config(config, source)
+    settings = [s.name for s in expand_settings(config["interventions"])]
+    print(f"ok: {len(personas)} personas, {len(topics)} topics, settings: {', '.join(settings)}")
+
+
+COMMANDS = [
+    Command("validate", "validate a config file and its persona files", _validate, add_config_arguments,
+            takes_config=False),
+]

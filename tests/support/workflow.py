@@ -12,9 +12,11 @@ BIN = Path(sys.executable).parent  # the venv the tests run in (snakemake, perso
 SMOKE = REPO / "configs" / "smoke.yaml"
 
 
-def snakemake(workdir, *args, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """``snakemake -s REPO/Snakefile --directory workdir ARGS`` with the venv's tools on PATH."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+def snakemake(workdir, *args, check: bool = True, timeout: float | None = None,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """``snakemake -s REPO/Snakefile --directory workdir ARGS`` with the venv's tools on PATH
+    (and ``env``'s variables on top of this process's)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir, timeout=timeout)
     if check and proc.returncode != 0:

@@ -43,6 +43,7 @@ import yaml
 from personadrift.benchmark.judges import JudgeSpecError, check_judge_args
 from personadrift.benchmark.judges.paper import DIFFERENCES
 from personadrift.benchmark.personas import CATEGORIES, load_personas
+from personadrift.command import Command
 from personadrift.errors import InputError
 
 #: sha256 of hundred_system_prompts.py at github likenneth/persona_drift commit e5b57b0.
@@ -714,20 +715,34 @@ def main(argv: list[str] | None = None) -> int:
     when some item was not imported or the structure differs, 2 on an input error.
     """
     ap = argparse.ArgumentParser(prog="personadrift-import-upstream", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    try:
+        return run(ap.parse_args(argv))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("source", type=Path, help="the paper's hundred_system_prompts.py (parsed, never executed)")
     ap.add_argument("--out", type=Path, default=Path("resources/personas/upstream"),
                     help="output directory (default: resources/personas/upstream)")
     ap.add_argument("--sha256", default=UPSTREAM_SHA256,
                     help="the sum the file must have (default: the released file's); 'any' accepts any file")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any item was not imported")
-    args = ap.parse_args(argv)
-    try:
-        report = convert(args.source, args.out, None if args.sha256 == "any" else args.sha256)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert; 1 with ``--strict`` when some item was not imported."""
+    report = convert(args.source, args.out, None if args.sha256 == "any" else args.sha256)
     print(report.summary())
     return 1 if (args.strict and not report.ok) else 0
+
+
+COMMANDS = [
+    Command("import-upstream", "convert the paper's hundred_system_prompts.py into persona YAML", run, add_arguments,
+            takes_config=False),
+]
 
 
 if __name__ == "__main__":

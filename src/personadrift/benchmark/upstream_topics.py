@@ -24,6 +24,7 @@ import yaml
 
 from personadrift.benchmark.personas import load_topics
 from personadrift.benchmark.upstream import const_str, sha256_of
+from personadrift.command import Command
 from personadrift.errors import InputError
 
 UTILS_URL = "https://raw.githubusercontent.com/likenneth/persona_drift/e5b57b0/utils.py"
@@ -123,17 +124,30 @@ def main(argv: list[str] | None = None) -> int:
     Exit status: 0 on success, 2 on an input error.
     """
     ap = argparse.ArgumentParser(prog="personadrift import-upstream-topics", description=__doc__.split("\n\n")[0])
-    ap.add_argument("source", type=Path, help="the paper's utils.py (parsed, never executed)")
-    ap.add_argument("--out", type=Path, required=True, help="output directory (topics.yaml is written there)")
-    ap.add_argument("--sha256", default=None, help=f"the sum the file must have ({SHA_KEY})")
-    args = ap.parse_args(argv)
+    add_arguments(ap)
     try:
-        report = convert_topics(args.source, args.out, args.sha256)
+        return run(ap.parse_args(argv))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("source", type=Path, help="the paper's utils.py (parsed, never executed)")
+    ap.add_argument("--out", type=Path, required=True, help="output directory (topics.yaml is written there)")
+    ap.add_argument("--sha256", default=None, help=f"the sum the file must have ({SHA_KEY})")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = convert_topics(args.source, args.out, args.sha256)
     print(report.summary())
     return 0
+
+
+COMMANDS = [
+    Command("import-upstream-topics", "convert the paper's utils.py opener topics into topics YAML", run,
+            add_arguments, takes_config=False),
+]
 
 
 if __name__ == "__main__":

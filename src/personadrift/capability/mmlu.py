@@ -584,8 +584,9 @@ class EngineScorer:
 
     def __init__(self, engine, *, intervene: bool = False,
                  negative: Callable[[list[dict]], list[dict]] | None = None,
-                 share_key: str | None = None, progress=None):
+                 share_key: str | None = None, rows_per_question: int = 1, progress=None):
         self.engine = engine
+        self.rows = rows_per_question  # sequences per intervened question (the setting's method says)
         self.intervene = intervene
         self.negative = negative
         self.key = share_key
@@ -609,9 +610,7 @@ class EngineScorer:
         self.engine.complete([req], max_new_tokens=1)
 
     def _rows_per_question(self) -> int:
-        guided = (self.intervene and self.negative is not None
-                  and self.engine.intervention.guidance_scale is not None)
-        return 2 if guided else 1
+        return self.rows if self.intervene else 1
 
     def _groups(self, convs: list[list[dict]]) -> list[list[int]]:
         lengths = [len(self.engine.chat.render(c).ids) for c in convs]

@@ -10,15 +10,19 @@ from personadrift.figures import figure
 from personadrift.figures.style import band, caption
 from personadrift.interventions import METHODS
 
-# colours of the methods the paper compares; a method added later takes the next free colour
-_COLORS = {"none": "#000000", "split_softmax": "#1f77b4", "repetition": "#2ca02c", "cfg": "#d62728"}
+# a method without its own colour (Method.color) takes the next spare one
 _SPARE = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+_GIVEN: dict[str, str] = {}
 
 
 def method_color(method: str) -> str:
-    if method not in _COLORS:
-        _COLORS[method] = _SPARE[(len(_COLORS) - 4) % len(_SPARE)]
-    return _COLORS[method]
+    """The registered method's own colour (interventions/<method>.py), else a spare one."""
+    own = METHODS[method].color if method in METHODS else None
+    if own:
+        return own
+    if method not in _GIVEN:
+        _GIVEN[method] = _SPARE[len(_GIVEN) % len(_SPARE)]
+    return _GIVEN[method]
 
 
 def method_label(method: str) -> str:
@@ -141,8 +145,10 @@ def tradeoff_stability_mmlu(tradeoff_csv: str):
     if len(sig):
         notes.append("MMLU differs from no intervention (Holm-adjusted over the settings) for: "
                      + ", ".join(_label(r) for _, r in sig.iterrows()) + ".")
-    if (t["method"] == "repetition").any():
-        notes.append("Repetition cannot act on a single-turn MMLU prompt, so its accuracy equals no intervention.")
+    for m in t["method"].unique():
+        if m in METHODS and METHODS[m].single_turn_as_baseline:
+            notes.append(f"{m.capitalize()} cannot act on a single-turn MMLU prompt, so its "
+                         "accuracy equals no intervention.")
     caption(fig, "Stability gained against capability kept: each curve is one method across its grid (labels: grid "
                  f"values), with {conf:.0%} intervals on both axes (stability, mean over rounds 1 and later: "
                  f"{describe(method, conf)}; MMLU: Wilson). " + " ".join(notes), width=100)

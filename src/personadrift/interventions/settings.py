@@ -110,11 +110,6 @@ def setting_by_name(interventions: dict, name: str) -> Setting:
     raise KeyError(f"no setting named {name!r}")
 
 
-def is_control(setting: Setting) -> bool:
-    """Whether ``setting`` is a control (its method says: ``Method.is_control``)."""
-    return setting.is_control
-
-
 def mitigation_settings(interventions: dict) -> list[Setting]:
     """The baseline and every intervention setting (controls excluded)."""
     return [s for s in expand_settings(interventions) if not s.is_control]
@@ -123,8 +118,10 @@ def mitigation_settings(interventions: dict) -> list[Setting]:
 def settings_from_flags(values: dict) -> list[Setting]:
     """The settings ``personadrift serve``'s method flags ask for: ``values`` maps each flag of
     a method's ``serve_flags`` to its value (None: not given). A method is on when its first
-    flag is given; its entry is checked as a config entry would be, and an error names the flag."""
-    from personadrift.config import check_entry
+    flag is given; its entry is checked against the method's schema and checks, as a config
+    entry is, and an error names the flag."""
+    import jsonschema
+
     from personadrift.errors import InputError
 
     out = []
@@ -133,14 +130,18 @@ def settings_from_flags(values: dict) -> list[Setting]:
         if not flags or values.get(flags[0][0]) is None:
             continue
         (grid_flag, (grid_key, _)), *rest = flags
+        flag_of = {key: flag for flag, (key, _) in flags}
         entry = {"method": impl.name, grid_key: [values[grid_flag]]}
         entry.update({key: values[flag] for flag, (key, _) in rest if values.get(flag) is not None})
+        schema = impl.entry_schema()
+        err = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(entry))
+        if err is not None:
+            key = str(err.absolute_path[0]) if err.absolute_path else grid_key
+            raise InputError("(command line)", flag_of.get(key, grid_flag), err.message)
         try:
-            out += check_entry("(command line)", impl.name, entry)
-        except InputError as e:
-            key = (e.field or "").split(".")[2].split("[")[0] if (e.field or "").count(".") >= 2 else grid_key
-            flag = next((f for f, (k, _) in flags if k == key), grid_flag)
-            raise InputError("(command line)", flag, e.problem) from None
+            out += check_family(impl.name, entry)
+        except EntryError as e:
+            raise InputError("(command line)", flag_of.get(e.key, grid_flag), e.problem) from None
     return out
 
 

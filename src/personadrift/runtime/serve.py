@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from personadrift.command import Command
 from personadrift.errors import PersonaDriftError
 from personadrift.generation.api import GenRequest, Sampling
 
@@ -630,7 +631,14 @@ def run(args: argparse.Namespace) -> None:
         pass
 
 
+COMMANDS = [
+    Command("serve", "OpenAI-compatible chat server over a model (+ intervention)", run, add_arguments,
+            takes_config=False),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m personadrift.runtime.serve`` (the same as ``personadrift serve``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from personadrift.command import Command, arg
 from personadrift.storage import atomic_write_json, read_json
 from personadrift.tables import read_table, write_table
 
@@ -56,3 +57,15 @@ def attention_vs_stability(config: dict, per_round_csv, scores_csv, out_csv, out
     write_table(joined, out_csv)
     assoc = within_conversation_association(joined, confidence=config["scoring"]["confidence"])
     atomic_write_json(out_json, {**assoc, "model": config["model"]["name"]})
+
+
+COMMANDS = [
+    Command("attention", "record system-prompt attention over stored conversations",
+            lambda config, a: attention(config, a.model_dir, a.transcripts, a.out, threads=a.threads),
+            (arg("--model-dir", required=True), arg("--out", required=True, help="output folder of attention tables"),
+             arg("transcripts", nargs="+"))),
+    Command("attention-vs-stability", "join per-round attention with stability",
+            lambda config, a: attention_vs_stability(config, a.attention, a.scores, a.out, a.correlation),
+            (arg("--attention", required=True, help="per_round.csv of the attention step"),
+             arg("--scores", required=True), arg("--out", required=True), arg("--correlation", required=True))),
+]

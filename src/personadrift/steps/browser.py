@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personadrift.command import Command, arg
 from personadrift.errors import InputError
 
 
@@ -30,3 +31,33 @@ def study_inputs(results_dir) -> dict:
     pool, cal = root / "personas.json", root / "tables" / "calibration_by_persona.csv"
     return {"transcript_dirs": transcripts, "score_csvs": sorted((root / "scores").glob("*.csv")),
             "pool_json": pool if pool.exists() else None, "calibration_csv": cal if cal.exists() else None}
+
+
+def _browser(config: dict, args) -> None:
+    import json
+
+    if args.results:
+        found = study_inputs(args.results)
+        config = config or {"study": Path(args.results).name}
+    elif args.transcripts:
+        found = {"transcript_dirs": args.transcripts, "score_csvs": args.scores, "pool_json": args.pool,
+                 "calibration_csv": args.calibration}
+    else:
+        raise InputError("(command line)", "--results", "give a results folder or transcript folders")
+    out = args.out or (Path(args.results) / "browser" if args.results else None)
+    if out is None:
+        raise InputError("(command line)", "--out", "the output folder is needed with explicit transcript folders")
+    summary = browser(config, found["transcript_dirs"], found["score_csvs"], out, pool_json=found["pool_json"],
+                      calibration_csv=found["calibration_csv"])
+    print(f"browser: {Path(out) / 'index.html'} ({json.dumps(summary)})")
+
+
+COMMANDS = [
+    Command("browser", "static transcript and judge browser of a study (open its index.html)", _browser,
+            (arg("--results", help="a study's results folder: finds transcripts, scores, pool and calibration"),
+             arg("--scores", nargs="*", default=[], help="score tables (CSV), one per setting"),
+             arg("--pool", help="persona pool JSON (personas kept and dropped)"),
+             arg("--calibration", help="per-persona calibration summary (CSV)"),
+             arg("--out", help="output folder (default: <results>/browser)"),
+             arg("transcripts", nargs="*", help="transcript folders")), takes_config="optional"),
+]

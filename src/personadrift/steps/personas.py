@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from personadrift.benchmark.personas import load_pool
+from personadrift.command import Command, arg
 from personadrift.errors import InputError
 from personadrift.provenance import provenance
 from personadrift.runtime.factory import make_engine, model_identity
@@ -104,3 +105,14 @@ class _PoolPersona:
 
     def __init__(self, d: dict):
         self.__dict__.update({k: d[k] for k in ("id", "category", "system_prompt", "probe", "judge", "judge_args")})
+
+
+COMMANDS = [
+    Command("calibrate", "round-0 adherence of every persona",
+            lambda config, a: calibrate(config, a.model_dir, a.out, threads=a.threads),
+            (arg("--model-dir", required=True), arg("--out", required=True))),
+    Command("select-personas", "the study's persona pool from the calibration",
+            lambda config, a: select_personas(config, a.calibration, a.out, a.summary),
+            (arg("--calibration", required=True), arg("--out", required=True),
+             arg("--summary", help="per-persona calibration table (CSV)"))),
+]

@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from personadrift.command import Command, arg
 from personadrift.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -122,3 +123,23 @@ def robustness(config: dict, config_path: str | None, *, cores: int, snakefile, 
     print("\n".join(summary_lines(table)))
     print(f"robustness: {out} ({len(table)} claims, {len(manifests)} seeds)")
     return out
+
+
+def _robustness(config: dict, args) -> None:
+    from personadrift.config import REPO_ROOT, validate_config
+
+    if args.seeds:
+        config["robustness"]["seeds"] = args.seeds
+        validate_config(config, args.config or "config.yaml")  # the seeds given obey the key's rules
+    snakefile = args.snakefile or ("Snakefile" if Path("Snakefile").exists() else REPO_ROOT / "Snakefile")
+    robustness(config, args.config, cores=args.cores, snakefile=snakefile, out=args.out, run=not args.no_run)
+
+
+COMMANDS = [
+    Command("robustness", "rerun the study under robustness.seeds; each claim's share of seeds", _robustness,
+            (arg("--cores", type=int, default=2, help="Snakemake --cores of each seed's run"),
+             arg("--seeds", type=int, nargs="+", help="seeds (default: the config's robustness.seeds)"),
+             arg("--out", help="claims table (default: results/<study>-robustness/claims.csv)"),
+             arg("--snakefile", help="the workflow (default: ./Snakefile, else the package's checkout)"),
+             arg("--no-run", action="store_true", help="only tabulate the seeds' manifests already there"))),
+]

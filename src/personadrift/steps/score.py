@@ -6,6 +6,7 @@ import logging
 
 import pandas as pd
 
+from personadrift.command import Command, arg
 from personadrift.storage import atomic_write_json, read_json
 from personadrift.tables import read_table, write_table
 
@@ -65,3 +66,16 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
         "judge_error_treatment": TREATMENT_SUFFIX[JUDGE_ERROR_TREATMENT],
     }
     atomic_write_json(out_study, study)
+
+
+COMMANDS = [
+    Command("score", "judge every probe answer into a tidy table",
+            lambda config, a: score(config, a.transcripts, a.out),
+            (arg("--out", required=True), arg("transcripts", nargs="+", help="transcript folders"))),
+    Command("tables", "drift per round, the drift claims, judge errors, study summary",
+            lambda config, a: drift_tables(config, a.scores, a.pool, a.by_round, a.change, a.study,
+                                           out_errors=a.judge_errors),
+            (arg("--pool", required=True), arg("--by-round", required=True), arg("--change", required=True),
+             arg("--judge-errors", required=True, help="judge errors per setting, probe kind and persona (CSV)"),
+             arg("--study", required=True), arg("scores", nargs="+"))),
+]

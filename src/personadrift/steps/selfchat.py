@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personadrift.command import Command, arg
 from personadrift.errors import InputError
 from personadrift.numerics import record as numerics_record
 from personadrift.provenance import provenance
@@ -40,3 +41,15 @@ def selfchat_shard(config: dict, *, setting_name: str, shard: int, model_dir, po
     run = ShardRun(engine, config=config, setting=setting, plans=plans,
                    checkpoint_dir=Path(checkpoint_dir), provenance=prov)
     write_outputs(run.run(), out_dir)
+
+
+COMMANDS = [
+    Command("selfchat", "run one shard of self-chats under one setting",
+            lambda config, a: selfchat_shard(config, setting_name=a.setting, shard=a.shard, model_dir=a.model_dir,
+                                             pool_json=a.pool, out_dir=a.out, checkpoint_dir=a.checkpoints,
+                                             threads=a.threads),
+            (arg("--setting", default="none"), arg("--shard", type=int, default=0), arg("--model-dir", required=True),
+             arg("--pool", required=True, help="persona pool JSON from select-personas"),
+             arg("--out", required=True, help="output folder of conv-*.json"),
+             arg("--checkpoints", required=True, help="folder of per-round checkpoints"))),
+]

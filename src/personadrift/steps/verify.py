@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from personadrift.command import Command, arg
 from personadrift.errors import InputError
 from personadrift.provenance import provenance
 from personadrift.storage import atomic_write_text
@@ -436,3 +437,25 @@ def _departure(setting, conv, exp_entry, got_entry, got_rec, exp_rec, tokens: To
     extra = [label for label in got_events if label not in {lbl for _, lbl, _ in exp_events}]
     where = f"{extra[0]} (not in the expected run)" if extra else "the dialog's or probes' other fields"
     return Departure(setting, conv, where, "extra text", differing, total)
+
+
+def _verify(args) -> int:
+    """Print the comparison; exit status 1 when the run departs (2 stays bad input)."""
+    report = compare(args.expected, args.results)
+    print("\n".join(report.lines()))
+    return 0 if report.identical else 1
+
+
+COMMANDS = [
+    Command("study-manifest", "fingerprint a study's outputs: transcripts, tables, claims",
+            lambda a: write_manifest(a.results, a.out, a.files or None, study=a.study),
+            (arg("--results", required=True, help="the study's results folder (results/<study>)"),
+             arg("--out", required=True, help="manifest JSON (results/<study>/manifest.json)"),
+             arg("--study", help="study name (default: the results folder's name)"),
+             arg("files", nargs="*", help="output files to fingerprint (default: every table of the folder)")),
+            takes_config=False),
+    Command("verify", "compare a run's outputs with an expected manifest (or another run)", _verify,
+            (arg("--expected", required=True, help="a manifest JSON, or another run's results folder"),
+             arg("--results", required=True, help="the run's results folder (results/<study>)")),
+            takes_config=False),
+]

@@ -1,0 +1,56 @@
+"""A ``personadrift`` subcommand, declared beside the code it runs.
+
+Each module that owns a subcommand lists it in its ``COMMANDS`` (``steps/<stage>.py`` for the
+workflow's steps, ``config.py`` for ``validate``, ``runtime/serve.py``, the importers in
+``benchmark/``): its name, help, arguments and the function called. ``cli.py`` only collects
+them, so adding a step touches its rule file and its step module.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def arg(*flags: str, **kwargs) -> tuple:
+    """One ``add_argument`` call: ``arg("--out", required=True)``."""
+    return flags, kwargs
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config`` | ``--params``, ``--threads``, and Snakemake's attempt (runtime/attempts.py)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", help="config YAML (validated against src/personadrift/schemas/config.schema.yaml)")
+    g.add_argument("--params", help="validated config sections as JSON (used by the Snakemake rules)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number of this job (1, 2, ...)")
+    p.add_argument("--no-retry-note", default=None,
+                   help="file where an error a retry cannot fix is noted; a later attempt that finds it fails at "
+                        "once with the same message (runtime/attempts.py)")
+
+
+@dataclass(frozen=True)
+class Command:
+    """``run(config, args)`` (``takes_config``: the command reads ``--config``/``--params`` and
+    ``--threads``; ``"optional"``: config is None unless one is given) or ``run(args)``; an
+    int it returns is the exit status (anything else: 0). ``arguments``: the :func:`arg` calls, or a function that
+    adds them to the subparser."""
+
+    name: str
+    help: str
+    run: Callable
+    arguments: tuple | Callable[[argparse.ArgumentParser], None] = ()
+    takes_config: bool | str = True
+
+    def add_to(self, sub) -> argparse.ArgumentParser:
+        p = sub.add_parser(self.name, help=self.help, description=self.help)
+        if self.takes_config:
+            add_config_arguments(p)
+        if callable(self.arguments):
+            self.arguments(p)
+        else:
+            for flags, kwargs in self.arguments:
+                p.add_argument(*flags, **kwargs)
+        p.set_defaults(command=self)
+        return p
