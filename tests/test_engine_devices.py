@@ -87,7 +87,7 @@ def test_scoring_runs_across_devices_and_matches_one_device(tiny_model_dir, name
 
 @pytest.mark.parametrize("name", ["split", "guidance"])
 def test_mmlu_scoring_with_a_primed_prefix_runs_across_devices(tiny_model_dir, name):
-    from personadrift.capability.mmlu import EngineScorer, _conversation
+    from personadrift.capability.mmlu.scoring import EngineScorer, _conversation
 
     model, tok = load(tiny_model_dir)
     convs = [_conversation(SYSTEMS[0], f"Question {i}: what is {i} + 1? A) 1 B) 2 C) 3 D) {i + 1}") for i in range(3)]

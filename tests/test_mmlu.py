@@ -15,6 +15,7 @@ import pytest
 
 from personadrift.capability import mmlu
 from personadrift.capability.mmlu import Question
+from personadrift.capability.mmlu import scoring as mmlu_scoring
 from personadrift.errors import ChecksumError, InputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmlu"
@@ -230,7 +231,9 @@ def test_stratified_subset_is_the_same_in_another_process():
     out = subprocess.run(
         [sys.executable, "-c", code, str(Path(__file__).parent)],
         capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "12345",
-                                                          "PATH": "/usr/bin:/bin"},
+                                                          "PATH": "/usr/bin:/bin",
+                                                          # this checkout's package, not an installed one
+                                                          "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
     ).stdout
     assert json.loads(out) == PINNED_DRAW
 
@@ -466,6 +469,14 @@ def test_letter_token_ids_rejects_multi_token_letters():
 # --------------------------------------------------------------------------- engine scoring
 
 
+def hf_letter_logprobs(*args, **kwargs):
+    """The plain Hugging Face reference (imported here: the subprocess test imports this
+    module with the installed package, which need not have the reference's imports)."""
+    from support.mmlu_reference import hf_letter_logprobs as reference
+
+    return reference(*args, **kwargs)
+
+
 def _engine(model, tok, **kw):
     from personadrift.generation.engine import HFEngine
 
@@ -570,7 +581,7 @@ def test_engine_scorer_letters_one_forward_per_length_group_and_matches_plain_hf
               {"role": "user", "content": mmlu.format_prompt(q)}] for q in qs]
     groups = mmlu.length_chunks([len(engine.chat.render(c).ids) for c in convs], 64)
     assert 1 < len(groups) < 8 and engine.stats.forward_calls == len(groups)  # not one per 8 questions
-    reference = mmlu.hf_letter_logprobs(model, tok)(convs)
+    reference = hf_letter_logprobs(model, tok)(convs)
     got = torch.tensor(df[[f"logprob_{L}" for L in mmlu.LETTERS]].to_numpy())
     torch.testing.assert_close(got.float(), reference, atol=1e-4, rtol=0)
 
@@ -639,17 +650,17 @@ def test_hf_letter_logprobs_batched_equals_unbatched(tiny_model):
         + [{"role": "user", "content": mmlu.format_prompt(q)}]
         for i, q in enumerate(qs)
     ]
-    lengths = {len(mmlu._render_ids(tok, c)) for c in convs}
+    lengths = {len(mmlu_scoring._render_ids(tok, c)) for c in convs}
     assert len(lengths) > 1  # the batch really needs padding
 
-    score = mmlu.hf_letter_logprobs(model, tok)
+    score = hf_letter_logprobs(model, tok)
     batched = score(convs)
     assert batched.shape == (6, 4) and batched.dtype == torch.float32
     assert torch.isfinite(batched).all() and (batched < 0).all()
 
     letters = mmlu.letter_token_ids(tok)
     for conv, row in zip(convs, batched):
-        ids = torch.tensor([mmlu._render_ids(tok, conv)])
+        ids = torch.tensor([mmlu_scoring._render_ids(tok, conv)])
         with torch.inference_mode():
             logits = model(input_ids=ids).logits[0, -1].float()
         manual = torch.log_softmax(logits, dim=-1)[letters]
@@ -660,9 +671,9 @@ def test_hf_letter_logprobs_batched_equals_unbatched(tiny_model):
 
     def render(messages):
         seen.append(messages)
-        return mmlu._render_ids(tok, messages)
+        return mmlu_scoring._render_ids(tok, messages)
 
-    torch.testing.assert_close(mmlu.hf_letter_logprobs(model, tok, chat_render=render)(convs[:2]),
+    torch.testing.assert_close(hf_letter_logprobs(model, tok, chat_render=render)(convs[:2]),
                                batched[:2], atol=1e-5, rtol=0)
     assert seen == convs[:2]
 

@@ -38,7 +38,7 @@ def test_written_files_get_the_mode_open_would_give_under_the_umask(tmp_path):
 import io, os, stat, sys
 from pathlib import Path
 import pandas as pd
-from personadrift.capability.mmlu import _atomic_copy
+from personadrift.capability.mmlu.data import _atomic_copy
 from personadrift.storage import atomic_write_json
 from personadrift.tables import write_table
 out = Path(sys.argv[1])
