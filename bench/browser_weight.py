@@ -29,8 +29,10 @@ from pathlib import Path
 import pandas as pd
 
 from personadrift.browser import build_browser
-from personadrift.browser.headless import dump_dom, find_chromium
 from personadrift.storage import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' headless Chromium driver
+from support.headless import dump_dom, find_chromium  # noqa: E402
 
 WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or one had by "
          "word but not what all were we when your can said there use an each which she do how their if will up "

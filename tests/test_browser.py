@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support.headless import dump_dom, find_chromium, screenshot
 from support.workflow import REPO
 
 from personadrift.benchmark.scoring import score_records
 from personadrift.browser import build_browser
-from personadrift.browser.headless import dump_dom, find_chromium, screenshot
 from personadrift.errors import InputError
 from personadrift.storage import atomic_write_json
 from personadrift.tables import read_table, write_table

@@ -15,7 +15,6 @@ import pytest
 
 from personadrift.capability import mmlu
 from personadrift.capability.mmlu import Question
-from personadrift.capability.mmlu import scoring as mmlu_scoring
 from personadrift.errors import ChecksumError, InputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmlu"
@@ -469,6 +468,12 @@ def test_letter_token_ids_rejects_multi_token_letters():
 # --------------------------------------------------------------------------- engine scoring
 
 
+def render_ids(*args, **kwargs):
+    from support.mmlu_reference import render_ids as reference
+
+    return reference(*args, **kwargs)
+
+
 def hf_letter_logprobs(*args, **kwargs):
     """The plain Hugging Face reference (imported here: the subprocess test imports this
     module with the installed package, which need not have the reference's imports)."""
@@ -650,7 +655,7 @@ def test_hf_letter_logprobs_batched_equals_unbatched(tiny_model):
         + [{"role": "user", "content": mmlu.format_prompt(q)}]
         for i, q in enumerate(qs)
     ]
-    lengths = {len(mmlu_scoring._render_ids(tok, c)) for c in convs}
+    lengths = {len(render_ids(tok, c)) for c in convs}
     assert len(lengths) > 1  # the batch really needs padding
 
     score = hf_letter_logprobs(model, tok)
@@ -660,7 +665,7 @@ def test_hf_letter_logprobs_batched_equals_unbatched(tiny_model):
 
     letters = mmlu.letter_token_ids(tok)
     for conv, row in zip(convs, batched):
-        ids = torch.tensor([mmlu_scoring._render_ids(tok, conv)])
+        ids = torch.tensor([render_ids(tok, conv)])
         with torch.inference_mode():
             logits = model(input_ids=ids).logits[0, -1].float()
         manual = torch.log_softmax(logits, dim=-1)[letters]
@@ -671,7 +676,7 @@ def test_hf_letter_logprobs_batched_equals_unbatched(tiny_model):
 
     def render(messages):
         seen.append(messages)
-        return mmlu_scoring._render_ids(tok, messages)
+        return render_ids(tok, messages)
 
     torch.testing.assert_close(hf_letter_logprobs(model, tok, chat_render=render)(convs[:2]),
                                batched[:2], atol=1e-5, rtol=0)

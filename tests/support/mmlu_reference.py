@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from personadrift.capability.mmlu.scoring import _render_ids, letter_token_ids
+from personadrift.capability.mmlu.scoring import letter_token_ids
+
+
+def render_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The conversation through the tokenizer's own chat template, with the generation prompt."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # The template writes any BOS itself, so the tokenizer must not add one again.
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def hf_letter_logprobs(
@@ -26,7 +33,7 @@ def hf_letter_logprobs(
     """
     import torch
 
-    render = chat_render or (lambda messages: _render_ids(tokenizer, messages))
+    render = chat_render or (lambda messages: render_ids(tokenizer, messages))
     ids_ad = torch.tensor(list(letter_ids) if letter_ids is not None else letter_token_ids(tokenizer))
     if ids_ad.shape != (4,):
         raise ValueError(f"letter_ids must be 4 token ids, got {ids_ad.tolist()}")

@@ -326,10 +326,6 @@ def check(design: Design, *, studies: int, method: str = "t", confidence: float 
     return out
 
 
-def with_conversations(design: Design, n: int) -> Design:
-    return replace(design, conversations=n)
-
-
 # ---------------------------------------------------------------------------------------------
 # Fitting a design to a study's scores (method of moments on per-conversation curves).
 

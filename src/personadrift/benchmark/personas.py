@@ -174,11 +174,6 @@ def _parse_persona(path: Path, i: int, raw: Any) -> Persona:
     )
 
 
-def load_persona_file(path: str | Path) -> list[Persona]:
-    """Personas of one file, validated, in file order (duplicates inside the file are an error)."""
-    return load_personas([path])
-
-
 def load_personas(paths: Iterable[str | Path] | str | Path) -> list[Persona]:
     """Load and validate persona files; order is preserved; duplicate ids (in or across files) are an error."""
     if isinstance(paths, (str, Path)):

@@ -162,10 +162,6 @@ class ChatApp:
         with self._count_lock:
             self.events.append(event)
 
-    def completions_served(self) -> int:
-        with self._count_lock:
-            return sum(1 for e in self.events if e["outcome"] == "ok")
-
     # ---------------------------------------------------------------- requests
     def parse(self, body: dict) -> _Job:
         if not isinstance(body, dict):

@@ -25,7 +25,8 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 
-from personadrift.benchmark.judges.paper import upstream_sentences, vader_scores
+from personadrift.benchmark.judges.paper import upstream_sentences
+from personadrift.benchmark.judges.sentiment import vader_scores
 from personadrift.benchmark.judges.registry import (
     Arg,
     JudgeSpecError,

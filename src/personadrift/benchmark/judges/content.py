@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 
@@ -14,6 +13,7 @@ from personadrift.benchmark.judges.registry import (
     positive,
     register,
 )
+from personadrift.benchmark.judges.sentiment import vader_scores
 from personadrift.benchmark.judges.text import (
     clip,
     closeness,
@@ -109,32 +109,12 @@ def multiple_choice(text: str, letter: str, options: list = ()) -> float:
 
 
 # ---- sentiment ---------------------------------------------------------------------------------
-@functools.cache
-def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
-def vader_scores(text: str) -> dict:
-    """VADER's neg/neu/pos/compound scores of the first 20,000 characters."""
-    t = clip(text[:20_000])
-    if not t.strip():
-        return {"neg": 0.0, "neu": 0.0, "pos": 0.0, "compound": 0.0}
-    return _vader().polarity_scores(t)
-
-
-def vader_compound(text: str) -> float:
-    """VADER compound score in [-1, 1] of the first 20,000 characters."""
-    return float(vader_scores(text)["compound"])
-
-
 @register("sentiment", kind=Arg(str, one_of("positive", "negative", "compound")))
 def sentiment(text: str, kind: str = "positive") -> float:
     """VADER sentiment as upstream used it: positive -> the `pos` component (share of positively valenced wording, 1.0 = all of it); negative -> the `neg` component; compound -> (compound + 1) / 2."""
     # The compound score saturates: "I love London. It is big. I walk a lot." has compound
     # 0.64 but pos 0.32; upstream scored its sentiment personas with pos / neg.
-    scores = vader_scores(text)
+    scores = vader_scores(clip(text))
     if kind == "positive":
         return float(scores["pos"])
     if kind == "negative":

@@ -32,6 +32,7 @@ from personadrift.benchmark.judges.registry import (
     positive,
     register,
 )
+from personadrift.benchmark.judges.sentiment import VADER_MAX_CHARS, vader_scores
 
 _PUNCT = str.maketrans("", "", string.punctuation)  # upstream removes ASCII punctuation this way
 _PUNCT_BUT_APOSTROPHE = str.maketrans("", "", string.punctuation.replace("'", ""))
@@ -94,21 +95,9 @@ def upstream_sentences(text: str) -> list[str]:
 
 
 # ---- offline resources -------------------------------------------------------------------------
-@functools.cache
-def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
-#: The slow judges (VADER's run time grows quadratically with the text, langdetect runs once per
-#: gloss pair) look at no more than this many characters; probe answers are far shorter.
-SLOW_JUDGE_MAX_CHARS = 10_000
-
-
-def vader_scores(text: str) -> dict:
-    """VADER's polarity scores (neg, neu, pos, compound) of the first 10,000 characters."""
-    return _vader().polarity_scores(text[:SLOW_JUDGE_MAX_CHARS])
+#: The gloss judge (langdetect runs once per gloss pair) looks at no more than this many
+#: characters, as VADER does (sentiment.py); probe answers are far shorter.
+SLOW_JUDGE_MAX_CHARS = VADER_MAX_CHARS
 
 
 @functools.cache

@@ -22,15 +22,6 @@ if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
 
 
-def _render_text(tokenizer, messages: list[dict]) -> str:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def _render_ids(tokenizer, messages: list[dict]) -> list[int]:
-    # The template writes any BOS itself, so the tokenizer must not add one again.
-    return list(tokenizer(_render_text(tokenizer, messages), add_special_tokens=False)["input_ids"])
-
-
 class ReplyTokens:
     """Token ids of an assistant reply exactly as the chat template renders it after the
     generation prompt, the template's end-of-turn tokens left out.

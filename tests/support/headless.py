@@ -1,6 +1,6 @@
 """Headless Chromium from the command line: the rendered DOM of a page, or a screenshot.
 
-Used by the browser's tests and its page-weight benchmark. Plain ``chromium`` CLI (Debian
+Used by the browser's tests and its page-weight benchmark (bench/browser_weight.py). Plain ``chromium`` CLI (Debian
 package), a fresh profile per call, no network services, so it also runs as root in a
 container.
 """
