@@ -26,11 +26,11 @@ rule attention:
     resources:
         **model_resources(),
     params:
-        cfg=config_provider("model", "attention", "seed", "scoring.confidence"),
+        config_json=config_provider("model", "attention", "seed", "scoring.confidence"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         out=lambda wildcards, output: os.path.dirname(output.tokens),
     shell:
-        "pd attention --params {params.cfg:q} --model-dir {params.model_dir:q}"
+        "pd attention --params {params.config_json:q} --model-dir {params.model_dir:q}"
         " --threads {threads} --out {params.out:q} --attempt {resources.attempt}"
         " --no-retry-note {log:q}.no-retry {input.transcripts:q} > {log:q} 2>&1"
 
@@ -53,8 +53,8 @@ rule attention_vs_stability:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=config_provider("scoring", "seed", "model.name"),
+        config_json=config_provider("scoring", "seed", "model.name"),
     shell:
-        "pd attention-vs-stability --params {params.cfg:q} --attention {input.attention:q}"
+        "pd attention-vs-stability --params {params.config_json:q} --attention {input.attention:q}"
         " --scores {input.scores:q} --out {output.joined:q} --correlation {output.correlation:q}"
         " > {log:q} 2>&1"

@@ -27,8 +27,8 @@ rule browser:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=config_provider("study", "model.name", "selfchat"),
+        config_json=config_provider("study", "model.name", "selfchat"),
     shell:
-        "pd browser --params {params.cfg:q} --pool {input.pool:q}"
+        "pd browser --params {params.config_json:q} --pool {input.pool:q}"
         " --calibration {input.calibration:q} --scores {input.scores:q} --out {output:q}"
         " {input.transcripts:q} > {log:q} 2>&1"

@@ -104,12 +104,12 @@ MODEL_KEYS = ("model", "backend", "openai")
 SAMPLING_KEYS = (f"selfchat-{DIALOG_KEYS}",)
 
 
-def config_subset(cfg, *keys):
-    """The nested sub-dict of ``cfg`` holding exactly ``keys``."""
+def config_subset(whole, *keys):
+    """The nested sub-dict of ``whole`` holding exactly ``keys``."""
     out = {}
     for key in keys:
         *parents, last = key.split(".")
-        src, dst = cfg, out
+        src, dst = whole, out
         for p in parents:
             src, dst = src[p], dst.setdefault(p, {})
         if "-" in last:  # a section without some of its keys
@@ -148,11 +148,11 @@ def setting_params(*keys, backend=None):
     """Params of a per-setting rule: ``keys`` plus the setting's own entry."""
 
     def params(wildcards):
-        cfg = config_subset(config, *keys)
-        cfg["interventions"] = setting_entry(wildcards.setting, backend=backend)
+        subset = config_subset(config, *keys)
+        subset["interventions"] = setting_entry(wildcards.setting, backend=backend)
         if backend:
-            cfg["backend"] = backend
-        return json.dumps(cfg, sort_keys=True)
+            subset["backend"] = backend
+        return json.dumps(subset, sort_keys=True)
 
     return params
 

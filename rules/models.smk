@@ -16,10 +16,12 @@ rule fetch_model:
     conda:
         "../envs/model.yaml"
     params:
-        cfg=config_provider(f"model-{LOAD_KEYS}", "openai.base_url", "openai.model"),
+        config_json=config_provider(
+            f"model-{LOAD_KEYS}", "openai.base_url", "openai.model"
+        ),
         folder=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "pd fetch-model --params {params.cfg:q} --out {params.folder:q} > {log:q} 2>&1"
+        "pd fetch-model --params {params.config_json:q} --out {params.folder:q} > {log:q} 2>&1"
 
 
 MODEL = rules.fetch_model.output[0]

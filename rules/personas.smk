@@ -39,7 +39,7 @@ rule calibrate:
         **model_resources(),
     params:
         # calibration scores with the fluency gate, so that one scoring key decides the pool
-        cfg=config_provider(
+        config_json=config_provider(
             *MODEL_KEYS,
             *SAMPLING_KEYS,
             "seed",
@@ -55,7 +55,7 @@ rule calibrate:
         ),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "pd calibrate --params {params.cfg:q} --model-dir {params.model_dir:q}"
+        "pd calibrate --params {params.config_json:q} --model-dir {params.model_dir:q}"
         " --threads {threads} --out {output:q} --attempt {resources.attempt}"
         " --no-retry-note {log:q}.no-retry > {log:q} 2>&1"
 
@@ -76,9 +76,9 @@ rule select_personas:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=config_provider("personas"),
+        config_json=config_provider("personas"),
     shell:
-        "pd select-personas --params {params.cfg:q} --calibration {input.calibration:q}"
+        "pd select-personas --params {params.config_json:q} --calibration {input.calibration:q}"
         " --out {output.pool:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 

@@ -19,9 +19,9 @@ rule score:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=config_provider("scoring"),
+        config_json=config_provider("scoring"),
     shell:
-        "pd score --params {params.cfg:q} --out {output:q} {input:q} > {log:q} 2>&1"
+        "pd score --params {params.config_json:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule drift_tables:
@@ -45,7 +45,7 @@ rule drift_tables:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=config_provider(
+        config_json=config_provider(
             "scoring",
             "study",
             "model.name",
@@ -53,7 +53,7 @@ rule drift_tables:
             "selfchat.user_system_prompt",
         ),
     shell:
-        "pd tables --params {params.cfg:q} --pool {input.pool:q}"
+        "pd tables --params {params.config_json:q} --pool {input.pool:q}"
         " --by-round {output.by_round:q} --change {output.change:q}"
         " --judge-errors {output.judge_errors:q} --study {output.study:q}"
         " {input.scores:q} > {log:q} 2>&1"
@@ -72,7 +72,7 @@ rule example_dialog:
     conda:
         "../envs/analysis.yaml"
     params:
-        cfg=config_provider("model.name", "report"),
+        config_json=config_provider("model.name", "report"),
     shell:
-        "pd example-dialog --params {params.cfg:q} --scores {input.scores:q}"
+        "pd example-dialog --params {params.config_json:q} --scores {input.scores:q}"
         " --out {output:q} {input.transcripts:q} > {log:q} 2>&1"

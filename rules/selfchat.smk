@@ -18,12 +18,12 @@ rule selfchat:
     resources:
         **model_resources(),
     params:
-        cfg=setting_params(*MODEL_KEYS, "seed", "selfchat"),
+        config_json=setting_params(*MODEL_KEYS, "seed", "selfchat"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         # outside the output: Snakemake deletes outputs of failed jobs, checkpoints survive
         checkpoints=lambda wildcards: f"{R}/checkpoints/{wildcards.setting}/shard-{wildcards.shard}",
     shell:
-        "pd selfchat --params {params.cfg:q} --setting {wildcards.setting:q}"
+        "pd selfchat --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --shard {wildcards.shard:q} --model-dir {params.model_dir:q} --pool {input.pool:q}"
         " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads}"
         " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry > {log:q} 2>&1"
