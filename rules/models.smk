@@ -21,7 +21,7 @@ rule fetch_model:
         ),
         folder=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "pd fetch-model --params {params.config_json:q} --out {params.folder:q} > {log:q} 2>&1"
+        "personadrift fetch-model --params {params.config_json:q} --out {params.folder:q} > {log:q} 2>&1"
 
 
 MODEL = rules.fetch_model.output[0]

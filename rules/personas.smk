@@ -26,7 +26,7 @@ rule calibrate:
         personas=PERSONA_FILES,
         topics=TOPICS_FILE,
     output:
-        f"{R}/calibration.csv",
+        f"{RESULTS}/calibration.csv",
     log:
         f"{LOGS}/calibrate.log",
     benchmark:
@@ -55,7 +55,7 @@ rule calibrate:
         ),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "pd calibrate --params {params.config_json:q} --model-dir {params.model_dir:q}"
+        "personadrift calibrate --params {params.config_json:q} --model-dir {params.model_dir:q}"
         " --threads {threads} --out {output:q} --attempt {resources.attempt}"
         " --no-retry-note {log:q}.no-retry > {log:q} 2>&1"
 
@@ -66,8 +66,8 @@ rule select_personas:
         personas=PERSONA_FILES,
         topics=TOPICS_FILE,
     output:
-        pool=f"{R}/personas.json",
-        summary=f"{R}/tables/calibration_by_persona.csv",
+        pool=f"{RESULTS}/personas.json",
+        summary=f"{RESULTS}/tables/calibration_by_persona.csv",
     log:
         f"{LOGS}/select_personas.log",
     benchmark:
@@ -78,7 +78,7 @@ rule select_personas:
     params:
         config_json=config_provider("personas"),
     shell:
-        "pd select-personas --params {params.config_json:q} --calibration {input.calibration:q}"
+        "personadrift select-personas --params {params.config_json:q} --calibration {input.calibration:q}"
         " --out {output.pool:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
@@ -103,7 +103,7 @@ rule import_upstream:
         sha256=config["personas"]["upstream_sha256"],
         out=lambda wildcards, output: os.path.dirname(output.personas),
     shell:
-        "pd import-upstream {input:q} --out {params.out:q}"
+        "personadrift import-upstream {input:q} --out {params.out:q}"
         " --sha256 {params.sha256:q} --strict > {log:q} 2>&1"
 
 
@@ -124,5 +124,5 @@ rule import_upstream_topics:
         sha256=config["personas"]["upstream_topics_sha256"] or "",
         out=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "pd import-upstream-topics {input:q} --out {params.out:q}"
+        "personadrift import-upstream-topics {input:q} --out {params.out:q}"
         " --sha256 {params.sha256:q} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ rule score:
     input:
         lambda wildcards: transcripts(wildcards.setting),
     output:
-        f"{R}/scores/{{setting}}.csv",
+        f"{RESULTS}/scores/{{setting}}.csv",
     log:
         f"{LOGS}/score/{{setting}}.log",
     benchmark:
@@ -21,7 +21,7 @@ rule score:
     params:
         config_json=config_provider("scoring"),
     shell:
-        "pd score --params {params.config_json:q} --out {output:q} {input:q} > {log:q} 2>&1"
+        "personadrift score --params {params.config_json:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule drift_tables:
@@ -34,10 +34,10 @@ rule drift_tables:
         ),
         pool=rules.select_personas.output.pool,
     output:
-        by_round=f"{R}/tables/{{setting}}/by_round.csv",
-        change=f"{R}/tables/{{setting}}/change.csv",
-        judge_errors=f"{R}/tables/{{setting}}/judge_errors.csv",
-        study=f"{R}/tables/{{setting}}/study.json",
+        by_round=f"{RESULTS}/tables/{{setting}}/by_round.csv",
+        change=f"{RESULTS}/tables/{{setting}}/change.csv",
+        judge_errors=f"{RESULTS}/tables/{{setting}}/judge_errors.csv",
+        study=f"{RESULTS}/tables/{{setting}}/study.json",
     log:
         f"{LOGS}/tables/{{setting}}.log",
     benchmark:
@@ -53,7 +53,7 @@ rule drift_tables:
             "selfchat.user_system_prompt",
         ),
     shell:
-        "pd tables --params {params.config_json:q} --pool {input.pool:q}"
+        "personadrift tables --params {params.config_json:q} --pool {input.pool:q}"
         " --by-round {output.by_round:q} --change {output.change:q}"
         " --judge-errors {output.judge_errors:q} --study {output.study:q}"
         " {input.scores:q} > {log:q} 2>&1"
@@ -64,7 +64,7 @@ rule example_dialog:
         scores=expand(rules.score.output[0], setting="none"),
         transcripts=transcripts("none"),
     output:
-        f"{R}/tables/example_dialog.json",
+        f"{RESULTS}/tables/example_dialog.json",
     log:
         f"{LOGS}/tables/example_dialog.log",
     benchmark:
@@ -74,5 +74,5 @@ rule example_dialog:
     params:
         config_json=config_provider("model.name", "report"),
     shell:
-        "pd example-dialog --params {params.config_json:q} --scores {input.scores:q}"
+        "personadrift example-dialog --params {params.config_json:q} --scores {input.scores:q}"
         " --out {output:q} {input.transcripts:q} > {log:q} 2>&1"

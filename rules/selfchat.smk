@@ -6,7 +6,7 @@ rule selfchat:
         model=MODEL,
         pool=rules.select_personas.output.pool,
     output:
-        protected(directory(f"{R}/transcripts/{{setting}}/shard-{{shard}}")),
+        protected(directory(f"{RESULTS}/transcripts/{{setting}}/shard-{{shard}}")),
     log:
         f"{LOGS}/selfchat/{{setting}}/shard-{{shard}}.log",
     benchmark:
@@ -21,9 +21,9 @@ rule selfchat:
         config_json=setting_params(*MODEL_KEYS, "seed", "selfchat"),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         # outside the output: Snakemake deletes outputs of failed jobs, checkpoints survive
-        checkpoints=lambda wildcards: f"{R}/checkpoints/{wildcards.setting}/shard-{wildcards.shard}",
+        checkpoints=lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.setting}/shard-{wildcards.shard}",
     shell:
-        "pd selfchat --params {params.config_json:q} --setting {wildcards.setting:q}"
+        "personadrift selfchat --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --shard {wildcards.shard:q} --model-dir {params.model_dir:q} --pool {input.pool:q}"
         " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads}"
         " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry > {log:q} 2>&1"

@@ -29,7 +29,7 @@ rule study_manifest:
         transcripts=[d for s in SETTINGS for d in transcripts(s)],
         tables=MANIFEST_TABLES,
     output:
-        f"{R}/manifest.json",
+        f"{RESULTS}/manifest.json",
     log:
         f"{LOGS}/manifest.log",
     benchmark:
@@ -41,5 +41,5 @@ rule study_manifest:
         results=lambda wildcards, output: os.path.dirname(output[0]),
         study=STUDY,
     shell:
-        "pd study-manifest --results {params.results:q} --study {params.study:q} --out {output:q}"
+        "personadrift study-manifest --results {params.results:q} --study {params.study:q} --out {output:q}"
         " {input.tables:q} > {log:q} 2>&1"
