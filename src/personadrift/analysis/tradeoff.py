@@ -3,7 +3,7 @@
 Stability is the agent probe's score averaged over dialog rounds (>= 1) per conversation (the
 level over the dialog); its change over the dialog is the fitted change from round 1 to the last
 (``analysis.stats``: claim ``drift``). Each is compared with the baseline on the same
-conversations, and the two claims of every setting are Holm-adjusted together. Capability is MMLU accuracy in one of two forms (contract 4 of the MMLU table):
+conversations, and the two claims of every setting are Holm-adjusted together. Capability is MMLU accuracy in one of two forms (the MMLU table of ``evaluate``, capability/mmlu/scoring.py):
 
 * ``letter``: the answer letter's next-token probability (columns ``letter_correct`` ...;
   older tables have ``correct``/``p_correct``/``predicted``, read as this form);
