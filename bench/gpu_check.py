@@ -275,7 +275,7 @@ def shard_paths(lm, args, log, *, cuda: bool, conversations: int | None = None) 
     """A shard under each setting family, MMLU under none, split-softmax and guidance, and the
     attention recorder, on engines built as jobs build them. Returns what each path showed."""
     from personadrift.analysis.attention import record_conversation
-    from personadrift.benchmark.personas import load_personas
+    from personadrift.protocol.personas import load_personas
     from personadrift.capability.mmlu import EngineScorer, Question, evaluate
     from personadrift.generation.selfchat import ShardRun, persona_record, plan_conversation
     from personadrift.interventions.settings import expand_settings

@@ -1,6 +1,6 @@
 # The persona pool: round-0 adherence per persona, and the personas a study keeps.
 
-from personadrift.benchmark.personas import (
+from personadrift.protocol.personas import (
     persona_files,
     topics_file,
     upstream_personas_path,

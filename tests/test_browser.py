@@ -18,9 +18,9 @@ import pytest
 from support.headless import dump_dom, find_chromium, screenshot
 from support.workflow import REPO
 
-from personadrift.benchmark.scoring import score_records
 from personadrift.browser import build_browser
 from personadrift.errors import InputError
+from personadrift.protocol.scoring import score_records
 from personadrift.storage import atomic_write_json
 from personadrift.tables import read_table, write_table
 

@@ -327,7 +327,7 @@ def test_a_resumed_shard_equals_an_uninterrupted_one_when_batches_differ(tiny_mo
     import json
     from pathlib import Path
 
-    from personadrift.benchmark.personas import load_personas, load_topics
+    from personadrift.protocol.personas import load_personas, load_topics
     from personadrift.config import validate_config
     from personadrift.generation.selfchat import persona_record
     from personadrift.steps.models import fetch_model

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from personadrift.benchmark import judges
-from personadrift.benchmark.judges.fluency import (
+from personadrift.protocol import judges
+from personadrift.protocol.judges.fluency import (
     BASIC_ENGLISH_NOT_IN_WEB2,
     english_vocabulary,
     english_word_share,
@@ -21,7 +21,7 @@ from personadrift.benchmark.judges.fluency import (
     is_fluent_english,
     word_tokenize,
 )
-from personadrift.benchmark.scoring import score_answer
+from personadrift.protocol.scoring import score_answer
 
 # text, NLTK's tokens, English tokens among them, gate value
 ROWS = [

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from personadrift.benchmark import judges
-from personadrift.benchmark.judges import (
+from personadrift.protocol import judges
+from personadrift.protocol.judges import (
     FLUENCY_GATE,
     JudgeSpecError,
     check_judge_args,
@@ -24,7 +24,7 @@ from personadrift.benchmark.judges import (
     register,
     run_judge,
 )
-from personadrift.benchmark.judges.paper import UpstreamExpressionError
+from personadrift.protocol.judges.paper import UpstreamExpressionError
 
 # Valid arguments for every judge (used by the property tests; must cover the registry).
 VALID_ARGS = {
@@ -316,7 +316,7 @@ def test_register_validates_and_registers():
             """1.0 always."""
             return 1.0
 
-    from personadrift.benchmark.judges import registry
+    from personadrift.protocol.judges import registry
 
     try:
         @register("tmp_shout", n=int)
@@ -334,7 +334,7 @@ def test_register_validates_and_registers():
 
 
 def test_a_judge_returning_nan_is_a_bug():
-    from personadrift.benchmark.judges import registry
+    from personadrift.protocol.judges import registry
 
     try:
         @register("tmp_nan")

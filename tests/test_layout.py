@@ -1,6 +1,6 @@
 """The package tree reads like the data flow: no module imports from a later stage.
 
-Stages, in order: core (top-level modules) -> benchmark (personas, judges, scoring) -> attention
+Stages, in order: core (top-level modules) -> protocol (personas, judges, scoring) -> attention
 (registered attention functions) -> generation (engine, chat, dialog, self-chat, backends) ->
 interventions (one object per method) -> runtime (the engine factory and the server, which ask a
 setting's method what to switch on) -> capability (MMLU) -> analysis -> figures -> browser ->
@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "personadrift"
-STAGES = ["core", "benchmark", "attention", "generation", "interventions", "runtime", "capability", "analysis",
+STAGES = ["core", "protocol", "attention", "generation", "interventions", "runtime", "capability", "analysis",
           "figures", "browser", "config", "steps", "cli"]
 
 

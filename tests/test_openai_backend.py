@@ -4,9 +4,9 @@ import json
 from collections import Counter
 
 import pytest
+from support.faults import FaultPlan
 from support.workflow import REPO
 
-from personadrift.benchmark.personas import load_personas, load_topics
 from personadrift.config import validate_config
 from personadrift.errors import InputError
 from personadrift.generation.api import GenRequest, Sampling
@@ -18,8 +18,8 @@ from personadrift.generation.openai_backend import (
     cache_key,
 )
 from personadrift.generation.selfchat import persona_record
+from personadrift.protocol.personas import load_personas, load_topics
 from personadrift.runtime.serve import ChatApp, build_app
-from support.faults import FaultPlan
 from personadrift.seeding import derive_seed
 from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard

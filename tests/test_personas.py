@@ -10,8 +10,9 @@ import pytest
 import yaml
 from support.workflow import REPO as ROOT
 
-from personadrift.benchmark.judges import judge_info
-from personadrift.benchmark.personas import (
+from personadrift.errors import InputError
+from personadrift.protocol.judges import judge_info
+from personadrift.protocol.personas import (
     CATEGORIES,
     PAPER_COUNTS,
     FrozenDict,
@@ -21,7 +22,6 @@ from personadrift.benchmark.personas import (
     load_topics,
     persona_schema,
 )
-from personadrift.errors import InputError
 
 BENCH = ROOT / "personas" / "benchmark"
 PATHS = benchmark_paths(BENCH)
@@ -92,7 +92,7 @@ def test_topics():
 def test_schema_file_is_generated_from_the_registry():
     on_disk = yaml.safe_load((ROOT / "src" / "personadrift" / "schemas" / "persona.schema.yaml").read_text(encoding="utf-8"))
     assert on_disk == json.loads(json.dumps(persona_schema())), (
-        "src/personadrift/schemas/persona.schema.yaml is stale: run personadrift.benchmark.personas.write_schema('src/personadrift/schemas/persona.schema.yaml')")
+        "src/personadrift/schemas/persona.schema.yaml is stale: run personadrift.protocol.personas.write_schema('src/personadrift/schemas/persona.schema.yaml')")
 
 
 def test_benchmark_files_validate_against_the_schema():

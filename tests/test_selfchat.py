@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from support.workflow import REPO
 
-from personadrift.benchmark.personas import load_personas, load_topics
 from personadrift.config import validate_config
 from personadrift.generation.selfchat import persona_record, plan_conversation
+from personadrift.protocol.personas import load_personas, load_topics
 from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard
 from personadrift.storage import atomic_write_json
@@ -325,7 +325,7 @@ def test_context_drop_oldest_keeps_every_prompt_within_the_limit(llama2_engine, 
 
 @pytest.mark.slow
 def test_context_stop_ends_the_conversation_and_keeps_its_later_rounds_as_overflow_rows(llama2_engine, tmp_path):
-    from personadrift.benchmark.scoring import score_records
+    from personadrift.protocol.scoring import score_records
 
     recs = _context_run(llama2_engine, tmp_path, "stop").run()
     rec = recs[0]

@@ -8,7 +8,7 @@ import pytest
 
 from personadrift.analysis import simulate as sim
 from personadrift.analysis.stats import change_over_dialog
-from personadrift.benchmark.scoring import score_dirs
+from personadrift.protocol.scoring import score_dirs
 
 # Over STUDIES seeded studies, an interval of nominal level 0.95 must cover the truth at a rate
 # within MARGIN of 0.95 (the binomial standard error of 100 studies is about 0.022).

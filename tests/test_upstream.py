@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from personadrift.benchmark.personas import load_personas
-from personadrift.benchmark.upstream import (
+from personadrift.errors import InputError
+from personadrift.protocol.personas import load_personas
+from personadrift.protocol.upstream import (
     UPSTREAM_SHA256,
     ImportReport,
     Untranslatable,
@@ -22,7 +23,6 @@ from personadrift.benchmark.upstream import (
     main,
     translate_judge,
 )
-from personadrift.errors import InputError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "hundred_system_prompts.py"
 FIXTURE_SHA = hashlib.sha256(FIXTURE.read_bytes()).hexdigest()

@@ -12,18 +12,18 @@ import math
 
 import pytest
 
-from personadrift.benchmark.judges import (
+from personadrift.protocol.judges import (
     JudgeSpecError,
     check_judge_args,
     judge_names,
     run_judge,
 )
-from personadrift.benchmark.judges.paper import (
+from personadrift.protocol.judges.paper import (
     DIFFERENCES,
     UpstreamExpressionError,
     upstream_sentences,
 )
-from personadrift.benchmark.scoring import score_answer
+from personadrift.protocol.scoring import score_answer
 
 RAISES = "raises"
 A = pytest.approx

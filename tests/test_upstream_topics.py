@@ -11,8 +11,10 @@ import pytest
 import yaml
 from support.workflow import REPO
 
-from personadrift.benchmark.personas import load_pool, load_topics, topics_file, upstream_topics_path
-from personadrift.benchmark.upstream_topics import (
+from personadrift.config import check_config, load_config
+from personadrift.errors import InputError
+from personadrift.protocol.personas import load_pool, load_topics, topics_file, upstream_topics_path
+from personadrift.protocol.upstream_topics import (
     SHA_KEY,
     UPSTREAM_TOPIC_COUNT,
     UTILS_URL,
@@ -20,8 +22,6 @@ from personadrift.benchmark.upstream_topics import (
     main,
     read_topics,
 )
-from personadrift.config import check_config, load_config
-from personadrift.errors import InputError
 
 FIXTURE = REPO / "tests" / "fixtures" / "upstream" / "utils.py"
 FIXTURE_SHA = hashlib.sha256(FIXTURE.read_bytes()).hexdigest()

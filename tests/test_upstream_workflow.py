@@ -14,7 +14,7 @@ import pytest
 import yaml
 from support.workflow import REPO
 
-from personadrift.benchmark.upstream import UPSTREAM_SHA256
+from personadrift.protocol.upstream import UPSTREAM_SHA256
 
 BIN = Path(sys.executable).parent
 FIXTURE = REPO / "tests" / "fixtures" / "upstream" / "hundred_system_prompts.py"

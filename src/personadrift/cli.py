@@ -30,8 +30,8 @@ COMMAND_MODULES = (
     "personadrift.steps.verify",
     "personadrift.steps.robustness",
     "personadrift.steps.browser",
-    "personadrift.benchmark.upstream",
-    "personadrift.benchmark.upstream_topics",
+    "personadrift.protocol.upstream",
+    "personadrift.protocol.upstream_topics",
     "personadrift.runtime.serve",
 )
 # subcommands without a config: they run natively, whatever CPU numerics a config would pin

@@ -2,7 +2,7 @@
 
 Each module that owns a subcommand lists it in its ``COMMANDS`` (``steps/<stage>.py`` for the
 workflow's steps, ``config.py`` for ``validate``, ``runtime/serve.py``, the importers in
-``benchmark/``): its name, help, arguments and the function called. ``cli.py`` only collects
+``protocol/``): its name, help, arguments and the function called. ``cli.py`` only collects
 them, so adding a step touches its rule file and its step module.
 """
 

@@ -260,7 +260,7 @@ def check_config(config: dict, path: str | Path = "config", base: str | Path = R
     """Everything that can be checked before any job runs; the pool's (personas, topics).
 
     ``personadrift validate`` and the workflow's planning both call this one function."""
-    from personadrift.benchmark.personas import check_pool, load_personas, ready_topics
+    from personadrift.protocol.personas import check_pool, load_personas, ready_topics
 
     validate_config(config, path)
     resolve_data_paths(config, path, base)

@@ -12,7 +12,7 @@ from personadrift.tables import read_table
 
 def example_dialog(config: dict, scores_csv, transcript_dirs: list, out_json) -> None:
     """Pick one conversation by the documented rule and keep what its figure shows."""
-    from personadrift.benchmark.scoring import transcript_paths
+    from personadrift.protocol.scoring import transcript_paths
 
     sc = read_table(scores_csv)
     agent = sc[sc["kind"] == "agent"].groupby(["conversation", "round"])["score"].mean().unstack("round")

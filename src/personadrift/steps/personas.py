@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from personadrift.benchmark.personas import load_pool
 from personadrift.command import Command, arg
 from personadrift.errors import InputError
+from personadrift.protocol.personas import load_pool
 from personadrift.provenance import provenance
 from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.storage import atomic_write_json
@@ -19,7 +19,7 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
     """Round-0 adherence: each persona's probe right after its system prompt, ``samples`` times,
     and the same probe without any system prompt (the model's default behaviour, which tells a
     persona the model follows from one its judge scores high anyway)."""
-    from personadrift.benchmark.scoring import score_answer
+    from personadrift.protocol.scoring import score_answer
     from personadrift.generation.api import GenRequest
     from personadrift.generation.dialog import clean_reply
     from personadrift.generation.selfchat import persona_record

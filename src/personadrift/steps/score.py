@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def score(config: dict, transcript_dirs: list, out_csv) -> None:
-    from personadrift.benchmark.scoring import score_dirs
+    from personadrift.protocol.scoring import score_dirs
 
     df = score_dirs(transcript_dirs, fluency_gate=config["scoring"]["english_fluency_gate"])
     errors = int((df["error"] != "").sum())

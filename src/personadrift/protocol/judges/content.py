@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import re
 
-from personadrift.benchmark.judges.lexical import has_word
-from personadrift.benchmark.judges.registry import (
+from personadrift.protocol.judges.lexical import has_word
+from personadrift.protocol.judges.registry import (
     Arg,
     non_empty,
     one_of,
     positive,
     register,
 )
-from personadrift.benchmark.judges.sentiment import vader_scores
-from personadrift.benchmark.judges.text import (
+from personadrift.protocol.judges.sentiment import vader_scores
+from personadrift.protocol.judges.text import (
     clip,
     closeness,
     fraction,

@@ -25,9 +25,8 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 
-from personadrift.benchmark.judges.paper import upstream_sentences
-from personadrift.benchmark.judges.sentiment import vader_scores
-from personadrift.benchmark.judges.registry import (
+from personadrift.protocol.judges.paper import upstream_sentences
+from personadrift.protocol.judges.registry import (
     Arg,
     JudgeSpecError,
     check_judge_args,
@@ -35,6 +34,7 @@ from personadrift.benchmark.judges.registry import (
     register,
     run_judge,
 )
+from personadrift.protocol.judges.sentiment import vader_scores
 
 # ---- measures ------------------------------------------------------------------------------------
 #: name -> (function of (text, **args), {argument: type}, one-line meaning)

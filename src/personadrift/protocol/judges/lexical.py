@@ -6,14 +6,14 @@ import functools
 import re
 from collections import Counter
 
-from personadrift.benchmark.judges.registry import (
+from personadrift.protocol.judges.registry import (
     Arg,
     non_empty,
     positive,
     register,
     unit_interval,
 )
-from personadrift.benchmark.judges.text import (
+from personadrift.protocol.judges.text import (
     closeness,
     fraction,
     lower_words,
@@ -21,7 +21,7 @@ from personadrift.benchmark.judges.text import (
     sentences,
     words,
 )
-from personadrift.benchmark.judges.wordlists import (
+from personadrift.protocol.judges.wordlists import (
     ED_EXCEPTIONS,
     IRREGULAR_PAST,
     PRESENT_BASE,

@@ -25,14 +25,14 @@ import re
 import string
 from collections import Counter
 
-from personadrift.benchmark.judges.registry import (
+from personadrift.protocol.judges.registry import (
     Arg,
     non_empty,
     one_of,
     positive,
     register,
 )
-from personadrift.benchmark.judges.sentiment import VADER_MAX_CHARS, vader_scores
+from personadrift.protocol.judges.sentiment import VADER_MAX_CHARS, vader_scores
 
 _PUNCT = str.maketrans("", "", string.punctuation)  # upstream removes ASCII punctuation this way
 _PUNCT_BUT_APOSTROPHE = str.maketrans("", "", string.punctuation.replace("'", ""))
@@ -125,7 +125,7 @@ WORDLISTS = {"frequent_words": frequent_words, "one_syllable_words": one_syllabl
 
 def _langs(text: str) -> list[tuple[str, float]]:
     """langdetect's (language, probability) list, most probable first; raises like detect_langs."""
-    from personadrift.benchmark.judges.language import _langdetect_factory
+    from personadrift.protocol.judges.language import _langdetect_factory
 
     det = _langdetect_factory().create()
     det.append(text)
@@ -196,7 +196,7 @@ physics mathematics economics politics ethics gymnastics athletics billiards mea
 
 
 def _looks_plural_noun(tok: str) -> bool:
-    from personadrift.benchmark.judges.lexical import _zipf_en
+    from personadrift.protocol.judges.lexical import _zipf_en
 
     w = tok.lower()
     if not w.isalpha() or len(w) < 4 or not w.endswith("s") or w.endswith(("ss", "us", "is")) or w in _NOT_PLURAL:
@@ -375,7 +375,7 @@ def upstream_fraction_alter_upper_lower(text: str) -> float:
 @register("upstream_teenager_score", scores_empty=True)
 def upstream_teenager_score(text: str) -> float:
     """upstream teenager_score (with this project's slang list): words (punctuation but apostrophes removed, lower case) that are teen slang / words; 1.0 = only slang."""
-    from personadrift.benchmark.judges.wordlists import TEEN_SLANG
+    from personadrift.protocol.judges.wordlists import TEEN_SLANG
 
     ws = text.translate(_PUNCT_BUT_APOSTROPHE).lower().split()
     return _fraction(sum(w in TEEN_SLANG for w in ws), len(ws))
@@ -383,8 +383,8 @@ def upstream_teenager_score(text: str) -> float:
 
 # Verb classification for fraction_past_tense_verbs without a POS tagger.
 def _verb_kind(word: str, prev: str) -> str:
-    from personadrift.benchmark.judges.lexical import is_regular_past
-    from personadrift.benchmark.judges.wordlists import (
+    from personadrift.protocol.judges.lexical import is_regular_past
+    from personadrift.protocol.judges.wordlists import (
         IRREGULAR_PAST,
         PRESENT_BASE,
         PRESENT_FINITE,

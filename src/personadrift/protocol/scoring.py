@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from personadrift.benchmark import judges
+from personadrift.protocol import judges
 from personadrift.storage import read_json
 
 COLUMNS = [

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from personadrift.benchmark.judges.registry import (
+from personadrift.protocol.judges.registry import (
     Arg,
     non_empty,
     one_letter,
     positive,
     register,
 )
-from personadrift.benchmark.judges.text import (
+from personadrift.protocol.judges.text import (
     clip,
     closeness,
     fraction,

@@ -168,7 +168,7 @@ def run_judge(name: str, args: dict, text: str) -> float:
     perfectly adherent. The upstream-semantics judges (``upstream_*``, registered with
     ``scores_empty``) instead give the value upstream's expression gives (e.g. 1.0 for
     ``does_not_contain``), or raise where upstream's expression raises (scored NaN, with the
-    error recorded, by :mod:`personadrift.benchmark.scoring`).
+    error recorded, by :mod:`personadrift.protocol.scoring`).
     """
     check_judge_args(name, args)
     info = _REGISTRY[name]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from personadrift.benchmark.judges import (  # noqa: E402,F401  (registers the judges)
+from personadrift.protocol.judges import (  # noqa: E402,F401  (registers the judges)
     compose,
     content,
     format,
@@ -30,14 +30,14 @@ from personadrift.benchmark.judges import (  # noqa: E402,F401  (registers the j
     lexical,
     paper,
 )
-from personadrift.benchmark.judges.fluency import (
+from personadrift.protocol.judges.fluency import (
     FLUENCY_THRESHOLD,
     english_word_share,
     gate,
     is_fluent_english,
 )
-from personadrift.benchmark.judges.language import english_fluency
-from personadrift.benchmark.judges.registry import (
+from personadrift.protocol.judges.language import english_fluency
+from personadrift.protocol.judges.registry import (
     Arg,
     JudgeInfo,
     JudgeSpecError,
@@ -57,7 +57,7 @@ FLUENCY_GATE = SimpleNamespace(is_fluent_english=is_fluent_english, english_word
 
 def describe_judges() -> list[dict]:
     """Name, one-line meaning of 1.0, argument types and defaults of every judge (for docs and the CLI)."""
-    from personadrift.benchmark.judges.registry import _type_name
+    from personadrift.protocol.judges.registry import _type_name
 
     out = []
     for name in judge_names():

@@ -7,9 +7,9 @@ import json
 import os
 import re
 
-from personadrift.benchmark.judges.lexical import _zipf_en
-from personadrift.benchmark.judges.registry import register
-from personadrift.benchmark.judges.text import clip, fraction, lower_words
+from personadrift.protocol.judges.lexical import _zipf_en
+from personadrift.protocol.judges.registry import register
+from personadrift.protocol.judges.text import clip, fraction, lower_words
 
 LANGDETECT_MAX_CHARS = 5_000  # langdetect sees at most this much text (it is O(n) and noisy anyway)
 _OTHER_LANGS = ("fr", "es", "de", "it", "pt")
