@@ -19,9 +19,10 @@ What makes it a rehearsal of the paper's run rather than a smoke test:
   dtype, device map) into engines built by ``runtime.factory.hf_engine_for``, as jobs do;
 * each shard runs under ``none``, split-softmax, repetition and guidance; MMLU letter and cloze
   scoring under ``none``, split-softmax and guidance; the attention recorder on a stored dialog;
-* on CUDA the baseline's shard and MMLU run with SDPA restricted to its flash and
-  memory-efficient kernels (``torch.nn.attention.sdpa_kernel``): a silent fallback to the math
-  kernel (which materialises every score) fails the step; and a smaller model runs a shard and
+* on CUDA every setting's shard and MMLU, and split-softmax's timed prefill and decoding, run
+  with SDPA restricted to its flash and memory-efficient kernels
+  (``torch.nn.attention.sdpa_kernel``): a silent fallback to the math kernel (which
+  materialises every score) fails the step, split-softmax's padded prefill included; and a smaller model runs a shard and
   MMLU under a device map split between the GPU and the CPU, so every cross-device path runs
   on one GPU;
 * the upstream-style loop (one conversation at a time, history re-encoded each turn) samples as
@@ -413,8 +414,9 @@ def split_cost(model, tok, args, device) -> dict:
         return (time.perf_counter() - t) / n
 
     try:
-        run("sdpa"), run("split_softmax")  # warm-up
-        best = {impl: min(run(impl) for _ in range(2)) for impl in ("sdpa", "split_softmax")}
+        with fused_sdpa_only(device == "cuda"):  # split-softmax's prefill on a fused kernel too
+            run("sdpa"), run("split_softmax")  # warm-up
+            best = {impl: min(run(impl) for _ in range(2)) for impl in ("sdpa", "split_softmax")}
     finally:
         model.set_attn_implementation("sdpa")
     return {"sdpa_ms_per_token": 1000 * best["sdpa"], "split_ms_per_token": 1000 * best["split_softmax"],
