@@ -327,6 +327,9 @@ def shard_paths(lm, args, log, *, cuda: bool, conversations: int | None = None) 
             "repetition_placement": recs[0]["provenance"]["protocol"]["repetition_placement"],
             "mmlu": mmlu,
             "memory_halvings": getattr(getattr(engine, "_memory", None), "halvings", 0),
+            # stored prefixes: bytes held on each device at most (none on a host) and spills to the host
+            "prefix_store": {"stored": len(engine.prefixes), "spills": engine.prefixes.spills,
+                             "peak_bytes": dict(engine.prefixes.peak)},
         }
         o = out[setting.name]
         log(f"    {setting.name:<14} longest context {o['longest_context']}/{limit}, {o['stopped_at_the_limit']} "
@@ -365,6 +368,7 @@ def split_device_map(tok, args, work: Path, log) -> dict:
     assert len(devices) == 2, devices
     paths = shard_paths(lm, args, log, cuda=False, conversations=args.max_batch + 2)
     check_paths(paths, args)
+    assert paths["none"]["prefix_store"]["peak_bytes"].get("cuda:0", 0) > 0, paths["none"]  # kept on the GPU
     return {"devices": devices, "paths": paths}
 
 

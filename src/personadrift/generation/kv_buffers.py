@@ -10,7 +10,7 @@ on each layer's device.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -25,15 +25,19 @@ class Prefix:
     # per layer, the device its keys were computed on (where they go back to when spilled)
     homes: list[torch.device] | None = None
 
+    _bytes: dict | None = field(default=None, repr=False, compare=False)
+
     def __post_init__(self):
         if self.homes is None:
             self.homes = [k.device for k, _ in self.kv]
 
     def bytes_by_device(self) -> dict[torch.device, int]:
-        out: dict[torch.device, int] = {}
-        for k, v in self.kv:
-            out[k.device] = out.get(k.device, 0) + k.numel() * k.element_size() + v.numel() * v.element_size()
-        return out
+        if self._bytes is None:  # counted once per placement (the store asks at every put)
+            out: dict[torch.device, int] = {}
+            for k, v in self.kv:
+                out[k.device] = out.get(k.device, 0) + k.numel() * k.element_size() + v.numel() * v.element_size()
+            self._bytes = out
+        return self._bytes
 
     def layer(self, layer: int, which: int) -> torch.Tensor:
         """Keys (``which`` 0) or values (1) of ``layer`` on that layer's device: a spilled prefix
@@ -145,6 +149,7 @@ class PrefixStore:
                 held[d] -= n
         pin = torch.cuda.is_available()
         prefix.kv = [(_to_host(k, self.device, pin), _to_host(v, self.device, pin)) for k, v in prefix.kv]
+        prefix._bytes = None
         self.spills += 1
 
     def spill_all(self) -> None:
