@@ -19,9 +19,10 @@ What makes it a rehearsal of the paper's run rather than a smoke test:
   dtype, device map) into engines built by ``runtime.factory.hf_engine_for``, as jobs do;
 * each shard runs under ``none``, split-softmax, repetition and guidance; MMLU letter and cloze
   scoring under ``none``, split-softmax and guidance; the attention recorder on a stored dialog;
-* on CUDA the baseline's shard and MMLU run with SDPA restricted to its flash and
-  memory-efficient kernels (``torch.nn.attention.sdpa_kernel``): a silent fallback to the math
-  kernel (which materialises every score) fails the step; and a smaller model runs a shard and
+* on CUDA every setting's shard and MMLU, and split-softmax's timed prefill and decoding, run
+  with SDPA restricted to its flash and memory-efficient kernels
+  (``torch.nn.attention.sdpa_kernel``): a silent fallback to the math kernel (which
+  materialises every score) fails the step, split-softmax's padded prefill included; and a smaller model runs a shard and
   MMLU under a device map split between the GPU and the CPU, so every cross-device path runs
   on one GPU;
 * the upstream-style loop (one conversation at a time, history re-encoded each turn) samples as
@@ -326,6 +327,9 @@ def shard_paths(lm, args, log, *, cuda: bool, conversations: int | None = None) 
             "repetition_placement": recs[0]["provenance"]["protocol"]["repetition_placement"],
             "mmlu": mmlu,
             "memory_halvings": getattr(getattr(engine, "_memory", None), "halvings", 0),
+            # stored prefixes: bytes held on each device at most (none on a host) and spills to the host
+            "prefix_store": {"stored": len(engine.prefixes), "spills": engine.prefixes.spills,
+                             "peak_bytes": dict(engine.prefixes.peak)},
         }
         o = out[setting.name]
         log(f"    {setting.name:<14} longest context {o['longest_context']}/{limit}, {o['stopped_at_the_limit']} "
@@ -364,6 +368,7 @@ def split_device_map(tok, args, work: Path, log) -> dict:
     assert len(devices) == 2, devices
     paths = shard_paths(lm, args, log, cuda=False, conversations=args.max_batch + 2)
     check_paths(paths, args)
+    assert paths["none"]["prefix_store"]["peak_bytes"].get("cuda:0", 0) > 0, paths["none"]  # kept on the GPU
     return {"devices": devices, "paths": paths}
 
 
@@ -413,8 +418,9 @@ def split_cost(model, tok, args, device) -> dict:
         return (time.perf_counter() - t) / n
 
     try:
-        run("sdpa"), run("split_softmax")  # warm-up
-        best = {impl: min(run(impl) for _ in range(2)) for impl in ("sdpa", "split_softmax")}
+        with fused_sdpa_only(device == "cuda"):  # split-softmax's prefill on a fused kernel too
+            run("sdpa"), run("split_softmax")  # warm-up
+            best = {impl: min(run(impl) for _ in range(2)) for impl in ("sdpa", "split_softmax")}
     finally:
         model.set_attn_implementation("sdpa")
     return {"sdpa_ms_per_token": 1000 * best["sdpa"], "split_ms_per_token": 1000 * best["split_softmax"],

@@ -12,10 +12,11 @@ visible keys, the split-softmax output is
 
 * O_p is computed explicitly on the prompt keys only (the span is short: P << kv_len), with a
   log-sum-exp so that it is an exactly normalised softmax over the visible prompt keys.
-* O_all, pi and 1 - pi come from ONE fused SDPA call (flash kernel: q/k zero-padded to the
-  value width) over all keys whose values carry two extra channels, 1[key is prompt] and 1[key is not prompt]: the extra outputs are exactly the row's
-  attention mass on prompt and on other keys, each accurate to float rounding relative to its own
-  size (so 1 - pi is not obtained by cancellation when pi -> 1).
+* O_all, pi and 1 - pi come from ONE fused SDPA call (q, k and v zero-padded to one width, a
+  multiple of 8: :func:`fused_width`) over all keys whose values carry two extra channels,
+  1[key is prompt] and 1[key is not prompt]: the extra outputs are exactly the row's attention
+  mass on prompt and on other keys, each accurate to float rounding relative to its own size
+  (so 1 - pi is not obtained by cancellation when pi -> 1).
 * Why this is exact: softmax over all keys = pi * softmax(prompt) (+) (1 - pi) * softmax(other),
   so O_all = pi O_p + (1 - pi) O_o, and the intervened row is pi^k O_p + (1 - pi^k) O_o
   = pi^k O_p + r (O_all - pi O_p). Why stable: r is computed as -expm1(k log pi) / (1 - pi)
@@ -27,10 +28,12 @@ visible keys, the split-softmax output is
 Decoding (one query per row, the hot path of generation) uses :func:`split_softmax_decode`, which
 forms the single score row explicitly (O(kv_len) memory) with far fewer kernel launches.
 
-GQA is handled without copying keys for the prompt part (queries are grouped per KV head) and
-like transformers' SDPA integration for the fused call (pack the single decoding query per KV
-head, else ``repeat_kv``). ``softcap`` is not supported (raises); ``dropout > 0`` in an
-intervened layer falls back to the eager reference (training only; models pass 0.0 in eval).
+GQA is handled without copying keys: the prompt part groups the queries per KV head, the single
+decoding query is packed per KV head, and the fused calls (split-softmax's and the ordinary
+attention of layers it leaves alone) pass grouped keys to SDPA as they are (``enable_gqa``) where
+torch runs them so on a fused kernel, else ``repeat_kv`` (:func:`takes_grouped_keys`).
+``softcap`` is not supported (raises); ``dropout > 0`` in an intervened layer falls back to the
+eager reference (training only; models pass 0.0 in eval).
 
 The mask registered for this name is transformers' ``sdpa_mask``: a boolean [b, 1, q, kv] mask,
 or None when SDPA's own causal handling suffices (then: upper-left causal for q > 1, nothing
@@ -48,7 +51,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from personadrift.attention.context import AttentionState, current_state
 
-__all__ = ["split_softmax_attention", "split_softmax_core", "split_softmax_decode", "visible_mask", "split_factors", "NAME"]
+__all__ = ["split_softmax_attention", "split_softmax_core", "split_softmax_decode", "visible_mask", "split_factors",
+           "fused_width", "grouped_sdpa", "takes_grouped_keys", "plain_attention", "NAME"]
 
 NAME = "split_softmax"
 
@@ -81,6 +85,47 @@ def split_factors(pi: torch.Tensor, po: torch.Tensor, k: float) -> tuple[torch.T
     pik = torch.exp(k * log_pi)
     r = torch.where(po > 0, -torch.expm1(k * log_pi) / po.clamp_min(torch.finfo(po.dtype).tiny), torch.full_like(po, k))
     return pik, r.clamp(k, 1.0)
+
+
+def fused_width(d: int, dv: int) -> int:
+    """Head width of split-softmax's fused SDPA call: the values and their two indicator
+    channels (dv + 2) and the queries/keys (d) padded to one width, a multiple of 8."""
+    e = max(d, dv + 2)
+    return -(-e // 8) * 8
+
+
+def takes_grouped_keys(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                       is_causal: bool, scale: float | None = None) -> bool:
+    """Whether torch's SDPA runs this call with grouped keys as they are (``enable_gqa=True``) on
+    a fused kernel. Asks torch's own kernel choice under the SDPA backends enabled now: the CPU's
+    flash kernel takes grouped keys with or without a mask; on CUDA flash takes them but no mask,
+    cuDNN takes both where it applies, and the memory-efficient kernel never takes them, so a
+    masked call there would fall back to the math kernel (which repeats the keys itself and
+    materialises every score): such calls repeat the keys and stay on a fused kernel."""
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    if choose is not None:
+        try:
+            from torch.nn.attention import SDPBackend
+
+            picked = choose(query, key, value, mask, 0.0, is_causal, scale=scale, enable_gqa=True)
+            return picked not in (int(SDPBackend.MATH), int(SDPBackend.ERROR))
+        except (RuntimeError, TypeError, ImportError):
+            pass
+    return mask is None  # transformers' rule: flash takes grouped keys when nothing is masked
+
+
+def grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, *,
+                 scale: float | None, is_causal: bool) -> torch.Tensor:
+    """SDPA of query [b, h, q, d] over keys/values with h / hk grouped heads: the keys as they
+    are where a fused kernel takes them so (:func:`takes_grouped_keys`), else repeated."""
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep == 1:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, is_causal=is_causal)
+    if takes_grouped_keys(query, key, value, mask, is_causal, scale):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, is_causal=is_causal,
+                                              enable_gqa=True)
+    return F.scaled_dot_product_attention(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), attn_mask=mask,
+                                          scale=scale, is_causal=is_causal)
 
 
 def _gather_prompt_visibility(vis: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -136,11 +181,13 @@ def split_softmax_core(
     w_p = torch.exp(s_p - lse_p)  # rows without a visible prompt key: all zeros
     o_p = torch.matmul(w_p.to(value.dtype), v_p[:, :, None]).reshape(b, h, q_len, dv)
 
-    # -- one fused SDPA over all keys, values carrying 1[prompt] and 1[other]. Queries and keys
-    # are zero-padded to the value width (scores unchanged; scale passed explicitly) because the
-    # fused CPU/CUDA kernels need equal head dims; otherwise SDPA falls back to its O(T^2) math path.
+    # -- one fused SDPA over all keys, values carrying 1[prompt] and 1[other]. Queries, keys and
+    # values are zero-padded to one width, a multiple of 8 (136 for d = 128): the fused CPU/CUDA
+    # kernels need equal head dims, and CUDA's flash and memory-efficient kernels a multiple of 8;
+    # otherwise SDPA falls back to its math kernel, which materialises every score. Zero channels
+    # add nothing to a score (the scale is passed explicitly) and their outputs are dropped.
     ind = prompt_flags.to(value.dtype)[:, None, :, None].expand(b, hk, kv_len, 1)
-    e = max(d, dv + 2)
+    e = fused_width(d, dv)
     v_aug = torch.cat([value, ind, 1.0 - ind] + ([value.new_zeros(b, hk, kv_len, e - dv - 2)] if e > dv + 2 else []), -1)
     q_aug = torch.cat([query, query.new_zeros(b, h, q_len, e - d)], -1) if e > d else query
     k_aug = torch.cat([key, key.new_zeros(b, hk, kv_len, e - d)], -1) if e > d else key
@@ -148,20 +195,13 @@ def split_softmax_core(
     is_causal = mask is None and q_len > 1
     if is_causal and kv_len > q_len:  # same as sdpa_attention_forward: keys past q_len are padding
         k_aug, v_aug = k_aug[:, :, :q_len], v_aug[:, :, :q_len]
-    if n_rep > 1 and q_len == 1:
+    if n_rep > 1 and q_len == 1:  # one query per row: its heads are a KV head's query rows
         o_aug = F.scaled_dot_product_attention(
             q_aug.reshape(b, hk, n_rep, e), k_aug, v_aug, attn_mask=mask, scale=scale, is_causal=False
         ).reshape(b, h, 1, e)
     else:
-        o_aug = F.scaled_dot_product_attention(
-            q_aug,
-            repeat_kv(k_aug, n_rep),
-            repeat_kv(v_aug, n_rep),
-            attn_mask=mask,
-            scale=scale,
-            is_causal=is_causal,
-        )
-    o_all, pi, po = o_aug[..., :dv], o_aug[..., dv : dv + 1], o_aug[..., dv + 1 :]
+        o_aug = grouped_sdpa(q_aug, k_aug, v_aug, mask, scale=scale, is_causal=is_causal)
+    o_all, pi, po = o_aug[..., :dv], o_aug[..., dv : dv + 1], o_aug[..., dv + 1 : dv + 2]
     pik, r = split_factors(pi.float(), po.float(), k)
     out = pik * o_p + r * (o_all - pi.clamp(0, 1) * o_p)
     return out.to(query.dtype)
@@ -232,6 +272,23 @@ def _prompt_args(state: AttentionState, kv_len: int, offset: int, device: torch.
     return {"prompt_flags": flags, "prompt_idx": idx, "prompt_valid": valid}
 
 
+def plain_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                    **kwargs) -> tuple[torch.Tensor, None]:
+    """Ordinary attention: transformers' SDPA forward, except a masked multi-query call over grouped
+    keys (a left-padded prefill, a re-used prefix), which transformers always repeats; here the keys
+    go as they are where a fused kernel takes them (:func:`takes_grouped_keys`)."""
+    n_rep = query.shape[1] // key.shape[1]
+    if (n_rep > 1 and query.shape[2] > 1 and attention_mask is not None and dropout == 0.0
+            and kwargs.get("position_bias") is None and kwargs.get("cache") is None
+            and takes_grouped_keys(query, key, value, attention_mask, False, scaling)):
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                             is_causal=False, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
 def split_softmax_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -253,7 +310,7 @@ def split_softmax_attention(
         raise NotImplementedError("split_softmax attention does not support softcap")
     state = current_state()
     if state is None:
-        return sdpa_attention_forward(
+        return plain_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
             sliding_window=sliding_window, **kwargs,
         )
@@ -274,7 +331,7 @@ def split_softmax_attention(
         state.recorder.add(layer_idx, stats)
 
     if not active:
-        return sdpa_attention_forward(
+        return plain_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
             sliding_window=sliding_window, **kwargs,
         )

@@ -104,8 +104,8 @@ class Batch:
             engine.stats.prompt_tokens += len(new)
             engine.stats.reused_tokens += r.reuse
         if past_len:
-            # each layer's stacked prefix is moved to that layer's device when the forward first
-            # reaches the layer (where its keys are computed: the layer's device under a device map)
+            # each layer's prefixes are stacked on that layer's device (where its keys are computed:
+            # the layer's device under a device map); spilled ones come back from the host there
             like = next(r.past for r in rows if r.reuse)
             for layer in range(len(like.kv)):
                 ks = [left_padded(r.past, like, layer, 0, r.reuse, past_len) for r in rows]
@@ -247,7 +247,7 @@ class Batch:
         for i in finished:
             key = self.rows[i].store_key
             if key is not None:
-                store.put(key, self.extract(i, store.device))
+                store.put(key, self.extract(i))  # on each layer's device: the store places it
         self.live = [i for i in self.live if i not in done]
         self._plan = None
         if self.live and len(self.live) < COMPACT_BELOW * self.size:

@@ -2,13 +2,15 @@
 conversation prefixes kept between calls.
 
 Device placement: under a device map each decoder layer runs on its own GPU, so each layer's
-buffer is created from (and indexed on the device of) the keys that layer computes; a re-used
-prefix is written into it when the forward first reaches the layer, wherever it was stored.
+buffer is created from (and indexed on the device of) the keys that layer computes; a stored
+prefix stays on its layers' devices while the store's budget allows, and is stacked for a batch
+on each layer's device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -20,24 +22,73 @@ class Prefix:
 
     ids: list[int]
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [kv_heads, length, head_dim]
+    # per layer, the device its keys were computed on (where they go back to when spilled)
+    homes: list[torch.device] | None = None
+
+    _bytes: dict | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.homes is None:
+            self.homes = [k.device for k, _ in self.kv]
+
+    def bytes_by_device(self) -> dict[torch.device, int]:
+        if self._bytes is None:  # counted once per placement (the store asks at every put)
+            out: dict[torch.device, int] = {}
+            for k, v in self.kv:
+                out[k.device] = out.get(k.device, 0) + k.numel() * k.element_size() + v.numel() * v.element_size()
+            self._bytes = out
+        return self._bytes
+
+    def layer(self, layer: int, which: int) -> torch.Tensor:
+        """Keys (``which`` 0) or values (1) of ``layer`` on that layer's device: a spilled prefix
+        comes back from pinned host memory asynchronously (ordered before the kernels that read
+        it on the device's stream)."""
+        t = self.kv[layer][which]
+        home = self.homes[layer]
+        return t if t.device == home else t.to(home, non_blocking=True)
+
+
+# the share of a device's memory (free, plus what the store holds there) that stored prefixes
+# may keep: the rest stays for the batches that re-use them
+PREFIX_SHARE = 0.5
 
 
 class PrefixStore:
     """Per cache key (e.g. ``"c0007/agent"``), the last prefix stored under it.
 
-    Prefixes are kept on ``device`` (host memory by default: a 70B model's KV for 50 dialogs of
-    4k tokens would not fit beside the weights on the GPU); the engine copies them over per turn.
+    Each layer's prefix stays on that layer's device (a GPU under a device map) while the
+    store's budget there allows, so a dialog's next turn re-uses it without crossing the bus.
+    Over budget, the least recently used prefixes are spilled to ``host`` memory (pinned where
+    CUDA is available, so that they come back with asynchronous copies). The budget per device
+    is ``budget_bytes`` if given, else ``PREFIX_SHARE`` of the device's free memory (as
+    ``generation/memory.py`` counts it) plus what the store already holds there. A host has no
+    budget: on the CPU every prefix simply stays where it is.
+
+    Spilled tensors are only ever read by copying them back on the device's stream, so their
+    device-to-host copies need not be waited for either.
     """
 
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self._items: dict[str, Prefix] = {}
+    def __init__(self, host: torch.device | str = "cpu", *, budget_bytes: int | None = None, free=None):
+        from personadrift.generation.memory import free_bytes
 
+        self.device = torch.device(host)  # where spilled prefixes live
+        self.budget_bytes = budget_bytes
+        self._free = free or free_bytes
+        self._items: OrderedDict[str, Prefix] = OrderedDict()  # least recently used first
+        self.spills = 0  # prefixes moved to the host to make room
+        self.peak: dict[str, int] = {}  # the most bytes held at once, per device
+
+    # ------------------------------------------------------------------ mapping
     def get(self, key: str | None) -> Prefix | None:
-        return None if key is None else self._items.get(key)
+        if key is None or key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key]
 
     def put(self, key: str, prefix: Prefix) -> None:
+        self._items.pop(key, None)  # the key's previous prefix no longer counts
         self._items[key] = prefix
+        self._fit(prefix)
 
     def discard(self, key: str) -> None:
         self._items.pop(key, None)
@@ -56,18 +107,80 @@ class PrefixStore:
     def __len__(self) -> int:
         return len(self._items)
 
+    # ------------------------------------------------------------------ placement
+    def held_bytes(self) -> dict[torch.device, int]:
+        """Bytes of stored prefixes on each device other than the host."""
+        out: dict[torch.device, int] = {}
+        for p in self._items.values():
+            for d, n in p.bytes_by_device().items():
+                if d != self.device:
+                    out[d] = out.get(d, 0) + n
+        return out
+
+    def budget(self, device: torch.device, held: int) -> int | None:
+        """Bytes the store may hold on ``device`` (None: no limit, a host)."""
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        free = self._free(device)
+        return None if free is None else int((free + held) * PREFIX_SHARE)
+
+    def _fit(self, new: Prefix) -> None:
+        """Spill least recently used prefixes (``new`` last) until every device is within budget."""
+        held = self.held_bytes()
+        for device in [d for d in held if d in new.bytes_by_device()]:
+            cap = self.budget(device, held[device])
+            if cap is None:
+                continue
+            for key in list(self._items):
+                if held.get(device, 0) <= cap:
+                    break
+                p = self._items[key]
+                if p is new or device not in p.bytes_by_device():
+                    continue
+                self._spill(p, held)
+            if held.get(device, 0) > cap:
+                self._spill(new, held)
+        for device, n in held.items():
+            self.peak[str(device)] = max(self.peak.get(str(device), 0), n)
+
+    def _spill(self, prefix: Prefix, held: dict[torch.device, int]) -> None:
+        for d, n in prefix.bytes_by_device().items():
+            if d in held:
+                held[d] -= n
+        pin = torch.cuda.is_available()
+        prefix.kv = [(_to_host(k, self.device, pin), _to_host(v, self.device, pin)) for k, v in prefix.kv]
+        prefix._bytes = None
+        self.spills += 1
+
+    def spill_all(self) -> None:
+        """Move every stored prefix to the host (frees the devices' memory, e.g. after running out)."""
+        held = self.held_bytes()
+        for p in self._items.values():
+            if any(d != self.device for d in p.bytes_by_device()):
+                self._spill(p, held)
+
+
+def _to_host(t: torch.Tensor, host: torch.device, pin: bool) -> torch.Tensor:
+    if t.device == host:
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, device=host, pin_memory=pin)
+    out.copy_(t, non_blocking=pin)  # asynchronous into pinned memory (see PrefixStore)
+    return out
+
 
 def left_padded(prefix: Prefix | None, like: Prefix, layer: int, which: int, reuse: int, length: int) -> torch.Tensor:
     """The first ``reuse`` cached positions of a row's prefix (``which``: 0 keys, 1 values) at
-    ``layer``, left-padded with zeros to ``length`` (zeros, not garbage: a masked score is never NaN)."""
+    ``layer``, on that layer's device, left-padded with zeros to ``length`` (zeros, not garbage:
+    a masked score is never NaN)."""
     ref = like.kv[layer][which]
+    home = like.homes[layer]
     if prefix is None or reuse == 0:
-        return ref.new_zeros((ref.shape[0], length, ref.shape[2]))
-    t = prefix.kv[layer][which][:, :reuse]
+        return torch.zeros((ref.shape[0], length, ref.shape[2]), dtype=ref.dtype, device=home)
+    t = prefix.layer(layer, which)[:, :reuse]
     if reuse == length:
         return t
     pad = t.new_zeros((t.shape[0], length - reuse, t.shape[2]))
-    return torch.cat([pad, t.to(pad.device)], dim=1)
+    return torch.cat([pad, t], dim=1)
 
 
 class BufferLayer(DynamicLayer):

@@ -174,6 +174,7 @@ def halving_on_oom(engine, requests: list, run, *, budget: int = 0) -> list:
         else:
             engine.prefixes.put(k, v)
     engine.stats = stats
+    engine.prefixes.spill_all()  # stored prefixes give their device memory to the halves
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     st = state_of(engine)
