@@ -119,7 +119,7 @@ class HFEngine:
         self.nucleus_candidates = NUCLEUS_CANDIDATES  # top tokens sorted before the full-sort fallback
         self.prefill_forward_tokens = PREFILL_FORWARD_TOKENS  # see prefill_groups
         self.stats = EngineStats()
-        self.prefixes = PrefixStore("cpu")  # see PrefixStore: on each layer's device within a budget, spilled to host memory past it
+        self.prefixes = PrefixStore("cpu")  # see PrefixStore: on the layers' devices within a budget
         # where input ids go: the embeddings' device (under a device map each layer's inputs
         # are moved to that layer's device by accelerate's hooks; its KV cache lives there)
         self.device = model.get_input_embeddings().weight.device
