@@ -92,3 +92,17 @@ def matmul_rate(rows: int, inner: int, cols: int, min_time: float = 0.5) -> floa
         dt = time.perf_counter() - t
         best, spent = min(best, dt / reps), spent + dt
     return flop / best / 1e9
+
+
+def alternate(measure, reference: str, candidate: str, pairs: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Run ``measure(mode)`` as reference, (candidate, reference) x ``pairs``, printing each
+    result, so every candidate run sits between two reference runs and a steady drift of the
+    machine's speed cancels. Returns the runs per mode and, per candidate run, the mean of its two
+    neighbours divided by it (the candidate's speed relative to the reference)."""
+    runs: dict[str, list[float]] = {reference: [], candidate: []}
+    for mode in [reference] + [candidate, reference] * pairs:
+        runs[mode].append(measure(mode))
+        print(f"{mode}: {runs[mode][-1]:.4g} s per conversation", flush=True)
+    ref = runs[reference]
+    ratios = [(ref[i] + ref[i + 1]) / 2 / c for i, c in enumerate(runs[candidate])]
+    return runs, ratios

@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
-    from _common import load, matmul_rate
+    from _common import alternate, load, matmul_rate
     from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
     from personadrift.generation.batch_invariance import batch_invariant_of, set_batch_invariant
@@ -66,12 +66,8 @@ def main() -> None:
           f"ordinary: linear kernel {linear_kernel_of(plain)}, batch-invariant {batch_invariant_of(plain)}; "
           f"invariant: linear kernel {linear_kernel_of(invariant)}, batch-invariant {batch_invariant_of(invariant)}; "
           f"matmul {rate:.1f} GFLOP/s before")
-    runs: dict[str, list[float]] = {"ordinary": [], "invariant": []}
-    for mode in ["ordinary"] + ["invariant", "ordinary"] * args.pairs:
-        runs[mode].append(per_conversation(mode))
-        print(f"{mode}: {runs[mode][-1]:.4g} s per conversation", flush=True)
+    runs, pairs = alternate(per_conversation, "ordinary", "invariant", args.pairs)
     print(f"matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s after")
-    pairs = [(runs["ordinary"][i] + runs["ordinary"][i + 1]) / 2 / b for i, b in enumerate(runs["invariant"])]
     ref, b = statistics.mean(runs["ordinary"]), statistics.mean(runs["invariant"])
     print(f"invariant against ordinary: {ref / b:.2f}x the speed per conversation "
           f"(means {b:.4g} s and {ref:.4g} s; pairs {', '.join(f'{p:.2f}x' for p in pairs)})")

@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
-    from _common import load, matmul_rate
+    from _common import alternate, load, matmul_rate
     from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
     from personadrift.generation.linear_kernels import linear_kernel_of, set_linear_kernel
@@ -65,12 +65,8 @@ def main() -> None:
           f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; linear kernel: float32 "
           f"{linear_kernel_of(f32)}, bfloat16 {linear_kernel_of(bf16)}; native bfloat16 on this CPU: "
           f"{native_bf16('cpu')}; matmul {rate:.1f} GFLOP/s before")
-    runs: dict[str, list[float]] = {"float32": [], "bfloat16": []}
-    for dtype in ["float32"] + ["bfloat16", "float32"] * args.pairs:
-        runs[dtype].append(per_conversation(dtype))
-        print(f"{dtype}: {runs[dtype][-1]:.4g} s per conversation", flush=True)
+    runs, pairs = alternate(per_conversation, "float32", "bfloat16", args.pairs)
     print(f"matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s after")
-    pairs = [(runs["float32"][i] + runs["float32"][i + 1]) / 2 / b for i, b in enumerate(runs["bfloat16"])]
     ref, b = statistics.mean(runs["float32"]), statistics.mean(runs["bfloat16"])
     print(f"bfloat16 against float32: {ref / b:.2f}x per conversation "
           f"(means {b:.4g} s and {ref:.4g} s; pairs {', '.join(f'{p:.2f}x' for p in pairs)})")
