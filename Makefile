@@ -28,8 +28,10 @@ CORES ?= 2
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	# --no-compile: byte-compiling every installed module was most of setup's CPU time; Python
+	# compiles the modules a run imports on first use instead
+	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
