@@ -126,6 +126,24 @@ def test_a_changed_claim_table_reports_the_verdict_change(smoke, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_rerun_whose_provenance_differs_is_identical(smoke, tmp_path):
+    """Outputs that carry their own provenance (personas.json: time, host, commit) match a rerun
+    made at another time and commit; a change outside the provenance still departs."""
+    work = copy_run(smoke, tmp_path)
+    path = work / STUDY / "personas.json"
+    rec = json.loads(path.read_text())
+    assert "provenance" in rec
+    rec["provenance"].update(created="2099-01-01T00:00:00+00:00", git_commit="0" * 40)
+    path.write_text(json.dumps(rec, indent=3))
+    rc, out = verify(smoke / STUDY / "manifest.json", work / STUDY, work)
+    assert rc == 0 and out.startswith("identical"), out
+    rec["kept_extra"] = True
+    path.write_text(json.dumps(rec))
+    rc, out = verify(smoke / STUDY / "manifest.json", work / STUDY, work)
+    assert rc == 1 and "tables that differ (1): personas.json" in out, out
+
+
+@pytest.mark.slow
 def test_verify_compares_two_runs_folders_for_a_reviewer(smoke, tmp_path):
     """``--expected`` may be another run's results folder (a reviewer's two runs of a config)."""
     work = copy_run(smoke, tmp_path)

@@ -44,6 +44,21 @@ def _json_sha(value) -> str:
     return sha256_bytes(json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8"))
 
 
+def output_sha(path: Path) -> str:
+    """sha256 of an output file; a JSON object's ``provenance`` entry (when, where and at which
+    commit it was made, as in ``personas.json``) is left out, so a rerun of the same outputs
+    matches."""
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return sha256_bytes(data)
+        if isinstance(value, dict) and "provenance" in value:
+            return _json_sha({k: v for k, v in value.items() if k != "provenance"})
+    return sha256_bytes(data)
+
+
 def word_hash(word: str) -> str:
     return hashlib.blake2b(word.encode("utf-8"), digest_size=2).hexdigest()
 
@@ -178,7 +193,7 @@ def build_manifest(results, files: list[str] | None = None, *, study: str | None
         path = results / rel
         if not path.is_file():
             raise InputError(path, None, "listed output missing from the results folder")
-        tables[rel] = sha256_bytes(path.read_bytes())
+        tables[rel] = output_sha(path)
         claims += claims_of(rel, path)
     transcripts = read_transcripts(results)
     model = next((rec.get("provenance", {}).get("model", {}).get("name")
