@@ -9,6 +9,7 @@ them, so adding a step touches its rule file and its step module.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,10 +48,28 @@ class Command:
         p = sub.add_parser(self.name, help=self.help, description=self.help)
         if self.takes_config:
             add_config_arguments(p)
+        self._add_arguments(p)
+        p.set_defaults(command=self)
+        return p
+
+    def main(self, argv: list[str] | None = None) -> int:
+        """Run a command that takes no config on its own (``python -m <module>``): an input error
+        is one line on stderr and exit status 2, as under ``personadrift``."""
+        from personadrift.errors import InputError
+
+        assert not self.takes_config, f"{self.name} reads a config: run it as 'personadrift {self.name}'"
+        ap = argparse.ArgumentParser(prog=f"personadrift {self.name}", description=self.help)
+        self._add_arguments(ap)
+        try:
+            status = self.run(ap.parse_args(argv))
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+    def _add_arguments(self, p: argparse.ArgumentParser) -> None:
         if callable(self.arguments):
             self.arguments(p)
         else:
             for flags, kwargs in self.arguments:
                 p.add_argument(*flags, **kwargs)
-        p.set_defaults(command=self)
-        return p

@@ -33,7 +33,6 @@ import ast
 import copy
 import hashlib
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -714,13 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     Exit status: 0 on success (unmapped items and problems are printed), 1 with ``--strict``
     when some item was not imported or the structure differs, 2 on an input error.
     """
-    ap = argparse.ArgumentParser(prog="personadrift-import-upstream", description=__doc__.split("\n\n")[0])
-    add_arguments(ap)
-    try:
-        return run(ap.parse_args(argv))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return COMMANDS[0].main(argv)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:

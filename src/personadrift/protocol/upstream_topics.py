@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: 0 on success, 2 on an input error.
     """
-    ap = argparse.ArgumentParser(prog="personadrift import-upstream-topics", description=__doc__.split("\n\n")[0])
-    add_arguments(ap)
-    try:
-        return run(ap.parse_args(argv))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return COMMANDS[0].main(argv)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
