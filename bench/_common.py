@@ -4,6 +4,7 @@ machine's matmul rate (printed beside every speed ratio)."""
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -106,3 +107,23 @@ def alternate(measure, reference: str, candidate: str, pairs: int) -> tuple[dict
     ref = runs[reference]
     ratios = [(ref[i] + ref[i + 1]) / 2 / c for i, c in enumerate(runs[candidate])]
     return runs, ratios
+
+
+def race(run, models: dict, reference: str, candidate: str, pairs: int, header: str) -> None:
+    """The speed of two models side by side in one process: ``run(model)`` once on each as a
+    warm-up, then the header with the matmul rate before, the alternated runs (:func:`alternate`),
+    the rate after, and the candidate's speed relative to the reference (means, and each pair)."""
+    for m in models.values():
+        run(m, warm_up=True)
+    print(f"{header}; matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s before")
+
+    def per_conversation(mode: str) -> float:
+        t = time.perf_counter()
+        n = run(models[mode], warm_up=False)
+        return (time.perf_counter() - t) / n
+
+    runs, ratios = alternate(per_conversation, reference, candidate, pairs)
+    print(f"matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s after")
+    ref, cand = statistics.mean(runs[reference]), statistics.mean(runs[candidate])
+    print(f"{candidate} against {reference}: {ref / cand:.2f}x the speed per conversation "
+          f"(means {cand:.4g} s and {ref:.4g} s; pairs {', '.join(f'{r:.2f}x' for r in ratios)})")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 
 def main() -> None:
@@ -37,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
-    from _common import alternate, load, matmul_rate
+    from _common import load, race
     from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
     from personadrift.generation.batch_invariance import batch_invariant_of, set_batch_invariant
@@ -53,24 +51,19 @@ def main() -> None:
     models = {"ordinary": plain, "invariant": invariant}
     convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
 
-    def per_conversation(mode: str) -> float:
-        t = time.perf_counter()
-        run_engine(models[mode], tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
-        return (time.perf_counter() - t) / n
+    def run(model, warm_up: bool) -> int:
+        """One batch of conversations (two short ones to warm up); how many ran."""
+        if warm_up:
+            run_engine(model, tok, TOPICS[:2], 1, 4, 1, 4)
+            return 2
+        run_engine(model, tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
+        return len(convs)
 
-    for m in models.values():
-        run_engine(m, tok, TOPICS[:2], 1, 4, 1, 4)  # warm-up
-    rate = matmul_rate(2048, 2048, 2048)
-    print(f"model {name}, {args.threads} thread(s), {n} conversations, {args.rounds} rounds, "
-          f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; "
-          f"ordinary: linear kernel {linear_kernel_of(plain)}, batch-invariant {batch_invariant_of(plain)}; "
-          f"invariant: linear kernel {linear_kernel_of(invariant)}, batch-invariant {batch_invariant_of(invariant)}; "
-          f"matmul {rate:.1f} GFLOP/s before")
-    runs, pairs = alternate(per_conversation, "ordinary", "invariant", args.pairs)
-    print(f"matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s after")
-    ref, b = statistics.mean(runs["ordinary"]), statistics.mean(runs["invariant"])
-    print(f"invariant against ordinary: {ref / b:.2f}x the speed per conversation "
-          f"(means {b:.4g} s and {ref:.4g} s; pairs {', '.join(f'{p:.2f}x' for p in pairs)})")
+    race(run, models, "ordinary", "invariant", args.pairs,
+         f"model {name}, {args.threads} thread(s), {n} conversations, {args.rounds} rounds, "
+         f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; "
+         f"ordinary: linear kernel {linear_kernel_of(plain)}, batch-invariant {batch_invariant_of(plain)}; "
+         f"invariant: linear kernel {linear_kernel_of(invariant)}, batch-invariant {batch_invariant_of(invariant)}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 
 def main() -> None:
@@ -37,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
-    from _common import alternate, load, matmul_rate
+    from _common import load, race
     from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
     from personadrift.generation.linear_kernels import linear_kernel_of, set_linear_kernel
@@ -53,23 +51,19 @@ def main() -> None:
     models = {"float32": f32, "bfloat16": bf16}
     convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
 
-    def per_conversation(dtype: str) -> float:
-        t = time.perf_counter()
-        run_engine(models[dtype], tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
-        return (time.perf_counter() - t) / n
+    def run(model, warm_up: bool) -> int:
+        """One batch of conversations (two short ones to warm up); how many ran."""
+        if warm_up:
+            run_engine(model, tok, TOPICS[:2], 1, 4, 1, 4)
+            return 2
+        run_engine(model, tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
+        return len(convs)
 
-    for m in models.values():
-        run_engine(m, tok, TOPICS[:2], 1, 4, 1, 4)  # warm-up
-    rate = matmul_rate(2048, 2048, 2048)
-    print(f"model {name}, {args.threads} thread(s), {n} conversations, {args.rounds} rounds, "
-          f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; linear kernel: float32 "
-          f"{linear_kernel_of(f32)}, bfloat16 {linear_kernel_of(bf16)}; native bfloat16 on this CPU: "
-          f"{native_bf16('cpu')}; matmul {rate:.1f} GFLOP/s before")
-    runs, pairs = alternate(per_conversation, "float32", "bfloat16", args.pairs)
-    print(f"matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s after")
-    ref, b = statistics.mean(runs["float32"]), statistics.mean(runs["bfloat16"])
-    print(f"bfloat16 against float32: {ref / b:.2f}x per conversation "
-          f"(means {b:.4g} s and {ref:.4g} s; pairs {', '.join(f'{p:.2f}x' for p in pairs)})")
+    race(run, models, "float32", "bfloat16", args.pairs,
+         f"model {name}, {args.threads} thread(s), {n} conversations, {args.rounds} rounds, "
+         f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; linear kernel: float32 "
+         f"{linear_kernel_of(f32)}, bfloat16 {linear_kernel_of(bf16)}; native bfloat16 on this CPU: "
+         f"{native_bf16('cpu')}")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def test_dtype_bench_alternates_float32_and_bfloat16_and_reports_their_ratio():
     assert [d for d, _ in runs] == ["float32", "bfloat16", "float32", "bfloat16", "float32"], out
     f32 = [s for d, s in runs if d == "float32"]
     bf16 = [s for d, s in runs if d == "bfloat16"]
-    m = re.search(rf"bfloat16 against float32: {RATE}x per conversation .*pairs {RATE}x, {RATE}x\)", out)
+    m = re.search(rf"bfloat16 against float32: {RATE}x the speed per conversation .*pairs {RATE}x, {RATE}x\)", out)
     assert m, out
     ratio, pair1, pair2 = (float(g) for g in m.groups())
     assert abs(statistics.mean(f32) / statistics.mean(bf16) - ratio) <= 0.006 + 0.01 * ratio
