@@ -28,10 +28,11 @@ CORES ?= 2
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# --no-compile: byte-compiling every installed module was most of setup's CPU time; Python
-	# compiles the modules a run imports on first use instead
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps -e .
+	# pip byte-compiles what it installs (keep it: where PYTHONDONTWRITEBYTECODE is set, as on many
+	# CI runners, Python never caches what it compiles, and every process, every workflow job, would
+	# compile torch and transformers anew: about 14 s of CPU each)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
