@@ -215,3 +215,15 @@ def test_planted_drift_bench_fits_a_scores_table_and_uses_the_figures_families(t
     effect_rows = re.findall(r"^\s*config\.yaml\s+binary\s+(level|drift)\s+10\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
     assert {c for c, _ in effect_rows} == {"level", "drift"} and {int(f) for _, f in effect_rows} == {2 * comparisons}
     assert re.search(r"n = 10\): smallest decline in mean stability over the dialog \(round 1 to 3\)", out), out
+
+
+def test_round_centres_are_found_however_wide_the_population_spreads():
+    """The fit's optimiser tries spreads far past any real study's (the laptop study's fit once
+    stopped here): each round's centre still makes the population's mean the round's mean."""
+    from personadrift.analysis.simulate import _centres, _sigmoid
+
+    eta = 45.0 * np.random.default_rng(0).standard_normal((4000, 3))
+    means = [0.36, 0.17, 0.08]
+    centres = _centres(eta, means)
+    got = [_sigmoid(c + eta[:, r]).mean() for r, c in enumerate(centres)]
+    assert np.allclose(got, means, atol=1e-3)

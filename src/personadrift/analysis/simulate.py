@@ -357,7 +357,9 @@ def _centres(eta: np.ndarray, means) -> np.ndarray:
 
     out = []
     for r, m in enumerate(np.clip(np.asarray(means, dtype=float), 0.002, 0.998)):
-        out.append(brentq(lambda c: _sigmoid(c + eta[:, r]).mean() - m, -30, 30, xtol=1e-4))
+        # the bracket reaches past the widest eta: the fit's optimiser tries large spreads
+        reach = 30.0 + float(np.abs(eta[:, r]).max())
+        out.append(brentq(lambda c: _sigmoid(c + eta[:, r]).mean() - m, -reach, reach, xtol=1e-4))
     return np.array(out)
 
 
