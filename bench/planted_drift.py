@@ -154,7 +154,10 @@ def main() -> None:
     if args.fit:
         from personadrift.tables import read_table
 
-        fitted = sim.fit_design(read_table(args.fit))
+        try:
+            fitted = sim.fit_design(read_table(args.fit))
+        except ValueError as e:  # a table that cannot be fitted: one line, no traceback
+            raise SystemExit(f"planted_drift: {args.fit}: {e}") from None
         print(f"fitted to {args.fit}: {fitted}")
         if not args.configs:
             shapes = [sim.StudyShape(args.fit, fitted.conversations, fitted.runs, fitted.rounds)]

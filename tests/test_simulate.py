@@ -227,3 +227,17 @@ def test_round_centres_are_found_however_wide_the_population_spreads():
     centres = _centres(eta, means)
     got = [_sigmoid(c + eta[:, r]).mean() for r, c in enumerate(centres)]
     assert np.allclose(got, means, atol=1e-3)
+
+
+def test_a_fit_that_does_not_settle_is_refused_not_returned():
+    """A study judged mostly 0/1 with a few fractional scores (the paper's judges mixed, one sample
+    per probe) is taken as graded, whose judge noise is a fifth of a binary one's: the simulator
+    cannot make the data's variance and the optimiser wanders to huge spreads. fit_design says so
+    instead of returning a design whose every round mean is 0 (the laptop study's scores did this)."""
+    truth = sim.drifting(48, rounds=8, runs=1, drop=0.5, drift_sd=1.0, start=0.36)
+    scores = sim.simulate_scores(truth, seed=1)
+    assert sim.fit_design(scores).judge == "binary"  # all 0/1: fitted
+    some = np.random.default_rng(0).random(len(scores)) < 0.05
+    scores.loc[some, "score"] = 0.5
+    with pytest.raises(ValueError, match="did not settle"):
+        sim.fit_design(scores)

@@ -363,6 +363,9 @@ def _centres(eta: np.ndarray, means) -> np.ndarray:
     return np.array(out)
 
 
+FIT_MAX_LOGITS = 10.0  # a fitted spread, drift sd or round noise past this has not settled
+
+
 def fit_design(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
                population: int = FIT_POPULATION) -> Design:
     """A :class:`Design` fitted to one setting of a scores table (judge errors scored 0, as the
@@ -424,6 +427,14 @@ def fit_design(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
     best = minimize(loss, x0=np.array([1.0, 0.5, 0.5]), method="Nelder-Mead",
                     options={"xatol": 0.02, "fatol": 1e-4, "maxiter": 200})
     spread, drift_sd, noise = (float(v) for v in np.abs(best.x))
+    if not best.success or max(spread, drift_sd, noise) > FIT_MAX_LOGITS:
+        # a flat loss: the model cannot produce the data's variances and the optimiser wanders off
+        share = float((~sc["score"].isin([0.0, 1.0])).mean())
+        raise ValueError(
+            f"fit_design: the fit of setting {setting!r} did not settle (spread {spread:.3g}, drift sd "
+            f"{drift_sd:.3g}, round noise {noise:.3g} logits): the simulator cannot produce its variances "
+            f"(level {observed[0]:.3g}, change {observed[1]:.3g}, residual {observed[2]:.3g}) with a "
+            f"{'graded' if graded else 'binary'} judge of {runs} sample(s) ({share:.0%} of scores neither 0 nor 1)")
     eta = spread * z[0][:, :1] + drift_sd * z[1][:, :1] * frac + noise * z[2]
     return Design(conversations=int(sc["conversation"].nunique()), rounds=R, runs=runs,
                   stability=tuple(_sigmoid(_centres(eta, means["agent"]))),
