@@ -379,7 +379,10 @@ def fit_design(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
     rounds 1..R and the mean residual variance around each conversation's line (least squares on
     the log scale, Nelder-Mead); then each round's centre so that the population means equal the
     observed round means (stability and adoption). With few conversations the variances, so the
-    fit, are rough: it gives a study's shape, not its truth.
+    fit, are rough: it gives a study's shape, not its truth. A fit that does not settle (the
+    optimiser not converged, or a fitted spread past ``FIT_MAX_LOGITS``) raises ValueError: the
+    judge kind is all or nothing, so a study of mostly binary scores with a few graded ones is
+    taken as graded, whose smaller judge noise cannot make the study's variance.
     """
     from scipy.optimize import minimize
 
