@@ -109,6 +109,20 @@ def alternate(measure, reference: str, candidate: str, pairs: int) -> tuple[dict
     return runs, ratios
 
 
+def shape_runner(run_engine, tok, topics: list, convs: list, args):
+    """``run(model, warm_up)`` for :func:`race`: the bench's conversations at its shape
+    (``args.rounds``, ``tokens``, ``runs``, ``probe_tokens``), or two short ones to warm up; returns
+    how many conversations ran."""
+    def run(model, warm_up: bool) -> int:
+        if warm_up:
+            run_engine(model, tok, topics[:2], 1, 4, 1, 4)
+            return 2
+        run_engine(model, tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
+        return len(convs)
+
+    return run
+
+
 def race(run, models: dict, reference: str, candidate: str, pairs: int, header: str) -> None:
     """The speed of two models side by side in one process: ``run(model)`` once on each as a
     warm-up, then the header with the matmul rate before, the alternated runs (:func:`alternate`),

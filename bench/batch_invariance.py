@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
-    from _common import load, race
+    from _common import load, race, shape_runner
     from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
     from personadrift.generation.batch_invariance import batch_invariant_of, set_batch_invariant
@@ -51,15 +51,7 @@ def main() -> None:
     models = {"ordinary": plain, "invariant": invariant}
     convs = [TOPICS[i % len(TOPICS)] for i in range(n)]
 
-    def run(model, warm_up: bool) -> int:
-        """One batch of conversations (two short ones to warm up); how many ran."""
-        if warm_up:
-            run_engine(model, tok, TOPICS[:2], 1, 4, 1, 4)
-            return 2
-        run_engine(model, tok, convs, args.rounds, args.tokens, args.runs, args.probe_tokens)
-        return len(convs)
-
-    race(run, models, "ordinary", "invariant", args.pairs,
+    race(shape_runner(run_engine, tok, TOPICS, convs, args), models, "ordinary", "invariant", args.pairs,
          f"model {name}, {args.threads} thread(s), {n} conversations, {args.rounds} rounds, "
          f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; "
          f"ordinary: linear kernel {linear_kernel_of(plain)}, batch-invariant {batch_invariant_of(plain)}; "
