@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from personadrift.errors import PersonaDriftError
+from personadrift.command import exit_status
 
 # the modules declaring subcommands, in the order ``--help`` lists them (the data flow)
 COMMAND_MODULES = (
@@ -64,8 +65,7 @@ def run(args) -> int:
         status = command.run(config_from_args(args), args)
     else:
         status = command.run(args)
-    # an exit status only when the command returns one (steps return what they wrote)
-    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+    return exit_status(status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,11 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                         "once with the same message (runtime/attempts.py)")
 
 
+def exit_status(returned) -> int:
+    """A command's exit status: what it returned when that is an int (steps return what they wrote: 0)."""
+    return returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
+
+
 @dataclass(frozen=True)
 class Command:
     """``run(config, args)`` (``takes_config``: the command reads ``--config``/``--params`` and
@@ -65,7 +70,7 @@ class Command:
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        return status if isinstance(status, int) and not isinstance(status, bool) else 0
+        return exit_status(status)
 
     def _add_arguments(self, p: argparse.ArgumentParser) -> None:
         if callable(self.arguments):
