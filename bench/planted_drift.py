@@ -4,6 +4,7 @@
                                   [--sizes 8,200] [--confidence 0.95] [--seed 0]
     python bench/planted_drift.py --skip-coverage --configs config.yaml,configs/laptop.yaml,configs/paper.yaml
     python bench/planted_drift.py --skip-coverage --fit results/laptop/scores/none.csv --configs configs/laptop.yaml
+    python bench/planted_drift.py --skip-power      # the coverage table only
 
 Simulated studies (analysis/simulate.py: no model) go through the same tables as the workflow,
 with the figures' own Holm families: the drift figure's claims with the control (round-0 shift and
@@ -15,7 +16,8 @@ mitigation setting: 2 x the config's settings). Drift varies between conversatio
 Without ``--fit`` the studies start at stability 0.5, spread 1.0 and round wobble 0.5 (logits),
 2 samples per probe, 4 dialog rounds plus round 0. With ``--fit SCORES.csv`` every parameter is
 fitted to that scores table (``simulate.fit_design``: its round means, spread, drift
-heterogeneity, round wobble, judge kind and noise, conversations, rounds and samples), and the
+heterogeneity, round wobble, judge (binary, graded, or mixed: the share of 0/1 scores) and its
+noise, conversations, rounds and samples), and the
 planted drift replaces its decline over rounds 1..R. To refit to a study, point ``--fit`` at its
 ``results/<study>/scores/none.csv`` (and ``--configs`` at its config, for the number of mitigation
 comparisons).
@@ -139,6 +141,7 @@ def main() -> None:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-coverage", action="store_true")
+    p.add_argument("--skip-power", action="store_true")
     p.add_argument("--drift-sd", type=float, default=1.0,
                    help="sd of a conversation's own drift over the dialog (logits); ignored with --fit")
     p.add_argument("--judges", default="binary,graded", help="simulated judges; ignored with --fit")
@@ -171,6 +174,9 @@ def main() -> None:
         cov = coverage_table(sizes, methods, args.studies, args.confidence, args.seed, args.drift_sd, judges)
         print(f"## Coverage (nominal {args.confidence}) and rate of 'significant' over {args.studies} studies each")
         print(cov.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if args.skip_power:
+        print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+        return
     drops = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
     pdrift = power_drift(shapes, drops, args.studies, args.confidence, args.seed, fitted, args.drift_sd, judges)
     print("\n## Power of 'stability declines over the dialog' (t-interval, Holm over the drift figure's claims)")

@@ -29,10 +29,10 @@ def test_written_transcripts_score_to_the_simulated_table(tmp_path):
     assert set(got["round"]) == {0, 1, 2} and got["score"].isin([0.0, 1.0]).all()
 
 
-@pytest.mark.parametrize("judge", ["binary", "graded"])
+@pytest.mark.parametrize("judge", ["binary", "graded", "mixed"])
 def test_truth_is_the_population_mean(judge):
     # drift that varies between conversations widens the spread round by round: the truth has it
-    design = sim.drifting(20_000, shift=0.8, drop=1.5, drift_sd=1.0, judge=judge, precision=3.0)
+    design = sim.drifting(20_000, shift=0.8, drop=1.5, drift_sd=1.0, judge=judge, precision=3.0, binary_share=0.5)
     sc = sim.simulate_scores(design, seed=1)
     emp = sc[sc["setting"] == "none"].groupby(["kind", "round"])["score"].mean()
     t = sim.truth(design).set_index(["kind", "round"])["true_mean"]
@@ -82,7 +82,7 @@ def test_coverage_of_every_figure_claim_with_the_control_and_mitigations():
                                                                           "b": 0.0},
                           drift_effects={"control": 0.6, "a": 0.0, "b": 1.0})
     res = sim.check(design, studies=60, method="t", round_means=False).set_index("claim")
-    assert (res.loc[res.index.str.contains("vs control|\\[control\\]|^(shift|drift) \\(", regex=True), "family"]
+    assert (res.loc[res.index.str.contains("vs control|\\[control\\]|^(?:shift|drift) \\(", regex=True), "family"]
             == 12).all()
     assert (res.loc[["level vs none", "drift vs none"], "family"] == 4).all()
     assert (res["coverage"] >= NOMINAL - 0.1).all(), res  # 60 studies: SE about 0.03
@@ -123,11 +123,25 @@ def test_heterogeneous_drift_costs_power():
     assert p["varied"] < p["same"] - 0.1, p
 
 
+@pytest.mark.parametrize("judge,share", [("binary", 1.0), ("graded", 0.0), ("mixed", 0.7)])
+def test_each_judges_noise_is_what_the_fit_assumes(judge, share):
+    """Var(score | p) = p (1 - p) * judge_noise(): measured on samples drawn at known p."""
+    design = sim.Design(judge=judge, precision=3.0, binary_share=share)
+    p = np.linspace(0.05, 0.95, 19)
+    draws = sim._judge(design, p[:, None], np.random.default_rng(0), (19, 40_000))
+    assert np.allclose(draws.mean(axis=1), p, atol=0.01)
+    assert np.allclose(draws.var(axis=1) / (p * (1 - p)), design.judge_noise(), atol=0.03)
+    assert design.judge_noise() == pytest.approx({"binary": 1.0, "graded": 0.25, "mixed": 0.775}[judge])
+    assert np.isin(draws, [0.0, 1.0]).mean() == pytest.approx(share, abs=0.01)
+
+
 def test_fit_recovers_a_planted_study_and_refits_its_own_simulation():
     truth = sim.drifting(300, rounds=5, start=0.4, shift=1.0, drop=1.0, drift_sd=1.2, spread=1.0, round_noise=0.3,
                          runs=2, judge="graded", precision=5.0)
     fit = sim.fit_design(sim.simulate_scores(truth, seed=4))
-    assert (fit.conversations, fit.rounds, fit.runs, fit.judge) == (300, 5, 2, "graded")
+    assert (fit.conversations, fit.rounds, fit.runs) == (300, 5, 2)
+    # a Beta draw can underflow to exactly 0 (one in this study): then the judge is "mixed", mostly graded
+    assert fit.judge in ("graded", "mixed") and fit.binary_share < 0.01
     assert fit.precision == pytest.approx(5.0, rel=0.25)
     assert fit.spread == pytest.approx(1.0, abs=0.4) and fit.drift_sd == pytest.approx(1.2, abs=0.5)
     t, f = sim.truth(truth), sim.truth(fit)
@@ -229,15 +243,35 @@ def test_round_centres_are_found_however_wide_the_population_spreads():
     assert np.allclose(got, means, atol=1e-3)
 
 
-def test_a_fit_that_does_not_settle_is_refused_not_returned():
-    """A study judged mostly 0/1 with a few fractional scores (the paper's judges mixed, one sample
-    per probe) is taken as graded, whose judge noise is a fifth of a binary one's: the simulator
-    cannot make the data's variance and the optimiser wanders to huge spreads. fit_design says so
-    instead of returning a design whose every round mean is 0 (the laptop study's scores did this)."""
+def test_a_study_of_mostly_binary_scores_is_fitted_as_mixed():
+    """The laptop study's shape: 48 conversations, 8 rounds, one sample per probe, 95% of scores 0
+    or 1 and a few fractional. Taken as graded (as fit_design once did) its judge noise would be a
+    fifth of a binary one's and the fit could not settle; as a mixed judge it recovers the truth."""
     truth = sim.drifting(48, rounds=8, runs=1, drop=0.5, drift_sd=1.0, start=0.36)
     scores = sim.simulate_scores(truth, seed=1)
-    assert sim.fit_design(scores).judge == "binary"  # all 0/1: fitted
+    binary = sim.fit_design(scores)
     some = np.random.default_rng(0).random(len(scores)) < 0.05
     scores.loc[some, "score"] = 0.5
-    with pytest.raises(ValueError, match="did not settle"):
+    mixed = sim.fit_design(scores)
+    assert (binary.judge, mixed.judge) == ("binary", "mixed") and mixed.binary_share == pytest.approx(0.95, abs=0.02)
+    assert mixed.judge_noise() == pytest.approx(0.96, abs=0.02)
+    assert mixed.spread == pytest.approx(binary.spread, abs=0.3)
+    assert np.abs(sim.truth(mixed)["true_mean"] - sim.truth(binary)["true_mean"]).max() < 0.05
+
+
+def test_mixed_judge_precision_is_fitted_from_repeated_samples():
+    truth = sim.drifting(2000, rounds=3, runs=3, drop=1.0, judge="mixed", binary_share=0.5, precision=2.0)
+    fit = sim.fit_design(sim.simulate_scores(truth, seed=2))
+    assert fit.judge == "mixed" and fit.binary_share == pytest.approx(0.5, abs=0.02)
+    assert fit.judge_noise() == pytest.approx(truth.judge_noise(), abs=0.05)
+    assert fit.precision == pytest.approx(2.0, rel=0.35)
+
+
+def test_a_fit_that_does_not_settle_is_refused_not_returned():
+    """Every conversation scores the same in every round (half of them always 0, half always 1):
+    with a binary judge that takes an infinite spread, so the optimiser wanders off. fit_design
+    says so instead of returning a design whose round means are all 0 or 1."""
+    scores = sim.simulate_scores(sim.drifting(40, rounds=4, runs=1), seed=0)
+    scores["score"] = (scores["conversation"] % 2).astype(float)
+    with pytest.raises(ValueError, match="did not settle.*binary judge of noise 1"):
         sim.fit_design(scores)

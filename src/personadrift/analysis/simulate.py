@@ -11,7 +11,10 @@ persona pairs. Its truth is known:
   level and d_ik ~ N(0, ``drift_sd``^2) its own drift (both the same across settings: common
   persona pairs and seeds) and u_ikr ~ N(0, ``round_noise``^2) a conversation-and-round wobble;
 * a ``binary`` judge passes each probe sample with probability p; a ``graded`` judge gives a
-  score in [0, 1] drawn from Beta(p * precision, (1 - p) * precision) (mean p);
+  score in [0, 1] drawn from Beta(p * precision, (1 - p) * precision) (mean p); a ``mixed``
+  judge is binary for a share ``binary_share`` of the probe samples and graded for the rest (real
+  studies mix judges: the laptop study's scores are 96% 0 or 1, a few personas' judges graded);
+  every judge's noise is Var(score | p) = p (1 - p) * :meth:`Design.judge_noise`;
 * the estimands are population means over conversations, computed exactly (Gauss-Hermite):
   the mean score per round, and every claim of the drift and mitigation figures (round-0 shift,
   fitted change over rounds 1..R, level over rounds 1..R, differences from the control and
@@ -36,13 +39,15 @@ import pandas as pd
 
 from personadrift.analysis import stats
 
-JUDGES = ("binary", "graded")
+JUDGES = ("binary", "graded", "mixed")
 MARK = {"agent": "anchor", "user": "pirate"}  # an answer passes its judge iff it contains the word
 _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(60)
 
 
 def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
+    from scipy.special import expit  # no overflow warning at the large logits a fit may try
+
+    return expit(z)
 
 
 def _logit(p):
@@ -72,6 +77,7 @@ class Design:
     judge: str = "binary"
     precision: float = 4.0
     drift_effects: dict = field(default_factory=dict)
+    binary_share: float = 1.0
 
     def __post_init__(self):
         for name in ("stability", "adoption"):
@@ -81,6 +87,8 @@ class Design:
             raise ValueError("Design.effects: needs the baseline setting 'none'")
         if self.judge not in JUDGES:
             raise ValueError(f"Design.judge: {self.judge!r}, expected one of {', '.join(JUDGES)}")
+        if not 0.0 <= self.binary_share <= 1.0:
+            raise ValueError(f"Design.binary_share: {self.binary_share}, expected a share in [0, 1]")
         if unknown := set(self.drift_effects) - set(self.effects):
             raise ValueError(f"Design.drift_effects: settings {sorted(unknown)} are not in Design.effects")
 
@@ -91,6 +99,12 @@ class Design:
         r = np.arange(self.rounds + 1)
         ramp = np.where(r >= 1, (r - 1) / max(self.rounds - 1, 1), 0.0)
         return base + self.effects[setting] * (r >= 1) + self.drift_effects.get(setting, 0.0) * ramp
+
+    def judge_noise(self) -> float:
+        """Var(score | p) / (p (1 - p)): 1 for a binary judge, 1 / (precision + 1) for a graded one."""
+        graded = 1.0 / (self.precision + 1.0)
+        share = {"binary": 1.0, "graded": 0.0}.get(self.judge, self.binary_share)
+        return share + (1.0 - share) * graded
 
     def round_sd(self) -> np.ndarray:
         """Per round: the sd of a conversation's logit around the centre (level, own drift, wobble)."""
@@ -207,17 +221,26 @@ def simulate_scores(design: Design, seed: int) -> pd.DataFrame:
     for s in design.effects:
         for kind in ("agent", "user"):
             p = _sigmoid(design.logits(s, kind)[None, :] + eta[kind])[:, :, None]
-            if design.judge == "binary":
-                score = (rng.random((n, R, k)) < p).astype(float)
-            else:
-                a = np.clip(p * design.precision, 1e-6, None)
-                score = rng.beta(a, np.clip((1 - p) * design.precision, 1e-6, None), size=(n, R, k))
+            score = _judge(design, p, rng, (n, R, k))
             c, r, j = np.meshgrid(np.arange(n), np.arange(R), np.arange(k), indexing="ij")
             parts.append(pd.DataFrame({
                 "setting": s, "conversation": c.ravel(), "round": r.ravel(), "turn": 2 * r.ravel(),
                 "kind": kind, "sample": j.ravel(), "score": score.ravel(), "context": "ok",
             }))
     return pd.concat(parts, ignore_index=True)
+
+
+def _judge(design: Design, p: np.ndarray, rng, size: tuple) -> np.ndarray:
+    """Probe samples' scores for expected scores ``p`` (broadcast to ``size``)."""
+    p = np.broadcast_to(p, size)
+    if design.judge == "binary":
+        return (rng.random(size) < p).astype(float)
+    a = np.clip(p * design.precision, 1e-6, None)
+    graded = rng.beta(a, np.clip((1 - p) * design.precision, 1e-6, None), size=size)
+    if design.judge == "graded":
+        return graded
+    binary = (rng.random(size) < p).astype(float)
+    return np.where(rng.random(size) < design.binary_share, binary, graded)
 
 
 def _persona(kind: str, i: int) -> dict:
@@ -372,17 +395,20 @@ def fit_design(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
     statistics score them), so power can be simulated in that study's shape.
 
     Read off the table: conversations, dialog rounds R (rounds 0..R must all be there), probe
-    samples per round, the judge (``binary`` when every score is 0 or 1, else ``graded``, its
-    Beta precision from the spread of samples within a probe; 4 when there is one sample). Fitted:
+    samples per round, the judge: ``binary`` when every score is 0 or 1, ``graded`` when none is,
+    else ``mixed`` with ``binary_share`` the share of scores that are 0 or 1 (a graded judge's
+    exact 0 or 1 counts as binary). The judge's noise comes from the spread of samples within a
+    probe (the mean within-probe variance W against the mean s (1 - s) S: noise W / (W + S), for
+    any judge bounded in [0, 1]), which sets the graded part's Beta precision; with one sample per
+    probe it cannot be measured and the graded part's precision is 4. Fitted:
     ``spread``, ``drift_sd`` and ``round_noise`` so that a large simulated population reproduces the
     stability probe's between-conversation variance of the level and of the fitted change over
     rounds 1..R and the mean residual variance around each conversation's line (least squares on
     the log scale, Nelder-Mead); then each round's centre so that the population means equal the
     observed round means (stability and adoption). With few conversations the variances, so the
     fit, are rough: it gives a study's shape, not its truth. A fit that does not settle (the
-    optimiser not converged, or a fitted spread past ``FIT_MAX_LOGITS``) raises ValueError: the
-    judge kind is all or nothing, so a study of mostly binary scores with a few graded ones is
-    taken as graded, whose smaller judge noise cannot make the study's variance.
+    optimiser not converged, or a fitted spread past ``FIT_MAX_LOGITS``) raises ValueError naming
+    the variances it could not reproduce.
     """
     from scipy.optimize import minimize
 
@@ -396,14 +422,18 @@ def fit_design(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
                          f"setting {setting!r} has rounds {rounds}")
     R = rounds[-1]
     runs = int(sc.groupby(["conversation", "round", "kind"]).size().median())
-    graded = not sc["score"].isin([0.0, 1.0]).all()
+    binary_share = float(sc["score"].isin([0.0, 1.0]).mean())
+    judge = "binary" if binary_share == 1.0 else "graded" if binary_share == 0.0 else "mixed"
     precision = 4.0
-    if graded and runs >= 2:
+    if judge != "binary" and runs >= 2:
         within = sc.groupby(["conversation", "round", "kind"])["score"].var(ddof=1).mean()
         s = sc["score"]
-        if within > 0:
-            precision = float(np.clip((s * (1 - s)).mean() / within, 0.5, 1000.0))
-    judge_var = 1.0 / (precision + 1.0) if graded else 1.0  # Var(score | p) / (p (1 - p))
+        noise = within / (within + (s * (1 - s)).mean())  # Var(s | p) = p (1 - p) - E[s (1 - s) | p]
+        graded_part = (noise - binary_share) / (1.0 - binary_share)  # = 1 / (precision + 1)
+        precision = float(np.clip(1.0 / max(graded_part, 1e-3) - 1.0, 0.5, 1000.0))
+    shape = Design(rounds=R, stability=(0.5,) * (R + 1), adoption=(0.5,) * (R + 1), judge=judge,
+                   precision=precision, binary_share=binary_share)
+    judge_var = shape.judge_noise()
     means = {k: sc[sc["kind"] == k].groupby("round")["score"].mean().reindex(rounds).to_numpy() for k in ("agent", "user")}
     per = stats.per_conversation(sc[sc["kind"] == "agent"])
     observed = _observed_moments(per)
@@ -432,15 +462,14 @@ def fit_design(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
     spread, drift_sd, noise = (float(v) for v in np.abs(best.x))
     if not best.success or max(spread, drift_sd, noise) > FIT_MAX_LOGITS:
         # a flat loss: the model cannot produce the data's variances and the optimiser wanders off
-        share = float((~sc["score"].isin([0.0, 1.0])).mean())
         raise ValueError(
             f"fit_design: the fit of setting {setting!r} did not settle (spread {spread:.3g}, drift sd "
             f"{drift_sd:.3g}, round noise {noise:.3g} logits): the simulator cannot produce its variances "
             f"(level {observed[0]:.3g}, change {observed[1]:.3g}, residual {observed[2]:.3g}) with a "
-            f"{'graded' if graded else 'binary'} judge of {runs} sample(s) ({share:.0%} of scores neither 0 nor 1)")
+            f"{judge} judge of noise {judge_var:.3g} and {runs} sample(s) per probe "
+            f"({1 - binary_share:.0%} of scores neither 0 nor 1)")
     eta = spread * z[0][:, :1] + drift_sd * z[1][:, :1] * frac + noise * z[2]
-    return Design(conversations=int(sc["conversation"].nunique()), rounds=R, runs=runs,
-                  stability=tuple(_sigmoid(_centres(eta, means["agent"]))),
-                  adoption=tuple(_sigmoid(_centres(eta, means["user"]))),
-                  spread=spread, round_noise=noise, drift_sd=drift_sd,
-                  judge="graded" if graded else "binary", precision=precision)
+    centres = {k: tuple(float(v) for v in _sigmoid(_centres(eta, means[k]))) for k in ("agent", "user")}
+    return replace(shape, conversations=int(sc["conversation"].nunique()), runs=runs,
+                   stability=centres["agent"], adoption=centres["user"],
+                   spread=spread, round_noise=noise, drift_sd=drift_sd)
