@@ -13,7 +13,7 @@ persona pairs. Its truth is known:
 * a ``binary`` judge passes each probe sample with probability p; a ``graded`` judge gives a
   score in [0, 1] drawn from Beta(p * precision, (1 - p) * precision) (mean p); a ``mixed``
   judge is binary for a share ``binary_share`` of the probe samples and graded for the rest (real
-  studies mix judges: the laptop study's scores are 96% 0 or 1, a few personas' judges graded);
+  studies mix judges: the laptop study's scores are 95% 0 or 1, a few personas' judges graded);
   every judge's noise is Var(score | p) = p (1 - p) * :meth:`Design.judge_noise`;
 * the estimands are population means over conversations, computed exactly (Gauss-Hermite):
   the mean score per round, and every claim of the drift and mitigation figures (round-0 shift,
@@ -428,8 +428,8 @@ def fit_design(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
     if judge != "binary" and runs >= 2:
         within = sc.groupby(["conversation", "round", "kind"])["score"].var(ddof=1).mean()
         s = sc["score"]
-        noise = within / (within + (s * (1 - s)).mean())  # Var(s | p) = p (1 - p) - E[s (1 - s) | p]
-        graded_part = (noise - binary_share) / (1.0 - binary_share)  # = 1 / (precision + 1)
+        measured = within / (within + (s * (1 - s)).mean())  # Var(s | p) = p (1 - p) - E[s (1 - s) | p]
+        graded_part = (measured - binary_share) / (1.0 - binary_share)  # = 1 / (precision + 1)
         precision = float(np.clip(1.0 / max(graded_part, 1e-3) - 1.0, 0.5, 1000.0))
     shape = Design(rounds=R, stability=(0.5,) * (R + 1), adoption=(0.5,) * (R + 1), judge=judge,
                    precision=precision, binary_share=binary_share)
