@@ -15,10 +15,11 @@ mitigation setting: 2 x the config's settings). Drift varies between conversatio
 
 Without ``--fit`` the studies start at stability 0.5, spread 1.0 and round wobble 0.5 (logits),
 2 samples per probe, 4 dialog rounds plus round 0. With ``--fit SCORES.csv`` every parameter is
-fitted to that scores table (``simulate.fit_design``: its round means, spread, drift
+fitted to that scores table (``simulate.fit_designs``: its round means, spread, drift
 heterogeneity, round wobble, judge (binary, graded, or mixed: the share of 0/1 scores) and its
-noise, conversations, rounds and samples), and the
-planted drift replaces its decline over rounds 1..R. To refit to a study, point ``--fit`` at its
+noise, conversations, rounds and samples), and the planted drift replaces its decline over rounds
+1..R. The variances allow more than one fit (``fit_designs`` says why): every table is computed
+under each, as ``fit 1``, ``fit 2``, ... in the ``design`` column. To refit to a study, point ``--fit`` at its
 ``results/<study>/scores/none.csv`` (and ``--configs`` at its config, for the number of mitigation
 comparisons).
 
@@ -73,23 +74,24 @@ def _settings(shape: sim.StudyShape) -> tuple:
     return tuple(f"setting-{i}" for i in range(shape.comparisons))
 
 
-def base_design(shape: sim.StudyShape, fitted, drift_sd: float, judge: str) -> sim.Design:
-    """The study's design before planting: fitted to its data, or the defaults in its shape."""
-    if fitted is not None:
-        return fitted
-    return sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drift_sd=drift_sd, judge=judge)
+def base_designs(shape: sim.StudyShape, fitted, drift_sd: float, judges) -> list[tuple[str, sim.Design]]:
+    """The study's designs before planting, named: each fit to its data, or the defaults in its
+    shape for each judge."""
+    if fitted:
+        return [(f"fit {i + 1}", d) for i, d in enumerate(fitted)]
+    return [("default", sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drift_sd=drift_sd,
+                                     judge=judge)) for judge in judges]
 
 
 def power_drift(shapes, drops, studies, confidence, seed, fitted, drift_sd, judges) -> pd.DataFrame:
     rows = []
     for sh in shapes:
-        for judge in ([fitted.judge] if fitted is not None else judges):
-            base = base_design(sh, fitted, drift_sd, judge)
+        for name, base in base_designs(sh, fitted, drift_sd, judges):
             for drop in drops:
                 design = sim.with_drift(base, drop, effects={"none": 0.0, "control": 0.0})
                 r = sim.check(design, studies=studies, confidence=confidence, seed=seed, round_means=False)
                 r = r.set_index("claim")
-                rows.append({"study": sh.label, "judge": judge, "n": design.conversations,
+                rows.append({"study": sh.label, "design": name, "judge": base.judge, "n": design.conversations,
                              "drift_sd": design.drift_sd, "logit_drop": drop,
                              "true_change": sim.true_change(design),
                              "family": int(r.loc["drift (agent)", "family"]),
@@ -103,8 +105,7 @@ def power_effect(shapes, effects, studies, confidence, seed, fitted, drift_sd, j
     rows = []
     for sh in shapes:
         names = _settings(sh)
-        for judge in ([fitted.judge] if fitted is not None else judges):
-            base = base_design(sh, fitted, drift_sd, judge)
+        for name, base in base_designs(sh, fitted, drift_sd, judges):
             for claim in ("level", "drift"):
                 for e in effects:
                     eff = {"none": 0.0, **{s: 0.0 for s in names}}
@@ -116,7 +117,8 @@ def power_effect(shapes, effects, studies, confidence, seed, fitted, drift_sd, j
                     design = sim.with_drift(base, 1.0, effects=eff, drift_effects=drift_eff)
                     r = sim.check(design, studies=studies, confidence=confidence, seed=seed,
                                   round_means=False).set_index("claim")
-                    rows.append({"study": sh.label, "judge": judge, "claim": claim, "n": design.conversations,
+                    rows.append({"study": sh.label, "design": name, "judge": base.judge, "claim": claim,
+                                 "n": design.conversations,
                                  "logit_effect": e, "true_difference": sim.true_effect(design, names[0], claim),
                                  "family": int(r.loc[f"{claim} vs none", "family"]),
                                  "power": r.loc[f"{claim} vs none", "significant_rate"],
@@ -124,10 +126,19 @@ def power_effect(shapes, effects, studies, confidence, seed, fitted, drift_sd, j
     return pd.DataFrame(rows)
 
 
-def smallest(df: pd.DataFrame, study: str, size_col: str, target: float = 0.8) -> str:
-    d = df[(df["study"] == study) & (df["power"] >= target)]
+def describe(d: sim.Design) -> str:
+    """A fitted design in one line (its repr lists every field at full precision)."""
+    centres = ", ".join(f"{x:.3f}" for x in d.stability)
+    return (f"{d.conversations} conversations, {d.rounds} rounds, {d.runs} sample(s) per probe; spread "
+            f"{d.spread:.2f}, drift sd {d.drift_sd:.2f}, round noise {d.round_noise:.2f} logits; {d.judge} judge "
+            f"({d.binary_share:.0%} of scores 0 or 1, noise {d.judge_noise():.2f} of a binary judge's); "
+            f"stability centres by round {centres}")
+
+
+def smallest(df: pd.DataFrame, size_col: str, target: float = 0.8) -> str:
+    d = df[df["power"] >= target]
     if d.empty:
-        best = df[df["study"] == study].sort_values("power").iloc[-1]
+        best = df.sort_values("power").iloc[-1]
         return (f"not reached in the scanned range (largest {abs(best[size_col]):.2f} has power "
                 f"{best['power']:.2f})")
     return f"{abs(d.sort_values(size_col, key=abs).iloc[0][size_col]):.2f}"
@@ -153,17 +164,18 @@ def main() -> None:
     judges = args.judges.split(",")
     shapes = ([shape_of(f) for f in args.configs.split(",")] if args.configs
               else [sim.StudyShape(f"n={n}", n) for n in sizes])
-    fitted = None
+    fitted = []
     if args.fit:
         from personadrift.tables import read_table
 
         try:
-            fitted = sim.fit_design(read_table(args.fit))
+            fitted = sim.fit_designs(read_table(args.fit))
         except ValueError as e:  # a table that cannot be fitted: one line, no traceback
             raise SystemExit(f"planted_drift: {args.fit}: {e}") from None
-        print(f"fitted to {args.fit}: {fitted}")
+        for i, d in enumerate(fitted):
+            print(f"fit {i + 1} to {args.fit}: {describe(d)}")
         if not args.configs:
-            shapes = [sim.StudyShape(args.fit, fitted.conversations, fitted.runs, fitted.rounds)]
+            shapes = [sim.StudyShape(args.fit, fitted[0].conversations, fitted[0].runs, fitted[0].rounds)]
     for sh in shapes:
         print(f"{sh.label}: {sh.conversations} conversations, {sh.runs} sample(s) per probe, {sh.rounds} rounds, "
               f"{sh.comparisons} mitigation setting(s) compared")
@@ -187,16 +199,14 @@ def main() -> None:
           "figure's claims)")
     print(peff.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print()
-    for sh in shapes:
-        for judge in sorted(set(pdrift.loc[pdrift["study"] == sh.label, "judge"])):
-            d = pdrift[pdrift["judge"] == judge]
-            e = peff[peff["judge"] == judge]
-            n = int(d.loc[d["study"] == sh.label, "n"].iloc[0])
-            print(f"{sh.label} ({judge} judges, n = {n}): smallest decline in mean stability over the "
-                  f"dialog (round 1 to {sh.rounds}) detected with 80% power: {smallest(d, sh.label, 'true_change')}; "
-                  f"smallest difference from no intervention in the level: "
-                  f"{smallest(e[e['claim'] == 'level'], sh.label, 'true_difference')}, in the change over the "
-                  f"dialog: {smallest(e[e['claim'] == 'drift'], sh.label, 'true_difference')}.")
+    for (study, name, judge), d in pdrift.groupby(["study", "design", "judge"], sort=False):
+        e = peff[(peff["study"] == study) & (peff["design"] == name) & (peff["judge"] == judge)]
+        rounds = next(sh.rounds for sh in shapes if sh.label == study)
+        print(f"{study} ({name}, {judge} judges, n = {int(d['n'].iloc[0])}): smallest decline in mean stability "
+              f"over the dialog (round 1 to {rounds}) detected with 80% power: {smallest(d, 'true_change')}; "
+              f"smallest difference from no intervention in the level: "
+              f"{smallest(e[e['claim'] == 'level'], 'true_difference')}, in the change over the "
+              f"dialog: {smallest(e[e['claim'] == 'drift'], 'true_difference')}.")
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
 
 

@@ -212,7 +212,7 @@ def test_planted_drift_bench_fits_a_scores_table_and_uses_the_figures_families(t
 
     import yaml
 
-    from personadrift.tables import write_table
+    from personadrift.tables import read_table, write_table
     from support.workflow import REPO
 
     csv = tmp_path / "none.csv"
@@ -222,13 +222,17 @@ def test_planted_drift_bench_fits_a_scores_table_and_uses_the_figures_families(t
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "fitted to" in out and "judge='binary'" in out
+    fits = len(sim.fit_designs(read_table(csv)))
+    assert re.search(r"^fit 1 to .*; binary judge \(100% of scores 0 or 1", out, re.M) and out.count(" to " + str(csv)) == fits, out
     comparisons = sim.shape_of(yaml.safe_load((REPO / "config.yaml").read_text())).comparisons
-    drift_rows = re.findall(r"^\s*config\.yaml\s+binary\s+10\s+\S+\s+(\S+)\s+\S+\s+(\d+)\s", out, re.M)
-    assert len(drift_rows) == 10 and {int(f) for _, f in drift_rows} == {12}, out
-    effect_rows = re.findall(r"^\s*config\.yaml\s+binary\s+(level|drift)\s+10\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
+    drift_rows = re.findall(r"^\s*config\.yaml\s+fit (\d)\s+binary\s+10\s+\S+\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
+    assert len(drift_rows) == 10 * fits and {int(f) for _, f in drift_rows} == {12}, out
+    assert {int(k) for k, _ in drift_rows} == set(range(1, fits + 1))
+    effect_rows = re.findall(r"^\s*config\.yaml\s+fit \d\s+binary\s+(level|drift)\s+10\s+\S+\s+\S+\s+(\d+)\s",
+                             out, re.M)
     assert {c for c, _ in effect_rows} == {"level", "drift"} and {int(f) for _, f in effect_rows} == {2 * comparisons}
-    assert re.search(r"n = 10\): smallest decline in mean stability over the dialog \(round 1 to 3\)", out), out
+    assert len(re.findall(r"\(fit \d, binary judges, n = 10\): smallest decline in mean stability over the dialog "
+                          r"\(round 1 to 3\)", out)) == fits, out
 
 
 def test_round_centres_are_found_however_wide_the_population_spreads():
@@ -275,3 +279,24 @@ def test_a_fit_that_does_not_settle_is_refused_not_returned():
     scores["score"] = (scores["conversation"] % 2).astype(float)
     with pytest.raises(ValueError, match="did not settle.*binary judge of noise 1"):
         sim.fit_design(scores)
+
+
+def test_every_returned_fit_reproduces_the_studys_variances():
+    """The three variances allow more than one design; fit_designs returns each settled one, all
+    distinct, and each one simulated at scale makes the study's variances again."""
+    from dataclasses import replace
+
+    from personadrift.analysis.stats import per_conversation
+
+    def moments(sc):
+        return sim._observed_moments(per_conversation(sc[(sc["kind"] == "agent") & (sc["setting"] == "none")]))
+
+    scores = sim.simulate_scores(sim.drifting(48, rounds=8, runs=1, drop=0.5, drift_sd=1.0, start=0.36), seed=1)
+    fits = sim.fit_designs(scores)
+    assert len(fits) >= 2 and sim.fit_design(scores) == fits[0]
+    thetas = [np.array([f.spread, f.drift_sd, f.round_noise]) for f in fits]
+    assert all(np.abs(a - b).max() > 0.15 for i, a in enumerate(thetas) for b in thetas[i + 1:])
+    observed = moments(scores)
+    for f in fits:
+        again = moments(sim.simulate_scores(replace(f, conversations=20_000), seed=0))
+        assert np.allclose(again / observed, 1.0, atol=0.1), (f, again, observed)
