@@ -19,9 +19,9 @@ fitted to that scores table (``simulate.fit_designs``: its round means, spread, 
 heterogeneity, round wobble, judge (binary, graded, or mixed: the share of 0/1 scores) and its
 noise, conversations, rounds and samples), and the planted drift replaces its decline over rounds
 1..R. The variances allow more than one fit (``fit_designs`` says why): every table is computed
-under each, as ``fit 1``, ``fit 2``, ... in the ``design`` column. To refit to a study, point ``--fit`` at its
-``results/<study>/scores/none.csv`` (and ``--configs`` at its config, for the number of mitigation
-comparisons).
+under each, as ``fit 1``, ``fit 2``, ... in the ``design`` column. To refit to a study, point
+``--fit`` at its ``results/<study>/scores/none.csv`` (and ``--configs`` at its config, for the
+number of mitigation comparisons).
 
 Printed:
 
