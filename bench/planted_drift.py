@@ -3,7 +3,7 @@
     python bench/planted_drift.py [--studies 200] [--methods t,signflip,bca,percentile]
                                   [--sizes 8,200] [--confidence 0.95] [--seed 0]
     python bench/planted_drift.py --skip-coverage --configs config.yaml,configs/laptop.yaml,configs/paper.yaml
-    python bench/planted_drift.py --skip-coverage --fit results/laptop/scores/none.csv --configs configs/laptop.yaml
+    python bench/planted_drift.py --skip-coverage --fit results/laptop/scores/none.csv --configs config.yaml,configs/laptop.yaml
     python bench/planted_drift.py --skip-power      # the coverage table only
 
 Simulated studies (analysis/simulate.py: no model) go through the same tables as the workflow,
@@ -20,8 +20,11 @@ heterogeneity, round wobble, judge (binary, graded, or mixed: the share of 0/1 s
 noise, conversations, rounds and samples), and the planted drift replaces its decline over rounds
 1..R. The variances allow more than one fit (``fit_designs`` says why): every table is computed
 under each, as ``fit 1``, ``fit 2``, ... in the ``design`` column. To refit to a study, point
-``--fit`` at its ``results/<study>/scores/none.csv`` (and ``--configs`` at its config, for the
-number of mitigation comparisons).
+``--fit`` at its ``results/<study>/scores/none.csv``; ``--configs`` then names the studies to
+simulate with the fitted parameters, each in its own shape (``simulate.in_shape``: its
+conversations, probe samples, mitigation comparisons and its first rounds of the fitted study's),
+so a fit to the laptop study gives the default's power as well:
+``--fit results/laptop/scores/none.csv --configs config.yaml,configs/laptop.yaml``.
 
 Printed:
 
@@ -75,10 +78,10 @@ def _settings(shape: sim.StudyShape) -> tuple:
 
 
 def base_designs(shape: sim.StudyShape, fitted, drift_sd: float, judges) -> list[tuple[str, sim.Design]]:
-    """The study's designs before planting, named: each fit to its data, or the defaults in its
-    shape for each judge."""
+    """The study's designs before planting, named: each fit in the study's shape, or the defaults
+    in its shape for each judge."""
     if fitted:
-        return [(f"fit {i + 1}", d) for i, d in enumerate(fitted)]
+        return [(f"fit {i + 1}", sim.in_shape(d, shape)) for i, d in enumerate(fitted)]
     return [("default", sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drift_sd=drift_sd,
                                      judge=judge)) for judge in judges]
 
@@ -176,6 +179,11 @@ def main() -> None:
             print(f"fit {i + 1} to {args.fit}: {describe(d)}")
         if not args.configs:
             shapes = [sim.StudyShape(args.fit, fitted[0].conversations, fitted[0].runs, fitted[0].rounds)]
+        for sh in shapes:
+            try:
+                sim.in_shape(fitted[0], sh)
+            except ValueError as e:  # a config with more rounds than the fitted study: one line
+                raise SystemExit(f"planted_drift: {e}") from None
     for sh in shapes:
         print(f"{sh.label}: {sh.conversations} conversations, {sh.runs} sample(s) per probe, {sh.rounds} rounds, "
               f"{sh.comparisons} mitigation setting(s) compared")

@@ -215,24 +215,47 @@ def test_planted_drift_bench_fits_a_scores_table_and_uses_the_figures_families(t
     from personadrift.tables import read_table, write_table
     from support.workflow import REPO
 
+    # fitted to a 10-conversation, 4-round study, simulated in config.yaml's shape (12, 3 rounds)
     csv = tmp_path / "none.csv"
-    write_table(sim.simulate_scores(sim.drifting(10, rounds=3, drop=1.0, drift_sd=1.0, runs=1), seed=0), csv)
-    proc = subprocess.run([sys.executable, "bench/planted_drift.py", "--studies", "2", "--skip-coverage",
-                           "--fit", str(csv), "--configs", "config.yaml"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    write_table(sim.simulate_scores(sim.drifting(10, rounds=4, drop=1.0, drift_sd=1.0, runs=1), seed=0), csv)
+    bench = [sys.executable, "bench/planted_drift.py", "--studies", "2", "--skip-coverage", "--fit", str(csv)]
+    proc = subprocess.run(bench + ["--configs", "config.yaml"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     fits = len(sim.fit_designs(read_table(csv)))
     assert re.search(r"^fit 1 to .*; binary judge \(100% of scores 0 or 1", out, re.M) and out.count(" to " + str(csv)) == fits, out
     comparisons = sim.shape_of(yaml.safe_load((REPO / "config.yaml").read_text())).comparisons
-    drift_rows = re.findall(r"^\s*config\.yaml\s+fit (\d)\s+binary\s+10\s+\S+\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
+    drift_rows = re.findall(r"^\s*config\.yaml\s+fit (\d)\s+binary\s+12\s+\S+\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
     assert len(drift_rows) == 10 * fits and {int(f) for _, f in drift_rows} == {12}, out
     assert {int(k) for k, _ in drift_rows} == set(range(1, fits + 1))
-    effect_rows = re.findall(r"^\s*config\.yaml\s+fit \d\s+binary\s+(level|drift)\s+10\s+\S+\s+\S+\s+(\d+)\s",
+    effect_rows = re.findall(r"^\s*config\.yaml\s+fit \d\s+binary\s+(level|drift)\s+12\s+\S+\s+\S+\s+(\d+)\s",
                              out, re.M)
     assert {c for c, _ in effect_rows} == {"level", "drift"} and {int(f) for _, f in effect_rows} == {2 * comparisons}
-    assert len(re.findall(r"\(fit \d, binary judges, n = 10\): smallest decline in mean stability over the dialog "
+    assert len(re.findall(r"\(fit \d, binary judges, n = 12\): smallest decline in mean stability over the dialog "
                           r"\(round 1 to 3\)", out)) == fits, out
+    # a config with more rounds than the fitted study: one line, not a traceback
+    proc = subprocess.run(bench + ["--configs", "configs/laptop.yaml"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        "planted_drift: in_shape: configs/laptop.yaml has 8 rounds; a design fitted to 4 rounds gives 2..4"]
+
+
+def test_a_fit_in_a_smaller_studys_shape_is_that_studys_first_rounds():
+    """in_shape: the fitted process's first rounds, with the smaller study's conversations and samples."""
+    fitted = sim.drifting(48, rounds=8, runs=1, shift=0.8, drop=1.5, drift_sd=1.2, judge="mixed", binary_share=0.9)
+    assert sim.in_shape(fitted, sim.StudyShape("own", 48, 1, 8)) == fitted
+    small = sim.in_shape(fitted, sim.StudyShape("default", 12, 2, 3, comparisons=3))
+    assert (small.conversations, small.runs, small.rounds, small.judge) == (12, 2, 3, "mixed")
+    # the population's round means (the truth) and per-round sd are those of the fitted study's rounds 0..3
+    first = sim.truth(fitted).query("round <= 3").reset_index(drop=True)
+    pd.testing.assert_frame_equal(sim.truth(small).reset_index(drop=True), first)
+    assert np.allclose(small.round_sd(), fitted.round_sd()[:4])
+    # and its studies show it: the round means of a large simulated study
+    big = sim.simulate_scores(sim.in_shape(fitted, sim.StudyShape("big", 20_000, 1, 3)), seed=3)
+    emp = big[big["setting"] == "none"].groupby(["kind", "round"])["score"].mean()
+    assert np.abs(emp.to_numpy() - first.set_index(["kind", "round"])["true_mean"].reindex(emp.index)).max() < 0.01
+    with pytest.raises(ValueError, match="has 16 rounds; a design fitted to 8 rounds gives 2..8"):
+        sim.in_shape(fitted, sim.StudyShape("gpt35", 200, 2, 16))
 
 
 def test_round_centres_are_found_however_wide_the_population_spreads():

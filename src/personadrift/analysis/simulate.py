@@ -21,7 +21,8 @@ persona pairs. Its truth is known:
   from ``none``), which are linear in the per-round means.
 
 :func:`fit_design` fits the start levels, spread, drift heterogeneity, round wobble and judge
-noise to a study's scores table, so power can be simulated in that study's shape.
+noise to a study's scores table, so power can be simulated in that study's shape, or
+(:func:`in_shape`) in a smaller study's on the same model.
 
 :func:`write_study` writes the transcripts the self-chat step writes (``contains`` judges, so
 scoring them is real work); :func:`simulate_scores` draws the same table directly, which a test
@@ -152,6 +153,21 @@ def with_drift(design: Design, drop: float, **changes) -> Design:
     r = np.arange(design.rounds + 1)
     lg = np.where(r >= 1, lg[min(1, design.rounds)] - drop * (r - 1) / max(design.rounds - 1, 1), lg)
     return replace(design, stability=tuple(_sigmoid(lg)), **changes)
+
+
+def in_shape(design: Design, shape: StudyShape) -> Design:
+    """A fitted ``design`` in another study's shape: ``shape``'s conversations and probe samples,
+    and the first ``shape.rounds`` rounds of the same process (round centres kept; a conversation's
+    own drift keeps its rate per round, so its sd over the shorter dialog shrinks in proportion).
+    The studies it simulates are what the fitted study's first rounds would be with that many
+    conversations: a fit to the 8-round laptop study gives the 3-round default's power."""
+    if not 2 <= shape.rounds <= design.rounds:
+        raise ValueError(f"in_shape: {shape.label or 'the shape'} has {shape.rounds} rounds; a design fitted "
+                         f"to {design.rounds} rounds gives 2..{design.rounds}")
+    keep = shape.rounds + 1
+    return replace(design, conversations=shape.conversations, runs=shape.runs, rounds=shape.rounds,
+                   stability=design.stability[:keep], adoption=design.adoption[:keep],
+                   drift_sd=design.drift_sd * shape.rounds / design.rounds)
 
 
 def truth(design: Design) -> pd.DataFrame:
