@@ -43,6 +43,19 @@ def test_every_method_brackets_the_mean_and_degenerate_inputs(method):
     assert (same.low, same.high, same.p_value) == (0.0, 0.0, 1.0)
 
 
+@pytest.mark.parametrize("method", stats.METHODS)
+def test_values_equal_up_to_rounding_or_underflow_are_ties_not_a_certain_effect(method):
+    """Found by the planted-drift check: eleven conversations at 0 and one whose graded score
+    underflowed to 7e-252 gave a standard error of exactly 0 and a t p-value of 0 ("significant")."""
+    underflow = stats.mean_interval([0.0] * 11 + [7.0e-252], method=method)
+    assert underflow.p_value == 1.0 and underflow.low == underflow.high == underflow.mean
+    rounding = stats.mean_interval([0.1 + 0.2, 0.3, 0.3, 0.1 + 0.2], method=method)  # 0.30000000000000004 and 0.3
+    assert rounding.p_value == pytest.approx(2.0 ** -3) and rounding.low == rounding.high
+    # a real spread, however small against the scores' scale, is not a tie
+    small = stats.mean_interval([0.0] * 11 + [1e-6], method=method, resamples=200)
+    assert small.p_value > 0.0 and small.low < small.high
+
+
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown interval method 'z'"):
         stats.mean_interval([1, 2], method="z")

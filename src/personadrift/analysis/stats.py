@@ -56,12 +56,23 @@ def _clean(values) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+# Values this close (relative to the largest, or absolutely for values below 1) are the same value:
+# a spread this small is rounding, or a graded score that underflowed (a Beta draw of 1e-250), and
+# the t statistic of such data divides by a standard error that is 0 or noise, so p would be 0.
+TIE_TOLERANCE = 1e-12
+
+
+def _ties(x: np.ndarray) -> bool:
+    return float(np.ptp(x)) <= TIE_TOLERANCE * max(1.0, float(np.abs(x).max()))
+
+
 def mean_interval(values, *, method: str = "t", confidence: float = 0.95, resamples: int = 2000,
                   seed: int = 0) -> Interval:
     """Interval and p-value of the mean of ``values`` (NaNs dropped) by ``method``.
 
-    Fewer than two finite values give NaN bounds and p-value. All-equal values give a
-    zero-width interval; their p-value is the exact sign-flip one (1 when the value is 0).
+    Fewer than two finite values give NaN bounds and p-value. All-equal values (equal within
+    :data:`TIE_TOLERANCE`) give a zero-width interval; their p-value is the exact sign-flip one (1
+    when the value is 0 within the same tolerance).
     """
     if method not in METHODS:
         raise ValueError(f"unknown interval method {method!r}; known: {', '.join(METHODS)}")
@@ -71,8 +82,8 @@ def mean_interval(values, *, method: str = "t", confidence: float = 0.95, resamp
         m = float(x[0]) if n else float("nan")
         return Interval(m, float("nan"), float("nan"), float("nan"), n, method)
     m = float(x.mean())
-    if np.all(x == x[0]):
-        p = 1.0 if x[0] == 0 else min(1.0, 2.0 ** (1 - n))
+    if _ties(x):
+        p = 1.0 if _ties(np.append(x, 0.0)) else min(1.0, 2.0 ** (1 - n))
         return Interval(m, m, m, p, n, method)
     if method == "t":
         lo, hi, p = _t(x, confidence)
