@@ -1,5 +1,5 @@
 """CPU numerics pinned before torch loads (``model.cpu_numerics``, numerics.py): a fresh interpreter
-given a config through the command line runs torch, oneDNN and MKL at the pinned settings; native
+given a config through the command line runs torch, oneDNN, MKL and numpy at the pinned settings; native
 leaves the environment alone; the settings reach provenance and the self-chat fingerprint.
 
 Each library reads its variable when it loads, so every check runs in a fresh interpreter."""
@@ -28,12 +28,17 @@ import json, os, sys
 from personadrift.cli import main
 assert main(sys.argv[1:]) == 0
 assert "torch" not in sys.modules
+from numpy._core._multiarray_umath import __cpu_features__
 import torch
 torch.ops.mkldnn._linear_pointwise(torch.randn(8, 64), torch.randn(32, 64), None, "none", [], "")
 from personadrift.provenance import hardware
 print(json.dumps({"env": {k: os.environ.get(k) for k in %r}, "capability": torch.backends.cpu.get_cpu_capability(),
-                  "provenance": hardware()["cpu_numerics"]}))
+                  "provenance": hardware()["cpu_numerics"],
+                  "numpy_avx512": sorted(k for k in ("X86_V4", "AVX512_ICL", "AVX512_SPR") if __cpu_features__.get(k))}))
 """ % (VARIABLES,)
+# numpy's AVX-512 targets this machine has, as numpy detects them with nothing disabled
+NUMPY_AVX512 = "from numpy._core._multiarray_umath import __cpu_features__ as f; " \
+               "print(sorted(k for k in ('X86_V4', 'AVX512_ICL', 'AVX512_SPR') if f.get(k)))"
 
 
 def fresh(argv, **env):
@@ -60,6 +65,7 @@ def test_a_fresh_interpreter_given_the_config_runs_pinned_at_avx2(tmp_path):
     assert out["env"] == PINNED["pinned_avx2"]
     assert out["capability"] == "AVX2"
     assert isa == "Intel AVX2"
+    assert out["numpy_avx512"] == []  # numpy's exp and log run their AVX2 loops, AVX-512 machine or not
     prov = out["provenance"]
     assert prov["mode"] == "pinned_avx2" and prov["cpu_capability"] == "AVX2"
     assert all(prov[k] == v for k, v in PINNED["pinned_avx2"].items())
@@ -71,6 +77,10 @@ def test_pinned_wins_over_an_inherited_setting_and_native_leaves_it(tmp_path):
                      ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41")
     assert out["capability"] == "DEFAULT" and isa == "Intel SSE4.1"
     assert out["provenance"]["mode"] == "native" and out["provenance"]["ATEN_CPU_CAPABILITY"] == "default"
+    clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    detected = subprocess.run([sys.executable, "-c", NUMPY_AVX512], capture_output=True, text=True, env=clean,
+                              check=True).stdout
+    assert out["numpy_avx512"] == json.loads(detected.replace("'", '"'))  # native: numpy's own choice
     out, isa = fresh(["validate", "--config", str(config_with(tmp_path, "pinned_avx2"))],
                      ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41")
     assert out["capability"] == "AVX2" and isa == "Intel AVX2"

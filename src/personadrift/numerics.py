@@ -1,17 +1,20 @@
 """CPU numerics that do not depend on the machine's instruction set (``model.cpu_numerics``).
 
-Float32 results differ in the last bits between x86-64 machines because torch, oneDNN and MKL
-each pick kernels by the CPU's instruction set (AVX2 or AVX-512: other vector widths, other
-summation orders), and one flipped token changes the rest of a dialog. ``pinned_avx2`` caps all
-three at AVX2, which every x86-64 CPU of the last decade has, so a machine with AVX-512 runs the
-same kernels as one without:
+Float results differ in the last bits between x86-64 machines because torch, oneDNN, MKL and
+numpy each pick kernels by the CPU's instruction set (AVX2 or AVX-512: other vector widths, other
+summation orders, other exp and log approximations), and one flipped token changes the rest of a
+dialog. ``pinned_avx2`` caps all four at AVX2, which every x86-64 CPU of the last decade has, so a
+machine with AVX-512 runs the same kernels as one without:
 
 * ``ATEN_CPU_CAPABILITY=avx2``: torch's own vectorised kernels (attention, norms, softmax);
 * ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN, the embedded model's linear layers (``model.linear_kernel``);
 * ``MKL_CBWR=AVX2,STRICT``: MKL's conditional numerical reproducibility on its AVX2 branch, strict
   (bitwise GEMM results for any thread count), with ``MKL_DYNAMIC``/``OMP_DYNAMIC`` off so the
   thread count stays the one asked for (``resources.threads``). Intel's developer guide promises
-  the AVX2 branch on Intel CPUs with AVX2; on others MKL runs its AUTO branch in CNR mode.
+  the AVX2 branch on Intel CPUs with AVX2; on others MKL runs its AUTO branch in CNR mode;
+* ``NPY_DISABLE_CPU_FEATURES``: numpy's own vectorised loops (its AVX-512 ``exp`` differs from its
+  AVX2 one in the last bit: on an AVX-512 machine, MMLU's ``p_correct`` and the theory fit departed
+  from an AVX2 machine's until this was set). numpy ignores the names a CPU does not have.
 
 Each library reads its variable once, when it loads, so they are set before torch is imported: the
 command line sets them first thing from the config it is given (:func:`pin_from_argv`); each model
@@ -37,6 +40,7 @@ PINNED = {
         "MKL_CBWR": "AVX2,STRICT",
         "MKL_DYNAMIC": "FALSE",
         "OMP_DYNAMIC": "FALSE",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy 2's AVX-512 dispatch targets
     },
 }
 VARIABLES = tuple(PINNED["pinned_avx2"])
@@ -45,11 +49,12 @@ X86_64 = ("x86_64", "amd64")
 
 
 def apply(mode: str) -> bool:
-    """Put ``mode``'s variables in the environment; False (nothing changed) once torch is loaded,
-    where they would no longer take effect, or on a CPU that is not x86-64."""
+    """Put ``mode``'s variables in the environment (on a CPU that is not x86-64, only the mode's
+    name); False (nothing changed) once torch or numpy is loaded, where they would no longer take
+    effect."""
     if mode not in MODES:
         raise ValueError(f"cpu numerics mode {mode!r} is not one of {MODES}")
-    if "torch" in sys.modules:
+    if "torch" in sys.modules or "numpy" in sys.modules:
         return False
     os.environ[MODE_VARIABLE] = mode
     if mode != "native" and platform.machine().lower() in X86_64:
