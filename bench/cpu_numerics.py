@@ -1,8 +1,8 @@
 """Pinned against native CPU numerics: what `model.cpu_numerics: pinned_avx2` costs, and whether it
 changes the texts on this machine.
 
-The engine's seconds per conversation with the instruction sets pinned at AVX2 (torch, oneDNN
-and MKL; numerics.py) and with each library's own pick, each in a fresh process (the libraries
+The engine's seconds per conversation with the instruction sets pinned at AVX2 (torch, oneDNN,
+MKL and numpy; numerics.py) and with each library's own pick, each in a fresh process (the libraries
 read their settings when they load), alternated (native, pinned, native, ...: each pinned run
 between two native runs, so a steady drift of the machine's speed cancels), at the workflow's
 thread count and schedule in the default config's shape. Each process prints its 2048x2048
@@ -100,7 +100,7 @@ def main() -> None:
     first = runs["native"][0]
     print(f"model {first['model']}, {args.threads} thread(s), {first['n_texts']} texts a run; pinned: "
           + ", ".join(f"{k}={runs['pinned_avx2'][0]['numerics'][k]}" for k in
-                      ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")))
+                      ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "NPY_DISABLE_CPU_FEATURES")))
     native = [r["seconds"] for r in runs["native"]]
     pinned = [r["seconds"] for r in runs["pinned_avx2"]]
     pairs = [(native[i] + native[i + 1]) / 2 / p for i, p in enumerate(pinned)]
