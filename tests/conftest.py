@@ -6,6 +6,14 @@ import os
 
 import pytest
 
+from personadrift.numerics import DEFAULT, apply
+
+# The tests compute as the workflow's model jobs do: each job pins its CPU numerics before torch and
+# numpy load (numerics.py), so the test process does too. Without it, on a CPU with AVX-512 the
+# in-process batch-invariance tests would run oneDNN's AVX-512 kernels, which the jobs never do.
+if not apply(DEFAULT):
+    raise pytest.UsageError("tests/conftest.py: torch or numpy was loaded before the CPU numerics could be pinned")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

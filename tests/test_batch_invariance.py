@@ -1,6 +1,8 @@
 """A batch-invariant forward (``model.batch_invariant``): a row's logits are bitwise the same, and
 its sampled tokens identical, alone and beside any batch-mates, on a real model forward pass."""
 
+import os
+
 import pytest
 import torch
 
@@ -206,6 +208,70 @@ def test_config_key_loads_records_and_refuses_torch_kernel(tiny_model_dir, tmp_p
     assert fp[0] != fp[1]
     with pytest.raises(InputError, match="model.batch_invariant"):
         load_model(dest, {"batch_invariant": True, "linear_kernel": "torch"})
+
+
+def test_a_kernel_whose_rows_vary_with_the_batch_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """The load-time probe: a linear product that changes a row's last bit once other rows share the
+    batch (as oneDNN's AVX-512 kernels did) makes batch invariance refuse, naming the layer."""
+    from personadrift.errors import InputError
+    from personadrift.generation import linear_kernels
+    from personadrift.generation.models import fetch_model, load_model
+
+    dest = tmp_path / "m"
+    fetch_model({"name": "tiny", "source": "tiny"}, dest)
+    assert load_model(dest, {"batch_invariant": True}).identity["batch_invariant"] is True  # the real kernel
+    real = linear_kernels._onednn_linear
+
+    def varies(x, weight, bias):  # a batch of several rows sums in another order: one ulp off
+        out = real(x, weight, bias)
+        return torch.nextafter(out, torch.full_like(out, float("inf"))) if x.shape[0] > 1 else out
+
+    monkeypatch.setattr(linear_kernels, "_onednn_linear", varies)
+    with pytest.raises(InputError) as e:
+        load_model(dest, {"batch_invariant": True})
+    assert e.value.field == "model.batch_invariant"
+    assert "alone against row 1 of 2" in e.value.problem and "pinned_avx2" in e.value.problem
+    assert load_model(dest, {"linear_kernel": "onednn"}).identity["linear_kernel"] == "onednn"  # not probed
+
+
+NATIVE_PROBE = """
+import sys, torch
+from personadrift.generation.linear_kernels import KernelUnavailable, _Pack, _onednn_linear, set_linear_kernel
+torch.manual_seed(0)
+layer = torch.nn.Sequential(torch.nn.Linear(1536, 576))  # SmolLM2-135M's down projection
+try:
+    set_linear_kernel(layer, batch_invariant=True)
+except KernelUnavailable as e:
+    print("refused:", e)
+    sys.exit(0)
+torch.set_grad_enabled(False)  # inference, as the engine runs it
+w, rows = _Pack().of(layer[0].weight), torch.randn(64, 1536)
+alone = [_onednn_linear(rows[i:i + 1], w, layer[0].bias) for i in range(64)]
+for n in range(2, 65):
+    out = _onednn_linear(rows[:n], w, layer[0].bias)
+    assert all(torch.equal(out[i:i + 1], alone[i]) for i in range(n)), n
+print("invariant")
+"""
+
+
+@pytest.mark.parametrize("mode", ["native", "pinned_avx2"])
+def test_where_the_probe_accepts_every_row_count_is_invariant(mode):
+    """In a fresh process under each CPU numerics mode, a layer of the embedded model's widest input
+    is either refused or, if accepted, bitwise invariant at every row count from 1 to 64 and every
+    position: the probe's few row counts do not let a varying kernel through. Pinned at AVX2 it is
+    accepted (the workflow's setting); native on a CPU with AVX-512 it was refused."""
+    import subprocess
+    import sys
+
+    from personadrift.numerics import MODE_VARIABLE, PINNED, VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES and k != MODE_VARIABLE}
+    env.update(PINNED.get(mode, {}))
+    proc = subprocess.run([sys.executable, "-c", NATIVE_PROBE], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip()
+    assert out == "invariant" or (mode == "native" and out.startswith("refused: oneDNN's packed linear")), out
 
 
 @pytest.mark.slow

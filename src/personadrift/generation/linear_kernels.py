@@ -35,7 +35,11 @@ was bitwise the same at every row count (1 to 1,000) and every position in the b
 threads, for every layer shape of SmolLM2-135M and of the tiny test model; the plain weight
 differs at one row and MKL from one to three rows (and, on 2 threads, at some larger counts).
 :class:`InvariantOneDNNLinear` therefore uses the packed weight at every row count, so a row's
-product does not depend on what shares its batch (tests/test_batch_invariance.py checks it).
+product does not depend on what shares its batch (tests/test_batch_invariance.py checks it). That
+holds for oneDNN's AVX2 kernels: its AVX-512 ones (a CPU with AVX-512 and ``model.cpu_numerics:
+native``) gave a row of SmolLM2-135M's down projection other bits alone than beside other rows, so
+switching a model to batch invariance first probes each of its layer shapes at a few row counts
+and refuses where a row's product varies.
 """
 
 from __future__ import annotations
@@ -151,6 +155,34 @@ def _agrees(layer: torch.nn.Linear) -> bool:
     return True
 
 
+INVARIANCE_PROBE_ROWS = (2, 7, 48)  # row counts a probe row is compared at against itself alone
+
+
+def _rows_vary(layers: list[torch.nn.Linear]) -> str | None:
+    """Where the packed oneDNN product of a row is not bitwise the same alone and beside other rows
+    (first and last in a batch of each of ``INVARIANCE_PROBE_ROWS``): the first layer shape where it
+    varies, or None. One layer of each shape, its own weight, the threads in force. oneDNN picks its
+    kernels by instruction set, and its AVX-512 ones varied with the row count where the AVX2 ones
+    did not (SmolLM2-135M's 1536 -> 576 layer on an AMD EPYC with AVX-512)."""
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for layer in layers:
+        shape = (layer.in_features, layer.out_features)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        packed = _Pack().of(layer.weight)
+        row = torch.randn(1, layer.in_features, generator=g)
+        with torch.no_grad():
+            alone = _onednn_linear(row, packed, layer.bias)
+            for n in INVARIANCE_PROBE_ROWS:
+                mates = torch.randn(n - 1, layer.in_features, generator=g)
+                for at, x in ((0, torch.cat([row, mates])), (n - 1, torch.cat([mates, row]))):
+                    if not torch.equal(_onednn_linear(x, packed, layer.bias)[at:at + 1], alone):
+                        return f"a {shape[0]} -> {shape[1]} layer, alone against row {at + 1} of {n}"
+    return None
+
+
 class KernelUnavailable(RuntimeError):
     """``onednn`` was asked for where torch has no oneDNN linear, or where it disagrees with torch's."""
 
@@ -178,6 +210,10 @@ def set_linear_kernel(model, kernel: str = "auto", *, batch_invariant: bool = Fa
             raise KernelUnavailable("this torch build has no oneDNN linear (x86 CPU builds have it)")
         if eligible and not _agrees(eligible[0]):
             raise KernelUnavailable("oneDNN's linear disagrees with torch's on this machine")
+        if batch_invariant and (where := _rows_vary(eligible)):
+            raise KernelUnavailable(
+                f"oneDNN's packed linear gives a row other results beside other rows on this CPU ({where}): "
+                "its AVX-512 kernels do; model.cpu_numerics: pinned_avx2 caps oneDNN at AVX2, where they did not")
         use_onednn = bool(eligible)
     elif kernel == "auto" and eligible and onednn_available():
         if min(m.in_features for m in eligible) >= AUTO_MIN_WIDTH:
