@@ -182,7 +182,7 @@ def test_judge_errors_are_counted_per_persona_and_setting(study, tmp_path):
         df = read_table(study["root"] / "scores" / f"{setting}.csv")
         if setting == "split-k0.5":
             bad = (df["persona"] == "all-lowercase") & (df["round"] == 1)
-            df["error"] = df["error"].fillna("").astype(str)
+            df["error"] = df["error"].astype(object).fillna("").astype(str)
             df.loc[bad, "score"], df.loc[bad, "error"] = np.nan, "ValueError: no digits"
             n_bad = int(bad.sum())
         scores.append(tmp_path / f"{setting}.csv")
