@@ -265,7 +265,8 @@ def judge_error_counts(scores: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["setting", "kind", "persona", "answers", "judge_errors", "unasked"])
     persona = scores["persona"] if "persona" in scores else pd.Series("", index=scores.index)
     unasked = scores["context"].astype(str).eq("overflow") if "context" in scores else False
-    df = pd.DataFrame({"setting": scores["setting"], "kind": scores["kind"], "persona": persona.astype(object).fillna(""),
+    df = pd.DataFrame({"setting": scores["setting"], "kind": scores["kind"],
+                       "persona": persona.astype(object).fillna(""),
                        "answers": ~unasked if not isinstance(unasked, bool) else True,
                        "judge_errors": judge_error_flags(scores), "unasked": unasked})
     out = df.groupby(["setting", "kind", "persona"], sort=True)[["answers", "judge_errors", "unasked"]].sum()

@@ -20,7 +20,8 @@ CLAIM_NAME = {"shift": "round-0 shift", "drift": "decline over the dialog"}
 def _claim(change: pd.DataFrame, setting: str, kind: str, claim: str, versus: str = ""):
     if "claim" not in change:
         return None
-    v = change["versus"].astype(object).fillna("").astype(str) if "versus" in change else pd.Series("", index=change.index)
+    v = (change["versus"].astype(object).fillna("").astype(str) if "versus" in change
+         else pd.Series("", index=change.index))
     row = change[(change["setting"] == setting) & (change["kind"] == kind) & (change["claim"] == claim) & (v == versus)]
     return None if row.empty else row.iloc[0]
 
