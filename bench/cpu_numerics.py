@@ -63,10 +63,10 @@ def launch(args, mode: str) -> dict:
         cmd += ["--conversations", str(args.conversations)]
     if args.model_dir:
         cmd += ["--model-dir", args.model_dir]
-    from personadrift.numerics import MODE_VARIABLE, VARIABLES
+    from personadrift.numerics import unpinned_environ
 
     # native means each library's own pick: no setting inherited from this shell
-    env = {k: v for k, v in os.environ.items() if k not in VARIABLES and k != MODE_VARIABLE}
+    env = unpinned_environ()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise SystemExit(f"{mode} worker failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")

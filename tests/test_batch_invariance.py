@@ -1,8 +1,6 @@
 """A batch-invariant forward (``model.batch_invariant``): a row's logits are bitwise the same, and
 its sampled tokens identical, alone and beside any batch-mates, on a real model forward pass."""
 
-import os
-
 import pytest
 import torch
 
@@ -263,10 +261,9 @@ def test_where_the_probe_accepts_every_row_count_is_invariant(mode):
     import subprocess
     import sys
 
-    from personadrift.numerics import MODE_VARIABLE, PINNED, VARIABLES
+    from personadrift.numerics import PINNED, unpinned_environ
 
-    env = {k: v for k, v in os.environ.items() if k not in VARIABLES and k != MODE_VARIABLE}
-    env.update(PINNED.get(mode, {}))
+    env = {**unpinned_environ(), **PINNED.get(mode, {})}
     proc = subprocess.run([sys.executable, "-c", NATIVE_PROBE], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

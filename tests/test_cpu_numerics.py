@@ -16,7 +16,7 @@ import pytest
 import yaml
 from support.workflow import REPO
 
-from personadrift.numerics import PINNED, VARIABLES, mode_of_argv
+from personadrift.numerics import PINNED, VARIABLES, mode_of_argv, unpinned_environ
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                                 reason="the pinned settings are x86-64 instruction sets")
@@ -34,15 +34,17 @@ torch.ops.mkldnn._linear_pointwise(torch.randn(8, 64), torch.randn(32, 64), None
 from personadrift.provenance import hardware
 print(json.dumps({"env": {k: os.environ.get(k) for k in %r}, "capability": torch.backends.cpu.get_cpu_capability(),
                   "provenance": hardware()["cpu_numerics"],
-                  "numpy_avx512": sorted(k for k in ("X86_V4", "AVX512_ICL", "AVX512_SPR") if __cpu_features__.get(k))}))
-""" % (VARIABLES,)
+                  "numpy_avx512": sorted(k for k in %r if __cpu_features__.get(k))}))
+"""
+NUMPY_AVX512_TARGETS = tuple(PINNED["pinned_avx2"]["NPY_DISABLE_CPU_FEATURES"].split())
+PROBE %= (VARIABLES, NUMPY_AVX512_TARGETS)
 # numpy's AVX-512 targets this machine has, as numpy detects them with nothing disabled
-NUMPY_AVX512 = "from numpy._core._multiarray_umath import __cpu_features__ as f; " \
-               "print(sorted(k for k in ('X86_V4', 'AVX512_ICL', 'AVX512_SPR') if f.get(k)))"
+NUMPY_AVX512 = ("import json; from numpy._core._multiarray_umath import __cpu_features__ as f; "
+                f"print(json.dumps(sorted(k for k in {NUMPY_AVX512_TARGETS!r} if f.get(k))))")
 
 
 def fresh(argv, **env):
-    clean = {k: v for k, v in os.environ.items() if k not in VARIABLES and k != "PERSONADRIFT_CPU_NUMERICS"}
+    clean = unpinned_environ()
     proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=REPO,
                           env={**clean, "ONEDNN_VERBOSE": "1", **env}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,10 +79,9 @@ def test_pinned_wins_over_an_inherited_setting_and_native_leaves_it(tmp_path):
                      ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41")
     assert out["capability"] == "DEFAULT" and isa == "Intel SSE4.1"
     assert out["provenance"]["mode"] == "native" and out["provenance"]["ATEN_CPU_CAPABILITY"] == "default"
-    clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
-    detected = subprocess.run([sys.executable, "-c", NUMPY_AVX512], capture_output=True, text=True, env=clean,
-                              check=True).stdout
-    assert out["numpy_avx512"] == json.loads(detected.replace("'", '"'))  # native: numpy's own choice
+    detected = subprocess.run([sys.executable, "-c", NUMPY_AVX512], capture_output=True, text=True,
+                              env=unpinned_environ(), check=True).stdout
+    assert out["numpy_avx512"] == json.loads(detected)  # native: numpy's own choice
     out, isa = fresh(["validate", "--config", str(config_with(tmp_path, "pinned_avx2"))],
                      ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41")
     assert out["capability"] == "AVX2" and isa == "Intel AVX2"

@@ -48,6 +48,12 @@ MODE_VARIABLE = "PERSONADRIFT_CPU_NUMERICS"  # the mode in force, for provenance
 X86_64 = ("x86_64", "amd64")
 
 
+def unpinned_environ() -> dict[str, str]:
+    """This process's environment without any numerics variable or mode: for a child process that
+    should start from each library's own pick (then pinned, or not, by its own config)."""
+    return {k: v for k, v in os.environ.items() if k not in VARIABLES and k != MODE_VARIABLE}
+
+
 def apply(mode: str) -> bool:
     """Put ``mode``'s variables in the environment (on a CPU that is not x86-64, only the mode's
     name); False (nothing changed) once torch or numpy is loaded, where they would no longer take
