@@ -238,7 +238,8 @@ def split_softmax_decode(
     n_rep = h // hk
     # scores in float32 whatever the model's dtype, as SDPA's kernels form them: a bfloat16 score
     # of 16-32 is rounded to steps of 0.125, which moves the row's probabilities by up to 6%
-    s = torch.matmul(query.reshape(b, hk, n_rep, d).float() * scale, key.float().transpose(-1, -2))  # [b, hk, n_rep, kv]
+   # [b, hk, n_rep, kv]
+    s = torch.matmul(query.reshape(b, hk, n_rep, d).float() * scale, key.float().transpose(-1, -2))
     if attention_mask is not None:
         m = attention_mask[..., :kv_len]  # [b|1, 1, 1, kv] broadcasts over (hk, n_rep)
         if m.dtype == torch.bool:

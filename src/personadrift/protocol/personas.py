@@ -244,7 +244,9 @@ def _type_schema(t: Any) -> dict:
 
 
 def persona_schema() -> dict:
-    """The JSON schema of a persona file, built from the judge registry (``src/personadrift/schemas/persona.schema.yaml``)."""
+    """The JSON schema of a persona file, built from the judge registry
+    (``src/personadrift/schemas/persona.schema.yaml``).
+    """
     from personadrift.protocol.judges import judge_info, judge_names
 
     judge_defs = {}

@@ -127,7 +127,9 @@ def one_minus(text: str, judge: dict) -> float:
 
 @register("all_of", scores_empty=lambda a: all(_inner_sees_empty(j) for j in a["judges"]), judges=Arg(list[dict], _judges_arg))
 def all_of(text: str, judges: list) -> float:
-    """Python's `a and b and ...` over `judges`: the smallest score (1.0 only if all are 1.0); later judges are not run once one scores 0."""
+    """Python's `a and b and ...` over `judges`: the smallest score (1.0 only if all are 1.0); later judges are not run
+    once one scores 0.
+    """
     lowest = 1.0
     for spec in judges:
         lowest = min(lowest, _score(spec, text))
@@ -138,7 +140,9 @@ def all_of(text: str, judges: list) -> float:
 
 @register("any_of", scores_empty=lambda a: all(_inner_sees_empty(j) for j in a["judges"]), judges=Arg(list[dict], _judges_arg))
 def any_of(text: str, judges: list) -> float:
-    """Python's `a or b or ...` over `judges`: the largest score (1.0 if any is 1.0); later judges are not run once one scores 1."""
+    """Python's `a or b or ...` over `judges`: the largest score (1.0 if any is 1.0); later judges are not run once one
+    scores 1.
+    """
     highest = 0.0
     for spec in judges:
         highest = max(highest, _score(spec, text))
@@ -149,7 +153,9 @@ def any_of(text: str, judges: list) -> float:
 
 @register("affine", scores_empty=True, measure=Arg(dict, _measure_arg), scale=float, offset=float)
 def affine(text: str, measure: dict, scale: float = 1.0, offset: float = 0.0) -> float:  # noqa: A002
-    """offset + scale * `measure`, clipped to [0, 1] (e.g. (1 - compound) / 2: scale -0.5, offset 0.5; 1.0 = compound -1)."""
+    """offset + scale * `measure`, clipped to [0, 1] (e.g. (1 - compound) / 2: scale -0.5, offset 0.5; 1.0 = compound
+    -1).
+    """
     return offset + scale * measure_value(measure, text)
 
 

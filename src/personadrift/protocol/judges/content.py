@@ -95,7 +95,9 @@ def _option_mentioned(text: str, option: str) -> bool:
     options=list[str],
 )
 def multiple_choice(text: str, letter: str, options: list = ()) -> float:
-    """1.0 if the reply picks option `letter` ('(B)', 'B)', 'Answer: B', 'I choose B'); without a letter, 1/k if the option text of `letter` is among the k option texts it mentions (options listed A, B, ... in order)."""
+    """1.0 if the reply picks option `letter` ('(B)', 'B)', 'Answer: B', 'I choose B'); without a letter, 1/k if the
+    option text of `letter` is among the k option texts it mentions (options listed A, B, ... in order).
+    """
     picked = chosen_letter(text)
     if picked is not None:
         return float(picked == letter)
@@ -111,7 +113,9 @@ def multiple_choice(text: str, letter: str, options: list = ()) -> float:
 # ---- sentiment ---------------------------------------------------------------------------------
 @register("sentiment", kind=Arg(str, one_of("positive", "negative", "compound")))
 def sentiment(text: str, kind: str = "positive") -> float:
-    """VADER sentiment as upstream used it: positive -> the `pos` component (share of positively valenced wording, 1.0 = all of it); negative -> the `neg` component; compound -> (compound + 1) / 2."""
+    """VADER sentiment as upstream used it: positive -> the `pos` component (share of positively valenced wording, 1.0 =
+    all of it); negative -> the `neg` component; compound -> (compound + 1) / 2.
+    """
     # The compound score saturates: "I love London. It is big. I walk a lot." has compound
     # 0.64 but pos 0.32; upstream scored its sentiment personas with pos / neg.
     scores = vader_scores(clip(text))
@@ -128,7 +132,8 @@ _FIRST_PERSON = frozenset("i me my mine myself i'm i've i'd i'll".split())
 
 @register("first_person")
 def first_person(text: str) -> float:
-    """Fraction of sentences that use a first-person singular pronoun (I, me, my, mine, myself); 1.0 = every sentence."""
+    """Fraction of sentences that use a first-person singular pronoun (I, me, my, mine, myself); 1.0 = every sentence.
+    """
     ss = sentences(text)
     return fraction(sum(any(w in _FIRST_PERSON for w in lower_words(s)) for s in ss), len(ss))
 
@@ -169,7 +174,9 @@ def first_number(text: str) -> float | None:
 
 @register("number_close", target=float, tolerance=Arg(float, positive))
 def number_close(text: str, target: float, tolerance: float = 0.0) -> float:
-    """1.0 if the first number in the reply equals `target`, falling linearly to 0 at `tolerance` away (default max(|target|, 1)); 0.0 without a number."""
+    """1.0 if the first number in the reply equals `target`, falling linearly to 0 at `tolerance` away (default
+    max(|target|, 1)); 0.0 without a number.
+    """
     x = first_number(text)
     if x is None:
         return 0.0
@@ -184,7 +191,9 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 
 @register("json_keys", keys=Arg(list[str], non_empty))
 def json_keys(text: str, keys: list) -> float:
-    """1.0 if the whole reply (code fences allowed) is a JSON object with all `keys`; the fraction of keys present otherwise, halved if the object is embedded in other text."""
+    """1.0 if the whole reply (code fences allowed) is a JSON object with all `keys`; the fraction of keys present
+    otherwise, halved if the object is embedded in other text.
+    """
     t = clip(text).strip()
     m = _FENCE.match(t)
     if m:

@@ -118,7 +118,9 @@ def lowercase_fraction(text: str) -> float:
 
 @register("no_uppercase", tolerance=int)
 def no_uppercase(text: str, tolerance: int = 3) -> float:
-    """1.0 = no upper-case letter at all; falls linearly to 0.0 at `tolerance` upper-case letters (ordinary text scores 0)."""
+    """1.0 = no upper-case letter at all; falls linearly to 0.0 at `tolerance` upper-case letters (ordinary text scores
+    0).
+    """
     upper = sum(c.isupper() for c in letters(text))
     return max(0.0, 1.0 - upper / max(tolerance, 1))
 
@@ -146,7 +148,9 @@ def digit_fraction(text: str) -> float:
 
 @register("sentence_word_pattern", pattern=Arg(list[int], lambda v: None if v and all(x > 0 for x in v) else "must be a non-empty list of positive integers"))
 def sentence_word_pattern(text: str, pattern: list) -> float:
-    """Fraction of sentences whose word count follows `pattern` cyclically (sentence i has pattern[i % len] words); fewer sentences than the pattern count as misses; 1.0 = perfect."""
+    """Fraction of sentences whose word count follows `pattern` cyclically (sentence i has pattern[i % len] words);
+    fewer sentences than the pattern count as misses; 1.0 = perfect.
+    """
     ss = sentences(text)
     pattern = list(pattern)
     hits = sum(len(words(s)) == pattern[i % len(pattern)] for i, s in enumerate(ss))
@@ -155,7 +159,9 @@ def sentence_word_pattern(text: str, pattern: list) -> float:
 
 @register("increasing_sentence_lengths")
 def increasing_sentence_lengths(text: str) -> float:
-    """Fraction of consecutive sentence pairs where the second has more words (1.0 = strictly increasing; needs 2+ sentences)."""
+    """Fraction of consecutive sentence pairs where the second has more words (1.0 = strictly increasing; needs 2+
+    sentences).
+    """
     lens = [len(words(s)) for s in sentences(text)]
     if len(lens) < 2:
         return 0.0
@@ -164,7 +170,9 @@ def increasing_sentence_lengths(text: str) -> float:
 
 @register("alternating_case_words")
 def alternating_case_words(text: str) -> float:
-    """Fraction of neighbouring word pairs where one word is ALL UPPER and the other all lower case (1.0 = strict alternation)."""
+    """Fraction of neighbouring word pairs where one word is ALL UPPER and the other all lower case (1.0 = strict
+    alternation).
+    """
     kinds = []
     for w in words(text):
         ls = [c for c in w if c.isupper() or c.islower()]
@@ -194,7 +202,9 @@ _LIST_RE = re.compile(r"\[" + _ITEM + r"(?:," + _ITEM + r")+\]")
 
 @register("bracketed_word_list")
 def bracketed_word_list(text: str) -> float:
-    """1.0 if the whole reply is a bracketed, comma-separated list of single words ([a, b, c]); 0.5 if such a list is embedded in other text."""
+    """1.0 if the whole reply is a bracketed, comma-separated list of single words ([a, b, c]); 0.5 if such a list is
+    embedded in other text.
+    """
     t = clip(text).strip().rstrip(".")
     if _LIST_RE.fullmatch(t):
         return 1.0

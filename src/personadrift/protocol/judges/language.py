@@ -1,4 +1,6 @@
-"""Language judges: French probability, French/English gloss alternation, English fluency (upstream's gate is in :mod:`.fluency`)."""
+"""Language judges: French probability, French/English gloss alternation, English fluency (upstream's gate is in
+:mod:`.fluency`).
+"""
 
 from __future__ import annotations
 
@@ -94,7 +96,9 @@ _PAREN = re.compile(r"\(([^()]*)\)")
 
 @register("french_gloss_alternation")
 def french_gloss_alternation(text: str) -> float:
-    """Fraction of French stretches that are each followed by a parenthesised English gloss ('Je suis là. (I am here.) ...'); 1.0 = perfect alternation."""
+    """Fraction of French stretches that are each followed by a parenthesised English gloss ('Je suis là. (I am here.)
+    ...'); 1.0 = perfect alternation.
+    """
     t = clip(text[:50_000])
     pieces: list[tuple[str, str]] = []  # ("out"|"gloss", text)
     pos = 0

@@ -89,7 +89,9 @@ def _alternation(flags: list[bool]) -> float:
 
 @register("alternating_word_lengths", short_max=Arg(int, positive))
 def alternating_word_lengths(text: str, short_max: int = 4) -> float:
-    """Fraction of neighbouring word pairs with one short and one long word (short = at most `short_max` characters); 1.0 = strict alternation."""
+    """Fraction of neighbouring word pairs with one short and one long word (short = at most `short_max` characters);
+    1.0 = strict alternation.
+    """
     return _alternation([len(w) <= short_max for w in words(text)])
 
 
@@ -102,7 +104,9 @@ def filler_every_other_word(text: str, word: str) -> float:
 
 @register("doubled_words")
 def doubled_words(text: str) -> float:
-    """Fraction of word pairs (1st+2nd, 3rd+4th, ...) that are the same word twice (1.0 = 'the the cat cat'); needs 2+ words."""
+    """Fraction of word pairs (1st+2nd, 3rd+4th, ...) that are the same word twice (1.0 = 'the the cat cat'); needs 2+
+    words.
+    """
     ws = lower_words(text)
     if len(ws) < 2:
         return 0.0
@@ -145,7 +149,9 @@ def forbidden_words(text: str, words: list) -> float:  # noqa: A002 - the argume
 
 @register("target_word_fraction", words=Arg(list[str], non_empty), target=Arg(float, unit_interval))
 def target_word_fraction(text: str, words: list, target: float = 1.0) -> float:  # noqa: A002
-    """Fraction of the reply's words that are in `words` (case-insensitive) divided by `target`, capped: 1.0 = only (or at least `target` of) listed words."""
+    """Fraction of the reply's words that are in `words` (case-insensitive) divided by `target`, capped: 1.0 = only (or
+    at least `target` of) listed words.
+    """
     allowed = {w.casefold() for w in words}
     ws = lower_words(text)
     return scaled(fraction(sum(w in allowed for w in ws), len(ws)), target)
@@ -153,7 +159,9 @@ def target_word_fraction(text: str, words: list, target: float = 1.0) -> float: 
 
 @register("target_words_present", words=Arg(list[str], non_empty))
 def target_words_present(text: str, words: list) -> float:  # noqa: A002
-    """Fraction of `words` that occur in the reply (whole words, case-insensitive, inflections included); 1.0 = all of them."""
+    """Fraction of `words` that occur in the reply (whole words, case-insensitive, inflections included); 1.0 = all of
+    them.
+    """
     return fraction(sum(has_word(text, w) for w in words), len(words))
 
 
@@ -186,7 +194,10 @@ def is_regular_past(word: str) -> bool:
 
 @register("past_tense_fraction")
 def past_tense_fraction(text: str) -> float:
-    """Past-tense verbs / (past + present verbs), 1.0 = all past. Heuristic without a POS tagger: past = the package's irregular-past list or an -ed word whose stem is a common word (wordfreq); present = be/have/do forms, present modals and present forms of ~60 common verbs (base forms only right after I/you/we/they)."""
+    """Past-tense verbs / (past + present verbs), 1.0 = all past. Heuristic without a POS tagger: past = the package's
+    irregular-past list or an -ed word whose stem is a common word (wordfreq); present = be/have/do forms, present
+    modals and present forms of ~60 common verbs (base forms only right after I/you/we/they).
+    """
     ws = lower_words(text)
     past = present = 0
     for i, w in enumerate(ws):
@@ -199,14 +210,18 @@ def past_tense_fraction(text: str) -> float:
 
 @register("slang_fraction", target=Arg(float, unit_interval))
 def slang_fraction(text: str, target: float = 0.15) -> float:
-    """Fraction of words that are teen slang (package list) divided by `target` (default 0.15), capped: 1.0 = at least `target` of the words."""
+    """Fraction of words that are teen slang (package list) divided by `target` (default 0.15), capped: 1.0 = at least
+    `target` of the words.
+    """
     ws = lower_words(text)
     return scaled(fraction(sum(w in TEEN_SLANG for w in ws), len(ws)), target)
 
 
 @register("rare_word_fraction", max_zipf=Arg(float, positive), target=Arg(float, unit_interval))
 def rare_word_fraction(text: str, max_zipf: float = 3.0, target: float = 1.0) -> float:
-    """Fraction of alphabetic words with English Zipf frequency below `max_zipf` (wordfreq) divided by `target`, capped: 1.0 = at least `target` of the words are rare."""
+    """Fraction of alphabetic words with English Zipf frequency below `max_zipf` (wordfreq) divided by `target`, capped:
+    1.0 = at least `target` of the words are rare.
+    """
     ws = [w for w in lower_words(text) if w.replace("'", "").replace("-", "").isalpha()]
     return scaled(fraction(sum(_zipf_en(w) < max_zipf for w in ws), len(ws)), target)
 
@@ -238,7 +253,9 @@ def syllable_count(word: str) -> int:
 
 @register("one_syllable_fraction", target=Arg(float, unit_interval), baseline=Arg(float, unit_interval))
 def one_syllable_fraction(text: str, target: float = 1.0, baseline: float = 0.0) -> float:
-    """1.0 = at least `target` of the alphabetic words have one syllable (CMU dict, pyphen fallback); linear down to 0.0 at `baseline` (ordinary English is about 0.7)."""
+    """1.0 = at least `target` of the alphabetic words have one syllable (CMU dict, pyphen fallback); linear down to 0.0
+    at `baseline` (ordinary English is about 0.7).
+    """
     ws = [w for w in lower_words(text) if w.isalpha()]
     frac = fraction(sum(syllable_count(w) == 1 for w in ws), len(ws))
     if baseline >= target:

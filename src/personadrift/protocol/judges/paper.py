@@ -141,7 +141,9 @@ def upstream_fraction_starts_with(text: str, prefix: str) -> float:
 
 @register("upstream_fraction_of_case_letters", scores_empty=True, upper=bool)
 def upstream_fraction_of_case_letters(text: str, upper: bool) -> float:
-    """upstream fraction_of_case_letters: upper- (or lower-) case letters / letters (str.isalpha), 1.0 = all in that case; 0.0 without letters."""
+    """upstream fraction_of_case_letters: upper- (or lower-) case letters / letters (str.isalpha), 1.0 = all in that
+    case; 0.0 without letters.
+    """
     letters = [c for c in text if c.isalpha()]
     return _fraction(sum(c.isupper() if upper else c.islower() for c in letters), len(letters))
 
@@ -155,7 +157,8 @@ def upstream_count_num_words_one(text: str) -> float:
 
 @register("upstream_fraction_non_letter", scores_empty=True)
 def upstream_fraction_non_letter(text: str) -> float:
-    """upstream fraction_non_letter: characters that are not letters (spaces count) / all characters; 1.0 = no letter."""
+    """upstream fraction_non_letter: characters that are not letters (spaces count) / all characters; 1.0 = no letter.
+    """
     return _fraction(sum(not c.isalpha() for c in text), len(text))
 
 
@@ -167,21 +170,27 @@ def upstream_fraction_digit(text: str) -> float:
 
 @register("upstream_are_first_and_last_words_same", scores_empty=True)
 def upstream_are_first_and_last_words_same(text: str) -> float:
-    """upstream are_first_and_last_words_same: 1.0 if the first and last words (punctuation removed, lower case) are equal; also for one word or none."""
+    """upstream are_first_and_last_words_same: 1.0 if the first and last words (punctuation removed, lower case) are
+    equal; also for one word or none.
+    """
     ws = _strip_punct_lower_split(text)
     return float((ws[0] if ws else "") == (ws[-1] if ws else ""))
 
 
 @register("upstream_count_num_words", scores_empty=True, n=Arg(int, positive))
 def upstream_count_num_words(text: str, n: int = 10) -> float:
-    """upstream count_num_words: 1.0 for exactly `n` (10) whitespace-separated words, falling linearly to 0 at `n` words off."""
+    """upstream count_num_words: 1.0 for exactly `n` (10) whitespace-separated words, falling linearly to 0 at `n` words
+    off.
+    """
     diff = abs(len(text.split()) - n)
     return abs(1 - max(0, min(diff / n, 1)))
 
 
 @register("upstream_get_sentiment", scores_empty=True, component=Arg(str, one_of("pos", "neg", "neu", "compound")))
 def upstream_get_sentiment(text: str, component: str) -> float:
-    """upstream get_sentiment: VADER's `component` score of the reply (pos/neg/neu in [0, 1], 1.0 = all such wording; compound, in [-1, 1], is clipped at 0 as a score)."""
+    """upstream get_sentiment: VADER's `component` score of the reply (pos/neg/neu in [0, 1], 1.0 = all such wording;
+    compound, in [-1, 1], is clipped at 0 as a score).
+    """
     return float(vader_scores(text)[component])
 
 
@@ -207,7 +216,9 @@ def _looks_plural_noun(tok: str) -> bool:
 
 @register("upstream_count_plural_nouns", scores_empty=True)
 def upstream_count_plural_nouns(text: str) -> float:
-    """upstream count_plural_nouns (approximated): plural nouns / tokens (punctuation tokens count), by a suffix-and-stem heuristic instead of NLTK's POS tagger; 1.0 = only plural nouns."""
+    """upstream count_plural_nouns (approximated): plural nouns / tokens (punctuation tokens count), by a
+    suffix-and-stem heuristic instead of NLTK's POS tagger; 1.0 = only plural nouns.
+    """
     toks = _TREEBANK.findall(text)
     return _fraction(sum(_looks_plural_noun(t) for t in toks), len(toks))
 
@@ -217,13 +228,17 @@ _JSON_SHAPE = re.compile(r'\{"thought":.*, "response":.*\}')
 
 @register("upstream_is_valid_json_format", scores_empty=True)
 def upstream_is_valid_json_format(text: str) -> float:
-    """upstream is_valid_json_format: 1.0 if one line holds '{"thought":' ... ', "response":' ... '}' (a textual test, not a JSON parse)."""
+    """upstream is_valid_json_format: 1.0 if one line holds '{"thought":' ... ', "response":' ... '}' (a textual test,
+    not a JSON parse).
+    """
     return float(_JSON_SHAPE.search(text) is not None)
 
 
 @register("upstream_is_valid_list_format", scores_empty=True)
 def upstream_is_valid_list_format(text: str) -> float:
-    """upstream is_valid_list_format: items without a space / items, between the first '[' and the first ']' split at ', ' (1.0 = all single words); 0.0 without both brackets."""
+    """upstream is_valid_list_format: items without a space / items, between the first '[' and the first ']' split at ',
+    ' (1.0 = all single words); 0.0 without both brackets.
+    """
     start, end = text.find("["), text.find("]")
     if start == -1 or end == -1:
         return 0.0
@@ -233,14 +248,17 @@ def upstream_is_valid_list_format(text: str) -> float:
 
 @register("upstream_is_valid_dash_format", scores_empty=True)
 def upstream_is_valid_dash_format(text: str) -> float:
-    """upstream is_valid_dash_format: chunks of exactly one character / chunks, splitting at '-' (1.0 = 'l-i-k-e-s-o')."""
+    """upstream is_valid_dash_format: chunks of exactly one character / chunks, splitting at '-' (1.0 = 'l-i-k-e-s-o').
+    """
     chunks = text.split("-")
     return _fraction(sum(len(c) == 1 for c in chunks), len(chunks))
 
 
 @register("upstream_does_not_contain", scores_empty=True, words=Arg(list[str], non_empty))
 def upstream_does_not_contain(text: str, words: list) -> float:  # noqa: A002
-    """upstream does_not_contain: 0.0 if any of `words` (compared as given) is a word of the reply (punctuation removed, lower case, whitespace split); else 1.0, also for an empty reply."""
+    """upstream does_not_contain: 0.0 if any of `words` (compared as given) is a word of the reply (punctuation removed,
+    lower case, whitespace split); else 1.0, also for an empty reply.
+    """
     ws = set(_strip_punct_lower_split(text))
     return 0.0 if any(w in ws for w in words) else 1.0
 
@@ -254,7 +272,9 @@ def _targets(words, wordlist: str):
 @register("upstream_fraction_of_text_that_is_a_target", scores_empty=True,
           words=list[str], wordlist=Arg(str, one_of("", *WORDLISTS)))
 def upstream_fraction_of_text_that_is_a_target(text: str, words: list = (), wordlist: str = "") -> float:  # noqa: A002
-    """upstream fraction_of_text_that_is_a_target: words of the reply (punctuation removed, lower case) that are in `words` (as given) or `wordlist` / words (1.0 = only such words); raises on a reply without words, as upstream."""
+    """upstream fraction_of_text_that_is_a_target: words of the reply (punctuation removed, lower case) that are in
+    `words` (as given) or `wordlist` / words (1.0 = only such words); raises on a reply without words, as upstream.
+    """
     targets = _targets(words, wordlist)
     ws = _strip_punct_lower_split(text)
     if not ws:
@@ -264,7 +284,9 @@ def upstream_fraction_of_text_that_is_a_target(text: str, words: list = (), word
 
 @register("upstream_fraction_of_target_words_hit", scores_empty=True, words=Arg(list[str], non_empty))
 def upstream_fraction_of_target_words_hit(text: str, words: list) -> float:  # noqa: A002
-    """upstream fraction_of_target_words_hit: `words` (compared as given) that are words of the reply (punctuation removed, lower case) / len(words); 1.0 = all of them."""
+    """upstream fraction_of_target_words_hit: `words` (compared as given) that are words of the reply (punctuation
+    removed, lower case) / len(words); 1.0 = all of them.
+    """
     ws = set(_strip_punct_lower_split(text))
     return sum(w in ws for w in words) / len(words)
 
@@ -278,7 +300,10 @@ def _first_word_of(sentence: str) -> str:
 
 @register("upstream_sentences_start_with", scores_empty=True, word=Arg(str, non_empty))
 def upstream_sentences_start_with(text: str, word: str) -> float:
-    """upstream sentences_start_with over split_into_sentences: sentences whose first word (punctuation removed) is `word` / sentences, compared in lower case on both sides (upstream lower-cases only the sentence's word, see DIFFERENCES); 1.0 = every sentence."""
+    """upstream sentences_start_with over split_into_sentences: sentences whose first word (punctuation removed) is
+    `word` / sentences, compared in lower case on both sides (upstream lower-cases only the sentence's word, see
+    DIFFERENCES); 1.0 = every sentence.
+    """
     ss = upstream_sentences(text)
     target = word.lower()
     return _fraction(sum(_first_word_of(s) == target for s in ss), len(ss))
@@ -286,7 +311,9 @@ def upstream_sentences_start_with(text: str, word: str) -> float:
 
 @register("upstream_is_alliteration", scores_empty=True)
 def upstream_is_alliteration(text: str) -> float:
-    """upstream is_alliteration: words (\\b\\w+\\b, lower case) starting with the most common initial / words; 1.0 = one initial for all."""
+    """upstream is_alliteration: words (\\b\\w+\\b, lower case) starting with the most common initial / words; 1.0 = one
+    initial for all.
+    """
     ws = re.findall(r"\b\w+\b", text.lower())
     if not ws:
         return 0.0
@@ -296,7 +323,9 @@ def upstream_is_alliteration(text: str) -> float:
 @register("upstream_is_valid_sentence_word_count", scores_empty=True,
           pattern=Arg(list[int], lambda v: None if v and all(x > 0 for x in v) else "must be a non-empty list of positive integers"))
 def upstream_is_valid_sentence_word_count(text: str, pattern: list) -> float:
-    """upstream is_valid_sentence_word_count: 0.0 unless there are exactly len(`pattern`) sentences; then per sentence 1 for the pattern's word count, 0.5 for one off, averaged (1.0 = the exact pattern)."""
+    """upstream is_valid_sentence_word_count: 0.0 unless there are exactly len(`pattern`) sentences; then per sentence 1
+    for the pattern's word count, 0.5 for one off, averaged (1.0 = the exact pattern).
+    """
     ss = upstream_sentences(text)
     if len(ss) != len(pattern):
         return 0.0
@@ -309,7 +338,9 @@ def upstream_is_valid_sentence_word_count(text: str, pattern: list) -> float:
 
 @register("upstream_is_increasing_sentence_word_count", scores_empty=True)
 def upstream_is_increasing_sentence_word_count(text: str) -> float:
-    """upstream is_increasing_sentence_word_count: sentences with one word more than the previous one (the first needs one word) / sentences; 1.0 = 1, 2, 3, ... words."""
+    """upstream is_increasing_sentence_word_count: sentences with one word more than the previous one (the first needs
+    one word) / sentences; 1.0 = 1, 2, 3, ... words.
+    """
     ss = upstream_sentences(text)
     prev, hits = 0, 0
     for s in ss:
@@ -329,7 +360,10 @@ def _is_language(text: str, code: str) -> bool:
 
 @register("upstream_is_valid_alternating_french_english", scores_empty=True)
 def upstream_is_valid_alternating_french_english(text: str) -> float:
-    """upstream is_valid_alternating_french_english: over the parts split at ') ' that contain '(', split at ' (': 0.5 per part whose first half is detected French and 0.5 if its second is English, averaged (1.0 = perfect alternation)."""
+    """upstream is_valid_alternating_french_english: over the parts split at ') ' that contain '(', split at ' (': 0.5
+    per part whose first half is detected French and 0.5 if its second is English, averaged (1.0 = perfect
+    alternation).
+    """
     pairs = [part.split(" (") for part in text[:SLOW_JUDGE_MAX_CHARS].split(") ") if "(" in part]
     got = 0.0
     for pair in pairs:
@@ -340,7 +374,9 @@ def upstream_is_valid_alternating_french_english(text: str) -> float:
 
 @register("upstream_close_to_num", scores_empty=True, target=Arg(int, positive))
 def upstream_close_to_num(text: str, target: int) -> float:
-    """upstream close_to_num: 1.0 if the first run of digits equals `target`, falling linearly to 0 at `target` away; raises without digits, as upstream."""
+    """upstream close_to_num: 1.0 if the first run of digits equals `target`, falling linearly to 0 at `target` away;
+    raises without digits, as upstream.
+    """
     m = re.search(r"[0-9]+", text)
     if m is None:
         raise UpstreamExpressionError("close_to_num: no number in the reply (upstream subtracts from None)")
@@ -361,7 +397,9 @@ def _case_kind(word: str) -> tuple[bool, bool]:
 
 @register("upstream_fraction_alter_upper_lower", scores_empty=True)
 def upstream_fraction_alter_upper_lower(text: str) -> float:
-    """upstream fraction_alter_upper_lower: words whose case (ALL UPPER / all lower) flips from the previous word, the first counting if it is either / words (1.0 = strict alternation)."""
+    """upstream fraction_alter_upper_lower: words whose case (ALL UPPER / all lower) flips from the previous word, the
+    first counting if it is either / words (1.0 = strict alternation).
+    """
     ws = text.split()
     up, low = _case_kind(_first_word_or_raise(ws, "fraction_alter_upper_lower"))
     hits = int(up or low)
@@ -374,7 +412,9 @@ def upstream_fraction_alter_upper_lower(text: str) -> float:
 
 @register("upstream_teenager_score", scores_empty=True)
 def upstream_teenager_score(text: str) -> float:
-    """upstream teenager_score (with this project's slang list): words (punctuation but apostrophes removed, lower case) that are teen slang / words; 1.0 = only slang."""
+    """upstream teenager_score (with this project's slang list): words (punctuation but apostrophes removed, lower case)
+    that are teen slang / words; 1.0 = only slang.
+    """
     from personadrift.protocol.judges.wordlists import TEEN_SLANG
 
     ws = text.translate(_PUNCT_BUT_APOSTROPHE).lower().split()
@@ -401,7 +441,9 @@ def _verb_kind(word: str, prev: str) -> str:
 
 @register("upstream_fraction_past_tense_verbs", scores_empty=True)
 def upstream_fraction_past_tense_verbs(text: str) -> float:
-    """upstream fraction_past_tense_verbs (approximated): past verbs / verbs, 1.0 when no verb is found (as upstream); verbs found by word lists and suffixes instead of NLTK's POS tagger."""
+    """upstream fraction_past_tense_verbs (approximated): past verbs / verbs, 1.0 when no verb is found (as upstream);
+    verbs found by word lists and suffixes instead of NLTK's POS tagger.
+    """
     ws = [t.lower() for t in _TREEBANK.findall(text)]
     kinds = [_verb_kind(w, ws[i - 1] if i else "") for i, w in enumerate(ws)]
     verbs = [k for k in kinds if k]
@@ -410,14 +452,18 @@ def upstream_fraction_past_tense_verbs(text: str) -> float:
 
 @register("upstream_fraction_unique_words", scores_empty=True)
 def upstream_fraction_unique_words(text: str) -> float:
-    """upstream fraction_unique_words: words (\\b\\w+\\b, lower case) occurring exactly once / words; 1.0 = no word repeated."""
+    """upstream fraction_unique_words: words (\\b\\w+\\b, lower case) occurring exactly once / words; 1.0 = no word
+    repeated.
+    """
     ws = re.findall(r"\b\w+\b", text.lower())
     return _fraction(sum(c == 1 for c in Counter(ws).values()), len(ws))
 
 
 @register("upstream_fraction_repeated_words", scores_empty=True)
 def upstream_fraction_repeated_words(text: str) -> float:
-    """upstream fraction_repeated_words: distinct words (\\b\\w+\\b, lower case) occurring twice or more / words (so at most 0.5, never 1.0)."""
+    """upstream fraction_repeated_words: distinct words (\\b\\w+\\b, lower case) occurring twice or more / words (so at
+    most 0.5, never 1.0).
+    """
     ws = re.findall(r"\b\w+\b", text.lower())
     return _fraction(sum(c >= 2 for c in Counter(ws).values()), len(ws))
 
@@ -437,14 +483,18 @@ _NUMBER = re.compile(
 
 @register("upstream_contains_color_and_number", scores_empty=True)
 def upstream_contains_color_and_number(text: str) -> float:
-    """upstream contains_color_and_number (with this project's colour list): 1.0 if a colour occurs as a substring of the lower-cased reply and a number (digits or an English number word) as a word."""
+    """upstream contains_color_and_number (with this project's colour list): 1.0 if a colour occurs as a substring of
+    the lower-cased reply and a number (digits or an English number word) as a word.
+    """
     low = text.lower()
     return float(any(c in low for c in COLOURS) and _NUMBER.search(low) is not None)
 
 
 @register("upstream_fraction_alter_short_long", scores_empty=True)
 def upstream_fraction_alter_short_long(text: str) -> float:
-    """upstream fraction_alter_short_long: words whose length class (long = more than 4 characters; the first word counts letters only) flips from the previous word, the first always counting / words (1.0 = strict alternation)."""
+    """upstream fraction_alter_short_long: words whose length class (long = more than 4 characters; the first word
+    counts letters only) flips from the previous word, the first always counting / words (1.0 = strict alternation).
+    """
     ws = text.split()
     first = _first_word_or_raise(ws, "fraction_alter_short_long")
     prev = sum(c.isalpha() for c in first) > 4
@@ -458,7 +508,9 @@ def upstream_fraction_alter_short_long(text: str) -> float:
 
 @register("upstream_fraction_alter_banana", scores_empty=True, word=Arg(str, non_empty))
 def upstream_fraction_alter_banana(text: str, word: str = "banana") -> float:
-    """upstream fraction_alter_banana: words (punctuation removed, lower case) whose being `word` flips from the previous word, the first always counting / words (1.0 = strict alternation)."""
+    """upstream fraction_alter_banana: words (punctuation removed, lower case) whose being `word` flips from the
+    previous word, the first always counting / words (1.0 = strict alternation).
+    """
     ws = text.split()
     _first_word_or_raise(ws, "fraction_alter_banana")
     flags = [w.translate(_PUNCT).lower() == word for w in ws]
@@ -467,14 +519,18 @@ def upstream_fraction_alter_banana(text: str, word: str = "banana") -> float:
 
 @register("upstream_fraction_sentences_that_are_questions", scores_empty=True)
 def upstream_fraction_sentences_that_are_questions(text: str) -> float:
-    """upstream fraction_sentences_that_are_questions: sentences with '?' among their last two characters / sentences; 1.0 = only questions."""
+    """upstream fraction_sentences_that_are_questions: sentences with '?' among their last two characters / sentences;
+    1.0 = only questions.
+    """
     ss = upstream_sentences(text)
     return _fraction(sum("?" in s[-2:] for s in ss), len(ss))
 
 
 @register("upstream_is_valid_repeat", scores_empty=True)
 def upstream_is_valid_repeat(text: str) -> float:
-    """upstream is_valid_repeat, bug fixed: word pairs (1st+2nd, 3rd+4th, ...; punctuation removed, lower case) of the same word / words (so at most 0.5, never 1.0)."""
+    """upstream is_valid_repeat, bug fixed: word pairs (1st+2nd, 3rd+4th, ...; punctuation removed, lower case) of the
+    same word / words (so at most 0.5, never 1.0).
+    """
     ws = _strip_punct_lower_split(text)
     hits = sum(ws[i] == ws[i + 1] for i in range(0, len(ws) - 1, 2))
     return _fraction(hits, len(ws))
@@ -482,7 +538,9 @@ def upstream_is_valid_repeat(text: str) -> float:
 
 @register("upstream_get_french_percentage", scores_empty=True)
 def upstream_get_french_percentage(text: str) -> float:
-    """upstream get_french_percentage: langdetect's probability of French (seeded; 1.0 = surely French); raises where langdetect finds no features, as upstream."""
+    """upstream get_french_percentage: langdetect's probability of French (seeded; 1.0 = surely French); raises where
+    langdetect finds no features, as upstream.
+    """
     from langdetect.lang_detect_exception import LangDetectException
 
     try:
@@ -495,21 +553,27 @@ def upstream_get_french_percentage(text: str) -> float:
 # ---- the plain Python tests of the lambdas --------------------------------------------------------
 @register("substring_any", scores_empty=True, substrings=Arg(list[str], non_empty), lowercase=bool)
 def substring_any(text: str, substrings: list, lowercase: bool = False) -> float:
-    """1.0 if any of `substrings` occurs in the reply (in its str.lower() form if `lowercase`): Python's `s in x`, exactly."""
+    """1.0 if any of `substrings` occurs in the reply (in its str.lower() form if `lowercase`): Python's `s in x`,
+    exactly.
+    """
     t = text.lower() if lowercase else text
     return float(any(s in t for s in substrings))
 
 
 @register("token_any", scores_empty=True, tokens=Arg(list[str], non_empty), lowercase=bool)
 def token_any(text: str, tokens: list, lowercase: bool = False) -> float:
-    """1.0 if any of `tokens` is one of the reply's whitespace-separated tokens (after str.lower() if `lowercase`): `w in x.lower().split()`."""
+    """1.0 if any of `tokens` is one of the reply's whitespace-separated tokens (after str.lower() if `lowercase`): `w
+    in x.lower().split()`.
+    """
     ws = set((text.lower() if lowercase else text).split())
     return float(any(w in ws for w in tokens))
 
 
 @register("first_token_is", scores_empty=True, token=Arg(str, non_empty))
 def first_token_is(text: str, token: str) -> float:
-    """1.0 if the reply's first whitespace-separated token is exactly `token` (`x.split()[0] == token`); raises on an empty reply, as that expression does."""
+    """1.0 if the reply's first whitespace-separated token is exactly `token` (`x.split()[0] == token`); raises on an
+    empty reply, as that expression does.
+    """
     ws = text.split()
     if not ws:
         raise UpstreamExpressionError("x.split()[0] of a reply without words raises IndexError")

@@ -75,9 +75,10 @@ def register(name: str, *, scores_empty: bool | Callable[[dict], bool] = False, 
         named = {p.name: p for p in params[1:]}
         if set(named) != set(arg_types):
             raise TypeError(f"judge {name}: arg_types {sorted(arg_types)} != parameters {sorted(named)}")
-        doc = (func.__doc__ or "").strip().splitlines()
-        if not doc:
-            raise TypeError(f"judge {name}: needs a one-line docstring saying what 1.0 means")
+        # the docstring's first paragraph, as one line (long ones are wrapped in the source)
+        doc = [" ".join(line.strip() for line in (func.__doc__ or "").strip().split("\n\n")[0].splitlines())]
+        if not doc[0]:
+            raise TypeError(f"judge {name}: needs a docstring saying what 1.0 means")
         defaults = {n: p.default for n, p in named.items() if p.default is not inspect.Parameter.empty}
         types = {n: (t if isinstance(t, Arg) else Arg(t)) for n, t in arg_types.items()}
         _REGISTRY[name] = JudgeInfo(name, func, types, defaults, doc[0].strip(), scores_empty)
