@@ -15,8 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from personadrift.errors import PersonaDriftError
 from personadrift.command import exit_status
+from personadrift.errors import PersonaDriftError
 
 # the modules declaring subcommands, in the order ``--help`` lists them (the data flow)
 COMMAND_MODULES = (

@@ -367,7 +367,8 @@ def check_budgets(config: dict, context: int, path="config") -> None:
         for part in rest:
             value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, int) and value >= context:
-            source = "model.max_context" if config["model"].get("max_context") else "its config's max_position_embeddings"
+            source = ("model.max_context" if config["model"].get("max_context")
+                      else "its config's max_position_embeddings")
             raise InputError(path, key, f"{value} tokens leave no room for a prompt: the model has {context} "
                              f"positions ({source})")
 

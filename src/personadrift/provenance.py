@@ -8,7 +8,7 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 PACKAGES = (
@@ -68,7 +68,7 @@ def hardware() -> dict:
 def provenance(**extra) -> dict:
     """A provenance record: package versions, git commit, hardware, time, and ``extra``."""
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "packages": package_versions(),
         "hardware": hardware(),

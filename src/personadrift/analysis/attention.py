@@ -30,7 +30,8 @@ def token_speakers(chat: ChatFormat, messages: list[dict]) -> tuple[list[int], l
     speakers, entry = [""] * len(full), [0] * len(full)
     start = 0
     for i in range(len(messages)):
-        end = len(chat.render(messages[: i + 1], add_generation_prompt=False).ids) if i < len(messages) - 1 else len(full)
+        last = i == len(messages) - 1
+        end = len(full) if last else len(chat.render(messages[: i + 1], add_generation_prompt=False).ids)
         end = min(end, len(full))
         role = {"system": "system", "user": "user", "assistant": "agent"}[messages[i]["role"]]
         for p in range(start, end):
@@ -146,7 +147,8 @@ def dilution_fit(df: pd.DataFrame, layers="all") -> tuple[pd.DataFrame, pd.DataF
         pred = predicted_share(f.S_p, f.c, np.maximum(te["n_other"].to_numpy() - 1, 0), f.S_0)
         parts.append(pd.DataFrame({"conversation": te["conversation"].to_numpy(), "position": te["position"].to_numpy(),
                                    "entry": te["entry"].to_numpy(), "layer": layer,
-                                   "measured": te["prompt_share"].to_numpy(), "predicted": np.asarray(pred, dtype=float)}))
+                                   "measured": te["prompt_share"].to_numpy(),
+                                   "predicted": np.asarray(pred, dtype=float)}))
     if not parts:
         raise ValueError("dilution_fit: no layer and head has a usable entry")
     both = pd.concat(parts, ignore_index=True)
@@ -166,7 +168,8 @@ def fixed_effect_residuals(d: pd.DataFrame, columns: list[str]) -> tuple[list[np
     """Each column minus its least-squares fit on conversation and round indicators; and the rank used."""
     X = pd.get_dummies(d[["conversation", "round"]].astype(str), drop_first=False).to_numpy(dtype=float)
     proj = X @ np.linalg.pinv(X)
-    return [d[c].to_numpy(dtype=float) - proj @ d[c].to_numpy(dtype=float) for c in columns], int(np.linalg.matrix_rank(X))
+    residuals = [d[c].to_numpy(dtype=float) - proj @ d[c].to_numpy(dtype=float) for c in columns]
+    return residuals, int(np.linalg.matrix_rank(X))
 
 
 def within_conversation_association(joined: pd.DataFrame, *, confidence: float = 0.95, x: str = "prompt_share",

@@ -398,7 +398,7 @@ def _centres(eta: np.ndarray, means) -> np.ndarray:
     for r, m in enumerate(np.clip(np.asarray(means, dtype=float), 0.002, 0.998)):
         # the bracket reaches past the widest eta: the fit's optimiser tries large spreads
         reach = 30.0 + float(np.abs(eta[:, r]).max())
-        out.append(brentq(lambda c: _sigmoid(c + eta[:, r]).mean() - m, -reach, reach, xtol=1e-4))
+        out.append(brentq(lambda c, r=r, m=m: _sigmoid(c + eta[:, r]).mean() - m, -reach, reach, xtol=1e-4))
     return np.array(out)
 
 
@@ -466,7 +466,8 @@ def fit_designs(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
     shape = Design(rounds=R, stability=(0.5,) * (R + 1), adoption=(0.5,) * (R + 1), judge=judge,
                    precision=precision, binary_share=binary_share)
     judge_var = shape.judge_noise()
-    means = {k: sc[sc["kind"] == k].groupby("round")["score"].mean().reindex(rounds).to_numpy() for k in ("agent", "user")}
+    means = {k: sc[sc["kind"] == k].groupby("round")["score"].mean().reindex(rounds).to_numpy()
+             for k in ("agent", "user")}
     per = stats.per_conversation(sc[sc["kind"] == "agent"])
     observed = _observed_moments(per)
     z = np.random.default_rng(seed).standard_normal((3, population, R + 1))

@@ -151,8 +151,8 @@ def synthetic_check(
     the recorder's fields are computed (prompt share, first-token share, log S_prompt, log S_other
     with the sink inside, n_other with the sink counted). :func:`fit_dilution` is fitted on the
     first half of the queries (all n pooled) and predicts the median share of the held-out half
-    at each n (the fit is of medians). Returns lists per n: ``measured`` (held-out median share), ``predicted`` (sink kept
-    apart), ``lumped`` (the same estimator with the sink counted among the other keys),
+    at each n (the fit is of medians). Returns lists per n: ``measured`` (held-out median share),
+    ``predicted`` (sink kept apart), ``lumped`` (the same estimator with the sink counted among the other keys),
     ``stated_error`` (``tolerance``), plus ``holds`` and the held-out r2 of both.
     """
     rng = np.random.default_rng(seed)

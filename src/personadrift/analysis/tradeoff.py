@@ -3,7 +3,8 @@
 Stability is the agent probe's score averaged over dialog rounds (>= 1) per conversation (the
 level over the dialog); its change over the dialog is the fitted change from round 1 to the last
 (``analysis.stats``: claim ``drift``). Each is compared with the baseline on the same
-conversations, and the two claims of every setting are Holm-adjusted together. Capability is MMLU accuracy in one of two forms (the MMLU table of ``evaluate``, capability/mmlu/scoring.py):
+conversations, and the two claims of every setting are Holm-adjusted together. Capability is MMLU
+accuracy in one of two forms (the MMLU table of ``evaluate``, capability/mmlu/scoring.py):
 
 * ``letter``: the answer letter's next-token probability (columns ``letter_correct`` ...;
   older tables have ``correct``/``p_correct``/``predicted``, read as this form);
@@ -102,7 +103,7 @@ def tradeoff_rows(settings: list[dict], chosen: set, scores: pd.DataFrame, mmlu:
                "chosen": name in chosen}
         for claim, col, own in (("level", "stability_diff", "stability"), ("drift", "drift_diff", "drift")):
             c = claims.loc[(name, claim)] if len(claims) and (name, claim) in claims.index else None
-            get = (lambda k: c[k]) if c is not None else (lambda k: np.nan)  # noqa: E731
+            get = (lambda k, c=c: c[k]) if c is not None else (lambda k: np.nan)  # noqa: E731
             row.update({own: get("mean"), f"{own}_ci_low": get("mean_ci_low"), f"{own}_ci_high": get("mean_ci_high"),
                         col: get("diff_vs_baseline"), f"{col}_ci_low": get("ci_low"),
                         f"{col}_ci_high": get("ci_high"), f"{col}_p": get("p_value"),

@@ -36,7 +36,8 @@ __all__ = ["NAME", "batch_invariant_attention", "row_slots"]
 NAME = "batch_invariant"
 
 
-def row_slots(attention_mask: torch.Tensor | None, b: int, q_len: int, kv_len: int) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+def row_slots(attention_mask: torch.Tensor | None, b: int, q_len: int,
+              kv_len: int) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
     """Per row, (key slots, query columns) that are real, as long index tensors; None means all
     of them (no mask: nothing is padded)."""
     if attention_mask is None:
@@ -95,7 +96,8 @@ def _row_state(state, i: int, key_idx: torch.Tensor | None, kv_len: int):
     hit = state._index_cache.get(ck)
     if hit is not None:
         return hit
-    slots = torch.arange(kv_len, device=state.prompt_mask.device) if key_idx is None else key_idx.to(state.prompt_mask.device)
+    device = state.prompt_mask.device
+    slots = torch.arange(kv_len, device=device) if key_idx is None else key_idx.to(device)
 
     def cut(mask):
         if mask is None:

@@ -89,7 +89,8 @@ def attention_stats(
             if q_len == 1:
                 vis = torch.ones(1, 1, 1, kv_end, dtype=torch.bool, device=dev)
             else:  # upper-left causal, as SDPA's is_causal
-                vis = (torch.arange(kv_end, device=dev)[None, :] <= torch.arange(c0, c1, device=dev)[:, None])[None, None]
+                cols = torch.arange(kv_end, device=dev)[None, :]
+                vis = (cols <= torch.arange(c0, c1, device=dev)[:, None])[None, None]
         else:
             vis = visible_mask(attention_mask[:, :, c0:c1], nc, kv_len, dev)
             seen = vis.any(dim=2).any(dim=0).reshape(-1)  # keys no query of the chunk sees are skipped

@@ -188,7 +188,8 @@ def split_softmax_core(
     # add nothing to a score (the scale is passed explicitly) and their outputs are dropped.
     ind = prompt_flags.to(value.dtype)[:, None, :, None].expand(b, hk, kv_len, 1)
     e = fused_width(d, dv)
-    v_aug = torch.cat([value, ind, 1.0 - ind] + ([value.new_zeros(b, hk, kv_len, e - dv - 2)] if e > dv + 2 else []), -1)
+    pad = [value.new_zeros(b, hk, kv_len, e - dv - 2)] if e > dv + 2 else []
+    v_aug = torch.cat([value, ind, 1.0 - ind, *pad], -1)
     q_aug = torch.cat([query, query.new_zeros(b, h, q_len, e - d)], -1) if e > d else query
     k_aug = torch.cat([key, key.new_zeros(b, hk, kv_len, e - d)], -1) if e > d else key
     mask = attention_mask[..., :kv_len] if attention_mask is not None else None

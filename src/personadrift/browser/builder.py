@@ -89,7 +89,8 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
             s = settings.add(entry["setting"], {**setting_record(rec), "n": 0})
             key = (entry["setting"], entry["conversation"])
             if key in seen:
-                raise InputError(path, "conversation", f"conversation {key[1]} of setting {key[0]} is also in {seen[key]}")
+                raise InputError(path, "conversation",
+                                 f"conversation {key[1]} of setting {key[0]} is also in {seen[key]}")
             seen[key] = path
             settings.items[s]["n"] += 1
             for role in ("agent", "user"):

@@ -54,7 +54,8 @@ def read_scores(csvs: list) -> Scores:
         err = ["" if pd.isna(e) else str(e) for e in df["error"]] if "error" in df.columns else [""] * len(df)
         for row, e in zip(df[list(SCORE_COLUMNS)].itertuples(index=False), err):
             score = None if pd.isna(row.score) else float(row.score)
-            out.by_sample[(str(row.setting), int(row.conversation), int(row.round), str(row.kind), int(row.sample))] = (score, e)
+            key = (str(row.setting), int(row.conversation), int(row.round), str(row.kind), int(row.sample))
+            out.by_sample[key] = (score, e)
     return out
 
 

@@ -132,8 +132,9 @@ def theory_verdict(fits: pd.DataFrame, threshold: float = 0.5) -> str:
     good, bad = v[v["explained"]]["layer"].tolist(), v[~v["explained"]]["layer"].tolist()
     where = "held-out" if not fits["in_sample"].iloc[0] else "in-sample (one conversation only, nothing held out)"
     if not good:
+        best_layer = int(v.loc[v["median_r2"].idxmax(), "layer"])
         return (f"The model does NOT explain the decay in any layer: median {where} r2 per layer is below "
-                f"{threshold} everywhere (best {v['median_r2'].max():.2f}, layer {int(v.loc[v['median_r2'].idxmax(), 'layer'])}).")
+                f"{threshold} everywhere (best {v['median_r2'].max():.2f}, layer {best_layer}).")
     if not bad:
         return f"The model explains the decay in every layer (median {where} r2 per layer >= {threshold})."
     return (f"The model explains the decay in layers {_layer_list(good)} (median {where} r2 >= {threshold}) but "

@@ -103,7 +103,7 @@ def _forest(ax, change: pd.DataFrame) -> None:
             if r is not None:
                 span = "round 0\u21921" if claim == "shift" else f"rounds 1\u2192{int(r.last_round)}"
                 rows.append((f"{label}\n{span}", r))
-    for i, (label, r) in enumerate(rows):
+    for i, (_label, r) in enumerate(rows):
         y = len(rows) - 1 - i
         ax.errorbar([r.change], [y], xerr=[[r.change - r.ci_low], [r.ci_high - r.change]], fmt="o",
                     color=KIND_COLOR["agent"], mfc=KIND_COLOR["agent"] if r.significant else "white", capsize=2)

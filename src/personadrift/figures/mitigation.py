@@ -111,7 +111,7 @@ def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
 def tradeoff_stability_mmlu(tradeoff_csv: str):
     t = pd.read_csv(tradeoff_csv)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for family, d in t[t["method"] != "none"].groupby("family", sort=False):
+    for _family, d in t[t["method"] != "none"].groupby("family", sort=False):
         d = d.sort_values("value")
         m = d["method"].iloc[0]
         ax.errorbar(d["mmlu_accuracy"], d["stability"],

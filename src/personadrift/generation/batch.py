@@ -203,7 +203,8 @@ class Batch:
         tok = torch.as_tensor(tokens, dtype=torch.long).to(self.engine.device)
         if self.width == self.mask.shape[1]:  # more steps than reserved: grow the buffers
             extra = max(16, self.width // 2)
-            self.slot_ids = torch.cat([self.slot_ids, self.slot_ids.new_full((self.size, extra), self.engine.pad_id)], 1)
+            pads = self.slot_ids.new_full((self.size, extra), self.engine.pad_id)
+            self.slot_ids = torch.cat([self.slot_ids, pads], 1)
             self.mask = torch.cat([self.mask, self.mask.new_zeros((self.size, extra))], 1)
         self.slot_ids[:, self.width] = tok
         self.mask[:, self.width] = 1

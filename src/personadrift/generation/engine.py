@@ -68,7 +68,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 PREFILL_FORWARD_TOKENS = 64
 
 
-def prefill_groups(new_tokens: list[int], rows: list[int], forward_tokens: int = PREFILL_FORWARD_TOKENS) -> list[list[int]]:
+def prefill_groups(new_tokens: list[int], rows: list[int],
+                   forward_tokens: int = PREFILL_FORWARD_TOKENS) -> list[list[int]]:
     """Units (requests: ``rows[u]`` rows of ``new_tokens[u]`` new tokens each) grouped into
     prefill forwards so that the positions computed, padding included, plus
     ``forward_tokens`` per forward, are fewest: units sorted by length, cut where it pays
@@ -178,7 +179,8 @@ class HFEngine:
             reqs = [requests[i] for i in chunk]
             rows += memory.halving_on_oom(  # memory hook
                 self, reqs,
-                lambda part: list(self._prefill(part, expand=False).next_token_logprobs(self.intervention.guidance_scale)),
+                lambda part: list(
+                    self._prefill(part, expand=False).next_token_logprobs(self.intervention.guidance_scale)),
                 budget=1)
         return torch.stack(rows)
 
@@ -254,7 +256,7 @@ class HFEngine:
                         break
                     n_rows, width, stop = n_rows + need, w, stop + 1
                 rows2, pairs, first_row = [], {}, []
-                for i, own in tail[start:stop]:
+                for _i, own in tail[start:stop]:
                     first_row.append(len(rows2))
                     if len(own) == 2:
                         pairs[len(rows2)] = len(rows2) + 1

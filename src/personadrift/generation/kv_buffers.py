@@ -241,7 +241,8 @@ class BufferLayer(DynamicLayer):
         self.buf_k, self.buf_v = k, v
         self.keys, self.values = k[:, :, :n], v[:, :, :n]
 
-    def row(self, i: int, columns: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def row(self, i: int, columns: torch.Tensor,
+            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of row ``i``'s keys and values [kv_heads, kept, head_dim] at the filled
         ``columns`` (bool [length], on any device), on ``device`` (None: this layer's)."""
         m = columns.to(self.keys.device)

@@ -25,8 +25,8 @@ checking, on one of the model's own layers, that oneDNN agrees with torch's kern
 error if it is missing or disagrees). ``auto`` does the same where oneDNN is there, agrees, and
 the layers are at least ``AUTO_MIN_WIDTH`` wide: on narrower layers (the test suite's tiny
 models) oneDNN's per-call cost made it slower than MKL, down to half MKL's speed at one row
-(measured at widths 128-2048, 1 and 2 threads, before packing; docs/measurements.md, "Where a step's time goes", has a later
-scratch measurement). Layers on a GPU or in another dtype always keep
+(measured at widths 128-2048, 1 and 2 threads, before packing; docs/measurements.md, "Where a
+step's time goes", has a later scratch measurement). Layers on a GPU or in another dtype always keep
 torch's kernel; no model class is changed. ``torch`` keeps torch's kernel everywhere. The kernel
 in use is recorded in provenance and in the self-chat checkpoint fingerprint.
 

@@ -42,7 +42,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -370,7 +370,7 @@ class OpenAIEngine:
             "completion_tokens": tokens,
             "prompt_tokens": prompt_tokens,
             "base_url": self.base_url,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         })
 
 

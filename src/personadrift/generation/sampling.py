@@ -105,7 +105,8 @@ def sample_tokens(scores: torch.Tensor, uniforms: torch.Tensor, *, temperature: 
     return out
 
 
-def nucleus(scores: torch.Tensor, temperature: float, top_p: float, top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def nucleus(scores: torch.Tensor, temperature: float, top_p: float,
+            top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate ids [B, V] and their sampling probabilities [B, V] (zero outside the kept set):
     the distribution :func:`sample_tokens` draws from, for comparison with transformers' warpers."""
     scores = scores.float() / temperature

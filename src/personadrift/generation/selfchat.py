@@ -199,7 +199,8 @@ class ShardRun:
             atomic_write_json(self._path(rec["conversation"]), rec)
         with open(self.events, "a", encoding="utf-8") as f:
             for rec in recs:
-                f.write(json.dumps({"conversation": rec["conversation"], "turn": turn, "what": what, "pid": os.getpid()}) + "\n")
+                entry = {"conversation": rec["conversation"], "turn": turn, "what": what, "pid": os.getpid()}
+                f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -252,7 +253,8 @@ class ShardRun:
         for rec in todo:
             sys = rec["user"]["system_prompt"] if rec["user_has_system_prompt"] else None
             msgs, verdict, dropped = self._fit(
-                rec, lambda h: user_messages(sys, h, self.opening), rec["history"], limit, f"turn {t} (user)", 2)
+                rec, lambda h, sys=sys: user_messages(sys, h, self.opening), rec["history"], limit,
+                f"turn {t} (user)", 2)
             fits.append((verdict, dropped))
             reqs.append(None if msgs is None else GenRequest(
                 messages=msgs,
@@ -268,7 +270,8 @@ class ShardRun:
         for rec in todo:
             sys = rec["agent"]["system_prompt"]
             msgs, verdict, dropped = self._fit(
-                rec, lambda h: agent_messages(sys, h, self.repetition), rec["history"], limit, f"turn {t} (agent)", 1)
+                rec, lambda h, sys=sys: agent_messages(sys, h, self.repetition), rec["history"], limit,
+                f"turn {t} (agent)", 1)
             fits.append((verdict, dropped))
             reqs.append(None if msgs is None else self._agent_request(
                 rec, msgs, derive_seed(self.seed, rec["conversation"], "agent", t), "dialog", limit=limit))
@@ -310,7 +313,7 @@ class ShardRun:
                     where.append((rec, entry, None, "overflow", 0))
                     continue
                 msgs, verdict, dropped = self._fit(
-                    rec, lambda h, q=question: probe_messages(sys, h, q, self.repetition), rec["history"][:t],
+                    rec, lambda h, q=question, sys=sys: probe_messages(sys, h, q, self.repetition), rec["history"][:t],
                     limit, f"round {rnd} probe ({kind})", min(2, t))
                 req = None
                 if msgs is not None:
@@ -362,7 +365,8 @@ class ShardRun:
             self._together(pending, self._agent_turn(t))
             pending = self._probes(t)
             elapsed = max(time.time() - start, 1e-9)
-            bar.set_postfix(conversations=len(self.records), tok_per_s=f"{(_tokens(self.engine) - tokens0) / elapsed:.1f}")
+            rate = (_tokens(self.engine) - tokens0) / elapsed
+            bar.set_postfix(conversations=len(self.records), tok_per_s=f"{rate:.1f}")
             bar.update(1)
         self._together(pending)  # the last round's probes
         bar.close()

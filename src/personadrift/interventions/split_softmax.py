@@ -24,7 +24,8 @@ class SplitSoftmax(Method):
     grid_item = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
     grid_description = "Exponents k in (0, 1]; the prompt share pi becomes pi^k."
     options = {
-        "layers": {"default": "all", "description": 'Layers: "all", a list of indices, or {start, stop} (stop exclusive).'},
+        "layers": {"default": "all",
+                   "description": 'Layers: "all", a list of indices, or {start, stop} (stop exclusive).'},
         "apply_to": {"enum": ["dialog", "probes", "both"], "default": "both",
                      "description": "Agent generations the method applies to (MMLU: always)."},
     }
@@ -43,7 +44,8 @@ class SplitSoftmax(Method):
         check_layers_depth(setting.options.get("layers", "all"), n_layers)
 
     def intervention(self, setting):
-        return Intervention(split_k=float(setting.value), split_layers=layer_indices(setting.options.get("layers", "all")))
+        layers = layer_indices(setting.options.get("layers", "all"))
+        return Intervention(split_k=float(setting.value), split_layers=layers)
 
     def intervenes(self, setting, phase):
         return applies_to(setting, phase)

@@ -544,14 +544,17 @@ def quirks(spec: dict, system_prompt: str) -> list[str]:
             never = [w for w in args.get("words", []) if w != w.lower() or len(w.split()) != 1]
             if never:
                 out.append(f"upstream compares single lower-case words, so {never} can never match"
-                           + (" (this judge can never reach 1.0)" if name == "upstream_fraction_of_target_words_hit" else ""))
+                           + (" (this judge can never reach 1.0)"
+                              if name == "upstream_fraction_of_target_words_hit" else ""))
         if name == "upstream_fraction_repeated_words":
             out.append("upstream divides distinct repeated words by all words, so a perfect reply scores 0.5")
         if name == "substring_any" and not args.get("lowercase"):
             letters = [w for w in args["substrings"] if len(w) == 1 and w.isupper()]
             if letters:
-                out.append(f"a substring test: any {letters[0]!r} anywhere in the reply counts (e.g. in a word), as upstream")
-        if name == "upstream_sentences_start_with" and not re.search(rf"(?<!\w){re.escape(args['word'])}(?!\w)", system_prompt):
+                out.append(f"a substring test: any {letters[0]!r} anywhere in the reply counts (e.g. in a word),"
+                           " as upstream")
+        if name == "upstream_sentences_start_with" and not re.search(
+                rf"(?<!\w){re.escape(args['word'])}(?!\w)", system_prompt):
             out.append(f"the judge checks {args['word']!r}, which the system prompt never writes so: "
                        f"it probably asks for another word")
     return out
@@ -621,7 +624,8 @@ def _translate_item(elt: ast.AST, text: str, list_name: str, i: int, category: s
     except Untranslatable as e:
         unknown = sorted({n.func.id for n in ast.walk(body) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                           and n.func.id not in HELPERS and n.func.id not in _KNOWN_CALLS})
-        item.reason = (f"unknown helper {', '.join(f'{u}()' for u in unknown)}; " if unknown else "") + f"no equivalent for {e}"
+        helpers = ", ".join(f"{u}()" for u in unknown)
+        item.reason = (f"unknown helper {helpers}; " if unknown else "") + f"no equivalent for {e}"
         return None, item
     except JudgeSpecError as e:  # a translation produced bad arguments: report, don't crash
         item.reason = f"translated to an invalid judge ({e})"
@@ -649,7 +653,8 @@ def convert(source: str | Path, out_dir: str | Path, expected_sha256: str | None
                               f"file's semantics, whatever this file defines")
     summed = _sum_of_names(assigned[SUM_VARIABLE]) if SUM_VARIABLE in assigned else None
     if summed is None:
-        report.problems.append(f"{SUM_VARIABLE} is not a sum of named lists; the five category lists were read directly")
+        report.problems.append(f"{SUM_VARIABLE} is not a sum of named lists; the five category lists were read"
+                               " directly")
         summed = list(CATEGORY_LISTS.values())
     for name in CATEGORY_LISTS.values():
         if name not in summed:
@@ -659,17 +664,20 @@ def convert(source: str | Path, out_dir: str | Path, expected_sha256: str | None
     for name in dict.fromkeys(list(CATEGORY_LISTS.values()) + summed):
         node = assigned.get(name)
         if not isinstance(node, (ast.List, ast.Tuple)):
-            raise InputError(source, name, f"expected a list literal of (system_prompt, probe, judge) items, got {_src(node) if node else 'nothing'}")
+            got = _src(node) if node else "nothing"
+            raise InputError(source, name, f"expected a list literal of (system_prompt, probe, judge) items, got {got}")
         lists[name] = list(node.elts)
     report.total = sum(len(v) for v in lists.values())
 
     # Items of a list in the sum that is not a category list: reported, never dropped silently.
     for name in summed:
         if name not in CATEGORY_LISTS.values():
-            report.problems.append(f"{SUM_VARIABLE} adds {name} ({len(lists[name])} items), which is not one of the five category lists")
+            report.problems.append(f"{SUM_VARIABLE} adds {name} ({len(lists[name])} items), which is not one of"
+                                   " the five category lists")
             for i, elt in enumerate(lists[name]):
                 _, item = _translate_item(elt, text, name, i, "?")
-                item.reason = f"in {name}, not one of the five category lists" + (f"; also {item.reason}" if item.reason else "")
+                also = f"; also {item.reason}" if item.reason else ""
+                item.reason = f"in {name}, not one of the five category lists{also}"
                 report.unmapped.append(item)
 
     # upstream run.py's numbering: the first item of each category list, then the rest of each
@@ -684,7 +692,8 @@ def convert(source: str | Path, out_dir: str | Path, expected_sha256: str | None
             continue
         pid = _slug(cat, i + 1)
         diffs, qs = differences(spec), quirks(spec, item.system_prompt or "")
-        note = f"Imported from upstream {name}[{i}] (run.py persona {run_index}); upstream judge: {item.upstream_judge}."
+        note = (f"Imported from upstream {name}[{i}] (run.py persona {run_index}); "
+                f"upstream judge: {item.upstream_judge}.")
         note += "".join(f" DIFFERS from upstream: {d}." for d in diffs)
         note += "".join(f" Upstream quirk kept: {q}." for q in qs)
         personas.append({"id": pid, "category": cat, "system_prompt": item.system_prompt, "probe": item.probe,

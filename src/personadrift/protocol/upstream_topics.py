@@ -88,12 +88,14 @@ def read_topics(path: str | Path) -> list[str]:
         raise InputError(p, TOPICS_VARIABLE, f"no module-level list {TOPICS_VARIABLE} = [...] (the paper's utils.py "
                                              f"holds its opener topics there)")
     if not isinstance(node, (ast.List, ast.Tuple)) or not node.elts:
-        raise InputError(p, TOPICS_VARIABLE, f"expected a non-empty list of string literals, got {ast.unparse(node)[:80]}")
+        raise InputError(p, TOPICS_VARIABLE,
+                         f"expected a non-empty list of string literals, got {ast.unparse(node)[:80]}")
     topics = []
     for i, elt in enumerate(node.elts):
         s = const_str(elt)
         if s is None or not s.strip():
-            raise InputError(p, f"{TOPICS_VARIABLE}[{i}]", f"expected a non-empty string literal, got {ast.unparse(elt)[:80]}")
+            raise InputError(p, f"{TOPICS_VARIABLE}[{i}]",
+                             f"expected a non-empty string literal, got {ast.unparse(elt)[:80]}")
         topics.append(s)
     return topics
 

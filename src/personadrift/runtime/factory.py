@@ -1,8 +1,8 @@
 """The one engine factory: the configured backend, built from a config and a fetched model.
 
 The workflow's steps (:func:`make_engine`), ``personadrift serve`` (:func:`hf_engine`) and the
-benchmarks (:func:`engine_on`, :func:`hf_engine_for`) all build engines here, so an engine's identity (weights, chat template,
-whether the system prompt is folded) is written in one place.
+benchmarks (:func:`engine_on`, :func:`hf_engine_for`) all build engines here, so an engine's identity
+(weights, chat template, whether the system prompt is folded) is written in one place.
 """
 
 from __future__ import annotations

@@ -573,11 +573,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-dir", help="a model folder fetched by the workflow (manifest.json + weights)")
-    src.add_argument("--tiny", action="store_true", help="serve the tiny random-weight test model (built in a temp dir)")
+    src.add_argument("--tiny", action="store_true",
+                     help="serve the tiny random-weight test model (built in a temp dir)")
     ap.add_argument("--model-name", default=None, help="name clients must send as 'model' (default: the manifest's)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto", "bfloat16_if_native"])
+    ap.add_argument("--dtype", default="float32",
+                    choices=["float32", "bfloat16", "float16", "auto", "bfloat16_if_native"])
     ap.add_argument("--fold-system-prompt", choices=["auto", "yes", "no"], default="auto",
-                    help="fold the system prompt into the first user turn (auto: only if the template has no system role)")
+                    help="fold the system prompt into the first user turn "
+                         "(auto: only if the template has no system role)")
     for impl in METHODS.values():
         for flag, (_, kwargs) in impl.serve_flags.items():
             ap.add_argument(flag, **{"default": None, **kwargs})

@@ -17,10 +17,10 @@ def attention(config: dict, model_dir, transcript_dirs: list, out_dir, *, thread
 
     from personadrift.analysis import attention as aa
     from personadrift.analysis.theory import synthetic_check
-    from personadrift.protocol.scoring import transcript_paths
     from personadrift.generation.chat import ChatFormat
     from personadrift.generation.models import load_model
     from personadrift.interventions.settings import layers_spec
+    from personadrift.protocol.scoring import transcript_paths
 
     if threads:
         torch.set_num_threads(threads)

@@ -20,8 +20,9 @@ def example_dialog(config: dict, scores_csv, transcript_dirs: list, out_json) ->
     compliant = agent[agent[first] >= 0.5]
     if len(compliant):
         drop = (compliant[first] - compliant[last]).sort_values(ascending=False, kind="stable")
-        pick, rule = int(drop.index[0]), (f"largest drop in stability from round {first} to round {last} among the "
-                                           f"{len(compliant)} conversations that started compliant (round-{first} score >= 0.5)")
+        pick = int(drop.index[0])
+        rule = (f"largest drop in stability from round {first} to round {last} among the {len(compliant)} "
+                f"conversations that started compliant (round-{first} score >= 0.5)")
     else:
         best = agent[first].sort_values(ascending=False, kind="stable")
         pick, rule = int(best.index[0]), (f"no conversation started compliant (round-{first} score >= 0.5); shown: "

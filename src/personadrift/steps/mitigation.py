@@ -21,7 +21,8 @@ def fetch_mmlu(config: dict, out) -> None:
 
 def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv, threads=None) -> None:
     """Zero-shot MMLU on the stratified subset in both forms (letter and cloze), with the persona
-    prompt and the setting in place; one table row per question (columns: ``evaluate`` in capability/mmlu/scoring.py)."""
+    prompt and the setting in place; one table row per question (columns: ``evaluate`` in
+    capability/mmlu/scoring.py)."""
     import time
 
     from tqdm import tqdm

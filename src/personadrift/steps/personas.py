@@ -19,10 +19,10 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
     """Round-0 adherence: each persona's probe right after its system prompt, ``samples`` times,
     and the same probe without any system prompt (the model's default behaviour, which tells a
     persona the model follows from one its judge scores high anyway)."""
-    from personadrift.protocol.scoring import score_answer
     from personadrift.generation.api import GenRequest
     from personadrift.generation.dialog import clean_reply
     from personadrift.generation.selfchat import persona_record
+    from personadrift.protocol.scoring import score_answer
     from personadrift.seeding import derive_seed
 
     personas, _ = load_pool(config)
@@ -45,7 +45,7 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
     rows = []
     gate = config["scoring"]["english_fluency_gate"]
     # answers cleaned as the self-chat stores replies
-    whitespace = config.get("selfchat", {}).get("whitespace", "collapse") 
+    whitespace = config.get("selfchat", {}).get("whitespace", "collapse")
     for p, texts in zip(personas, with_persona):
         for condition, group in (("persona", texts), ("no_persona", without[p.probe])):
             for i, text in enumerate(group):

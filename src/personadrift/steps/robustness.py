@@ -43,7 +43,8 @@ def _snakemake() -> list[str]:
     return [found] if found else [sys.executable, "-m", "snakemake"]
 
 
-def run_seeds(config: dict, config_path: str | None, *, cores: int, snakefile, extra: list[str] = ()) -> dict[int, Path]:
+def run_seeds(config: dict, config_path: str | None, *, cores: int, snakefile,
+              extra: list[str] = ()) -> dict[int, Path]:
     """One Snakemake run per seed up to its manifest; seed -> manifest path. A seed whose
     outputs are up to date costs Snakemake's planning only."""
     manifests = {}

@@ -310,7 +310,8 @@ def _first_word(expected_fp: str, text: str) -> str:
             if k >= len(words):
                 return f"word {k}: the run's text ends after {len(words)} words, the expected one goes on"
             if i >= len(exp):
-                return f"word {k}: the expected text ends after {len(exp) // 4} words, the run's goes on with {words[k]!r}"
+                return (f"word {k}: the expected text ends after {len(exp) // 4} words, "
+                        f"the run's goes on with {words[k]!r}")
             return f"word {k}: the run has {words[k]!r} (the expected word is known by its hash only)"
     return "the same words, other whitespace"
 

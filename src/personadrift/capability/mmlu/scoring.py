@@ -19,7 +19,6 @@ from personadrift.capability.mmlu.data import LETTERS, Question, format_cloze_pr
 
 if TYPE_CHECKING:  # heavy imports stay lazy
     import pandas as pd
-    import torch
 
 
 class ReplyTokens:
@@ -134,7 +133,7 @@ def evaluate(
     system_prompt: str | None,
     letter_logprobs: Callable[[list[list[dict]]], Any] | None = None,
     cloze_logprobs: Callable[[list[list[dict]], list[tuple[str, ...]]], Any] | None = None,
-) -> "pd.DataFrame":
+) -> pd.DataFrame:
     """Score ``questions`` in the letter form, the cloze form, or both; one row a question.
 
     Letter form: the user message is ``format_prompt(q)`` (after the system prompt, if any);
@@ -191,7 +190,7 @@ def _add_form(df, form: str, lp, pred, answers, *, logprob_prefix: str) -> None:
         df[f"{logprob_prefix}_{L}"] = lp[:, j]
 
 
-def accuracy_with_ci(df: "pd.DataFrame", confidence: float = 0.95, *, form: str = "letter") -> dict:
+def accuracy_with_ci(df: pd.DataFrame, confidence: float = 0.95, *, form: str = "letter") -> dict:
     """Accuracy of one form of an ``evaluate`` frame, with a Wilson score interval.
 
     Returns ``{"accuracy", "ci_low", "ci_high", "n", "n_correct", "above_chance"}``;

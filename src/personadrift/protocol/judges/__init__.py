@@ -12,9 +12,10 @@ Public API::
 Families: :mod:`.format` (letters, case, punctuation, structure), :mod:`.lexical` (words,
 repetition, word lists, syllables, rare words, slang, tense), :mod:`.content` (substrings,
 keywords, multiple choice, sentiment, first person, numbers, JSON), :mod:`.language` (French,
-gloss alternation, English fluency), :mod:`.fluency` (upstream's English-fluency gate), :mod:`.paper` (``upstream_*``: the paper's helpers with
-upstream's semantics, and the plain Python tests its lambdas use), :mod:`.compose`
-(one_minus, all_of, any_of, affine, compare, reciprocal over nested judge or measure specs). All assets come from installed packages; nothing is
+gloss alternation, English fluency), :mod:`.fluency` (upstream's English-fluency gate),
+:mod:`.paper` (``upstream_*``: the paper's helpers with upstream's semantics, and the plain Python
+tests its lambdas use), :mod:`.compose` (one_minus, all_of, any_of, affine, compare, reciprocal
+over nested judge or measure specs). All assets come from installed packages; nothing is
 downloaded at run time.
 """
 
@@ -73,5 +74,6 @@ def describe_judges() -> list[dict]:
 
 __all__ = [
     "Arg", "FLUENCY_GATE", "FLUENCY_THRESHOLD", "JudgeInfo", "JudgeSpecError", "check_judge_args",
-    "describe_judges", "english_fluency", "english_word_share", "gate", "is_fluent_english", "judge_info", "judge_names", "register", "run_judge",
+    "describe_judges", "english_fluency", "english_word_share", "gate", "is_fluent_english", "judge_info",
+    "judge_names", "register", "run_judge",
 ]

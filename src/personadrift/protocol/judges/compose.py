@@ -66,14 +66,16 @@ def check_measure(spec: object) -> None:
         raise JudgeSpecError("args", f"expected a mapping, got {args!r}")
     for key in args:
         if key not in types:
-            raise JudgeSpecError(f"args.{key}", f"unknown argument of measure {name} (it takes: {', '.join(types) or 'none'})")
+            takes = ", ".join(types) or "none"
+            raise JudgeSpecError(f"args.{key}", f"unknown argument of measure {name} (it takes: {takes})")
     for key, t in types.items():
         if key not in args:
             raise JudgeSpecError(f"args.{key}", "missing required argument")
         if not isinstance(args[key], t) or not args[key]:
             raise JudgeSpecError(f"args.{key}", f"expected a non-empty {t.__name__}, got {args[key]!r}")
     if name == "vader" and args["component"] not in _VADER_COMPONENTS:
-        raise JudgeSpecError("args.component", f"must be one of {', '.join(_VADER_COMPONENTS)}, got {args['component']!r}")
+        raise JudgeSpecError("args.component",
+                             f"must be one of {', '.join(_VADER_COMPONENTS)}, got {args['component']!r}")
 
 
 def measure_value(spec: Mapping, text: str) -> float:
@@ -125,7 +127,8 @@ def one_minus(text: str, judge: dict) -> float:
     return 1.0 - _score(judge, text)
 
 
-@register("all_of", scores_empty=lambda a: all(_inner_sees_empty(j) for j in a["judges"]), judges=Arg(list[dict], _judges_arg))
+@register("all_of", scores_empty=lambda a: all(_inner_sees_empty(j) for j in a["judges"]),
+          judges=Arg(list[dict], _judges_arg))
 def all_of(text: str, judges: list) -> float:
     """Python's `a and b and ...` over `judges`: the smallest score (1.0 only if all are 1.0); later judges are not run
     once one scores 0.
@@ -138,7 +141,8 @@ def all_of(text: str, judges: list) -> float:
     return lowest
 
 
-@register("any_of", scores_empty=lambda a: all(_inner_sees_empty(j) for j in a["judges"]), judges=Arg(list[dict], _judges_arg))
+@register("any_of", scores_empty=lambda a: all(_inner_sees_empty(j) for j in a["judges"]),
+          judges=Arg(list[dict], _judges_arg))
 def any_of(text: str, judges: list) -> float:
     """Python's `a or b or ...` over `judges`: the largest score (1.0 if any is 1.0); later judges are not run once one
     scores 1.
@@ -169,7 +173,8 @@ def compare(text: str, measure: dict, op: str, value: float) -> float:  # noqa: 
     return float(_OPS[op](measure_value(measure, text), value))
 
 
-@register("reciprocal", scores_empty=True, measure=Arg(dict, _measure_arg), power=Arg(float, lambda v: None if v > 0 else "must be > 0"))
+@register("reciprocal", scores_empty=True, measure=Arg(dict, _measure_arg),
+          power=Arg(float, lambda v: None if v > 0 else "must be > 0"))
 def reciprocal(text: str, measure: dict, power: float = 1.0) -> float:  # noqa: A002
     """1 / (1 + `measure` ** `power`): 1.0 at 0, falling towards 0 (e.g. 1 / (1 + number of 'e's))."""
     m = measure_value(measure, text)
@@ -178,4 +183,5 @@ def reciprocal(text: str, measure: dict, power: float = 1.0) -> float:  # noqa: 
     return 1.0 / (1.0 + m ** power)
 
 
-__all__ = ["MEASURES", "affine", "all_of", "any_of", "check_measure", "compare", "measure_value", "one_minus", "reciprocal"]
+__all__ = ["MEASURES", "affine", "all_of", "any_of", "check_measure", "compare", "measure_value", "one_minus",
+           "reciprocal"]

@@ -146,7 +146,8 @@ def digit_fraction(text: str) -> float:
     return fraction(sum(c.isdigit() for c in vis), len(vis))
 
 
-@register("sentence_word_pattern", pattern=Arg(list[int], lambda v: None if v and all(x > 0 for x in v) else "must be a non-empty list of positive integers"))
+@register("sentence_word_pattern", pattern=Arg(
+    list[int], lambda v: None if v and all(x > 0 for x in v) else "must be a non-empty list of positive integers"))
 def sentence_word_pattern(text: str, pattern: list) -> float:
     """Fraction of sentences whose word count follows `pattern` cyclically (sentence i has pattern[i % len] words);
     fewer sentences than the pattern count as misses; 1.0 = perfect.

@@ -49,7 +49,8 @@ def word_regex(word: str, case_sensitive: bool = False) -> re.Pattern:
     """A regex for `word` (or a phrase) as whole word(s), allowing a simple inflection suffix."""
     raw = word.strip().split()
     body = r"\s+".join(re.escape(p) for p in raw)
-    return re.compile(r"(?<![^\W_])" + body + _inflections(raw[-1]) + r"(?![^\W_])", 0 if case_sensitive else re.IGNORECASE)
+    flags = 0 if case_sensitive else re.IGNORECASE
+    return re.compile(r"(?<![^\W_])" + body + _inflections(raw[-1]) + r"(?![^\W_])", flags)
 
 
 def has_word(text: str, word: str, case_sensitive: bool = False) -> bool:
@@ -95,7 +96,8 @@ def alternating_word_lengths(text: str, short_max: int = 4) -> float:
     return _alternation([len(w) <= short_max for w in words(text)])
 
 
-@register("filler_every_other_word", word=Arg(str, lambda v: None if v.strip() and len(words(v)) == 1 else "must be one word"))
+@register("filler_every_other_word",
+          word=Arg(str, lambda v: None if v.strip() and len(words(v)) == 1 else "must be one word"))
 def filler_every_other_word(text: str, word: str) -> float:
     """Fraction of neighbouring word pairs where exactly one word is `word` (1.0 = the filler is every other word)."""
     target = lower_words(word)[0]

@@ -58,7 +58,8 @@ def _fraction(hits: float, total: int) -> float:
 _A = "([A-Za-z])"
 _PREFIXES = "(Mr|St|Mrs|Ms|Dr)[.]"
 _SUFFIXES = "(Inc|Ltd|Jr|Sr|Co)"
-_STARTERS = r"(Mr|Mrs|Ms|Dr|Prof|Capt|Cpt|Lt|He\s|She\s|It\s|They\s|Their\s|Our\s|We\s|But\s|However\s|That\s|This\s|Wherever)"
+_STARTERS = (r"(Mr|Mrs|Ms|Dr|Prof|Capt|Cpt|Lt|He\s|She\s|It\s|They\s|Their\s|Our\s|We\s|But\s|However\s|That\s"
+             r"|This\s|Wherever)")
 _ACRONYMS = "([A-Z][.][A-Z][.](?:[A-Z][.])?)"
 _WEBSITES = "[.](com|net|org|io|gov|edu|me)"
 _DIGITS = "([0-9])"
@@ -321,7 +322,8 @@ def upstream_is_alliteration(text: str) -> float:
 
 
 @register("upstream_is_valid_sentence_word_count", scores_empty=True,
-          pattern=Arg(list[int], lambda v: None if v and all(x > 0 for x in v) else "must be a non-empty list of positive integers"))
+          pattern=Arg(list[int], lambda v: None if v and all(x > 0 for x in v)
+                      else "must be a non-empty list of positive integers"))
 def upstream_is_valid_sentence_word_count(text: str, pattern: list) -> float:
     """upstream is_valid_sentence_word_count: 0.0 unless there are exactly len(`pattern`) sentences; then per sentence 1
     for the pattern's word count, 0.5 for one off, averaged (1.0 = the exact pattern).
@@ -434,7 +436,9 @@ def _verb_kind(word: str, prev: str) -> str:
     if word in IRREGULAR_PAST or is_regular_past(word):
         return "past"
     if word in PRESENT_FINITE or (word in PRESENT_BASE and prev in SUBJECT_PRONOUNS) or (
-            len(word) > 4 and word.endswith("ing") and word not in ("thing", "nothing", "something", "anything", "everything", "morning", "evening", "during")):
+            len(word) > 4 and word.endswith("ing")
+            and word not in ("thing", "nothing", "something", "anything", "everything", "morning", "evening",
+                             "during")):
         return "other"
     return ""
 
@@ -583,33 +587,42 @@ def first_token_is(text: str, token: str) -> float:
 #: Deliberate differences from upstream, per judge: the importer copies them into the notes
 #: of every persona whose judge uses one of these (and into its report).
 DIFFERENCES = {
-    "upstream_get_sentiment": "VADER from the vaderSentiment package (3.3.2; the lexicon ships in the wheel) instead of "
-                              "NLTK's port with its downloaded vader_lexicon: same lexicon and rules, but scores can differ "
-                              "on some texts (emoji, some negations); NLTK data is not installable offline. Only the first "
-                              "10,000 characters are scored (VADER's time grows quadratically; probe answers are shorter)",
-    "upstream_count_plural_nouns": "no POS tagger offline (NLTK's tagger data is not on PyPI): plural nouns are found by a "
-                                   "suffix-and-stem heuristic (wordfreq), so verbs such as 'visits' count and irregular "
-                                   "plurals ('children') do not",
-    "upstream_fraction_past_tense_verbs": "no POS tagger offline: verbs are found by this project's word lists and "
-                                          "suffixes (irregular pasts, -ed stems, present forms, -ing), not NLTK's tagger",
+    "upstream_get_sentiment":
+        "VADER from the vaderSentiment package (3.3.2; the lexicon ships in the wheel) instead of "
+        "NLTK's port with its downloaded vader_lexicon: same lexicon and rules, but scores can differ "
+        "on some texts (emoji, some negations); NLTK data is not installable offline. Only the first "
+        "10,000 characters are scored (VADER's time grows quadratically; probe answers are shorter)",
+    "upstream_count_plural_nouns":
+        "no POS tagger offline (NLTK's tagger data is not on PyPI): plural nouns are found by a "
+        "suffix-and-stem heuristic (wordfreq), so verbs such as 'visits' count and irregular "
+        "plurals ('children') do not",
+    "upstream_fraction_past_tense_verbs":
+        "no POS tagger offline: verbs are found by this project's word lists and "
+        "suffixes (irregular pasts, -ed stems, present forms, -ing), not NLTK's tagger",
     "upstream_fraction_of_text_that_is_a_target:frequent_words":
         "upstream downloads google-10000-english-usa at import time; here wordfreq's 10,000 most frequent English "
         "words stand in (a different list: scores differ on words in one list only)",
     "upstream_fraction_of_text_that_is_a_target:one_syllable_words":
         "upstream downloads a 25,000-word one-syllable list at import time; here the one-syllable words of the CMU "
         "pronouncing dictionary stand in (a larger list: some scores are higher)",
-    "upstream_get_french_percentage": "langdetect is seeded here (a private, deterministic detector); upstream's is not "
-                                      "seeded, so its value on the same text varies from run to run",
-    "upstream_is_valid_alternating_french_english": "langdetect is seeded here (deterministic); upstream's is not. Only "
-                                                    "the first 10,000 characters are scored (one detection per pair)",
-    "upstream_teenager_score": "this project's slang list replaces upstream's (the upstream repository has no license, "
-                               "so its word list is not copied): scores differ on words in one list only",
-    "upstream_contains_color_and_number": "this project's colour list replaces upstream's (not copied): replies naming "
-                                          "only a colour outside this list score 0",
-    "upstream_sentences_start_with": "upstream bug fixed: upstream compares the lower-cased first word with the word as "
-                                     "written, so a capitalised word ('Yes') never matches and the score is always 0; "
-                                     "here both sides are lower-cased",
-    "upstream_is_valid_repeat": "upstream bug fixed: upstream compares each word with the next word written twice "
-                                "('so' == 'soso'), which never holds, so its score is always 0; here a pair counts when "
-                                "both words are equal (upstream's denominator, all words, is kept: at most 0.5)",
+    "upstream_get_french_percentage":
+        "langdetect is seeded here (a private, deterministic detector); upstream's is not "
+        "seeded, so its value on the same text varies from run to run",
+    "upstream_is_valid_alternating_french_english":
+        "langdetect is seeded here (deterministic); upstream's is not. Only "
+        "the first 10,000 characters are scored (one detection per pair)",
+    "upstream_teenager_score":
+        "this project's slang list replaces upstream's (the upstream repository has no license, "
+        "so its word list is not copied): scores differ on words in one list only",
+    "upstream_contains_color_and_number":
+        "this project's colour list replaces upstream's (not copied): replies naming "
+        "only a colour outside this list score 0",
+    "upstream_sentences_start_with":
+        "upstream bug fixed: upstream compares the lower-cased first word with the word as "
+        "written, so a capitalised word ('Yes') never matches and the score is always 0; "
+        "here both sides are lower-cased",
+    "upstream_is_valid_repeat":
+        "upstream bug fixed: upstream compares each word with the next word written twice "
+        "('so' == 'soso'), which never holds, so its score is always 0; here a pair counts when "
+        "both words are equal (upstream's denominator, all words, is kept: at most 0.5)",
 }
