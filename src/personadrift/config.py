@@ -267,7 +267,7 @@ def check_config(config: dict, path: str | Path = "config", base: str | Path = R
     # the paper's personas and topics are imported by rules import_upstream and
     # import_upstream_topics: their source files (present, right sha256) are checked now, what
     # they import once imported
-    check_pool(config, path)
+    check_pool(config, str(path))
     topics = ready_topics(config)
     if config["personas"].get("upstream_file"):
         check_model(config, path, workdir)

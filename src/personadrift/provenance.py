@@ -19,7 +19,7 @@ PACKAGES = (
 
 @functools.cache
 def package_versions() -> dict:
-    out = {}
+    out: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
@@ -49,7 +49,8 @@ SCHEDULER_VARS = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_GPUS_ON_NODE", "SLURM
 
 
 def hardware() -> dict:
-    info = {"machine": platform.machine(), "python": platform.python_version(), "host": platform.node()}
+    info: dict[str, object] = {"machine": platform.machine(), "python": platform.python_version(),
+                               "host": platform.node()}
     # which scheduler job and which GPUs it was given, when there is one
     info.update({k: os.environ[k] for k in SCHEDULER_VARS if k in os.environ})
     # Only a job that loaded torch has threads and devices worth recording; importing it here

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -309,7 +310,7 @@ def analyse(design: Design, scores: pd.DataFrame, *, method: str, confidence: fl
     The drift figure's table gets ``none`` and, when the design has it, ``control`` (its whole
     Holm family); the mitigation figure's gets ``none`` and every other setting.
     """
-    kw = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
+    kw: dict[str, Any] = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
     curves = _curves(design)
     out = []
     br = stats.by_round(scores[scores["setting"] == "none"], **kw) if round_means else pd.DataFrame()
@@ -496,7 +497,7 @@ def fit_designs(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
     # a flat loss: the model cannot produce the data's variances and the optimiser wanders off
     settled = [np.abs(f.x) for f in fits if f.success and np.abs(f.x).max() <= FIT_MAX_LOGITS
                and f.fun <= fits[0].fun + FIT_TOLERANCE]
-    kept = []
+    kept: list = []
     for theta in settled:
         if all(np.abs(theta - k).max() > 0.15 for k in kept):
             kept.append(theta)

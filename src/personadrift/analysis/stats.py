@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -381,7 +382,7 @@ def change_over_dialog(scores: pd.DataFrame, *, method: str = "t", confidence: f
     by ``judge_errors``; ``judge_errors`` counts them in the claim's rows, and the ``*_if_<other>``
     columns give the claim under the other treatment (its own Holm family).
     """
-    kw = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
+    kw: dict[str, Any] = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
     errors = judge_error_flags(scores)
 
     def build(sc: pd.DataFrame) -> pd.DataFrame:
@@ -437,7 +438,7 @@ def vs_baseline(scores: pd.DataFrame, *, baseline: str = "none", kind: str = "ag
     every claim of every setting other than the baseline (one family). Judge errors as in
     :func:`change_over_dialog`.
     """
-    kw = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
+    kw: dict[str, Any] = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
     errors = judge_error_flags(scores)
 
     def build(sc: pd.DataFrame) -> pd.DataFrame:

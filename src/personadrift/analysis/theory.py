@@ -169,7 +169,7 @@ def synthetic_check(
     ko = rng.normal(size=(n_queries, n_max, d)) * key_std
     w = np.exp(np.einsum("qd,qnd->qn", q, ko) * scale)
     csum = np.concatenate([np.zeros((n_queries, 1)), w.cumsum(1)], axis=1)
-    fields = {"lsp": [], "lso": [], "n": [], "first": [], "share": []}
+    fields: dict[str, list] = {"lsp": [], "lso": [], "n": [], "first": [], "share": []}
     for n in ns:
         log_so = np.logaddexp(s0, np.log(csum[:, n]) if n else -np.inf)
         total = np.logaddexp(log_sp, log_so)

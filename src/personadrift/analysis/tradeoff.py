@@ -17,6 +17,8 @@ form (the letter form if both are), and every row says which form its capability
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -88,9 +90,10 @@ def tradeoff_rows(settings: list[dict], chosen: set, scores: pd.DataFrame, mmlu:
     Judge errors are scored 0 (``analysis.stats.JUDGE_ERROR_TREATMENT``); ``judge_errors`` counts
     the setting's agent answers in rounds >= 1 whose judge raised, and the ``*_if_dropped``
     columns give both claims with those answers dropped."""
-    kw = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
+    kw: dict[str, Any] = {"method": method, "confidence": confidence, "resamples": resamples, "seed": seed}
     form, reason = choose_form(mmlu, confidence, baseline)
     mm_all = mmlu_form(mmlu, form)
+    assert mm_all is not None, form  # the form was chosen among the table's
     names = [s["name"] for s in settings]
     claims = vs_baseline(scores[scores["setting"].isin(names) & (scores["round"] >= 1)], baseline=baseline, **kw)
     claims = claims.set_index(["setting", "claim"]) if not claims.empty else claims

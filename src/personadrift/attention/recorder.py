@@ -20,12 +20,12 @@ tokens^2 is ever held across layers. The attention OUTPUT is computed by the sam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from personadrift.attention.context import attention_context
+from personadrift.attention.context import LayerSpec, attention_context
 from personadrift.attention.split_softmax import register as _register
 from personadrift.attention.split_softmax import split_factors, visible_mask
 
@@ -86,11 +86,12 @@ def attention_stats(
         # visibility of this chunk only (nothing of size q x kv is built for the whole call)
         if attention_mask is None:
             kv_end = kv_len if q_len == 1 else min(kv_len, c1)
+            vis: torch.Tensor
             if q_len == 1:
                 vis = torch.ones(1, 1, 1, kv_end, dtype=torch.bool, device=dev)
             else:  # upper-left causal, as SDPA's is_causal
-                cols = torch.arange(kv_end, device=dev)[None, :]
-                vis = (cols <= torch.arange(c0, c1, device=dev)[:, None])[None, None]
+                key_pos = torch.arange(kv_end, device=dev)[None, :]
+                vis = (key_pos <= torch.arange(c0, c1, device=dev)[:, None])[None, None]
         else:
             vis = visible_mask(attention_mask[:, :, c0:c1], nc, kv_len, dev)
             seen = vis.any(dim=2).any(dim=0).reshape(-1)  # keys no query of the chunk sees are skipped
@@ -100,6 +101,7 @@ def attention_stats(
         qc = query[:, :, c0:c1].reshape(b, hk, n_rep * nc, d) * scale
         s = torch.matmul(qc, kt[..., :kv_end]).float().view(b, hk, n_rep, nc, kv_end)
         if float_mask:
+            assert attention_mask is not None  # float_mask implies a mask
             m = attention_mask[:, :, c0:c1, :kv_end]
             s.add_(torch.where(vis, m, torch.zeros_like(m)).unsqueeze(1).float())
         s.masked_fill_(~vis.unsqueeze(1), ninf)
@@ -214,14 +216,14 @@ def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def record_prompt_share(
-    model: torch.nn.Module,
+    model: Any,  # a transformers PreTrainedModel
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     prompt_mask: torch.Tensor,
     first_mask: torch.Tensor | None = None,
     *,
     split_k: float | None = None,
-    layers: str | Sequence[int] | range | None = None,
+    layers: LayerSpec = None,
     position_ids: torch.Tensor | None = None,
     chunk_elements: int = 1 << 21,
 ) -> Recording:

@@ -108,7 +108,7 @@ def takes_grouped_keys(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
             from torch.nn.attention import SDPBackend
 
             picked = choose(query, key, value, mask, 0.0, is_causal, scale=scale, enable_gqa=True)
-            return picked not in (int(SDPBackend.MATH), int(SDPBackend.ERROR))
+            return picked not in (SDPBackend.MATH.value, SDPBackend.ERROR.value)
         except (RuntimeError, TypeError, ImportError):
             pass
     return mask is None  # transformers' rule: flash takes grouped keys when nothing is masked
@@ -253,6 +253,7 @@ def split_softmax_decode(
     if span is not None:
         p_p, v_p = p[..., span[0] : span[1]], value[:, :, span[0] : span[1]]
     else:
+        assert prompt_idx is not None and prompt_valid is not None  # given whenever span is None
         pp = prompt_idx.shape[1]
         p_p = p.gather(-1, prompt_idx[:, None, None, :].expand(b, hk, n_rep, pp))
         p_p = p_p * prompt_valid[:, None, None, :]
@@ -337,27 +338,29 @@ def split_softmax_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
             sliding_window=sliding_window, **kwargs,
         )
+    k = state.split_k
+    assert k is not None  # intervenes() holds only with an exponent
     if dropout > 0.0:
         from personadrift.attention.reference import split_softmax_reference
 
         out, _ = split_softmax_reference(
             query, key, value, attention_mask, prompt_flags=state.key_flags(kv_len, offset, query.device)[0],
-            k=state.split_k, scale=scale, dropout=dropout, training=module.training,
+            k=k, scale=scale, dropout=dropout, training=module.training,
         )
         return out.transpose(1, 2).contiguous(), None
     if q_len == 1:
         span = state.prompt_span() if offset == 0 else None
         if span is not None and span[1] <= kv_len:
-            out = split_softmax_decode(query, key, value, attention_mask, k=state.split_k, scale=scale, span=span)
+            out = split_softmax_decode(query, key, value, attention_mask, k=k, scale=scale, span=span)
         else:
             idx, valid = state.prompt_index(kv_len, offset, query.device)
             out = split_softmax_decode(
-                query, key, value, attention_mask, k=state.split_k, scale=scale, span=None,
+                query, key, value, attention_mask, k=k, scale=scale, span=None,
                 prompt_idx=idx, prompt_valid=valid,
             )
     else:
         out = split_softmax_core(
-            query, key, value, attention_mask, k=state.split_k, scale=scale,
+            query, key, value, attention_mask, k=k, scale=scale,
             **_prompt_args(state, kv_len, offset, query.device),
         )
     return out.transpose(1, 2).contiguous(), None

@@ -77,8 +77,10 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
     for row in persona_rows:
         personas.add(row["id"], row)
     settings, topics, audit = _Registry(), _Registry(), JudgeAudit()
-    convs = {"s": [], "c": [], "a": [], "u": [], "t": [], "as": [], "us": [], "f": [], "n": []}
-    seen, rounds, means = {}, set(), []
+    convs: dict[str, list] = {"s": [], "c": [], "a": [], "u": [], "t": [], "as": [], "us": [], "f": [], "n": []}
+    seen: dict[tuple, Path] = {}
+    rounds: set[int] = set()
+    means: list = []
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -115,10 +117,10 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
             means.append(entry["means"])
             for d in entry["means"].values():
                 rounds.update(d)
-        rounds = sorted(rounds)
+        round_list = sorted(rounds)
         for m in means:  # per-round means aligned with the study's rounds (null where none)
             for kind, col in (("agent", "as"), ("user", "us")):
-                convs[col].append([None if r not in m[kind] else round(m[kind][r], 4) for r in rounds])
+                convs[col].append([None if r not in m[kind] else round(m[kind][r], 4) for r in round_list])
         summaries = sorted(audit.summaries(), key=lambda a: personas.pos[a["persona"]])
         for summary in summaries:
             idx = personas.pos[summary["persona"]]
@@ -126,7 +128,7 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
             _write(tmp / "data" / f"j/{idx}.js", _data_script(f"j/{idx}", audit.detail(summary["persona"])))
         index = {
             "study": study, "model": model, "caps": caps or {}, "pool_rule": pool_rule,
-            "compliant": COMPLIANT, "rounds": rounds, "settings": settings.items, "personas": personas.items,
+            "compliant": COMPLIANT, "rounds": round_list, "settings": settings.items, "personas": personas.items,
             "topics": topics.items, "convs": convs, "audit": summaries,
             "flags": {"length": FLAG_LENGTH, "context": FLAG_CONTEXT, "judge_error": FLAG_JUDGE_ERROR,
                       "no_tokens": FLAG_NO_TOKENS},

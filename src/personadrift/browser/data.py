@@ -107,8 +107,9 @@ def turn_list(rec: dict) -> tuple[list[dict], bool]:
 
     Returns the turns and whether token information was recorded (newer transcripts).
     """
-    meta = rec.get("turns")
-    have = isinstance(meta, list) and len(meta) == len(rec["history"])
+    found = rec.get("turns")
+    have = isinstance(found, list) and len(found) == len(rec["history"])
+    meta: list = found if have else []
     turns = []
     for i, text in enumerate(rec["history"]):
         m = meta[i] if have and isinstance(meta[i], dict) else {}
@@ -150,7 +151,8 @@ def conversation_view(rec: dict, scores: Scores) -> tuple[dict, dict]:
     for t in turns:
         flags |= FLAG_LENGTH if t["finish_reason"] == "length" else 0
         flags |= FLAG_CONTEXT if t["context"] not in (None, "ok") else 0
-    probes, per_round = [], {"agent": {}, "user": {}}
+    probes: list = []
+    per_round: dict[str, dict] = {"agent": {}, "user": {}}
     for p in rec["probes"]:
         completions = p.get("completions")
         completions = completions if isinstance(completions, list) and len(completions) == len(p["answers"]) else None

@@ -80,7 +80,7 @@ def comparison(*tables: str, setting: str = "none"):
                      f"samples per round, {s.get('confidence', 0):.0%} {METHOD_NAME.get(method, method)} over "
                      f"{s.get('bootstrap_unit', 'conversation')}s")
     axes[0][0].set_ylabel("persona stability (judge score, 0-1)")
-    handles = {}
+    handles: dict = {}
     for ax in axes[0]:   # one entry per curve kind, whichever panel has it
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)

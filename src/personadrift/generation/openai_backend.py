@@ -166,7 +166,7 @@ class OpenAIEngine:
                                  f"environment variable {env} is not set (an API key is needed for {where})")
             key = LOCAL_DUMMY_KEY
         return cls(
-            model=oc.get("model"),
+            model=oc["model"],
             api_key=key,
             base_url=base_url,
             sampling=sampling,
@@ -302,6 +302,7 @@ class OpenAIEngine:
             failure = ("invalid response", type(exc).__name__)
         if failure is not None:  # raised outside the except blocks: no chained client exception
             raise OpenAIBackendError(self.base_url, self.model, self._scrub(failure[0]), self._scrub(failure[1]))
+        assert resp is not None  # create() returned
         choices = sorted(resp.choices or [], key=lambda c: c.index)
         texts, reasons = [], []
         for c in choices:

@@ -303,7 +303,8 @@ class ShardRun:
             return None
         kinds = ["agent", "user"] if self.cfg["probe_user_persona"] else ["agent"]
         limit = self.cfg["probe_max_new_tokens"]
-        reqs, where = [], []
+        reqs: list[GenRequest] = []
+        where: list[tuple] = []
         for rec in todo:
             sys = rec["agent"]["system_prompt"]
             for kind in kinds:
@@ -327,7 +328,7 @@ class ShardRun:
         def finish(answers) -> None:
             answers = iter(answers)
             for rec, entry, req, verdict, dropped in where:
-                comps = next(answers) if req is not None else []
+                comps: list = next(answers) if req is not None else []
                 rec["probes"].append({
                     **entry,
                     "answers": [clean_reply(c.text, self.cfg["flatten_newlines"], self.whitespace) for c in comps],
@@ -344,10 +345,10 @@ class ShardRun:
         checkpoint each phase in order. A batch twice as tall costs far less than two calls on a
         CPU (a small batch leaves the linear layers idle), and each row's text depends only on
         its own seed, so merging never changes a reply."""
-        phases = [p for p in phases if p is not None]
-        reqs = [q for p in phases for q in p.requests]
+        present = [p for p in phases if p is not None]
+        reqs = [q for p in present for q in p.requests]
         out = iter(self.engine.complete(reqs) if reqs else [])
-        for p in phases:
+        for p in present:
             p.finish([next(out) for _ in p.requests])
 
     def run(self) -> list[dict]:

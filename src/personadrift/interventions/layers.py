@@ -4,6 +4,8 @@ no-op, so it is an error, as is an index past the model's depth."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from personadrift.interventions.base import EntryError
 from personadrift.names import short_repr
 
@@ -33,7 +35,7 @@ def _is_index(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def layer_indices(spec) -> object:
+def layer_indices(spec) -> Any:
     """``"all"`` or the sorted list of indices of a checked layer set."""
     if spec in (None, "all"):
         return "all"

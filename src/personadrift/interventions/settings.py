@@ -12,6 +12,7 @@ What a setting does is decided by its method object (``interventions/<method>.py
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from personadrift.generation.api import Intervention
 from personadrift.interventions.base import METHODS, EntryError, Method, phase_name
@@ -23,7 +24,7 @@ class Setting:
     name: str  # e.g. "none", "ss-k0.5"
     family: str  # the config key, e.g. "ss"
     method: str  # a registered method: none | split_softmax | repetition | cfg
-    value: float | int | None = None  # the grid value
+    value: Any = None  # the grid value (a number; None for methods without a grid)
     options: dict = field(default_factory=dict, compare=False, hash=False)  # method keys, defaults filled
     backend: str | None = None  # hf | openai; None = the study's backend
 

@@ -347,7 +347,8 @@ def _spec(name: str, args: dict | None = None) -> dict:
 
 
 def _helper_call(node: ast.Call) -> dict:
-    name = node.func.id  # type: ignore[union-attr]
+    assert isinstance(node.func, ast.Name)  # the caller matched a helper's name
+    name = node.func.id
     kind, params = HELPERS[name]
     if not node.args:
         raise Untranslatable(f"{name}() without the reply as its first argument")
@@ -359,8 +360,8 @@ def _helper_call(node: ast.Call) -> dict:
     given: dict[str, ast.AST] = {}
     if len(node.args) - 1 > len(params):
         raise Untranslatable(f"{name}() with more arguments than upstream's helper takes")
-    for (upstream_param, _), value in zip(params, node.args[1:]):
-        given[upstream_param] = value
+    for (upstream_param, _), arg_node in zip(params, node.args[1:]):
+        given[upstream_param] = arg_node
     for kw in node.keywords:
         if kw.arg not in {p for p, _ in params} or kw.arg in given:
             raise Untranslatable(f"{name}() with an unexpected keyword argument {kw.arg}")
@@ -397,7 +398,8 @@ def _membership(node: ast.Compare) -> dict | None:
 
 def _generator(node: ast.Call) -> dict:
     """any(...)/all(...) over `v in <reply> for v in [literals]`."""
-    fn = node.func.id  # type: ignore[union-attr]
+    assert isinstance(node.func, ast.Name)  # the caller matched any/all by name
+    fn = node.func.id
     if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], (ast.GeneratorExp, ast.ListComp)):
         raise Untranslatable(f"{fn}() of something other than a generator")
     gen = node.args[0]

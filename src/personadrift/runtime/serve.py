@@ -125,7 +125,7 @@ class ChatApp:
         self.engine = engine
         self.model_name = model_name
         self.faults = faults  # tests only: take() -> Fault | None per chat request
-        self.max_batch = max_batch or getattr(engine, "max_batch", 16)
+        self.max_batch: int = max_batch or getattr(engine, "max_batch", None) or 16
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit
         # the registered methods decide which requests they act on, the guidance branch and
@@ -251,6 +251,7 @@ class ChatApp:
             job.done.set()
 
     def response(self, job: _Job) -> dict:
+        assert job.texts is not None and job.finish_reasons is not None and job.completion_tokens is not None  # done
         choices = []
         for i, (text, reason) in enumerate(zip(job.texts, job.finish_reasons)):
             choices.append({
@@ -363,7 +364,8 @@ class _Batcher(threading.Thread):
                 if self.stopping:
                     return
                 group = self.queue[0].group
-                batch, rows = [], 0
+                batch: list = []
+                rows = 0
                 for job in list(self.queue):
                     need = self.app.rows(job)
                     if job.group != group or (batch and rows + need > self.app.max_batch):
@@ -520,6 +522,7 @@ class ChatServer(ThreadingHTTPServer):
     def url(self) -> str:
         """The base URL for OpenAI clients (``http://host:port/v1``)."""
         host = self.server_address[0]
+        assert isinstance(host, str)  # an IPv4/IPv6 address as text
         return f"http://{host}:{self.port}/v1"
 
     def start(self) -> ChatServer:

@@ -70,7 +70,9 @@ def select_personas(config: dict, calibration_csv: str | Path, out_json: str | P
     df = read_table(calibration_csv)
     means = df.groupby(["persona", "condition"])["score"].mean().unstack("condition")
     threshold, min_lift = cal["keep_threshold"], cal["min_lift"]
-    kept, dropped, summary = [], [], []
+    kept: list = []
+    dropped: list = []
+    summary: list = []
     for p in personas:
         a = float(means.loc[p.id, "persona"]) if p.id in means.index else float("nan")
         b = float(means.loc[p.id, "no_persona"]) if p.id in means.index else float("nan")

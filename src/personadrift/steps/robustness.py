@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from personadrift.command import Command, arg
@@ -44,7 +45,7 @@ def _snakemake() -> list[str]:
 
 
 def run_seeds(config: dict, config_path: str | None, *, cores: int, snakefile,
-              extra: list[str] = ()) -> dict[int, Path]:
+              extra: Sequence[str] = ()) -> dict[int, Path]:
     """One Snakemake run per seed up to its manifest; seed -> manifest path. A seed whose
     outputs are up to date costs Snakemake's planning only."""
     manifests = {}
@@ -110,7 +111,7 @@ def summary_lines(table) -> list[str]:
 
 
 def robustness(config: dict, config_path: str | None, *, cores: int, snakefile, out=None, run: bool = True,
-               extra: list[str] = ()) -> Path:
+               extra: Sequence[str] = ()) -> Path:
     """Run every seed (``run``; else read the manifests already there) and write the table."""
     from personadrift.tables import write_table
 

@@ -363,7 +363,7 @@ def model_dir_of(results: Path, model: str | None) -> Path | None:
 
 def _events(entry: dict) -> list[tuple[tuple, str, str]]:
     """A conversation's texts in the order they depend on the dialog: (order key, label, fingerprint)."""
-    out = []
+    out: list[tuple[tuple, str, str]] = []
     speakers = entry.get("speakers", [])
     for i, fp in enumerate(entry["turns"]):
         who = speakers[i] if i < len(speakers) and speakers[i] else ""

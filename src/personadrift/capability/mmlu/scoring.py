@@ -109,7 +109,7 @@ def _check(out, n: int, what: str, questions: Sequence[Question]):
     if lp.shape != (n, 4):
         raise ValueError(f"{what} returned shape {lp.shape} for {n} questions, expected ({n}, 4)")
     if np.isnan(lp).any():
-        bad = [questions[i].index for i in np.flatnonzero(np.isnan(lp).any(axis=1))]
+        bad = [questions[int(i)].index for i in np.flatnonzero(np.isnan(lp).any(axis=1))]
         raise ValueError(f"{what} returned NaN for question(s) {bad}")
     return lp
 
@@ -254,7 +254,7 @@ class EngineScorer:
     """
 
     def __init__(self, engine, *, intervene: bool = False,
-                 negative: Callable[[list[dict]], list[dict]] | None = None,
+                 negative: Callable[[list[dict]], list[dict] | None] | None = None,
                  share_key: str | None = None, rows_per_question: int = 1, progress=None):
         self.engine = engine
         self.rows = rows_per_question  # sequences per intervened question (the setting's method says)

@@ -102,14 +102,15 @@ def _judge_arg(v: object) -> None:
     _check_judge_spec(v)
 
 
-def _judges_arg(v: object) -> None:
-    if len(v) < 2:  # type: ignore[arg-type]
-        return "needs at least two judges"  # type: ignore[return-value]
-    for i, spec in enumerate(v):  # type: ignore[arg-type]
+def _judges_arg(v: list) -> str | None:
+    if len(v) < 2:
+        return "needs at least two judges"
+    for i, spec in enumerate(v):
         try:
             _check_judge_spec(spec)
         except JudgeSpecError as e:
             raise JudgeSpecError(f"{i}.{e.field}".rstrip("."), e.problem) from None
+    return None
 
 
 def _inner_sees_empty(spec: Mapping) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 
 from personadrift.protocol.judges.lexical import has_word
 from personadrift.protocol.judges.registry import (
@@ -94,7 +95,7 @@ def _option_mentioned(text: str, option: str) -> bool:
     letter=Arg(str, lambda v: None if len(v) == 1 and "A" <= v <= "H" else "expected one upper-case letter A-H"),
     options=list[str],
 )
-def multiple_choice(text: str, letter: str, options: list = ()) -> float:
+def multiple_choice(text: str, letter: str, options: Sequence = ()) -> float:
     """1.0 if the reply picks option `letter` ('(B)', 'B)', 'Answer: B', 'I choose B'); without a letter, 1/k if the
     option text of `letter` is among the k option texts it mentions (options listed A, B, ... in order).
     """

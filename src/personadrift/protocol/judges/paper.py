@@ -24,6 +24,7 @@ import functools
 import re
 import string
 from collections import Counter
+from collections.abc import Sequence
 
 from personadrift.protocol.judges.registry import (
     Arg,
@@ -272,7 +273,7 @@ def _targets(words, wordlist: str):
 
 @register("upstream_fraction_of_text_that_is_a_target", scores_empty=True,
           words=list[str], wordlist=Arg(str, one_of("", *WORDLISTS)))
-def upstream_fraction_of_text_that_is_a_target(text: str, words: list = (), wordlist: str = "") -> float:  # noqa: A002
+def upstream_fraction_of_text_that_is_a_target(text: str, words: Sequence = (), wordlist: str = "") -> float:  # noqa: A002
     """upstream fraction_of_text_that_is_a_target: words of the reply (punctuation removed, lower case) that are in
     `words` (as given) or `wordlist` / words (1.0 = only such words); raises on a reply without words, as upstream.
     """

@@ -8,6 +8,7 @@ import math
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class JudgeSpecError(ValueError):
@@ -31,7 +32,8 @@ class Arg:
     """
 
     type: object
-    check: Callable[[object], str | None] | None = None
+    # the value reaching a check has passed the type check
+    check: Callable[[Any], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class JudgeInfo:
     # arguments for composite judges); if not, run_judge gives such a reply 0.0.
     scores_empty: bool | Callable[[dict], bool] = False
 
-    def sees_empty(self, args: Mapping) -> bool:
+    def sees_empty(self, args: dict) -> bool:
         """Whether an empty reply reaches the judge function (else it scores 0.0)."""
         return self.scores_empty(args) if callable(self.scores_empty) else bool(self.scores_empty)
 
@@ -97,7 +99,7 @@ def judge_info(name: str) -> JudgeInfo:
     return _REGISTRY[name]
 
 
-def _type_name(t: object) -> str:
+def _type_name(t: Any) -> str:
     origin = typing.get_origin(t)
     if origin is list:
         (inner,) = typing.get_args(t) or (object,)
@@ -129,7 +131,7 @@ def _is_instance(value: object, t: object) -> bool:
     return isinstance(value, t)  # type: ignore[arg-type]
 
 
-def check_judge_args(name: str, args: dict) -> None:
+def check_judge_args(name: object, args: dict) -> None:
     """Raise :class:`JudgeSpecError` for an unknown judge or a missing, extra or mistyped argument."""
     if not isinstance(name, str) or name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
@@ -189,10 +191,10 @@ def one_letter(v: object) -> str | None:
     return None if isinstance(v, str) and len(v) == 1 and v.isalpha() else "expected exactly one letter"
 
 
-def non_empty(v: object) -> str | None:
+def non_empty(v: Any) -> str | None:
     if isinstance(v, str):
         return None if v.strip() else "must not be empty"
-    return None if len(v) and all(str(x).strip() for x in v) else "must be a non-empty list of non-empty items"  # type: ignore[arg-type]
+    return None if len(v) and all(str(x).strip() for x in v) else "must be a non-empty list of non-empty items"
 
 
 def positive(v: object) -> str | None:
