@@ -11,7 +11,8 @@
 #   make robustness           rerun the study under robustness.seeds (results/<study>-seed<k>/, the
 #                             config's own seed is the study itself) and tabulate each claim's share
 #                             of seeds and estimate spread: results/<study>-robustness/claims.csv
-#   make test                 set up the venv, then run the whole test suite
+#   make lint                 ruff and mypy on the package, snakemake --lint, snakefmt --check
+#   make test                 set up the venv, lint, then run the whole test suite
 # No activation needed: every target calls the tools in .venv/bin.
 # Everything is installed from requirements.txt (pinned) into .venv; the model and MMLU are
 # fetched by the workflow itself.
@@ -69,10 +70,14 @@ figure: setup
 validate: setup
 	personadrift validate --config $(CONFIG)
 
-test: setup
+# the tests start with the linters: a finding fails `make test` before the suite runs
+test: setup lint
 	pytest
 
+# ruff and mypy: rule sets and options in pyproject.toml ([tool.ruff], [tool.mypy])
 lint: setup
+	ruff check src tests bench
+	mypy
 	snakemake --lint
 	snakefmt --check Snakefile rules/
 

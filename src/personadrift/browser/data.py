@@ -109,7 +109,7 @@ def turn_list(rec: dict) -> tuple[list[dict], bool]:
     """
     found = rec.get("turns")
     have = isinstance(found, list) and len(found) == len(rec["history"])
-    meta: list = found if have else []
+    meta: list = found if isinstance(found, list) and have else []
     turns = []
     for i, text in enumerate(rec["history"]):
         m = meta[i] if have and isinstance(meta[i], dict) else {}

@@ -198,7 +198,7 @@ def load_mmlu(
                 index=len(questions),
                 subject=row["topic"].strip(),
                 question=row["question"],
-                choices=tuple(row[k] for k in _CHOICE_FIELDS),  # type: ignore[arg-type]
+                choices=tuple(row[k] for k in _CHOICE_FIELDS),
                 answer=answer,
             )
         )
