@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.cache_utils import Cache
@@ -61,10 +61,18 @@ class PickPlan:
 class Batch:
     """One batch of rows through prefill and decoding (see the module docstring)."""
 
+    # set by build() or merge()
+    slot_ids: torch.Tensor  # [rows, capacity] token ids, pad where masked
+    mask: torch.Tensor  # [rows, capacity] 1 where a slot holds a token
+    prompt: torch.Tensor  # [rows, width] the system prompt's slots (split-softmax)
+    first: torch.Tensor  # [rows, width] each row's first slot
+    width: int  # columns filled so far
+    new_len: int
+    logits: torch.Tensor  # [rows, vocab] each row's next-token logits, after the first forward
+
     def __init__(self, engine: HFEngine):
         self.engine = engine
-        self.cache = None
-        self.logits: torch.Tensor | None = None
+        self.cache: Any = None  # a transformers Cache of BufferLayers, from build() or merge()
         self.owner: list[tuple[int, int]] = []
         self.seeds: list[int] = []
         self.live: list[int] = []
@@ -83,7 +91,7 @@ class Batch:
         new_len = max(len(r.target) - r.reuse for r in rows)
         n, width = len(rows), past_len + new_len
         cap = width + reserve
-        self.cache = Cache(layer_class_to_replicate=functools.partial(BufferLayer, capacity=cap))
+        self.cache = Cache(layer_class_to_replicate=functools.partial(BufferLayer, capacity=cap))  # type: ignore[arg-type]  # a factory of layers
         slot_ids = torch.full((n, cap), engine.pad_id, dtype=torch.long)
         mask = torch.zeros((n, cap), dtype=torch.long)
         prompt = torch.zeros((n, width), dtype=torch.bool)
@@ -107,6 +115,7 @@ class Batch:
             # each layer's prefixes are stacked on that layer's device (where its keys are computed:
             # the layer's device under a device map); spilled ones come back from the host there
             like = next(r.past for r in rows if r.reuse)
+            assert like is not None  # a row that re-uses a prefix has it
             for layer in range(len(like.kv)):
                 ks = [left_padded(r.past, like, layer, 0, r.reuse, past_len) for r in rows]
                 vs = [left_padded(r.past, like, layer, 1, r.reuse, past_len) for r in rows]
@@ -127,7 +136,7 @@ class Batch:
         n = len(rows)
         width = max(p.width for _, p in parts)
         cap = width + reserve
-        self.cache = Cache(layer_class_to_replicate=functools.partial(BufferLayer, capacity=cap))
+        self.cache = Cache(layer_class_to_replicate=functools.partial(BufferLayer, capacity=cap))  # type: ignore[arg-type]  # a factory of layers
         for layer in range(len(parts[0][1].cache.layers)):
             self.cache.layers.append(
                 BufferLayer.gather([(idx, p.cache.layers[layer]) for idx, p in parts], n, width, cap))
@@ -292,6 +301,7 @@ class Batch:
         tokens = torch.full((self.size,), pad_id, dtype=torch.long, device=picked.device)
         tokens[plan.rows] = picked
         if plan.guided_pos is not None:
+            assert plan.uncond is not None
             tokens[plan.uncond] = picked.index_select(0, plan.guided_pos)  # follows the sampled text
         return tokens
 
@@ -301,6 +311,7 @@ class Batch:
         plan = self.pick_plan()
         scores = self.logits.index_select(0, plan.rows).float()
         if plan.guided_pos is not None:
+            assert plan.uncond is not None and guidance_scale is not None  # guided rows come in pairs
             mixed = guidance_mix(scores.index_select(0, plan.guided_pos),
                                  self.logits.index_select(0, plan.uncond), guidance_scale)
             scores = scores.index_copy(0, plan.guided_pos, mixed)
@@ -314,5 +325,6 @@ class Batch:
         for i in sampled:
             p = self.pairing.partner(i)
             if p is not None:
+                assert guidance_scale is not None  # a row has a partner only under guidance
                 logp[i] = guidance_mix(self.logits[i], self.logits[p], guidance_scale)
         return logp.index_select(0, torch.tensor(sampled, dtype=torch.long, device=logp.device))

@@ -203,7 +203,7 @@ class HFEngine:
             raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
         if any(len(c) == 0 for c in continuations):
             raise ValueError("a continuation has no tokens")
-        g = self.intervention.guidance_scale
+        g = self.intervention.guidance_scale or 0.0  # rows have partners only when it is set
         prompt_of: dict[tuple, int] = {}  # one entry per distinct prompt
         reps: list[int] = []  # representative request of each prompt
         which: list[int] = []  # prompt index of each request
@@ -255,7 +255,9 @@ class HFEngine:
                                          or (n_rows + need) * w > self.CONTINUATION_POSITIONS):
                         break
                     n_rows, width, stop = n_rows + need, w, stop + 1
-                rows2, pairs, first_row = [], {}, []
+                rows2: list[Row] = []
+                pairs: dict[int, int] = {}
+                first_row: list[int] = []
                 for _i, own in tail[start:stop]:
                     first_row.append(len(rows2))
                     if len(own) == 2:
@@ -266,14 +268,14 @@ class HFEngine:
                 batch.forward_prefill(keep=width)
                 logits = batch.logits if width > 1 else batch.logits[:, None, :]
                 for (i, _own), j in zip(tail[start:stop], first_row):
-                    cont = torch.tensor([int(t) for t in continuations[i]], device=logits.device)
-                    c = len(cont) - 1  # position m of the last c predicts cont[m + 1]
+                    cont_ids = torch.tensor([int(t) for t in continuations[i]], device=logits.device)
+                    c = len(cont_ids) - 1  # position m of the last c predicts cont_ids[m + 1]
                     u = pairing2.partner(j)
                     if u is None:
                         lp = torch.log_softmax(logits[j, width - c:].float(), dim=-1)
                     else:
                         lp = torch.log_softmax(guidance_mix(logits[j, width - c:], logits[u, width - c:], g), dim=-1)
-                    out[i] += float(lp.gather(1, cont[1:, None]).sum())
+                    out[i] += float(lp.gather(1, cont_ids[1:, None]).sum())
                 start = stop
         return out
 
@@ -293,10 +295,11 @@ class HFEngine:
         ``by_length``, requests of similar prompt length share a batch (less padding); sampling
         is per row, so the grouping never changes a reply."""
         rows = rows or self.max_batch
-        order = range(len(requests))
+        order: list[int] = list(range(len(requests)))
         if by_length and sum(self._rows_needed(r) for r in requests) > rows:
             order = sorted(order, key=lambda i: len(self.chat.render(requests[i].messages).ids))
-        chunk, size = [], 0
+        chunk: list[int] = []
+        size = 0
         for i in order:
             r = requests[i]
             need = self._rows_needed(r)
@@ -328,6 +331,7 @@ class HFEngine:
         for r in requests:
             rows.append(self._make_row(r.messages, r.key, store and r.persist, r.intervene))
             if self._guided(r):
+                assert r.negative_messages is not None  # _guided checks it
                 ukey = None if r.key is None else r.key + "#uncond"
                 pairs[len(rows) - 1] = len(rows)
                 rows.append(self._make_row(r.negative_messages, ukey, store and r.persist, False))
@@ -407,7 +411,7 @@ class HFEngine:
             if kept is not None:  # the batch was compacted: rows were renumbered
                 tokens = tokens.index_select(0, torch.tensor(kept, dtype=torch.long, device=tokens.device))
             batch.forward_step(tokens)
-        prompt_len = {}  # request index -> rendered prompt length (the conditional row)
+        prompt_len: dict[int, int] = {}  # request index -> rendered prompt length (the conditional row)
         for row, (qi, _s) in zip(first_rows, first_owner):
             prompt_len.setdefault(qi, len(row.target))
         out = []

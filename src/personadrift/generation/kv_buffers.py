@@ -23,12 +23,13 @@ class Prefix:
     ids: list[int]
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [kv_heads, length, head_dim]
     # per layer, the device its keys were computed on (where they go back to when spilled)
-    homes: list[torch.device] | None = None
+    # (empty: where the keys are now)
+    homes: list[torch.device] = field(default_factory=list)
 
     _bytes: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.homes is None:
+        if not self.homes:
             self.homes = [k.device for k, _ in self.kv]
 
     def bytes_by_device(self) -> dict[torch.device, int]:
@@ -194,7 +195,8 @@ class BufferLayer(DynamicLayer):
     def __init__(self, capacity: int = 0, pending: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.capacity = capacity
-        self.buf_k = self.buf_v = None
+        self.buf_k: torch.Tensor | None = None
+        self.buf_v: torch.Tensor | None = None
         # re-used prefix keys and values [batch, kv_heads, length, head_dim], wherever they were
         # stored: written into the buffer on the device of the first keys this layer computes
         self.pending = pending
@@ -211,17 +213,19 @@ class BufferLayer(DynamicLayer):
         need = self.length + n
         if self.buf_k is None or self.buf_k.shape[-2] < need:
             self._grow(key_states, max(need, self.capacity, 2 * self.length))
-        self.buf_k[:, :, self.length : need] = key_states
-        self.buf_v[:, :, self.length : need] = value_states
+        buf_k, buf_v = self.buf_k, self.buf_v
+        assert buf_k is not None and buf_v is not None  # grown above
+        buf_k[:, :, self.length : need] = key_states
+        buf_v[:, :, self.length : need] = value_states
         self.length = need
-        self.keys, self.values = self.buf_k[:, :, :need], self.buf_v[:, :, :need]
+        self.keys, self.values = buf_k[:, :, :need], buf_v[:, :, :need]
         return self.keys, self.values
 
     def _grow(self, like: torch.Tensor, capacity: int) -> None:
         b, h, _, d = like.shape
         k = like.new_empty((b, h, capacity, d))
         v = like.new_empty((b, h, capacity, d))
-        if self.buf_k is not None and self.length:
+        if self.buf_k is not None and self.buf_v is not None and self.length:
             k[:, :, : self.length] = self.buf_k[:, :, : self.length]
             v[:, :, : self.length] = self.buf_v[:, :, : self.length]
         self.buf_k, self.buf_v = k, v
@@ -230,7 +234,7 @@ class BufferLayer(DynamicLayer):
         return self.length
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.buf_k is None:
+        if self.buf_k is None or self.buf_v is None:
             return
         indices = indices.to(self.buf_k.device)
         n = self.length
@@ -245,6 +249,7 @@ class BufferLayer(DynamicLayer):
             device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of row ``i``'s keys and values [kv_heads, kept, head_dim] at the filled
         ``columns`` (bool [length], on any device), on ``device`` (None: this layer's)."""
+        assert self.keys is not None and self.values is not None  # a filled layer
         m = columns.to(self.keys.device)
         device = self.keys.device if device is None else device
         return self.keys[i][:, m].to(device, copy=True), self.values[i][:, m].to(device, copy=True)
@@ -254,17 +259,19 @@ class BufferLayer(DynamicLayer):
         """One layer of ``n`` rows from ``parts`` ((row indices, layer) each), each part's filled
         columns right-aligned at ``width``; the columns before them are zeros (masked: zeros,
         not the buffer's garbage, so a masked score is never NaN)."""
-        ref = parts[0][1]
+        ref_k, ref_v = parts[0][1].buf_k, parts[0][1].buf_v
+        assert ref_k is not None and ref_v is not None  # prefilled parts
         layer = cls(capacity=capacity)
-        layer.lazy_initialization(ref.buf_k, ref.buf_v)
-        layer.buf_k = ref.buf_k.new_empty((n, ref.buf_k.shape[1], capacity, ref.buf_k.shape[3]))
-        layer.buf_v = ref.buf_v.new_empty((n, ref.buf_v.shape[1], capacity, ref.buf_v.shape[3]))
+        layer.lazy_initialization(ref_k, ref_v)
+        buf_k = ref_k.new_empty((n, ref_k.shape[1], capacity, ref_k.shape[3]))
+        buf_v = ref_v.new_empty((n, ref_v.shape[1], capacity, ref_v.shape[3]))
         for idx, part in parts:
-            i = torch.tensor(idx, dtype=torch.long, device=ref.buf_k.device)
+            i = torch.tensor(idx, dtype=torch.long, device=ref_k.device)
             a = width - part.length
-            for buf, src in ((layer.buf_k, part.buf_k), (layer.buf_v, part.buf_v)):
+            for buf, src in ((buf_k, part.buf_k), (buf_v, part.buf_v)):
+                assert src is not None
                 buf[i, :, :a] = 0
                 buf[i, :, a:width] = src[:, :, : part.length]
-        layer.length = width
-        layer.keys, layer.values = layer.buf_k[:, :, :width], layer.buf_v[:, :, :width]
+        layer.buf_k, layer.buf_v, layer.length = buf_k, buf_v, width
+        layer.keys, layer.values = buf_k[:, :, :width], buf_v[:, :, :width]
         return layer
