@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from personadrift.generation.api import Intervention
-from personadrift.interventions.base import METHODS, EntryError, Method, phase_name
+from personadrift.interventions.base import EntryError, Method, phase_name
+from personadrift.interventions.registry import METHODS
 from personadrift.names import short_repr
 
 

@@ -635,9 +635,9 @@ COMMANDS = [
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m personadrift.runtime.serve`` (the same as ``personadrift serve``)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        args = build_parser().parse_args(argv)  # each installed method adds its flags
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run(args)
     except PersonaDriftError as exc:
         print(f"personadrift serve: error: {exc}", file=sys.stderr)
