@@ -68,7 +68,7 @@ def discover() -> dict[str, Method]:
     return found
 
 
-class Methods(Mapping):
+class Methods(Mapping[str, Method]):
     """The installed methods (name -> :class:`Method`), discovered on first use."""
 
     def __init__(self) -> None:
