@@ -261,7 +261,7 @@ def long_topics(tok, personas, limit: int, reply: int, n: int = 4) -> list[str]:
 
     from personadrift.generation.chat import ChatFormat
     from personadrift.generation.dialog import agent_messages
-    from personadrift.generation.selfchat import persona_record
+    from personadrift.protocol.personas import persona_record
 
     chat = ChatFormat(tok)
     longest = max((persona_record(p)["system_prompt"] for p in personas), key=len)
@@ -278,7 +278,8 @@ def shard_paths(lm, args, log, *, cuda: bool, conversations: int | None = None) 
     from personadrift.analysis.attention import record_conversation
     from personadrift.protocol.personas import load_personas
     from personadrift.capability.mmlu import EngineScorer, Question, evaluate
-    from personadrift.generation.selfchat import ShardRun, persona_record, plan_conversation
+    from personadrift.generation.selfchat import ShardRun, plan_conversation
+    from personadrift.protocol.personas import persona_record
     from personadrift.interventions.settings import expand_settings
     from personadrift.runtime.factory import hf_engine_for
 

@@ -101,13 +101,13 @@ def test_next_token_logprobs_match_a_plain_forward(tiny_model):
 def test_nucleus_matches_transformers_top_p_and_falls_back_exactly():
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from personadrift.generation import engine as E
+    from personadrift.generation.sampling import nucleus
 
     g = torch.Generator().manual_seed(0)
     for spread in (0.5, 3.0, 0.01):  # peaked, typical, nearly flat (forces the full sort)
         scores = torch.randn(4, 3000, generator=g) * spread
         for temp, top_p in ((1.0, 0.9), (0.7, 0.5)):
-            cand, probs = E.nucleus(scores, temp, top_p)
+            cand, probs = nucleus(scores, temp, top_p)
             ours = torch.zeros_like(scores).scatter_(1, cand, probs)
             ref = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temp)(None, scores.clone()))
             ref = torch.softmax(ref, dim=-1)
@@ -329,7 +329,7 @@ def test_a_resumed_shard_equals_an_uninterrupted_one_when_batches_differ(tiny_mo
 
     from personadrift.protocol.personas import load_personas, load_topics
     from personadrift.config import validate_config
-    from personadrift.generation.selfchat import persona_record
+    from personadrift.protocol.personas import persona_record
     from personadrift.steps.models import fetch_model
     from personadrift.steps.selfchat import selfchat_shard
     from personadrift.storage import atomic_write_json

@@ -17,8 +17,7 @@ from personadrift.generation.openai_backend import (
     UnsupportedRequestError,
     cache_key,
 )
-from personadrift.generation.selfchat import persona_record
-from personadrift.protocol.personas import load_personas, load_topics
+from personadrift.protocol.personas import load_personas, load_topics, persona_record
 from personadrift.runtime.serve import ChatApp, build_app
 from personadrift.seeding import derive_seed
 from personadrift.steps.models import fetch_model

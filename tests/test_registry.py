@@ -1,35 +1,39 @@
-"""A new intervention method is one module: the toy method of tests/support/toy_method.py runs
-through the config check, ``serve``, the smoke DAG (self-chat, MMLU, trade-off) and the figures
-without any other file naming it."""
+"""A new intervention method is one installed package: the toy method of
+tests/plugins/personadrift-toy-method/, installed with pip, runs through the config check,
+``serve``, the smoke DAG (self-chat, MMLU, trade-off) and the figures without any file of
+personadrift naming it; personadrift's own methods are found the same way; a broken plug-in is
+one error naming its entry point and distribution."""
 
 import importlib
 import json
 import os
-import sys
+import subprocess
 import urllib.request
-from pathlib import Path
+from importlib.metadata import entry_points
 
 import pytest
 import yaml
-from support.workflow import REPO, snakemake
+from support.plugins import TOY_METHOD, env_with, install, on_path, write_plugin
+from support.workflow import BIN, REPO, snakemake
 
 from personadrift.generation.api import GenRequest, Sampling
-from personadrift.interventions import METHODS
+from personadrift.interventions import METHODS, MethodPluginError
 
 TOY = "toy_contrast"
 SYSTEM = "You love playing tennis and bring it up whenever you can."
 
 
+@pytest.fixture(scope="module")
+def toy_site(tmp_path_factory):
+    """The toy method's package installed with pip into a folder of its own (not the venv)."""
+    return install(TOY_METHOD, tmp_path_factory.mktemp("toy") / "site")
+
+
 @pytest.fixture
-def toy_method():
-    """The toy method, registered for this test only."""
-    sys.modules.pop("support.toy_method", None)
-    module = importlib.import_module("support.toy_method")
-    try:
-        yield module
-    finally:
-        METHODS.pop(TOY, None)
-        sys.modules.pop("support.toy_method", None)
+def toy_method(toy_site):
+    """The toy method's module, its package on this process's path for this test only."""
+    with on_path(toy_site):
+        yield importlib.import_module("personadrift_toy_method")
 
 
 def toy_config(**overrides) -> dict:
@@ -50,13 +54,28 @@ def toy_config(**overrides) -> dict:
     return cfg
 
 
-def test_the_toy_method_is_unknown_until_registered():
+def test_the_built_in_methods_are_entry_points_of_personadrift():
+    own = {ep.name: ep.value for ep in entry_points(group="personadrift.methods") if ep.dist.name == "personadrift"}
+    assert own == {"none": "personadrift.interventions.none:NoIntervention",
+                   "split_softmax": "personadrift.interventions.split_softmax:SplitSoftmax",
+                   "repetition": "personadrift.interventions.repetition:PromptRepetition",
+                   "cfg": "personadrift.interventions.guidance:Guidance"}
+    assert {name: f"{type(m).__module__}:{type(m).__name__}" for name, m in METHODS.items()} == own
+
+
+def test_the_toy_method_is_unknown_until_its_package_is_installed(toy_site):
     from personadrift.config import validate_config
     from personadrift.errors import InputError
 
     assert TOY not in METHODS
     with pytest.raises(InputError, match=f"interventions.toy.method: '{TOY}' is not one of"):
         validate_config(toy_config())
+    with on_path(toy_site):
+        (ep,) = [ep for ep in entry_points(group="personadrift.methods") if ep.name == TOY]
+        assert (ep.dist.name, ep.value) == ("personadrift-toy-method", "personadrift_toy_method:NeutralContrast")
+        assert type(METHODS[TOY]).__module__ == "personadrift_toy_method"
+        assert validate_config(toy_config())["interventions"]["toy"]["method"] == TOY
+    assert TOY not in METHODS
 
 
 def test_its_entry_keys_are_its_own(toy_method):
@@ -104,15 +123,13 @@ def test_serve_takes_its_flag_and_serves_its_guidance(toy_method, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def toy_study(tmp_path_factory):
-    """The toy study run to its mitigation figures, the method known to every workflow process
-    only through PERSONADRIFT_METHODS."""
-    work = tmp_path_factory.mktemp("toy")
+def toy_study(tmp_path_factory, toy_site):
+    """The toy study run to its mitigation figures, the toy package on every workflow process's
+    path (PYTHONPATH), and only there."""
+    work = tmp_path_factory.mktemp("toy-study")
     (work / "toy.yaml").write_text(yaml.safe_dump(toy_config()))
-    env = {"PERSONADRIFT_METHODS": "support.toy_method",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     snakemake(work, "--configfile", work / "toy.yaml", "--cores", "2", "figures/tradeoff_stability_mmlu.png",
-              "figures/mitigation_over_rounds.png", env=env)
+              "figures/mitigation_over_rounds.png", env=env_with(toy_site))
     return work
 
 
@@ -142,3 +159,65 @@ def test_the_figures_draw_it_in_its_own_colour_and_label(toy_study, toy_method):
     lines = {t.get_text(): to_hex(h.lines[0].get_color() if hasattr(h, "lines") else h.get_color())
              for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
     assert lines[toy_method.NeutralContrast.label] == toy_method.NeutralContrast.color
+
+
+# ------------------------------------------------------------------ broken plug-ins
+METHOD_BASE = "from personadrift.interventions.base import Method\n"
+BROKEN = {  # case -> (module code, entry points, what the error says after naming the entry point)
+    "import-error": ("import steering_kernels_not_installed\n", {"steer": "broken_method:Steer"},
+                     "cannot be loaded (ModuleNotFoundError: No module named 'steering_kernels_not_installed')"),
+    "not-a-method": ("class Steer:\n    name = 'steer'\n", {"steer": "broken_method:Steer"},
+                     "<class 'broken_method.Steer'> is not a subclass of personadrift.interventions.base.Method"),
+    "other-name": (METHOD_BASE + "class Steer(Method):\n    name = 'steering'\n    label = 'steering'\n",
+                   {"steer": "broken_method:Steer"}, "the class's name is 'steering'; an entry point is named after its "
+                   "method's name (the config's method: value)"),
+}
+
+
+@pytest.fixture(scope="module")
+def broken_sites(tmp_path_factory):
+    """One folder per broken plug-in, each installed with pip; and a plug-in that takes the
+    name of personadrift's own baseline."""
+    root = tmp_path_factory.mktemp("broken")
+    sites = {}
+    for case, (code, eps, _) in BROKEN.items():
+        src = write_plugin(root / "src" / case, f"personadrift-broken-{case}", "broken_method", code, eps)
+        sites[case] = install(src, root / case)
+    src = write_plugin(root / "src" / "duplicate", "personadrift-second-none", "second_none",
+                       METHOD_BASE + "class NoneAgain(Method):\n    name = 'none'\n    label = 'none again'\n",
+                       {"none": "second_none:NoneAgain"})
+    sites["duplicate"] = install(src, root / "duplicate")
+    return sites
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_plug_in_is_one_error_naming_its_entry_point_and_distribution(case, broken_sites):
+    _, entry_points_of_case, problem = BROKEN[case]
+    ((name, ref),) = entry_points_of_case.items()
+    with on_path(broken_sites[case]), pytest.raises(MethodPluginError) as err:
+        METHODS["none"]
+    assert str(err.value) == (f"entry point '{name} = {ref}' (group personadrift.methods) of distribution "
+                              f"personadrift-broken-{case} 0.1.0: {problem}")
+    assert METHODS["none"].name == "none"  # off the path, the plug-in is gone again
+
+
+def test_a_method_name_taken_twice_names_both_distributions(broken_sites):
+    with on_path(broken_sites["duplicate"]), pytest.raises(MethodPluginError) as err:
+        list(METHODS)
+    msg = str(err.value)
+    assert msg.startswith("the method name 'none' is given by 2 entry points: ")
+    assert "entry point 'none = second_none:NoneAgain' (group personadrift.methods) of distribution " \
+           "personadrift-second-none 0.1.0" in msg
+    assert "entry point 'none = personadrift.interventions.none:NoIntervention' (group personadrift.methods) " \
+           "of distribution personadrift " in msg
+
+
+def test_the_command_line_prints_a_broken_plug_in_as_one_line(broken_sites):
+    proc = subprocess.run([str(BIN / "personadrift"), "validate", "--config", str(REPO / "config.yaml")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, **env_with(broken_sites["import-error"])})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "personadrift: error: entry point 'steer = broken_method:Steer' (group personadrift.methods) of distribution "
+        "personadrift-broken-import-error 0.1.0: cannot be loaded (ModuleNotFoundError: No module named "
+        "'steering_kernels_not_installed')"]

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from support.workflow import BIN, SMOKE
 
-from personadrift.steps.robustness import robustness_table, seed_studies
+from personadrift.reproduce.robustness import robustness_table, seed_studies
 
 
 def claim(estimate, verdict):
@@ -65,7 +65,7 @@ def test_robustness_reruns_the_smoke_study_under_a_second_seed(smoke, tmp_path):
     assert "Nothing to be done" in seed0  # the shared run is reused
     assert "rule fetch_model" not in seed1 and "rule fetch_mmlu" not in seed1  # the fetches are shared
     assert "rule calibrate" in seed1  # the pool depends on the seed: calibration reruns
-    from personadrift.steps.verify import read_manifest
+    from personadrift.reproduce.manifest import read_manifest
     from personadrift.tables import read_table
 
     m0 = read_manifest(work / "results/smoke/manifest.json")

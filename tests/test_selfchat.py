@@ -13,7 +13,8 @@ import pytest
 from support.workflow import REPO
 
 from personadrift.config import validate_config
-from personadrift.generation.selfchat import persona_record, plan_conversation
+from personadrift.generation.selfchat import plan_conversation
+from personadrift.protocol.personas import persona_record
 from personadrift.protocol.personas import load_personas, load_topics
 from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard

@@ -13,7 +13,8 @@ import sys
 import pytest
 from support.workflow import REPO
 
-from personadrift.steps.verify import compare, read_manifest, text_fingerprint, word_hash
+from personadrift.reproduce.compare import compare
+from personadrift.reproduce.manifest import read_manifest, text_fingerprint, word_hash
 
 STUDY = "results/smoke"
 
@@ -49,7 +50,7 @@ def edit_probe_answer(run_results):
 
 
 def test_text_fingerprint_locates_the_first_differing_word():
-    from personadrift.steps.verify import _first_word
+    from personadrift.reproduce.compare import _first_word
 
     fp = text_fingerprint("the cat sat on the mat")
     assert fp == text_fingerprint("the cat sat on the mat") and fp != text_fingerprint("the cat sat on a mat")

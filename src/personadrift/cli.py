@@ -76,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         from personadrift.numerics import pin_from_argv
 
         pin_from_argv(argv)
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # serve's flags come from every installed method: a broken plug-in stops here
+    except PersonaDriftError as exc:
+        print(f"personadrift: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     note = None

@@ -6,7 +6,18 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from personadrift.runtime.serve import Fault, RequestError
+from personadrift.runtime.serve import RequestError
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An injected answer to one request: ``error`` with ``headers``, after stalling
+    ``stall_s`` seconds (then the connection is dropped); ``outcome`` is logged in ``events``."""
+
+    outcome: str
+    error: RequestError
+    headers: dict | None = None
+    stall_s: float = 0.0
 
 
 @dataclass

@@ -37,12 +37,7 @@ from personadrift.generation.batch import Batch, Row
 from personadrift.generation.chat import ChatFormat
 from personadrift.generation.guidance import Pairing, guidance_mix
 from personadrift.generation.kv_buffers import PrefixStore
-from personadrift.generation.sampling import (  # noqa: F401  (nucleus: tests)
-    NUCLEUS_CANDIDATES,
-    nucleus,
-    row_uniforms,
-    sample_tokens,
-)
+from personadrift.generation.sampling import NUCLEUS_CANDIDATES, row_uniforms, sample_tokens
 from personadrift.seeding import derive_seed
 
 

@@ -49,6 +49,7 @@ from personadrift.generation.dialog import (
     user_messages,
     window,
 )
+from personadrift.protocol.personas import persona_record
 from personadrift.seeding import derive_seed, rng
 from personadrift.storage import atomic_write_json, read_json
 
@@ -56,18 +57,6 @@ if TYPE_CHECKING:  # settings come from a later stage; used here as types only
     from personadrift.interventions.settings import Setting
 
 log = logging.getLogger(__name__)
-
-
-def persona_record(p) -> dict:
-    """The persona as stored in a transcript (self-contained: scoring needs no persona file)."""
-    return {
-        "id": p.id,
-        "category": p.category,
-        "system_prompt": p.system_prompt,
-        "probe": p.probe,
-        "judge": p.judge,
-        "judge_args": dict(p.judge_args),
-    }
 
 
 def plan_conversation(s: int, seed: int, personas: list, topics: list[str]) -> dict:

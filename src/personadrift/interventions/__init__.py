@@ -1,15 +1,11 @@
-"""Intervention methods, one module each, registered by name in :data:`METHODS`.
+"""Intervention methods, one module each, found by name in :data:`METHODS`.
 
-Importing this package registers every method; see ``base.py`` for what a method owns. Modules
-named in ``PERSONADRIFT_METHODS`` (comma-separated) are imported too: a method defined outside
-the package (the tests' toy method) is then known to the config check, the rules and every step.
+See ``base.py`` for what a method owns and ``registry.py`` for how methods are found: through
+the entry point group ``personadrift.methods``, where this package registers its own methods
+(none/control, split_softmax, repetition, cfg) and any installed package may register more.
 """
 
-import importlib
-import os
+from personadrift.interventions.base import Method
+from personadrift.interventions.registry import METHODS, MethodPluginError
 
-from personadrift.interventions import guidance, none, repetition, split_softmax  # noqa: F401  (register)
-from personadrift.interventions.base import METHODS, Method, register  # noqa: F401
-
-for _module in filter(None, (m.strip() for m in os.environ.get("PERSONADRIFT_METHODS", "").split(","))):
-    importlib.import_module(_module)
+__all__ = ["METHODS", "Method", "MethodPluginError"]

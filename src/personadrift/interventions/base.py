@@ -10,11 +10,10 @@ it, whether a setting is a control (no MMLU, no row in the trade-off), its colou
 the figures, and its ``personadrift serve`` flags. The workflow, the self-chat, MMLU, ``serve``
 and the figures ask the method; nothing else compares method names.
 
-Adding a method = one new module in this package that subclasses :class:`Method` and is
-decorated with :func:`register` (see ``split_softmax.py``; the module is imported in
-``__init__.py``), plus its tests. Its entry keys are the method's own (:meth:`Method.entry_schema`).
-A method defined outside the package is registered by naming its module in the environment
-variable ``PERSONADRIFT_METHODS`` (comma-separated; the tests' toy method uses this).
+Adding a method = one class that subclasses :class:`Method` (see ``split_softmax.py``), named
+by an entry point of the group ``personadrift.methods`` in its package's pyproject.toml (this
+package's own methods are registered so too; ``registry.py`` finds them), plus its tests. Its
+entry keys are the method's own (:meth:`Method.entry_schema`).
 """
 
 from __future__ import annotations
@@ -116,17 +115,6 @@ class Method:
         """A control setting: it has a self-chat and drift tables, but no MMLU job and no row
         in the mitigation trade-off (it controls for drift, it does not mitigate it)."""
         return False
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make ``cls`` the method named ``cls.name``."""
-    if cls.name in METHODS:
-        raise ValueError(f"intervention method {cls.name!r} registered twice")
-    METHODS[cls.name] = cls()
-    return cls
 
 
 def phase_name(phase: str) -> str:

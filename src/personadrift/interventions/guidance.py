@@ -4,10 +4,9 @@ the same messages without the persona. Needs the model's logits for both branche
 from __future__ import annotations
 
 from personadrift.generation.api import Intervention
-from personadrift.interventions.base import Method, applies_to, register
+from personadrift.interventions.base import Method, applies_to
 
 
-@register
 class Guidance(Method):
     name = "cfg"
     label = "classifier-free guidance"

@@ -7,10 +7,9 @@ competing persona.
 
 from __future__ import annotations
 
-from personadrift.interventions.base import Method, register
+from personadrift.interventions.base import Method
 
 
-@register
 class NoIntervention(Method):
     name = "none"
     label = "no intervention"

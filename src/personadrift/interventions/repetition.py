@@ -3,10 +3,9 @@ Works behind any backend (it only changes the messages)."""
 
 from __future__ import annotations
 
-from personadrift.interventions.base import Method, register
+from personadrift.interventions.base import Method
 
 
-@register
 class PromptRepetition(Method):
     name = "repetition"
     label = "prompt repetition"

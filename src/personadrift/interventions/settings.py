@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from personadrift.generation.api import Intervention
-from personadrift.interventions.base import METHODS, EntryError, Method, phase_name
+from personadrift.interventions.base import EntryError, Method, phase_name
+from personadrift.interventions.registry import METHODS
 from personadrift.names import short_repr
 
 

@@ -4,7 +4,7 @@ pi^k in the chosen layers. Needs the model's internals."""
 from __future__ import annotations
 
 from personadrift.generation.api import Intervention
-from personadrift.interventions.base import EntryError, Method, applies_to, register
+from personadrift.interventions.base import EntryError, Method, applies_to
 from personadrift.interventions.layers import (
     check_layers_depth,
     layer_indices,
@@ -13,7 +13,6 @@ from personadrift.interventions.layers import (
 )
 
 
-@register
 class SplitSoftmax(Method):
     name = "split_softmax"
     label = "split-softmax"

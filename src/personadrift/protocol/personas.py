@@ -33,7 +33,6 @@ from personadrift.protocol.judges import JudgeSpecError, check_judge_args, run_j
 from personadrift.yamlio import read_yaml
 
 CATEGORIES = ("pattern", "multiple_choice", "persona", "memorization", "language")
-PAPER_COUNTS = {"pattern": 29, "multiple_choice": 27, "persona": 14, "memorization": 27, "language": 3}
 ID_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 _ID_RE = re.compile(ID_PATTERN)
 REQUIRED_KEYS = ("id", "category", "system_prompt", "probe", "judge")
@@ -205,10 +204,16 @@ def load_personas(paths: Iterable[str | Path] | str | Path) -> list[Persona]:
     return out
 
 
-def benchmark_paths(directory: str | Path) -> list[Path]:
-    """The five benchmark files of a directory in category order (``pattern.yaml``, ...)."""
-    d = Path(directory)
-    return [d / f"{c}.yaml" for c in CATEGORIES]
+def persona_record(p) -> dict:
+    """The persona as stored in a transcript (self-contained: scoring needs no persona file)."""
+    return {
+        "id": p.id,
+        "category": p.category,
+        "system_prompt": p.system_prompt,
+        "probe": p.probe,
+        "judge": p.judge,
+        "judge_args": dict(p.judge_args),
+    }
 
 
 def load_topics(path: str | Path) -> list[str]:

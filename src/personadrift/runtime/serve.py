@@ -28,9 +28,11 @@ the model and runs queued requests that share sampling parameters as one batched
 call (at most ``max_batch`` sequences), holding the app's lock around every model/tokenizer
 use. Requests are independent: nothing is kept between them.
 
-Tests inject faults through ``ChatApp.faults`` (an object whose ``take()`` returns a
-:class:`Fault` or None per request; ``tests/support/faults.py``): chosen requests answer 429 or
-5xx or stall past the client's timeout. Nothing on the command line sets it.
+Tests inject faults through ``ChatApp.faults``: an object whose ``take()`` returns, per request,
+None (serve it) or a fault with ``outcome`` (logged), ``error`` (a :class:`RequestError`),
+``headers`` and ``stall_s`` (seconds to stall first, then the connection is dropped);
+``tests/support/faults.py`` makes chosen requests answer 429 or 5xx or stall past the client's
+timeout. Nothing on the command line sets it.
 """
 
 from __future__ import annotations
@@ -77,17 +79,6 @@ class RequestError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-@dataclass(frozen=True)
-class Fault:
-    """An injected answer to one request (tests): ``error`` with ``headers``, after stalling
-    ``stall_s`` seconds (then the connection is dropped); ``outcome`` is logged in ``events``."""
-
-    outcome: str
-    error: RequestError
-    headers: dict | None = None
-    stall_s: float = 0.0
-
-
 @dataclass
 class _Job:
     messages: list[dict]
@@ -124,7 +115,7 @@ class ChatApp:
 
         self.engine = engine
         self.model_name = model_name
-        self.faults = faults  # tests only: take() -> Fault | None per chat request
+        self.faults = faults  # tests only: take() -> a fault or None per chat request (module docstring)
         self.max_batch: int = max_batch or getattr(engine, "max_batch", None) or 16
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit
@@ -641,9 +632,9 @@ COMMANDS = [
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m personadrift.runtime.serve`` (the same as ``personadrift serve``)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        args = build_parser().parse_args(argv)  # each installed method adds its flags
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run(args)
     except PersonaDriftError as exc:
         print(f"personadrift serve: error: {exc}", file=sys.stderr)

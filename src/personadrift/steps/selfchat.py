@@ -9,7 +9,7 @@ from personadrift.errors import InputError
 from personadrift.numerics import record as numerics_record
 from personadrift.provenance import provenance
 from personadrift.runtime.factory import make_engine, model_identity
-from personadrift.steps.personas import _PoolPersona
+from personadrift.protocol.calibration import PoolPersona
 from personadrift.storage import read_json
 
 
@@ -25,7 +25,7 @@ def selfchat_shard(config: dict, *, setting_name: str, shard: int, model_dir, po
     from personadrift.interventions.settings import setting_by_name
 
     pool = read_json(pool_json)
-    personas = [_PoolPersona(p) for p in pool["personas"]]
+    personas = [PoolPersona(p) for p in pool["personas"]]
     sc = config["selfchat"]
     convs = shard_conversations(sc["conversations"], sc["shard_size"], shard)
     if not convs:

@@ -1,21 +1,20 @@
-"""A toy intervention method defined outside the package, in this one module: guidance against
-a neutral system prompt ("you are a helpful assistant") rather than against none.
+"""A toy intervention method in its own package, outside personadrift: guidance against a
+neutral system prompt ("you are a helpful assistant") rather than against none.
 
-It is registered only where a test asks for it: in-process by importing this module (the
-``toy_method`` fixture of tests/test_registry.py, which unregisters it afterwards), in the
-workflow's processes by ``PERSONADRIFT_METHODS=support.toy_method``. Everything the workflow,
-the figures and ``serve`` need to know about it is said here.
+Its pyproject.toml names the class in the entry point group ``personadrift.methods``; once the
+package is installed, personadrift finds it (tests/test_registry.py installs it with pip into a
+folder of its own, so it is known only to the processes given that folder). Everything the
+workflow, the figures and ``serve`` need to know about it is said here.
 """
 
 from __future__ import annotations
 
 from personadrift.generation.api import Intervention
-from personadrift.interventions.base import Method, register
+from personadrift.interventions.base import Method
 
 NEUTRAL = "You are a helpful assistant."
 
 
-@register
 class NeutralContrast(Method):
     name = "toy_contrast"
     label = "contrast with a neutral prompt"
