@@ -214,7 +214,8 @@ def test_a_simulated_study_runs_through_the_workflow_steps(tmp_path):
     assert set(errors["setting"]) == {"none", "control"} and (errors["judge_errors"] == 0).all()
     assert errors["answers"].sum() == sum(len(pd.read_csv(c)) for c in csvs)
     ch = pd.read_csv(t["change"])
-    assert set(ch["setting"]) == {"none", "control"} and (ch["n_comparisons"] == 12).all()
+    assert set(ch["setting"]) == {"none", "control"} and (ch["n_comparisons"] == 8).all()
+    assert (ch["family"] != "holm").sum() == 4 and ch.loc[ch["family"] != "holm", "p_holm"].isna().all()
     assert set(ch["claim"]) == {"shift", "drift"} and (ch["method"] == "t").all()
     assert set(ch.loc[ch["claim"] == "drift", "first_round"]) == {1}
     out = tmp_path / "drift.png"
@@ -261,13 +262,16 @@ def test_planted_drift_bench_fits_a_scores_table_and_uses_the_figures_families(t
     assert re.search(r"^fit 1 to .*; binary judge \(100% of scores 0 or 1", out, re.M) and out.count(" to " + str(csv)) == fits, out
     comparisons = sim.shape_of(yaml.safe_load((REPO / "config.yaml").read_text())).comparisons
     drift_rows = re.findall(r"^\s*config\.yaml\s+fit (\d)\s+binary\s+12\s+\S+\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
-    assert len(drift_rows) == 10 * fits and {int(f) for _, f in drift_rows} == {12}, out
+    assert len(drift_rows) == 10 * fits and {int(f) for _, f in drift_rows} == {8}, out
     assert {int(k) for k, _ in drift_rows} == set(range(1, fits + 1))
     effect_rows = re.findall(r"^\s*config\.yaml\s+fit \d\s+binary\s+(level|drift)\s+12\s+\S+\s+\S+\s+(\d+)\s",
                              out, re.M)
     assert {c for c, _ in effect_rows} == {"level", "drift"} and {int(f) for _, f in effect_rows} == {2 * comparisons}
     assert len(re.findall(r"\(fit \d, binary judges, n = 12\): smallest decline in mean stability over the dialog "
                           r"\(round 1 to 3\)", out)) == fits, out
+    # the se check is printed per fit; a table of `none` alone cannot check a paired claim, so none is quoted
+    assert out.count("## Standard error of each claim") == 1 and re.search(r"^\s*drift \(agent\)\s+\S+\s+\S+", out, re.M)
+    assert len(re.findall(r"smallest difference from no intervention in the level: not quoted", out)) == fits, out
     # a config with more rounds than the fitted study: one line, not a traceback
     proc = subprocess.run(bench + ["--configs", "configs/laptop.yaml"], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
