@@ -78,7 +78,7 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
         personas.add(row["id"], row)
     settings, topics, audit = _Registry(), _Registry(), JudgeAudit()
     convs = {"s": [], "c": [], "a": [], "u": [], "t": [], "as": [], "us": [], "f": [], "n": []}
-    seen, rounds, means = {}, set(), []
+    seen, rounds, means, unasked = {}, set(), [], []
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -112,9 +112,15 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
             convs["f"].append(entry["flags"])
             convs["n"].append(entry["turns"])
             means.append(entry["means"])
+            unasked.append((s, entry["unasked"]))
+            rounds.update(entry["unasked"])
             for d in entry["means"].values():
                 rounds.update(d)
         rounds = sorted(rounds)
+        for i, item in enumerate(settings.items):  # per round: conversations still running, and stopped early
+            stopped = [sum(1 for s, u in unasked if s == i and r in u) for r in rounds]
+            item["stopped"] = stopped
+            item["running"] = [item["n"] - k for k in stopped]
         for m in means:  # per-round means aligned with the study's rounds (null where none)
             for kind, col in (("agent", "as"), ("user", "us")):
                 convs[col].append([None if r not in m[kind] else round(m[kind][r], 4) for r in rounds])
