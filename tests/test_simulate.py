@@ -217,6 +217,7 @@ def test_a_simulated_study_runs_through_the_workflow_steps(tmp_path):
     assert set(ch["setting"]) == {"none", "control"} and (ch["n_comparisons"] == 8).all()
     assert (ch["family"] != "holm").sum() == 4 and ch.loc[ch["family"] != "holm", "p_holm"].isna().all()
     assert set(ch["claim"]) == {"shift", "drift"} and (ch["method"] == "t").all()
+    assert json.loads((tmp_path / "study.json").read_text())["conversations_stopped"] == {"control": 0, "none": 0}
     assert set(ch.loc[ch["claim"] == "drift", "first_round"]) == {1}
     out = tmp_path / "drift.png"
     draw("drift_over_rounds", [str(t["by_round"]), str(t["change"]), str(tmp_path / "study.json")], [str(out)])

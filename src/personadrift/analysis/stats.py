@@ -177,8 +177,9 @@ def holm(p_values) -> np.ndarray:
 
 
 def describe(method: str, confidence: float) -> str:
-    """How intervals are made, for captions: e.g. '95% t-interval over conversations'."""
-    return f"{confidence:.0%} {METHOD_NAME[method]} over conversations"
+    """How intervals are made, for captions: e.g. '95% t-interval over conversations drawn from the
+    study's persona pool' (what the interval is over: see the comment above :data:`CLAIMS`)."""
+    return f"{confidence:.0%} {METHOD_NAME[method]} over conversations drawn from the study's persona pool"
 
 
 def _units(df: pd.DataFrame, unit: str) -> pd.Series:
