@@ -14,7 +14,9 @@ Methods (``scoring.method``), each giving an interval and a two-sided p-value fo
 * ``percentile``: percentile bootstrap (what this project used first; under-covers at small n).
 
 Across the comparisons one figure makes, p-values are Holm-adjusted (:func:`holm`), and a claim
-is "significant" when its adjusted p-value is below 1 - confidence.
+is "significant" when its adjusted p-value is below 1 - confidence. Claims the design fixes (e.g.
+the round-0 shift minus the control's, zero in every conversation) are reported without a test and
+stay out of every family (``family`` column).
 """
 
 from __future__ import annotations
