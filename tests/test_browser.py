@@ -415,3 +415,28 @@ def test_smoke_study_browser_in_chromium_screenshot_and_report(smoke_run, chromi
     # rounds 0-2 x 2 probe kinds x 2 samples, as the scores table has them
     want = len(sc[(sc.setting == "cfg-g1.5") & (sc.conversation == 2)])
     assert want == 3 * 2 * 2 and len(doc.find("span", class_="sample-score")) == want
+
+
+def test_settings_count_per_round_the_conversations_running_and_stopped(tmp_path):
+    """A conversation the context policy stopped after round 1 (context_policy: stop): its round-2
+    probes are stored unasked, and the index counts it as stopped at round 2 for its setting only."""
+    recs = {s: [transcript(s, c) for c in range(3)] for s in SETTINGS}
+    gone = recs["split-k0.5"][2]
+    gone["history"] = gone["history"][:3]
+    gone["stopped"] = {"turn": 3, "speaker": "agent", "reason": "context"}
+    for p in gone["probes"]:
+        if p["round"] == 2:
+            p.update(answers=[], completions=[], context="overflow")
+    dirs, scores = [], []
+    for s, rs in recs.items():
+        for rec in rs:
+            atomic_write_json(tmp_path / "t" / s / "shard-0" / f"conv-{rec['conversation']:05d}.json", rec)
+        write_table(score_records(rs), tmp_path / f"{s}.csv")
+        dirs.append(tmp_path / "t" / s / "shard-0")
+        scores.append(tmp_path / f"{s}.csv")
+    build_browser(dirs, scores, tmp_path / "browser")
+    idx = page_index(tmp_path / "browser")
+    by = {s["name"]: s for s in idx["settings"]}
+    assert idx["rounds"] == [1, 2]
+    assert by["split-k0.5"]["running"] == [3, 2] and by["split-k0.5"]["stopped"] == [0, 1]
+    assert by["none"]["running"] == [3, 3] and by["none"]["stopped"] == [0, 0]

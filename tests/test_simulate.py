@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,19 +78,52 @@ def test_t_interval_coverage_and_false_positive_rate_without_drift(n, judge, dri
 
 
 def test_coverage_of_every_figure_claim_with_the_control_and_mitigations():
-    """The drift figure's family (with the control: 12 claims, differences in differences among them)
-    and the mitigation figure's (level and change of 2 settings: 4 claims) under planted effects."""
+    """The drift figure's family (with the control: 12 claims, of which 8 are tested: the shift minus
+    the control's and the control's own shift are fixed by design) and the mitigation figure's
+    (level and change of 2 settings: 4 claims) under planted effects."""
     design = sim.drifting(40, shift=0.8, drop=1.0, drift_sd=0.7, effects={"none": 0.0, "control": -0.5, "a": 0.8,
                                                                           "b": 0.0},
                           drift_effects={"control": 0.6, "a": 0.0, "b": 1.0})
     res = sim.check(design, studies=60, method="t", round_means=False).set_index("claim")
     assert (res.loc[res.index.str.contains("vs control|\\[control\\]|^(?:shift|drift) \\(", regex=True), "family"]
-            == 12).all()
+            == 8).all()
     assert (res.loc[["level vs none", "drift vs none"], "family"] == 4).all()
     assert (res["coverage"] >= NOMINAL - 0.1).all(), res  # 60 studies: SE about 0.03
     assert res.loc["drift (agent) vs control", "true_value"] < -0.02  # the control declines less
     # "a" raises the level; "b" (the others) flattens the decline
     assert res.loc["level vs none", "true_value"] > 0.05 and res.loc["drift vs none (others)", "true_value"] > 0.05
+
+
+def test_coverage_holds_with_planted_overflow_diverging_settings_and_varied_effects():
+    """A third of the baseline's conversations and two thirds of repetition's stop after a random
+    round (repetition overflows first); each setting's wobble and drift correlate 0.5 with the
+    baseline's; the planted effect varies between conversations. Paired claims over the rounds both
+    reached, and drift slopes weighted by their information, still cover."""
+    design = sim.drifting(40, rounds=6, shift=0.5, drop=1.0, drift_sd=0.7,
+                          effects={"none": 0.0, "repeat": 0.6, "b": 0.0}, drift_effects={"b": 0.8},
+                          setting_correlation=0.5, effect_sd=0.5, stop_share={"none": 0.33, "repeat": 0.67})
+    sc = sim.simulate_scores(design, seed=3)
+    stopped = sc[sc["context"] == "overflow"].groupby("setting")["conversation"].nunique()
+    assert stopped["repeat"] > stopped["none"] > 0 and "b" not in stopped
+    res = sim.check(design, studies=60, method="t", round_means=False).set_index("claim")
+    for claim in ("drift (agent)", "shift (agent)", "level vs none", "drift vs none", "drift vs none (others)"):
+        assert res.loc[claim, "coverage"] >= NOMINAL - 0.1, res  # 60 studies: SE about 0.03
+
+
+def test_the_correlation_across_settings_is_fitted_and_the_se_check_refuses_a_mismatch():
+    """A study planted with correlation 0.3: the fit finds it from the paired differences' variance
+    (where correlation 1 would simulate too small an se for every paired claim), and the se check
+    puts each claim's simulated se beside the observed one."""
+    truth = sim.drifting(200, rounds=4, drop=1.0, drift_sd=0.5, round_noise=0.8,
+                         effects={"none": 0.0, "a": 0.0, "b": 0.0}, setting_correlation=0.3)
+    observed = sim.simulate_scores(truth, seed=11)
+    fitted = sim.fit_correlation(replace(truth, setting_correlation=1.0), observed, ["a", "b"], population=1000)
+    assert abs(fitted.setting_correlation - 0.3) <= 0.2
+    good = sim.se_check(fitted, observed, studies=30).set_index("claim")
+    bad = sim.se_check(replace(truth, setting_correlation=1.0), observed, studies=30).set_index("claim")
+    print(good.to_string(), bad.to_string(), sep="\n")
+    assert good.loc["level vs none", "quotable"]
+    assert not bad.loc["level vs none", "quotable"] and bad.loc["level vs none", "ratio"] < 1 - sim.SE_TOLERANCE
 
 
 @pytest.mark.parametrize("config", ["config.yaml", "configs/laptop.yaml"])
@@ -179,8 +214,10 @@ def test_a_simulated_study_runs_through_the_workflow_steps(tmp_path):
     assert set(errors["setting"]) == {"none", "control"} and (errors["judge_errors"] == 0).all()
     assert errors["answers"].sum() == sum(len(pd.read_csv(c)) for c in csvs)
     ch = pd.read_csv(t["change"])
-    assert set(ch["setting"]) == {"none", "control"} and (ch["n_comparisons"] == 12).all()
+    assert set(ch["setting"]) == {"none", "control"} and (ch["n_comparisons"] == 8).all()
+    assert (ch["family"] != "holm").sum() == 4 and ch.loc[ch["family"] != "holm", "p_holm"].isna().all()
     assert set(ch["claim"]) == {"shift", "drift"} and (ch["method"] == "t").all()
+    assert json.loads((tmp_path / "study.json").read_text())["conversations_stopped"] == {"control": 0, "none": 0}
     assert set(ch.loc[ch["claim"] == "drift", "first_round"]) == {1}
     out = tmp_path / "drift.png"
     draw("drift_over_rounds", [str(t["by_round"]), str(t["change"]), str(tmp_path / "study.json")], [str(out)])
@@ -226,13 +263,16 @@ def test_planted_drift_bench_fits_a_scores_table_and_uses_the_figures_families(t
     assert re.search(r"^fit 1 to .*; binary judge \(100% of scores 0 or 1", out, re.M) and out.count(" to " + str(csv)) == fits, out
     comparisons = sim.shape_of(yaml.safe_load((REPO / "config.yaml").read_text())).comparisons
     drift_rows = re.findall(r"^\s*config\.yaml\s+fit (\d)\s+binary\s+12\s+\S+\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
-    assert len(drift_rows) == 10 * fits and {int(f) for _, f in drift_rows} == {12}, out
+    assert len(drift_rows) == 10 * fits and {int(f) for _, f in drift_rows} == {8}, out
     assert {int(k) for k, _ in drift_rows} == set(range(1, fits + 1))
     effect_rows = re.findall(r"^\s*config\.yaml\s+fit \d\s+binary\s+(level|drift)\s+12\s+\S+\s+\S+\s+(\d+)\s",
                              out, re.M)
     assert {c for c, _ in effect_rows} == {"level", "drift"} and {int(f) for _, f in effect_rows} == {2 * comparisons}
     assert len(re.findall(r"\(fit \d, binary judges, n = 12\): smallest decline in mean stability over the dialog "
                           r"\(round 1 to 3\)", out)) == fits, out
+    # the se check is printed per fit; a table of `none` alone cannot check a paired claim, so none is quoted
+    assert out.count("## Standard error of each claim") == 1 and re.search(r"^\s*drift \(agent\)\s+\S+\s+\S+", out, re.M)
+    assert len(re.findall(r"smallest difference from no intervention in the level: not quoted", out)) == fits, out
     # a config with more rounds than the fitted study: one line, not a traceback
     proc = subprocess.run(bench + ["--configs", "configs/laptop.yaml"], cwd=REPO, capture_output=True, text=True,
                           timeout=600)

@@ -163,3 +163,26 @@ def test_a_bad_manifest_is_one_line_naming_the_file(tmp_path):
                            str(tmp_path / "results/x")], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"personadrift: error: {bad}: format: not a manifest of format 1 (personadrift study-manifest writes one)")
+
+
+def test_claims_fixed_by_design_are_in_the_manifest_untested_and_every_other_claim_in_one_family(tmp_path):
+    """The manifest's claims from a drift table holding the control: the shift minus the control's
+    and the control's own shift say why they are not tested; the rest carry their Holm p."""
+    from personadrift.analysis import simulate as sim
+    from personadrift.analysis.stats import change_over_dialog
+    from personadrift.steps.robustness import robustness_table
+    from personadrift.steps.verify import claims_of
+
+    design = sim.drifting(12, rounds=3, drop=1.0, effects={"none": 0.0, "control": 0.0})
+    change = tmp_path / "change.csv"
+    change_over_dialog(sim.simulate_scores(design, seed=0)).to_csv(change, index=False)
+    claims = claims_of("tables/none/change.csv", change)
+    untested = [c for c in claims if c["verdict"].startswith("not tested")]
+    assert len(claims) == 12 and len(untested) == 4 and all(c["p_holm"] is None for c in untested)
+    assert {c["claim"].split(": ")[1].rsplit(",", 1)[0] for c in untested} == {
+        "none agent shift minus control", "none user shift minus control", "control agent shift", "control user shift"}
+    assert all(c["p_holm"] is not None for c in claims if c not in untested)
+    # an untested claim is never counted as significant across seeds
+    by_claim = {c["claim"]: c for c in claims}
+    table = robustness_table({0: by_claim, 1: by_claim}, reference_seed=0)
+    assert (table.loc[table["verdict"].str.startswith("not tested"), "significant_share"] == 0).all()

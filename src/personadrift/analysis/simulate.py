@@ -7,9 +7,16 @@ persona pairs. Its truth is known:
 
 * conversation i, setting s, kind k, round r: the probe's expected score is
   p = sigmoid(logit_k[r] + effect_s * [r >= 1] + drift_effect_s * (r - 1) / (R - 1) * [r >= 1]
-  + b_ik + d_ik * r / R + u_ikr), where b_ik ~ N(0, ``spread``^2) is the conversation's own
-  level and d_ik ~ N(0, ``drift_sd``^2) its own drift (both the same across settings: common
-  persona pairs and seeds) and u_ikr ~ N(0, ``round_noise``^2) a conversation-and-round wobble;
+  + b_ik + d_isk * r / R + u_iskr + e_is * [r >= 1]), where b_ik ~ N(0, ``spread``^2) is the
+  conversation's own level (the same in every setting: common persona pairs and seeds),
+  d_isk ~ N(0, ``drift_sd``^2) its own drift and u_iskr ~ N(0, ``round_noise``^2) a
+  conversation-and-round wobble, each correlated across settings by ``setting_correlation``
+  (1: the same in every setting; real dialogs diverge from the first intervened turn, so a
+  setting's wobble is partly its own), and e_is ~ N(0, ``effect_sd``^2) the conversation's own
+  departure from the planted effect (agent probe, every setting but ``none``);
+* ``stop_share``: per setting, the share of conversations the context policy stops early, each
+  after a dialog round drawn uniformly from 1..R-1 (its later probes unasked: NaN, ``context`` =
+  "overflow", as ``selfchat.context_policy: stop`` leaves them);
 * a ``binary`` judge passes each probe sample with probability p; a ``graded`` judge gives a
   score in [0, 1] drawn from Beta(p * precision, (1 - p) * precision) (mean p); a ``mixed``
   judge is binary for a share ``binary_share`` of the probe samples and graded for the rest (real
@@ -80,6 +87,9 @@ class Design:
     precision: float = 4.0
     drift_effects: dict = field(default_factory=dict)
     binary_share: float = 1.0
+    setting_correlation: float = 1.0
+    effect_sd: float = 0.0
+    stop_share: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("stability", "adoption"):
@@ -93,6 +103,10 @@ class Design:
             raise ValueError(f"Design.binary_share: {self.binary_share}, expected a share in [0, 1]")
         if unknown := set(self.drift_effects) - set(self.effects):
             raise ValueError(f"Design.drift_effects: settings {sorted(unknown)} are not in Design.effects")
+        if unknown := set(self.stop_share) - set(self.effects):
+            raise ValueError(f"Design.stop_share: settings {sorted(unknown)} are not in Design.effects")
+        if not 0.0 <= self.setting_correlation <= 1.0:
+            raise ValueError(f"Design.setting_correlation: {self.setting_correlation}, expected [0, 1]")
 
     def logits(self, setting: str, kind: str) -> np.ndarray:
         base = _logit(self.stability if kind == "agent" else self.adoption)
@@ -108,10 +122,12 @@ class Design:
         share = {"binary": 1.0, "graded": 0.0}.get(self.judge, self.binary_share)
         return share + (1.0 - share) * graded
 
-    def round_sd(self) -> np.ndarray:
-        """Per round: the sd of a conversation's logit around the centre (level, own drift, wobble)."""
+    def round_sd(self, setting: str = "none", kind: str = "agent") -> np.ndarray:
+        """Per round: the sd of a conversation's logit around the centre (level, own drift, wobble,
+        and for an intervened agent probe its own departure from the planted effect)."""
         r = np.arange(self.rounds + 1)
-        return np.sqrt(self.spread**2 + (self.drift_sd * r / self.rounds) ** 2 + self.round_noise**2)
+        own = self.effect_sd**2 * (r >= 1) if kind == "agent" and setting != "none" else 0.0
+        return np.sqrt(self.spread**2 + (self.drift_sd * r / self.rounds) ** 2 + self.round_noise**2 + own)
 
 
 @dataclass(frozen=True)
@@ -173,10 +189,10 @@ def in_shape(design: Design, shape: StudyShape) -> Design:
 
 def truth(design: Design) -> pd.DataFrame:
     """True population mean per setting, kind and round (exact up to quadrature error)."""
-    sds = design.round_sd()
     rows = []
     for s in design.effects:
         for kind in ("agent", "user"):
+            sds = design.round_sd(s, kind)
             for r, lg in enumerate(design.logits(s, kind)):
                 m = float(np.sum(_GH_W * _sigmoid(lg + sds[r] * _GH_X)) / np.sqrt(2 * np.pi))
                 rows.append({"setting": s, "kind": kind, "round": r, "true_mean": m})
@@ -218,14 +234,36 @@ def true_effect(design: Design, setting: str, claim: str = "level", *, curves=No
 
 
 def _population(design: Design, rng, n: int) -> dict:
-    """Each kind's conversation effects: level b, own drift d, round wobble u ([n, R+1])."""
+    """Each kind's conversation effects: (level b [n, 1], own drift d * r / R plus round wobble u
+    [n, R+1]), the parts every setting shares in full (b) or by ``setting_correlation`` (the rest)."""
     R = design.rounds + 1
     r = np.arange(R) / design.rounds
     out = {}
     for kind in ("agent", "user"):
         b = rng.normal(0, design.spread, size=n)
         d = rng.normal(0, design.drift_sd, size=n)
-        out[kind] = b[:, None] + d[:, None] * r[None, :] + rng.normal(0, design.round_noise, (n, R))
+        out[kind] = (b[:, None], d[:, None] * r[None, :] + rng.normal(0, design.round_noise, (n, R)))
+    return out
+
+
+def _own_parts(design: Design, rng, n: int) -> dict:
+    """(setting, kind) -> the setting's own part of each conversation's logit ([n, R+1]): its
+    uncorrelated share of drift and wobble, and its departure from the planted effect. Zero (and
+    no draws, so studies of earlier designs are unchanged) with correlation 1 and no effect sd."""
+    R = design.rounds + 1
+    r = np.arange(R)
+    rho = design.setting_correlation
+    out = {}
+    for s in design.effects:
+        for kind in ("agent", "user"):
+            x = np.zeros((n, R))
+            if rho < 1.0:
+                own = np.sqrt(1.0 - rho**2)
+                x += own * (rng.normal(0, design.drift_sd, size=n)[:, None] * (r / design.rounds)[None, :]
+                            + rng.normal(0, design.round_noise, (n, R)))
+            if design.effect_sd > 0 and kind == "agent" and s != "none":
+                x += rng.normal(0, design.effect_sd, size=n)[:, None] * (r >= 1)[None, :]
+            out[(s, kind)] = x
     return out
 
 
@@ -233,18 +271,37 @@ def simulate_scores(design: Design, seed: int) -> pd.DataFrame:
     """One study's scores table (the columns scoring writes that the statistics read)."""
     rng = np.random.default_rng(seed)
     n, R, k = design.conversations, design.rounds + 1, design.runs
+    rho = design.setting_correlation
     eta = _population(design, rng, n)
+    own = _own_parts(design, np.random.default_rng([seed, 1]), n)
     parts = []
     for s in design.effects:
         for kind in ("agent", "user"):
-            p = _sigmoid(design.logits(s, kind)[None, :] + eta[kind])[:, :, None]
+            b, shared = eta[kind]
+            e = b + (shared if rho == 1.0 else rho * shared)
+            p = _sigmoid(design.logits(s, kind)[None, :] + e + own[(s, kind)])[:, :, None]
             score = _judge(design, p, rng, (n, R, k))
             c, r, j = np.meshgrid(np.arange(n), np.arange(R), np.arange(k), indexing="ij")
             parts.append(pd.DataFrame({
                 "setting": s, "conversation": c.ravel(), "round": r.ravel(), "turn": 2 * r.ravel(),
                 "kind": kind, "sample": j.ravel(), "score": score.ravel(), "context": "ok",
             }))
-    return pd.concat(parts, ignore_index=True)
+    return _stop(design, pd.concat(parts, ignore_index=True), np.random.default_rng([seed, 2]))
+
+
+def _stop(design: Design, scores: pd.DataFrame, rng) -> pd.DataFrame:
+    """Plant ``design.stop_share``: in each setting a share of the conversations stops after a
+    dialog round drawn from 1..R-1; later probes are left unasked (NaN, ``context`` "overflow")."""
+    if not design.stop_share:
+        return scores
+    scores["error"] = ""
+    n = design.conversations
+    for s in design.effects:  # every setting draws, in a fixed order, whatever its share
+        stops = rng.random(n) < design.stop_share.get(s, 0.0)
+        last = np.where(stops, rng.integers(1, max(design.rounds, 2), size=n), design.rounds)
+        gone = scores["setting"].eq(s) & (scores["round"].to_numpy() > last[scores["conversation"].to_numpy()])
+        scores.loc[gone, ["score", "error", "context"]] = [np.nan, "context overflow: probe not asked", "overflow"]
+    return scores
 
 
 def _judge(design: Design, p: np.ndarray, rng, size: tuple) -> np.ndarray:
@@ -268,9 +325,9 @@ def _persona(kind: str, i: int) -> dict:
 
 def study_records(design: Design, seed: int) -> list[dict]:
     """Transcript records (the self-chat step's JSON) whose judged answers are ``simulate_scores``."""
-    if design.judge != "binary":
-        raise ValueError("study_records: transcripts are judged by 'contains' (binary); graded judges are "
-                         "simulated as score tables only (simulate_scores)")
+    if design.judge != "binary" or design.stop_share:
+        raise ValueError("study_records: transcripts are judged by 'contains' (binary) and run every round; "
+                         "graded judges and planted stops are simulated as score tables only (simulate_scores)")
     sc = simulate_scores(design, seed)
     records = []
     for (s, conv), g in sc.groupby(["setting", "conversation"], sort=True):
@@ -324,15 +381,17 @@ def analyse(design: Design, scores: pd.DataFrame, *, method: str, confidence: fl
         tv = true_claim(design, r["setting"], r["kind"], r["claim"], versus, curves=curves)
         name = f"{r['claim']} ({r['kind']})" + (" vs control" if versus else "") + (
             " [control]" if r["setting"] == stats.CONTROL else "")
-        out.append({"claim": name, "covered": r["ci_low"] <= tv <= r["ci_high"],
-                    "significant": bool(r["significant"]), "true_value": tv, "family": int(r["n_comparisons"])})
+        out.append({"claim": name, "covered": r["ci_low"] <= tv <= r["ci_high"], "estimate": r["change"],
+                    "se": r["se"], "significant": bool(r["significant"]), "true_value": tv,
+                    "family": int(r["n_comparisons"])})
     if len([s for s in design.effects if s != stats.CONTROL]) > 1:
         pv = stats.vs_baseline(scores[scores["setting"] != stats.CONTROL], **kw)
         for _, r in pv[pv["setting"] != "none"].iterrows():
             tv = true_effect(design, r["setting"], r["claim"], curves=curves)
             out.append({"claim": f"{r['claim']} vs none" + ("" if r["setting"] == _first(design) else " (others)"),
                         "covered": r["ci_low"] <= tv <= r["ci_high"], "significant": bool(r["significant"]),
-                        "true_value": tv, "family": int(r["n_comparisons"])})
+                        "estimate": r["diff_vs_baseline"], "se": r["se"], "true_value": tv,
+                        "family": int(r["n_comparisons"])})
     return out
 
 
@@ -347,7 +406,8 @@ def check(design: Design, *, studies: int, method: str = "t", confidence: float 
 
     Columns: claim, intervals (how many were scored), coverage, significant_rate (the false-positive
     rate where the truth is 0, the power where it is not), true_value (mean over the claim's targets),
-    family (how many claims its Holm adjustment ran over).
+    simulated_se (the sd of the claim's estimate over the studies), mean_se (the mean of the
+    tables' own standard errors), family (how many claims its Holm adjustment ran over).
     """
     rows = []
     for i in range(studies):
@@ -357,9 +417,13 @@ def check(design: Design, *, studies: int, method: str = "t", confidence: float 
     df = pd.DataFrame(rows)
     if "family" not in df:
         df["family"] = np.nan
+    for col in ("estimate", "se"):
+        if col not in df:
+            df[col] = np.nan
     g = df.groupby("claim", sort=False)
     out = pd.DataFrame({"intervals": g.size(), "coverage": g["covered"].mean(),
                         "significant_rate": g["significant"].mean(), "true_value": g["true_value"].mean(),
+                        "simulated_se": g["estimate"].std(ddof=1), "mean_se": g["se"].mean(),
                         "family": g["family"].max()}).reset_index()
     out.insert(0, "method", method)
     out.insert(1, "n", design.conversations)
@@ -517,3 +581,75 @@ def fit_designs(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
                            stability=centres["agent"], adoption=centres["user"],
                            spread=float(spread), round_noise=float(noise), drift_sd=float(drift_sd)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Power from the data's own variance: the correlation across settings, and the check that the
+# simulated standard error of every claim matches the observed one before any power is quoted.
+
+SE_TOLERANCE = 0.25  # a claim's simulated se within 25% of the observed one (the sd of an se over 48 conversations is ~10%)
+CORRELATIONS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
+
+
+def paired_level_variance(scores: pd.DataFrame, setting: str, baseline: str = "none") -> float:
+    """The between-conversation variance of ``setting``'s level over the dialog minus the baseline's
+    (agent probe, over the rounds both reached, judge errors scored 0)."""
+    sc = stats.treat_judge_errors(scores[scores["kind"] == "agent"])
+    per = {s: stats.per_conversation(sc[sc["setting"] == s]) for s in (setting, baseline)}
+    return float(stats.claim_values(per[setting], "level", versus=per[baseline]).var(ddof=1))
+
+
+def fit_correlation(design: Design, scores: pd.DataFrame, settings: list[str], *, seed: int = 0,
+                    studies: int = 1, population: int = FIT_POPULATION) -> Design:
+    """``design`` with the ``setting_correlation`` (on :data:`CORRELATIONS`) whose simulated variance of
+    the paired level difference is closest (log scale) to the observed one, averaged over the
+    ``settings`` compared with ``none`` in ``scores`` (the laptop study gives three)."""
+    observed = np.mean([paired_level_variance(scores, s) for s in settings])
+    big = replace(design, conversations=population, effects={"none": 0.0, "other": 0.0}, drift_effects={},
+                  stop_share={})
+    best, best_loss = 1.0, np.inf
+    for rho in CORRELATIONS:
+        sim_var = np.mean([paired_level_variance(simulate_scores(replace(big, setting_correlation=float(rho)),
+                                                                 seed=seed * 7919 + i), "other")
+                           for i in range(studies)])
+        loss = abs(np.log(sim_var + 1e-6) - np.log(observed + 1e-6))
+        if loss < best_loss:
+            best, best_loss = float(rho), loss
+    return replace(design, setting_correlation=best)
+
+
+def observed_se(scores: pd.DataFrame, **kw) -> pd.DataFrame:
+    """The standard error of every claim of a study's tables, named as :func:`analyse` names them
+    (the drift figure's with ``none`` and the control; the mitigation figure's, the first setting
+    other than ``none`` and the control as the planted one)."""
+    kw = {"method": "t", "confidence": 0.95, "resamples": 2, **kw}
+    rows = []
+    ch = stats.change_over_dialog(scores[scores["setting"].isin(["none", stats.CONTROL])], **kw)
+    for _, r in ch.iterrows():
+        versus = r["versus"] if isinstance(r["versus"], str) else ""
+        rows.append({"claim": f"{r['claim']} ({r['kind']})" + (" vs control" if versus else "") + (
+            " [control]" if r["setting"] == stats.CONTROL else ""), "observed_se": r["se"]})
+    others = [s for s in sorted(scores["setting"].unique()) if s not in ("none", stats.CONTROL)]
+    if others:
+        pv = stats.vs_baseline(scores[scores["setting"] != stats.CONTROL], **kw)
+        for _, r in pv[pv["setting"] != "none"].iterrows():
+            rows.append({"claim": f"{r['claim']} vs none" + ("" if r["setting"] == others[0] else " (others)"),
+                         "setting": r["setting"], "observed_se": r["se"]})
+    return pd.DataFrame(rows)
+
+
+def se_check(design: Design, scores: pd.DataFrame, *, studies: int = 100, seed: int = 0,
+             tolerance: float = SE_TOLERANCE) -> pd.DataFrame:
+    """Per claim of the fitted study: its observed standard error beside the sd of its estimate
+    over ``studies`` studies simulated from ``design`` (with the study's settings, no planted
+    effect), and whether power may be quoted for it (``quotable``: the two within ``tolerance``,
+    relative). Power for a claim whose simulated se is off says nothing about the study."""
+    obs = observed_se(scores)
+    settings = [s for s in sorted(scores["setting"].unique()) if s != "none"]
+    d = replace(design, effects={"none": 0.0, **{s: 0.0 for s in settings}}, drift_effects={})
+    res = check(d, studies=studies, seed=seed, resamples=2, round_means=False).set_index("claim")
+    out = obs.groupby("claim", sort=False)["observed_se"].mean().to_frame()
+    out["simulated_se"] = res["simulated_se"].reindex(out.index)
+    out["ratio"] = out["simulated_se"] / out["observed_se"]
+    out["quotable"] = (out["ratio"] - 1).abs().le(tolerance)
+    return out.reset_index()

@@ -24,6 +24,7 @@ import pandas as pd
 
 from personadrift.analysis.stats import (
     JUDGE_ERROR_TREATMENT,
+    TESTED,
     TREATMENT_SUFFIX,
     holm,
     mean_interval,
@@ -32,6 +33,7 @@ from personadrift.analysis.stats import (
 )
 
 CHANCE = 0.25
+MMLU_COPIED = "fixed by design: zero (this setting's MMLU table is the baseline's)"
 FORMS = ("letter", "cloze")
 
 
@@ -86,7 +88,11 @@ def tradeoff_rows(settings: list[dict], chosen: set, scores: pd.DataFrame, mmlu:
     over the dialog and MMLU, with intervals, and paired differences from the baseline.
 
     ``stability_diff*`` (level) and ``drift_diff*`` (change over the dialog) are one Holm family
-    across the non-baseline settings (``n_comparisons`` counts both); MMLU is its own family.
+    across the non-baseline settings (``n_comparisons`` counts both), each with its naive ``_se``
+    and persona-clustered ``_se_clustered`` (``analysis.stats.clustered_se``); MMLU is its own
+    family. A setting whose MMLU table is the baseline's copied under its name (``mmlu_copied`` in
+    its dict: it leaves single-turn prompts as the baseline runs them) has an MMLU difference of 0
+    by design: reported, not tested (``mmlu_diff_family`` says so, no p-value).
     Judge errors are scored 0 (``analysis.stats.JUDGE_ERROR_TREATMENT``); ``judge_errors`` counts
     the setting's agent answers in rounds >= 1 whose judge raised, and the ``*_if_dropped``
     columns give both claims with those answers dropped."""
@@ -111,6 +117,8 @@ def tradeoff_rows(settings: list[dict], chosen: set, scores: pd.DataFrame, mmlu:
                         col: get("diff_vs_baseline"), f"{col}_ci_low": get("ci_low"),
                         f"{col}_ci_high": get("ci_high"), f"{col}_p": get("p_value"),
                         f"{col}_p_holm": get("p_holm"), f"{col}_significant": _flag(get("significant")),
+                        f"{col}_se": get("se"), f"{col}_se_clustered": get("se_clustered"),
+                        f"{col}_clustered_by": get("clustered_by") if c is not None else "",
                         f"{col}_if_{alt}": get(f"diff_vs_baseline_if_{alt}"),
                         f"{col}_p_holm_if_{alt}": get(f"p_holm_if_{alt}"),
                         f"{col}_significant_if_{alt}": _flag(get(f"significant_if_{alt}"))})
@@ -119,16 +127,22 @@ def tradeoff_rows(settings: list[dict], chosen: set, scores: pd.DataFrame, mmlu:
         c = claims.loc[(name, "level")] if len(claims) and (name, "level") in claims.index else None
         row["judge_errors"] = int(c["judge_errors"]) if c is not None else 0
         row["n_conversations"] = int(c["n_conversations"]) if c is not None else 0
+        row["n_stopped"] = int(c["n_stopped"]) if c is not None else 0
         mm = mm_all[mm_all["setting"] == name].set_index("index")
         acc = wilson(mm["correct"], confidence)
-        md = None if name == baseline else mean_interval((mm["correct"].astype(float) - base_mm).dropna(), **kw)
+        copied = bool(s.get("mmlu_copied")) and name != baseline
+        d = (mm["correct"].astype(float) - base_mm).dropna()
+        md = None if name == baseline else mean_interval(d, **kw)
         pc = mean_interval(mm["p_correct"], **kw) if "p_correct" in mm else None
         top = float(mm["predicted"].value_counts(normalize=True).max()) if "predicted" in mm and len(mm) else np.nan
         row.update({
             "mmlu_form": form, "mmlu_form_reason": reason,
             "mmlu_accuracy": acc["accuracy"], "mmlu_ci_low": acc["ci_low"], "mmlu_ci_high": acc["ci_high"],
             "mmlu_diff": md.mean if md else 0.0, "mmlu_diff_ci_low": md.low if md else np.nan,
-            "mmlu_diff_ci_high": md.high if md else np.nan, "mmlu_diff_p": md.p_value if md else np.nan,
+            "mmlu_diff_ci_high": md.high if md else np.nan,
+            "mmlu_diff_p": md.p_value if md and not copied else np.nan,
+            "mmlu_diff_se": float(d.std(ddof=1) / np.sqrt(len(d))) if md and len(d) > 1 else np.nan,
+            "mmlu_diff_family": MMLU_COPIED if copied else TESTED if md else "",
             "mmlu_p_correct": pc.mean if pc else np.nan, "mmlu_p_correct_ci_low": pc.low if pc else np.nan,
             "mmlu_p_correct_ci_high": pc.high if pc else np.nan, "mmlu_n": acc["n"],
             "mmlu_top_answer_share": top, "judge_error_treatment": TREATMENT_SUFFIX[JUDGE_ERROR_TREATMENT],

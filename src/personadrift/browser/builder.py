@@ -81,6 +81,7 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
     seen: dict[tuple, Path] = {}
     rounds: set[int] = set()
     means: list = []
+    unasked: list = []
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -115,9 +116,15 @@ def build_browser(transcript_dirs: list, score_csvs: list, out_dir, *, pool_json
             convs["f"].append(entry["flags"])
             convs["n"].append(entry["turns"])
             means.append(entry["means"])
+            unasked.append((s, entry["unasked"]))
+            rounds.update(entry["unasked"])
             for d in entry["means"].values():
                 rounds.update(d)
         round_list = sorted(rounds)
+        for i, item in enumerate(settings.items):  # per round: conversations still running, and stopped early
+            stopped = [sum(1 for s, u in unasked if s == i and r in u) for r in round_list]
+            item["stopped"] = stopped
+            item["running"] = [item["n"] - k for k in stopped]
         for m in means:  # per-round means aligned with the study's rounds (null where none)
             for kind, col in (("agent", "as"), ("user", "us")):
                 convs[col].append([None if r not in m[kind] else round(m[kind][r], 4) for r in round_list])

@@ -182,8 +182,10 @@ def conversation_view(rec: dict, scores: Scores) -> tuple[dict, dict]:
         "created": (rec.get("provenance") or {}).get("created"),
         "git_commit": (rec.get("provenance") or {}).get("git_commit"),
     }
+    # rounds whose probes the context policy left unasked (context_policy: stop ended the dialog)
+    unasked = sorted({int(p["round"]) for p in rec["probes"] if p.get("context") == "overflow"})
     return view, {"setting": setting, "conversation": conv, "agent": rec["agent"], "user": rec["user"],
-                  "topic": rec["topic"], "means": means, "flags": flags, "turns": len(turns)}
+                  "topic": rec["topic"], "means": means, "flags": flags, "turns": len(turns), "unasked": unasked}
 
 
 class JudgeAudit:

@@ -138,18 +138,29 @@ def claims_of(rel: str, path: Path) -> list[dict]:
             versus = f" minus {row['versus']}" if row.get("versus") else ""
             out.append(_claim(f"{rel}: {row['setting']} {row['kind']} {row.get('claim') or 'change'}{versus}, "
                               f"round {row['first_round']} to {row['last_round']}", row, "change", "ci_low",
-                              "ci_high", "p_holm", "significant"))
+                              "ci_high", "p_holm", "significant", family=row.get("family")))
             continue
         for what in ("stability_diff", "drift_diff", "mmlu_diff"):
-            if what not in row or _num(row.get(f"{what}_p_holm")) is None:
+            family = row.get(f"{what}_family")
+            if what not in row or (_num(row.get(f"{what}_p_holm")) is None and not _untested(family)):
                 continue  # the baseline against itself is no claim
             out.append(_claim(f"{rel}: {row['setting']} {what.replace('_', ' ')} vs baseline", row, what,
-                              f"{what}_ci_low", f"{what}_ci_high", f"{what}_p_holm", f"{what}_significant"))
+                              f"{what}_ci_low", f"{what}_ci_high", f"{what}_p_holm", f"{what}_significant",
+                              family=family))
     return out
 
 
-def _claim(claim: str, row: dict, est: str, low: str, high: str, p: str, sig: str) -> dict:
+def _untested(family) -> bool:
+    """A claim its table reports without a test (``family`` other than "holm": fixed by design, or
+    tested in another table); tables without the column test every claim."""
+    return bool(family) and family != "holm"
+
+
+def _claim(claim: str, row: dict, est: str, low: str, high: str, p: str, sig: str, *, family=None) -> dict:
     estimate = _num(row.get(est))
+    if _untested(family):  # reported, not tested: its verdict says why
+        return {"claim": claim, "estimate": estimate, "ci_low": _num(row.get(low)), "ci_high": _num(row.get(high)),
+                "p_holm": None, "verdict": f"not tested: {family}"}
     return {"claim": claim, "estimate": estimate, "ci_low": _num(row.get(low)), "ci_high": _num(row.get(high)),
             "p_holm": _num(row.get(p)),
             "verdict": verdict(estimate if estimate is not None else float("nan"), _truth(row.get(sig)))}

@@ -52,7 +52,7 @@ def robustness_table(by_seed: dict[int, dict[str, dict]], reference_seed: int | 
         row = {
             "claim": claim, "reference_seed": ref_seed, "verdict": ref, "seeds": len(present),
             "holds_share": sum(v == ref for v in verdicts) / len(present),
-            "significant_share": sum(v != "not significant" for v in verdicts) / len(present),
+            "significant_share": sum(v.startswith("significant") for v in verdicts) / len(present),
             "estimate_min": min(estimates) if estimates else None,
             "estimate_median": statistics.median(estimates) if estimates else None,
             "estimate_max": max(estimates) if estimates else None,

@@ -95,7 +95,7 @@ def tradeoff_tables(config: dict, score_csvs: list, mmlu_csvs: list, out_tradeof
     """Per setting: stability over rounds and MMLU, each with intervals and paired differences."""
     from personadrift.analysis.stats import by_round
     from personadrift.analysis.tradeoff import tradeoff_rows
-    from personadrift.interventions.settings import chosen_settings, mitigation_settings
+    from personadrift.interventions.settings import chosen_settings, mitigation_settings, mmlu_from_baseline
 
     sc = config["scoring"]
     kw = {"method": sc.get("method", "t"), "confidence": sc["confidence"], "resamples": sc["resamples"],
@@ -103,7 +103,8 @@ def tradeoff_tables(config: dict, score_csvs: list, mmlu_csvs: list, out_tradeof
     scores = pd.concat([read_table(p) for p in score_csvs], ignore_index=True)
     mmlu = pd.concat([pd.read_csv(p) for p in mmlu_csvs], ignore_index=True)
     compared = mitigation_settings(config["interventions"])  # controls are not (Method.is_control)
-    settings = [{"name": s.name, "family": s.family, "method": s.method, "value": s.value} for s in compared]
+    settings = [{"name": s.name, "family": s.family, "method": s.method, "value": s.value,
+                 "mmlu_copied": mmlu_from_baseline(s)} for s in compared]
     chosen = {"none"} | {s.name for s in chosen_settings(config["interventions"])}
     write_table(tradeoff_rows(settings, chosen, scores, mmlu, **kw), out_tradeoff)
     agent = scores[(scores["kind"] == "agent") & scores["setting"].isin([s.name for s in compared])]

@@ -32,6 +32,7 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
         change_over_dialog,
         judge_error_counts,
         judge_error_flags,
+        stopped_flags,
     )
 
     sc = config["scoring"]
@@ -64,6 +65,9 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
         "judge_errors": int(errors.sum()),
         "judge_errors_by_setting": {str(s): int(n) for s, n in errors.groupby(scores["setting"]).sum().items()},
         "judge_error_treatment": TREATMENT_SUFFIX[JUDGE_ERROR_TREATMENT],
+        # conversations the context policy stopped early (context_policy: stop), per setting
+        "conversations_stopped": {str(s): int(g.loc[stopped_flags(g), "conversation"].nunique())
+                                  for s, g in scores.groupby("setting")},
     }
     atomic_write_json(out_study, study)
 

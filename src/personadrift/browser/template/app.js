@@ -224,13 +224,16 @@
         el('h2', {}, 'Settings'),
         el('table', { id: 'settings' },
           el('tr', {}, el('th', {}, 'setting'), el('th', {}, 'family'), el('th', {}, 'method'), el('th', {}, 'value'), el('th', { class: 'num' }, 'conversations'),
-            el('th', { class: 'num' }, 'stability, first round'), el('th', { class: 'num' }, 'stability, last round'), el('th', {}, 'curve')),
+            el('th', { class: 'num' }, 'stability, first round'), el('th', { class: 'num' }, 'stability, last round'),
+            el('th', { class: 'num', title: 'conversations the context policy stopped before the last round (per round in the tooltip)' }, 'stopped early'), el('th', {}, 'curve')),
           D.settings.map((s, i) => {
             const a = DRIFT[i].agent.filter((x) => x !== null);
             return el('tr', { 'data-setting': s.name },
               el('td', { class: 'nowrap' }, el('span', { class: 'swatch', style: 'background:' + colour(i) }), el('a', { href: link('index', [], { setting: s.name }) }, s.name)),
               el('td', {}, s.family || ''), el('td', {}, s.method || ''), el('td', {}, s.value === null || s.value === undefined ? '' : String(s.value)),
               el('td', { class: 'num' }, String(s.n)), el('td', { class: 'num' }, fmt(a[0])), el('td', { class: 'num' }, fmt(a[a.length - 1])),
+              el('td', { class: 'num stopped', title: D.rounds.map((r, j) => 'round ' + r + ': ' + s.running[j] + ' running, ' + s.stopped[j] + ' stopped').join('\n') },
+                String(s.stopped.length ? Math.max(...s.stopped) : 0)),
               el('td', {}, sparkline(DRIFT[i].agent, DRIFT[i].user)));
           })),
         el('p', { class: 'muted small' }, 'Judge scores in [0, 1]. Stability: the agent answers its own persona\u2019s probe (solid); adoption: it answers the user persona\u2019s probe (dashed). ',
