@@ -170,8 +170,8 @@ def test_claims_fixed_by_design_are_in_the_manifest_untested_and_every_other_cla
     and the control's own shift say why they are not tested; the rest carry their Holm p."""
     from personadrift.analysis import simulate as sim
     from personadrift.analysis.stats import change_over_dialog
-    from personadrift.steps.robustness import robustness_table
-    from personadrift.steps.verify import claims_of
+    from personadrift.reproduce.robustness import robustness_table
+    from personadrift.reproduce.manifest import claims_of
 
     design = sim.drifting(12, rounds=3, drop=1.0, effects={"none": 0.0, "control": 0.0})
     change = tmp_path / "change.csv"
