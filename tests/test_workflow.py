@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # every test here reads (or makes) a real workflo
 def test_smoke_workflow_builds_figures_all_and_tables(smoke):
     manifest = json.loads((smoke / "figures/all").read_text())
     figs = {e["figure"]: e for e in manifest["figures"]}
-    assert "figures/drift_over_rounds.pdf" in figs and "figures/drift_over_rounds.png" in figs
+    assert "figures/smoke/drift_over_rounds.pdf" in figs and "figures/smoke/drift_over_rounds.png" in figs
     for name, entry in figs.items():
         assert hashlib.sha256((smoke / name).read_bytes()).hexdigest() == entry["sha256"]
         assert entry["tables"] and all((smoke / t).exists() for t in entry["tables"])
@@ -34,14 +34,14 @@ def test_rerun_has_nothing_to_do(smoke):
 
 
 def test_one_figure_rebuilds_from_cached_tables_without_the_model(smoke):
-    (smoke / "figures/drift_over_rounds.pdf").unlink()
-    out = snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "-n", "figures/drift_over_rounds.pdf")
+    (smoke / "figures/smoke/drift_over_rounds.pdf").unlink()
+    out = snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "-n", "figures/smoke/drift_over_rounds.pdf")
     plan = out.stdout + out.stderr
     assert "figure" in plan
     for rule in ("selfchat", "calibrate", "fetch_model", "score"):
         assert f"rule {rule}:" not in plan and f"localrule {rule}:" not in plan
-    snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "--cores", "1", "figures/drift_over_rounds.pdf")
-    assert (smoke / "figures/drift_over_rounds.pdf").exists()
+    snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "--cores", "1", "figures/smoke/drift_over_rounds.pdf")
+    assert (smoke / "figures/smoke/drift_over_rounds.pdf").exists()
 
 
 def _job_starts(log: Path) -> list[tuple[time.struct_time, str, str]]:
@@ -171,16 +171,16 @@ def test_control_setting_runs_without_a_user_persona(smoke):
 
 @pytest.mark.slow
 def test_readme_single_figure_command_works_without_activating_the_venv(smoke):
-    """`.venv/bin/snakemake figures/X.pdf` with the venv not on PATH: the rules find the CLI
+    """`.venv/bin/snakemake figures/<study>/X.pdf` with the venv not on PATH: the rules find the CLI
     beside the Python running Snakemake."""
-    (smoke / "figures/example_dialog.pdf").unlink()
+    (smoke / "figures/smoke/example_dialog.pdf").unlink()
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
     proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(smoke),
-                           "figures/example_dialog.pdf", "--cores", "1", "--configfile", str(REPO / "configs/smoke.yaml")],
+                           "figures/smoke/example_dialog.pdf", "--cores", "1", "--configfile", str(REPO / "configs/smoke.yaml")],
                           capture_output=True, text=True, env=env, cwd=smoke)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert (smoke / "figures/example_dialog.pdf").exists()
+    assert (smoke / "figures/smoke/example_dialog.pdf").exists()
 
 
 def test_readme_make_figure_command_rebuilds_one_figure(smoke):
@@ -189,13 +189,13 @@ def test_readme_make_figure_command_rebuilds_one_figure(smoke):
     venv = BIN.parent
     if not (venv / ".installed").exists():
         pytest.skip(f"{venv} was not made by `make setup` (no .installed marker); make would build a new venv")
-    (smoke / "figures/drift_over_rounds.pdf").unlink()
+    (smoke / "figures/smoke/drift_over_rounds.pdf").unlink()
     # -o: never rebuild the venv from here, whatever the timestamps of requirements.txt say
     proc = subprocess.run(["make", "-C", str(REPO), "-o", str(venv / ".installed"), "figure", "NAME=drift_over_rounds", f"DIR={smoke}",
                            "CONFIG=configs/smoke.yaml", f"VENV={venv}", "CORES=1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert (smoke / "figures/drift_over_rounds.pdf").exists()
+    assert (smoke / "figures/smoke/drift_over_rounds.pdf").exists()
     assert "selfchat" not in proc.stdout + proc.stderr  # no model job: the figure is drawn from tables
 
 
@@ -247,7 +247,7 @@ def test_table_and_figure_steps_do_not_import_torch(smoke, tmp_path):
 def _figure_tables(smoke, name):
     """The tables figure ``name`` is drawn from, as the smoke run's manifest lists them."""
     manifest = json.loads((smoke / "figures/all").read_text())
-    entry = next(e for e in manifest["figures"] if e["figure"] == f"figures/{name}.pdf")
+    entry = next(e for e in manifest["figures"] if e["figure"] == f"figures/smoke/{name}.pdf")
     return [str(smoke / t) for t in entry["tables"]]
 
 
