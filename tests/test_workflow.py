@@ -279,3 +279,48 @@ def test_drift_tables_hold_the_claims_judge_errors_and_fit_a_design(smoke):
     observed = treat_judge_errors(none).groupby(["kind", "round"])["score"].mean()
     fitted = sim.truth(fit).set_index(["kind", "round"])["true_mean"]
     assert (observed - fitted).abs().max() < 0.02  # the fitted study has the smoke study's round means
+
+
+def _digests(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_two_studies_in_one_folder_keep_both_sets_of_figures(smoke, tmp_path):
+    """A second study (the smoke config under another study name) run after the smoke study in
+    the same working folder (a copy of the session's): each study's figures and manifest stay in
+    figures/<study>/, figures/all follows the configured study, the comparison reads both
+    studies' results folders, and going back to the first study redraws no figure."""
+    import shutil
+
+    import yaml
+
+    work = tmp_path / "work"
+    shutil.copytree(smoke, work, symlinks=True)
+    first = _digests(work / "figures/smoke")
+    assert (work / "figures/all").read_text() == (work / "figures/smoke/all").read_text()
+    cfg = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    cfg["study"] = "smoke-b"
+    cfg["compare"] = {"studies": ["results/smoke", "results/smoke-b"]}
+    other = tmp_path / "smoke-b.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+
+    snakemake(work, "--configfile", other, "--cores", "2", "figures/all", "figures/smoke-b/comparison.png")
+    assert _digests(work / "figures/smoke") == first  # the first study's figures and manifest, untouched
+    manifest = json.loads((work / "figures/smoke-b/all").read_text())
+    assert {e["figure"] for e in manifest["figures"]} == {f.replace("smoke/", "smoke-b/", 1) for f in (
+        e["figure"] for e in json.loads((work / "figures/smoke/all").read_text())["figures"])}
+    for e in manifest["figures"]:
+        assert hashlib.sha256((work / e["figure"]).read_bytes()).hexdigest() == e["sha256"]
+        assert all(t.startswith("results/smoke-b/") for t in e["tables"])
+    assert (work / "figures/all").read_text() == (work / "figures/smoke-b/all").read_text()
+    assert (work / "figures/smoke-b/comparison.png").stat().st_size > 1000
+    assert not list((work / "figures").glob("*.pdf")) and not list((work / "figures").glob("*.png"))
+
+    second = _digests(work / "figures/smoke-b")
+    plan = snakemake(work, "--configfile", str(REPO / "configs/smoke.yaml"), "-n", "figures/all")
+    text = plan.stdout + plan.stderr
+    assert "rule configured_study_figures:" in text and "rule figure:" not in text, text[-3000:]
+    snakemake(work, "--configfile", str(REPO / "configs/smoke.yaml"), "--cores", "1", "figures/all")
+    assert (work / "figures/all").read_text() == (work / "figures/smoke/all").read_text()
+    assert _digests(work / "figures/smoke") == first and _digests(work / "figures/smoke-b") == second

@@ -154,7 +154,8 @@ MMLU form (letter or cloze) whose no-intervention accuracy is above chance (pape
 )
 
 BY_NAME: dict[str, Figure] = {f.name: f for f in FIGURES}
-assert len(BY_NAME) == len(FIGURES), "two figures share a name"
+if len(BY_NAME) != len(FIGURES):
+    raise ValueError("two figures in catalog.FIGURES share a name")
 
 
 def study_figures(*, internals: bool = True) -> list[Figure]:
