@@ -119,3 +119,14 @@ def test_the_drift_figures_caption_is_three_sentences_with_the_fitted_ends(drift
     assert f"from {a:.2f} (round {d.first_round}) to {b:.2f} (round {d.last_round}) on the fitted line" in text
     # the observed end-round means are not what the caption quotes when they differ from the fit
     assert (round(d.first_mean, 2), round(d.last_mean, 2)) != (round(a, 2), round(b, 2))
+
+
+def test_the_drift_caption_counts_the_verdicts_the_other_judge_error_treatment_changes():
+    from personadrift.figures.drift import judge_error_note
+
+    change = pd.DataFrame({"significant": [True, False, True], "significant_if_dropped": [False, False, True]})
+    assert judge_error_note(change, {"judge_errors": 0}) == ""
+    assert judge_error_note(change, {"judge_errors": 3}) == (
+        "3 answers could not be judged and are scored 0 (dropped instead, 1 claim changes verdict)")
+    same = change.assign(significant_if_dropped=change["significant"])
+    assert judge_error_note(same, {"judge_errors": 3}).endswith("(dropped instead, no claims change verdict)")

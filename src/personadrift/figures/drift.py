@@ -69,7 +69,8 @@ def judge_error_note(change: pd.DataFrame, study: dict) -> str:
     col = f"significant_if_{other}"
     if col in change:
         flips = int((change["significant"].astype(bool) != change[col].fillna(False).astype(bool)).sum())
-        text += f" ({said[other]} instead, {flips or 'no'} claim{'s' if flips != 1 else ''} change verdict)"
+        changes = "1 claim changes" if flips == 1 else f"{flips or 'no'} claims change"
+        text += f" ({said[other]} instead, {changes} verdict)"
     return text
 
 
