@@ -1,7 +1,10 @@
 # The README's commands:
 #   make figures              set up the venv, then build figures/all on the embedded default model
-#   make figure NAME=drift_over_rounds   rebuild one figure (PDF and PNG) from its cached tables
-#                             (DIR=folder: of a study run in another working folder)
+#   make figure NAME=drift_over_rounds   rebuild one figure (PDF and PNG) of CONFIG's study from its
+#                             cached tables, in figures/<study>/ (DIR=folder: of a study run in
+#                             another working folder)
+#   make figure-docs          rewrite report/figure.rst and the README's reviewer's map from the
+#                             figure catalog (src/personadrift/figures/catalog.py)
 #   make validate CONFIG=configs/paper.yaml   the workflow's own config check, without running anything
 #   make verify               compare results/embedded-default with the committed manifest
 #                             (expected/embedded-default.manifest.json): "identical", or per setting
@@ -24,7 +27,7 @@ export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 CORES ?= 2
 
-.PHONY: setup figures figure validate verify expected robustness test lint report rulegraph clean-results
+.PHONY: setup figures figure figure-docs validate verify expected robustness test lint report rulegraph clean-results
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,11 +67,16 @@ robustness: setup
 NAME ?= drift_over_rounds
 CONFIG ?= config.yaml
 DIR ?=
+# the study's figures are under figures/<study>/ (the study named by CONFIG)
 figure: setup
-	snakemake figures/$(NAME).pdf figures/$(NAME).png --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(abspath $(CONFIG))) $(if $(DIR),--snakefile $(abspath Snakefile) --directory $(DIR))
+	study=$$(python -c 'import sys; from personadrift.config import load_config; print(load_config(sys.argv[1])["study"])' $(CONFIG)) && \
+	snakemake "figures/$$study/$(NAME).pdf" "figures/$$study/$(NAME).png" --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(abspath $(CONFIG))) $(if $(DIR),--snakefile $(abspath Snakefile) --directory $(DIR))
 
 validate: setup
 	personadrift validate --config $(CONFIG)
+
+figure-docs: setup
+	personadrift figure-docs
 
 # the tests start with the linters: a finding fails `make test` before the suite runs
 test: setup lint

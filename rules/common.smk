@@ -14,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 try:
     from personadrift.config import check_config, deep_merge, read_yaml
     from personadrift.errors import PersonaDriftError
+    from personadrift.figures.catalog import study_figures, table_refs
     from personadrift.generation.selfchat import n_shards
     from personadrift.interventions.settings import (
         expand_settings,
@@ -58,6 +59,8 @@ shell.prefix(f'set -euo pipefail; personadrift() {{{{ {_PD} "$@"; }}}}; ')
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
+# each study's figures in their own folder: another study never overwrites them
+FIGURES = f"figures/{STUDY}"
 # wall time, memory and CPU of every job (Snakemake benchmark files): bench/timings.py reads them
 BENCHMARKS = f"benchmarks/{STUDY}"
 
@@ -196,6 +199,15 @@ def drift_table_files(setting):
         expand(rules.drift_tables.output[k], setting=setting)[0]
         for k in ("by_round", "change", "study")
     ]
+
+
+def figure_tables(fig):
+    """The tables figure ``fig`` is drawn from: its declared rule outputs, for the baseline."""
+    paths = []
+    for rule, key in table_refs(fig):
+        output = getattr(rules, rule).output
+        paths += expand(output[key] if key else output[0], setting="none")
+    return [str(p) for p in paths]
 
 
 def comparison_tables(wildcards):

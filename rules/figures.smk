@@ -1,32 +1,16 @@
-# Figures: each depends on small tables only, so any one rebuilds in seconds.
-# figures/all is a manifest of every figure with its sha256 and source tables.
+# Figures: each depends on small tables only, so any one rebuilds in seconds. Each study's
+# figures land in figures/<study>/ (FIGURES), so studies never overwrite each other's;
+# figures/<study>/all is a manifest of every figure with its sha256 and source tables, and
+# figures/all is that manifest's copy for the configured study (the default target).
 
+
+# Each figure's tables, in its function's argument order, from its one declaration
+# (src/personadrift/figures/catalog.py): an API model gets the dialog figures only (attention
+# and MMLU need the model's internals).
 FIGURE_TABLES = {
-    "drift_over_rounds": drift_table_files("none"),
-    "example_dialog": rules.example_dialog.output,
-    "attention_decay": [
-        rules.attention.output.per_token,
-        rules.attention.output.per_layer_round,
-    ],
-    "attention_vs_stability": rules.attention_vs_stability.output,
-    "mitigation_over_rounds": [
-        rules.tradeoff.output.by_round,
-        rules.tradeoff.output.tradeoff,
-    ],
-    "tradeoff_stability_mmlu": [rules.tradeoff.output.tradeoff],
-    "theory_attention_decay": [
-        rules.attention.output.theory_curve,
-        rules.attention.output.theory_fits,
-        rules.attention.output.theory_synthetic,
-    ],
+    fig.name: figure_tables(fig)
+    for fig in study_figures(internals=config["backend"] != "openai")
 }
-FIGURE_TABLES = {k: [str(p) for p in v] for k, v in FIGURE_TABLES.items()}
-
-# Attention and MMLU need the model's internals: an API model gets the dialog figures only.
-if config["backend"] == "openai":
-    FIGURE_TABLES = {
-        k: FIGURE_TABLES[k] for k in ("drift_over_rounds", "example_dialog")
-    }
 
 # The drift tables of every control setting (e.g. the length-only control), built with
 # figures/all so the drift figure can be read beside them.
@@ -37,6 +21,7 @@ localrules:
     figure,
     compare,
     all_figures,
+    configured_study_figures,
     all,
 
 
@@ -44,9 +29,9 @@ rule figure:
     input:
         lambda wildcards: FIGURE_TABLES[wildcards.name],
     output:
-        pdf="figures/{name}.pdf",
+        pdf=f"{FIGURES}/{{name}}.pdf",
         png=report(
-            "figures/{name}.png",
+            f"{FIGURES}/{{name}}.png",
             caption="../report/figure.rst",
             category="Figures",
             labels={"figure": "{name}"},
@@ -66,13 +51,15 @@ rule figure:
 
 rule all_figures:
     input:
-        figures=expand("figures/{name}.{ext}", name=FIGURE_TABLES, ext=("pdf", "png")),
+        figures=expand(
+            f"{FIGURES}/{{name}}.{{ext}}", name=FIGURE_TABLES, ext=("pdf", "png")
+        ),
         browser=f"{RESULTS}/browser",
         controls=CONTROL_TABLES,
         # the study's outputs manifest (rules/verify.smk), which a rerun is verified against
         outputs=f"{RESULTS}/manifest.json",
     output:
-        "figures/all",
+        f"{FIGURES}/all",
     log:
         f"{LOGS}/figures/all.log",
     benchmark:
@@ -82,7 +69,7 @@ rule all_figures:
     params:
         tables=json.dumps(
             {
-                f"figures/{name}.{ext}": tables
+                f"{FIGURES}/{name}.{ext}": tables
                 for name, tables in FIGURE_TABLES.items()
                 for ext in ("pdf", "png")
             }
@@ -91,13 +78,36 @@ rule all_figures:
         "personadrift manifest --out {output:q} --figure-tables {params.tables:q} {input.figures:q} > {log:q} 2>&1"
 
 
+# `snakemake figures/all`: every figure of the configured study. A copy of its manifest, rebuilt
+# whenever the configured study changes (params), so running another study rewrites this copy
+# only, never the first study's figures/<study>/.
+rule configured_study_figures:
+    input:
+        rules.all_figures.output[0],
+    output:
+        "figures/all",
+    log:
+        f"{LOGS}/figures/configured_study.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        study=STUDY,
+    shell:
+        "cp {input:q} {output:q} > {log:q} 2>&1"
+
+
 # Several studies side by side (compare.studies), the paper's two-model layout.
 rule compare:
     input:
         comparison_tables,
     output:
-        pdf="figures/comparison.pdf",
-        png="figures/comparison.png",
+        pdf=f"{FIGURES}/comparison.pdf",
+        png=report(
+            f"{FIGURES}/comparison.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "comparison"},
+        ),
     log:
         f"{LOGS}/figures/comparison.log",
     benchmark:

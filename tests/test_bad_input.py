@@ -296,7 +296,7 @@ FAKE_RESULTS = {
     "results/smoke/scores/none.csv": "setting,conversation,round\nnone,0,1\n",
     "results/smoke/tables/none/by_round.csv": "setting,kind,round,mean\nnone,agent,1,0.5\n",
     "results/smoke/personas.json": "[]\n",
-    "figures/drift_over_rounds.png": b"\x89PNG fake",
+    "figures/smoke/drift_over_rounds.png": b"\x89PNG fake",
 }  # no figures/all: were the bad config accepted, the real run would have work to do
 OLD = 1_600_000_000  # a fixed past mtime, so any rewrite shows
 

@@ -1,4 +1,4 @@
-"""figures/comparison: several studies' drift curves side by side (rule compare, personadrift compare)."""
+"""figures/<study>/comparison: several studies' drift curves side by side (rule compare, personadrift compare)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_missing_tables_and_odd_arguments_are_named(tmp_path):
 def test_an_empty_study_list_stops_planning_naming_the_key(tmp_path):
     from support.workflow import snakemake
 
-    out = snakemake(tmp_path, "--configfile", REPO / "configs" / "smoke.yaml", "-n", "figures/comparison.png",
+    out = snakemake(tmp_path, "--configfile", REPO / "configs" / "smoke.yaml", "-n", "figures/smoke/comparison.png",
                     check=False)
     assert out.returncode != 0 and "compare.studies is empty" in out.stdout + out.stderr
 
@@ -58,12 +58,12 @@ def test_two_studies_one_through_the_api_server_side_by_side(smoke, tmp_path):
         cfg["compare"] = {"studies": [str(smoke / "results" / "smoke"), "results/api-smoke"]}
         (tmp_path / "api.yaml").write_text(yaml.safe_dump(cfg))
         # the API study's own tables are built by the comparison's rule; the smoke study's exist
-        snakemake(tmp_path, "--configfile", str(tmp_path / "api.yaml"), "--cores", "2", "figures/comparison.png")
+        snakemake(tmp_path, "--configfile", str(tmp_path / "api.yaml"), "--cores", "2", "figures/api-smoke/comparison.png")
     finally:
         server.terminate()
         server.wait(timeout=30)
     for ext in ("png", "pdf"):
-        assert (tmp_path / f"figures/comparison.{ext}").stat().st_size > 1000
+        assert (tmp_path / f"figures/api-smoke/comparison.{ext}").stat().st_size > 1000
     dirs = [smoke / "results" / "smoke", tmp_path / "results" / "api-smoke"]
     tables = [t for d in dirs for t in study_tables(d)]
     _check_panels(comparison(*tables), dirs)

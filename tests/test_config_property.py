@@ -87,7 +87,7 @@ def digest(folder: Path) -> dict:
 def existing(tmp_path_factory):
     """A working directory with results already computed (the check must leave them alone)."""
     work = tmp_path_factory.mktemp("existing")
-    for name in ("results/embedded-default/scores/none.csv", "figures/drift_over_rounds.png", "config.yaml"):
+    for name in ("results/embedded-default/scores/none.csv", "figures/embedded-default/drift_over_rounds.png", "config.yaml"):
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(f"{name}\n")
     return work

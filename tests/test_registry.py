@@ -128,8 +128,8 @@ def toy_study(tmp_path_factory, toy_site):
     path (PYTHONPATH), and only there."""
     work = tmp_path_factory.mktemp("toy-study")
     (work / "toy.yaml").write_text(yaml.safe_dump(toy_config()))
-    snakemake(work, "--configfile", work / "toy.yaml", "--cores", "2", "figures/tradeoff_stability_mmlu.png",
-              "figures/mitigation_over_rounds.png", env=env_with(toy_site))
+    snakemake(work, "--configfile", work / "toy.yaml", "--cores", "2", "figures/toy/tradeoff_stability_mmlu.png",
+              "figures/toy/mitigation_over_rounds.png", env=env_with(toy_site))
     return work
 
 
@@ -144,8 +144,8 @@ def test_the_toy_method_runs_through_the_smoke_dag(toy_study):
     trade = pd.read_csv(next(res.rglob("tradeoff.csv")))
     toy = trade[trade["setting"] == "toy-w2"].iloc[0]
     assert toy["method"] == TOY and toy["mmlu_n"] == 4
-    assert (toy_study / "figures/tradeoff_stability_mmlu.png").stat().st_size > 0
-    assert (toy_study / "figures/mitigation_over_rounds.png").stat().st_size > 0
+    assert (toy_study / "figures/toy/tradeoff_stability_mmlu.png").stat().st_size > 0
+    assert (toy_study / "figures/toy/mitigation_over_rounds.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # every test here reads (or makes) a real workflo
 def test_smoke_workflow_builds_figures_all_and_tables(smoke):
     manifest = json.loads((smoke / "figures/all").read_text())
     figs = {e["figure"]: e for e in manifest["figures"]}
-    assert "figures/drift_over_rounds.pdf" in figs and "figures/drift_over_rounds.png" in figs
+    assert "figures/smoke/drift_over_rounds.pdf" in figs and "figures/smoke/drift_over_rounds.png" in figs
     for name, entry in figs.items():
         assert hashlib.sha256((smoke / name).read_bytes()).hexdigest() == entry["sha256"]
         assert entry["tables"] and all((smoke / t).exists() for t in entry["tables"])
@@ -34,14 +34,14 @@ def test_rerun_has_nothing_to_do(smoke):
 
 
 def test_one_figure_rebuilds_from_cached_tables_without_the_model(smoke):
-    (smoke / "figures/drift_over_rounds.pdf").unlink()
-    out = snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "-n", "figures/drift_over_rounds.pdf")
+    (smoke / "figures/smoke/drift_over_rounds.pdf").unlink()
+    out = snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "-n", "figures/smoke/drift_over_rounds.pdf")
     plan = out.stdout + out.stderr
     assert "figure" in plan
     for rule in ("selfchat", "calibrate", "fetch_model", "score"):
         assert f"rule {rule}:" not in plan and f"localrule {rule}:" not in plan
-    snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "--cores", "1", "figures/drift_over_rounds.pdf")
-    assert (smoke / "figures/drift_over_rounds.pdf").exists()
+    snakemake(smoke, "--configfile", str(REPO / "configs/smoke.yaml"), "--cores", "1", "figures/smoke/drift_over_rounds.pdf")
+    assert (smoke / "figures/smoke/drift_over_rounds.pdf").exists()
 
 
 def _job_starts(log: Path) -> list[tuple[time.struct_time, str, str]]:
@@ -171,16 +171,16 @@ def test_control_setting_runs_without_a_user_persona(smoke):
 
 @pytest.mark.slow
 def test_readme_single_figure_command_works_without_activating_the_venv(smoke):
-    """`.venv/bin/snakemake figures/X.pdf` with the venv not on PATH: the rules find the CLI
+    """`.venv/bin/snakemake figures/<study>/X.pdf` with the venv not on PATH: the rules find the CLI
     beside the Python running Snakemake."""
-    (smoke / "figures/example_dialog.pdf").unlink()
+    (smoke / "figures/smoke/example_dialog.pdf").unlink()
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
     proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(smoke),
-                           "figures/example_dialog.pdf", "--cores", "1", "--configfile", str(REPO / "configs/smoke.yaml")],
+                           "figures/smoke/example_dialog.pdf", "--cores", "1", "--configfile", str(REPO / "configs/smoke.yaml")],
                           capture_output=True, text=True, env=env, cwd=smoke)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert (smoke / "figures/example_dialog.pdf").exists()
+    assert (smoke / "figures/smoke/example_dialog.pdf").exists()
 
 
 def test_readme_make_figure_command_rebuilds_one_figure(smoke):
@@ -189,13 +189,13 @@ def test_readme_make_figure_command_rebuilds_one_figure(smoke):
     venv = BIN.parent
     if not (venv / ".installed").exists():
         pytest.skip(f"{venv} was not made by `make setup` (no .installed marker); make would build a new venv")
-    (smoke / "figures/drift_over_rounds.pdf").unlink()
+    (smoke / "figures/smoke/drift_over_rounds.pdf").unlink()
     # -o: never rebuild the venv from here, whatever the timestamps of requirements.txt say
     proc = subprocess.run(["make", "-C", str(REPO), "-o", str(venv / ".installed"), "figure", "NAME=drift_over_rounds", f"DIR={smoke}",
                            "CONFIG=configs/smoke.yaml", f"VENV={venv}", "CORES=1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert (smoke / "figures/drift_over_rounds.pdf").exists()
+    assert (smoke / "figures/smoke/drift_over_rounds.pdf").exists()
     assert "selfchat" not in proc.stdout + proc.stderr  # no model job: the figure is drawn from tables
 
 
@@ -247,7 +247,7 @@ def test_table_and_figure_steps_do_not_import_torch(smoke, tmp_path):
 def _figure_tables(smoke, name):
     """The tables figure ``name`` is drawn from, as the smoke run's manifest lists them."""
     manifest = json.loads((smoke / "figures/all").read_text())
-    entry = next(e for e in manifest["figures"] if e["figure"] == f"figures/{name}.pdf")
+    entry = next(e for e in manifest["figures"] if e["figure"] == f"figures/smoke/{name}.pdf")
     return [str(smoke / t) for t in entry["tables"]]
 
 
@@ -279,3 +279,48 @@ def test_drift_tables_hold_the_claims_judge_errors_and_fit_a_design(smoke):
     observed = treat_judge_errors(none).groupby(["kind", "round"])["score"].mean()
     fitted = sim.truth(fit).set_index(["kind", "round"])["true_mean"]
     assert (observed - fitted).abs().max() < 0.02  # the fitted study has the smoke study's round means
+
+
+def _digests(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_two_studies_in_one_folder_keep_both_sets_of_figures(smoke, tmp_path):
+    """A second study (the smoke config under another study name) run after the smoke study in
+    the same working folder (a copy of the session's): each study's figures and manifest stay in
+    figures/<study>/, figures/all follows the configured study, the comparison reads both
+    studies' results folders, and going back to the first study redraws no figure."""
+    import shutil
+
+    import yaml
+
+    work = tmp_path / "work"
+    shutil.copytree(smoke, work, symlinks=True)
+    first = _digests(work / "figures/smoke")
+    assert (work / "figures/all").read_text() == (work / "figures/smoke/all").read_text()
+    cfg = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    cfg["study"] = "smoke-b"
+    cfg["compare"] = {"studies": ["results/smoke", "results/smoke-b"]}
+    other = tmp_path / "smoke-b.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+
+    snakemake(work, "--configfile", other, "--cores", "2", "figures/all", "figures/smoke-b/comparison.png")
+    assert _digests(work / "figures/smoke") == first  # the first study's figures and manifest, untouched
+    manifest = json.loads((work / "figures/smoke-b/all").read_text())
+    assert {e["figure"] for e in manifest["figures"]} == {f.replace("smoke/", "smoke-b/", 1) for f in (
+        e["figure"] for e in json.loads((work / "figures/smoke/all").read_text())["figures"])}
+    for e in manifest["figures"]:
+        assert hashlib.sha256((work / e["figure"]).read_bytes()).hexdigest() == e["sha256"]
+        assert all(t.startswith("results/smoke-b/") for t in e["tables"])
+    assert (work / "figures/all").read_text() == (work / "figures/smoke-b/all").read_text()
+    assert (work / "figures/smoke-b/comparison.png").stat().st_size > 1000
+    assert not list((work / "figures").glob("*.pdf")) and not list((work / "figures").glob("*.png"))
+
+    second = _digests(work / "figures/smoke-b")
+    plan = snakemake(work, "--configfile", str(REPO / "configs/smoke.yaml"), "-n", "figures/all")
+    text = plan.stdout + plan.stderr
+    assert "rule configured_study_figures:" in text and "rule figure:" not in text, text[-3000:]
+    snakemake(work, "--configfile", str(REPO / "configs/smoke.yaml"), "--cores", "1", "figures/all")
+    assert (work / "figures/all").read_text() == (work / "figures/smoke/all").read_text()
+    assert _digests(work / "figures/smoke") == first and _digests(work / "figures/smoke-b") == second

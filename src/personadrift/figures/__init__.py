@@ -1,40 +1,29 @@
 """Figures: each is drawn from small tables only, so any figure rebuilds in seconds.
 
-``draw(name, tables, outputs)`` looks the figure up in ``FIGURES`` and writes every output
-(PDF and PNG) from one matplotlib figure.
+Every figure is declared once in ``catalog.FIGURES`` (its function, tables, captions);
+``draw(name, tables, outputs)`` imports its function and writes every output (PDF and PNG)
+from one matplotlib figure. Importing this package loads no matplotlib: the workflow reads the
+catalog while parsing the DAG.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from importlib import import_module
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on cluster nodes
-
-FIGURES: dict[str, Callable] = {}
+from personadrift.figures.catalog import BY_NAME
 
 
-def figure(name: str):
-    def deco(fn):
-        FIGURES[name] = fn
-        return fn
+def function(name: str):
+    """The drawing function of figure ``name`` (catalog.FIGURES)."""
+    if name not in BY_NAME:
+        raise KeyError(f"unknown figure {name!r}; known: {sorted(BY_NAME)}")
+    module, attr = BY_NAME[name].draw.split(":")
+    _headless()
+    return getattr(import_module(f"{__name__}.{module}"), attr)
 
-    return deco
 
-
-def draw(name: str, tables: list[str], outputs: list[str]) -> None:
-    from personadrift.figures import drift  # noqa: F401  (registers figures)
-
-    for mod in ("attention", "mitigation", "example", "comparison"):
-        try:
-            __import__(f"{__name__}.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{mod}":
-                raise
-    if name not in FIGURES:
-        raise KeyError(f"unknown figure {name!r}; known: {sorted(FIGURES)}")
-    save(FIGURES[name](*tables), outputs)
+def draw(name: str, tables: list[str], outputs: list[str], **options) -> None:
+    save(function(name)(*tables, **options), outputs)
 
 
 def save(fig, outputs: list[str]) -> None:
@@ -44,6 +33,12 @@ def save(fig, outputs: list[str]) -> None:
     for out in outputs:
         fig.savefig(out, bbox_inches="tight", dpi=150, metadata=_metadata(out))
     plt.close(fig)
+
+
+def _headless() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
 
 
 def _metadata(out: str) -> dict:

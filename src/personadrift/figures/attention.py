@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from personadrift.figures import figure
 from personadrift.figures.style import caption
 
 
@@ -32,7 +31,6 @@ def _boundaries(d: pd.DataFrame) -> list[tuple[int, str]]:
     return list(zip(starts["position"], starts["speaker"]))
 
 
-@figure("attention_decay")
 def attention_decay(per_token_csv: str, per_layer_round_csv: str):
     tok = pd.read_csv(per_token_csv)
     lay = pd.read_csv(per_layer_round_csv)
@@ -70,7 +68,6 @@ def attention_decay(per_token_csv: str, per_layer_round_csv: str):
     return fig
 
 
-@figure("attention_vs_stability")
 def attention_vs_stability(joined_csv: str, correlation_json: str):
     from personadrift.analysis.attention import fixed_effect_residuals
 
@@ -141,7 +138,6 @@ def theory_verdict(fits: pd.DataFrame, threshold: float = 0.5) -> str:
             f"not in layers {_layer_list(bad)}.")
 
 
-@figure("theory_attention_decay")
 def theory_attention_decay(curve_csv: str, fits_csv: str, synthetic_json: str):
     curve = pd.read_csv(curve_csv)
     fits = pd.read_csv(fits_csv)

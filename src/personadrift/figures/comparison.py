@@ -18,7 +18,6 @@ import pandas as pd
 
 from personadrift.analysis.stats import METHOD_NAME
 from personadrift.errors import InputError
-from personadrift.figures import figure
 from personadrift.figures.drift import CONTROL
 from personadrift.figures.style import KIND_COLOR, band, caption
 
@@ -53,7 +52,6 @@ def panel_label(t: StudyTables) -> str:
     return f"{t.study.get('model', '?')} ({t.study.get('study', Path(t.source).parents[2].name)})"
 
 
-@figure("comparison")
 def comparison(*tables: str, setting: str = "none"):
     """One panel per study; ``tables`` are each study's (by_round.csv, study.json), in order."""
     if not tables or len(tables) % 2:

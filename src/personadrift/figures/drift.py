@@ -9,12 +9,10 @@ import numpy as np
 import pandas as pd
 
 from personadrift.analysis.stats import METHOD_NAME
-from personadrift.figures import figure
 from personadrift.figures.style import KIND_COLOR, KIND_LABEL, band, caption
 
 CONTROL = "control"  # the setting whose user bot has no persona (length-only drift)
 WHAT = {"agent": "stability", "user": "adoption"}
-CLAIM_NAME = {"shift": "round-0 shift", "drift": "decline over the dialog"}
 
 
 def _claim(change: pd.DataFrame, setting: str, kind: str, claim: str, versus: str = ""):
@@ -31,65 +29,48 @@ def _stat(r) -> str:
     return f"{r.change:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]{p}"
 
 
-def drift_sentence(change: pd.DataFrame, setting: str = "none", kind: str = "agent") -> str:
-    """One honest sentence on whether this data shows a decline over the dialog's rounds (round 1
-    to the last), with the round-0 shift beside it (Holm-adjusted over the table's claims)."""
-    what = WHAT[kind] + (" in the control" if setting == CONTROL else "")
-    d, s = _claim(change, setting, kind, "drift"), _claim(change, setting, kind, "shift")
-    if d is None and s is None:
-        return f"Too few rounds: no change in {what} can be measured."
-    out = []
-    if d is not None:
-        if d.significant:
-            verb = "fell" if d.change < 0 else "rose"
-            out.append(f"Over the dialog, mean {what} {verb} from {d.first_mean:.2f} (round {d.first_round}) to "
-                       f"{d.last_mean:.2f} (round {d.last_round}); fitted change {_stat(d)}.")
-        else:
-            out.append(f"No significant change in {what} over the dialog was measured (round {d.first_round} "
-                       f"{d.first_mean:.2f}, round {d.last_round} {d.last_mean:.2f}; fitted change {_stat(d)}): "
-                       f"with this model and sample size the data cannot show drift.")
-    if s is not None:
-        verdict = "significant" if s.significant else "not significant"
-        out.append(f"Round-0 shift (round 0, before any dialog, to round {s.last_round}): {s.first_mean:.2f} to "
-                   f"{s.last_mean:.2f}, {_stat(s)} ({verdict}).")
-    return " ".join(out)
+def fitted_ends(by_round: pd.DataFrame, d) -> tuple[float, float]:
+    """The fitted line of drift claim ``d`` at its first and last round: the line with the claim's
+    change (the mean of the per-conversation fitted changes) through the mean of the per-round
+    means over the claim's rounds, so "from a to b" is the same estimate as the claim."""
+    rows = by_round[(by_round["setting"] == d.setting) & (by_round["kind"] == d.kind)
+                    & by_round["round"].between(d.first_round, d.last_round)]
+    span = float(d.last_round - d.first_round)
+    centre = float(rows["round"].mean()) - d.first_round
+    start = float(rows["mean"].mean()) - d.change * centre / span
+    return start, start + d.change
 
 
-def control_sentence(change: pd.DataFrame, kind: str = "agent") -> str:
-    """The difference in differences: the baseline's claims minus the control's, same seeds."""
-    parts = []
-    for claim in ("drift", "shift"):
-        r = _claim(change, "none", kind, claim, versus=CONTROL)
-        if r is not None:
-            verdict = "significant" if r.significant else "not significant"
-            parts.append(f"{CLAIM_NAME[claim]} {_stat(r)} ({verdict})")
-    if not parts:
-        return ""
-    return (f"{WHAT[kind].capitalize()} against the control on the same conversation seeds (difference in "
-            f"differences): " + "; ".join(parts) + ".")
+def verdict_sentence(by_round: pd.DataFrame, change: pd.DataFrame, setting: str = "none",
+                     kind: str = "agent") -> str:
+    """The one verdict the drift figure carries: did stability change over the dialog's rounds."""
+    d = _claim(change, setting, kind, "drift")
+    what = WHAT[kind].capitalize()
+    if d is None:
+        return f"Too few dialog rounds: no change in {WHAT[kind]} over the dialog can be measured."
+    a, b = fitted_ends(by_round, d)
+    ends = f"from {a:.2f} (round {d.first_round}) to {b:.2f} (round {d.last_round}) on the fitted line"
+    if d.significant:
+        verb = "fell" if d.change < 0 else "rose"
+        return f"{what} {verb} significantly over the dialog, {ends}: change {_stat(d)}."
+    return f"{what} did not change significantly over the dialog: {ends}, change {_stat(d)}."
 
 
-def judge_error_sentence(change: pd.DataFrame, study: dict) -> str:
-    """How many answers could not be judged, how they were treated, and what the other treatment changes."""
+def judge_error_note(change: pd.DataFrame, study: dict) -> str:
+    """A clause on answers the judge could not score: how many, their treatment, how many verdicts
+    the other treatment changes ("" when every answer was judged)."""
     n = int(study.get("judge_errors", 0))
     if not n:
-        return "Every answer could be judged."
+        return ""
+    said = {"scored_0": "scored 0", "dropped": "dropped"}
     treatment = study.get("judge_error_treatment", "scored_0")
     other = "dropped" if treatment == "scored_0" else "scored_0"
-    said = {"scored_0": "scored 0", "dropped": "dropped"}
-    text = f"{n} answers could not be judged (the judge raised); they are {said[treatment]}."
+    text = f"{n} answers could not be judged and are {said[treatment]}"
     col = f"significant_if_{other}"
-    if col in change and "claim" in change:
-        flips = change[change["significant"].astype(bool) != change[col].fillna(False).astype(bool)]
-        moved = (change["change"] - change[f"change_if_{other}"]).abs().max()
-        if flips.empty:
-            text += (f" {said[other].capitalize()} instead, no claim changes its verdict (estimates move by at most "
-                     f"{moved:.2f}).")
-        else:
-            names = [f"{CLAIM_NAME[r.claim]} of {WHAT[r.kind]} ({r.setting}"
-                     + (f" vs {r.versus}" if isinstance(r.versus, str) and r.versus else "") + ")"
-                     for r in flips.itertuples()]
-            text += f" {said[other].capitalize()} instead, the verdict changes for: " + "; ".join(names) + "."
+    if col in change:
+        flips = int((change["significant"].astype(bool) != change[col].fillna(False).astype(bool)).sum())
+        changes = "1 claim changes" if flips == 1 else f"{flips or 'no'} claims change"
+        text += f" ({said[other]} instead, {changes} verdict)"
     return text
 
 
@@ -122,7 +103,6 @@ def _context_rounds(df: pd.DataFrame) -> list[int]:
     return sorted(int(r) for r in df.loc[df["context_not_ok"] > 0, "round"].unique())
 
 
-@figure("drift_over_rounds")
 def drift_over_rounds(by_round_csv: str, change_csv: str, study_json: str):
     allr = pd.read_csv(by_round_csv)
     change = pd.read_csv(change_csv)
@@ -151,36 +131,22 @@ def drift_over_rounds(by_round_csv: str, change_csv: str, study_json: str):
     ax.legend(loc="upper right", fontsize=7)
     ax.set_title(f"Persona drift in self-chat: {study['model']}")
     _forest(fax, change)
-    kept = study["personas_kept"]
-    method = study.get("method", "percentile")
-    unit = study["bootstrap_unit"]
-    sentences = [drift_sentence(change, "none", "agent"), drift_sentence(change, "none", "user")]
-    if not ctl.empty:
-        sentences += [drift_sentence(change, CONTROL, "agent"), control_sentence(change, "agent")]
-    n_claims = int(change["n_comparisons"].max()) if "n_comparisons" in change and len(change) else 0
-    text = (
-        f"n = {study['conversations']} conversations x {study['runs']} sample{'s' if study['runs'] != 1 else ''} "
-        "per probe and round; "
-        f"bands: {study['confidence']:.0%} {METHOD_NAME.get(method, method)} over {unit}s. Claims, each on "
-        "per-conversation values with the same interval: the decline over the dialog is the fitted "
-        "(least-squares) change from round 1 to the last round; the round-0 shift is round 1 minus round 0"
-        + ("; against the control, the per-conversation difference of the two settings on the same seeds"
-           if not ctl.empty else "")
-        + f". Significant when the Holm-adjusted p-value (over all {n_claims} claims) is below "
-        f"{1 - study['confidence']:.2g}. "
-        + ("Round 0 is asked before any dialog with fresh seeds (not the calibration that selected the "
-           "personas), so the change from round 0 is not regression to the mean; it measures the dialog's "
-           "arrival in context, not the decline over the dialog. " if study.get("round_zero") else
-           "This study has no round 0: the first point was measured after the first round. ")
-        + " ".join(s for s in sentences if s)
-        + (" Dashed: the control (the user bot has no persona), so drift from dialog length alone can be told "
-           "apart from drift toward the user's persona." if not ctl.empty else "")
-        + (f" Shaded rounds {', '.join(map(str, flagged))}: some prompts did not fit the context as is "
-           f"(truncated or overflow)." if flagged else "")
-        + f" Persona pool: {len(kept)} personas ({study['persona_rule']}); "
-        f"{len(study['personas_dropped'])} dropped."
-        + ("" if study["user_system_prompt"] else " Control: the user bot had no system prompt.")
-        + " " + judge_error_sentence(change, study)
-    )
-    caption(fig, text, width=150)
+    caption(fig, drift_caption(allr, change, study, flagged), width=150)
     return fig
+
+
+def drift_caption(by_round: pd.DataFrame, change: pd.DataFrame, study: dict, flagged: list[int]) -> str:
+    """The figure's own caption, three sentences: what is plotted, the verdict on stability over
+    the dialog, where every other claim is (the report's caption defines them)."""
+    method = study.get("method", "percentile")
+    control = (by_round["setting"] == CONTROL).any()
+    plotted = (f"Mean judge score per round, n = {study['conversations']} conversations x {study['runs']} "
+               f"sample{'s' if study['runs'] != 1 else ''} per probe; bands: {study['confidence']:.0%} "
+               f"{METHOD_NAME.get(method, method)} over {study['bootstrap_unit']}s"
+               + ("; dashed: the control, whose user bot has no persona" if control else "")
+               + (f"; shaded rounds {', '.join(map(str, flagged))}: some prompts did not fit the context"
+                  if flagged else "") + ".")
+    errors = judge_error_note(change, study)
+    rest = ("Every claim (round-0 shift, adoption, against the control), Holm-adjusted together, is in the right "
+            "panel and in tables/none/change.csv" + (f"; {errors}" if errors else "") + ".")
+    return " ".join((plotted, verdict_sentence(by_round, change, "none", "agent"), rest))

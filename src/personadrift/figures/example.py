@@ -7,7 +7,6 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
-from personadrift.figures import figure
 from personadrift.figures.style import caption
 
 WRAP = 95
@@ -17,7 +16,6 @@ def _clip(text: str, n: int = 260) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-@figure("example_dialog")
 def example_dialog(example_json: str):
     ex = json.loads(open(example_json).read())
     lines: list[tuple[str, str, str]] = []  # (who, text, colour)

@@ -6,7 +6,6 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from personadrift.analysis.stats import describe
-from personadrift.figures import figure
 from personadrift.figures.style import band, caption
 from personadrift.interventions import METHODS
 
@@ -77,7 +76,6 @@ def _errors_sentence(t: pd.DataFrame) -> str:
                    else " Dropped instead, no claim changes its verdict.")
 
 
-@figure("mitigation_over_rounds")
 def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
     rounds = pd.read_csv(by_round_csv)
     trade = pd.read_csv(tradeoff_csv)
@@ -107,7 +105,6 @@ def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
     return fig
 
 
-@figure("tradeoff_stability_mmlu")
 def tradeoff_stability_mmlu(tradeoff_csv: str):
     t = pd.read_csv(tradeoff_csv)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
