@@ -247,6 +247,17 @@ def test_smoke_study_as_inspect_logs_read_back_and_in_inspect_view(smoke, chromi
     results = Path(smoke) / "results" / "smoke"
     logs = check_logs_against_study(results / "inspect", results)
     assert sum(len(lg.samples) for lg in logs.values()) == 3 * 5  # 3 conversations x 5 settings
+    # each round score's mean over conversations is the study's own by-round estimate
+    by_round = pd.concat([read_table(p) for p in sorted(results.glob("tables/*/by_round.csv"))])
+    table = {(r.setting, r.kind, int(r.round)): r.mean for r in by_round.itertuples()}
+    compared = set()
+    for setting, log in logs.items():
+        for ev in log.results.scores:
+            key = (setting, "agent" if ev.name.startswith("stability") else "user", int(ev.name.rsplit("_", 1)[1]))
+            if key in table:
+                assert ev.metrics["mean"].value == pytest.approx(table[key]), key
+                compared.add(setting)
+    assert {"none", "control"} <= compared
 
     # Inspect's own static viewer of the log folder, served on 127.0.0.1, in headless Chromium
     bundle = tmp_path / "bundle"
