@@ -79,9 +79,9 @@ def wait_for_text(exe: str, url: str, needles: list[str], *, timeout: float = 12
             os.dup2(r, 3)
             os.dup2(w, 4)
 
-        proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", url],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=child_fds,
-                                pass_fds=(3, 4))
+        proc = subprocess.Popen(
+            [exe, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=child_fds, pass_fds=(3, 4))
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         reader = os.fdopen(from_chrome_r, "rb")
@@ -114,10 +114,12 @@ def wait_for_text(exe: str, url: str, needles: list[str], *, timeout: float = 12
             deadline = time.monotonic() + timeout
             page = None
             while page is None and time.monotonic() < deadline:
-                page = next((t for t in call("Target.getTargets")["targetInfos"] if t["type"] == "page"), None)
+                targets = call("Target.getTargets")["targetInfos"]
+                page = next((t for t in targets if t["type"] == "page"), None)
             if page is None:
                 raise TimeoutError(f"chromium opened no page for {url}")
-            session = call("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
+            attached = call("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})
+            session = attached["sessionId"]
             while time.monotonic() < deadline:
                 got = call("Runtime.evaluate", {"expression": "document.body ? document.body.innerText : ''",
                                                 "returnByValue": True}, session)
