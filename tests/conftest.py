@@ -31,6 +31,35 @@ def smoke(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def chromium():
+    """The headless Chromium of the browser tests (Debian package; installed here when missing, the
+    test skipped with a message where it cannot be)."""
+    import shutil
+    import subprocess
+
+    from support.headless import find_chromium
+
+    exe = find_chromium()
+    if exe:
+        return exe
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("headless Chromium is not installed and cannot be installed here (needs root and apt-get); "
+                    "install the Debian package: apt-get install chromium")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=900, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
+                       capture_output=True, timeout=1800, env=env)
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"headless Chromium could not be installed with apt-get ({exc}); the browser tests need the "
+                    "Debian package chromium")
+    exe = find_chromium()
+    if not exe:
+        pytest.skip("apt-get install chromium finished but no chromium executable is on PATH")
+    return exe
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama chat model with a ChatML template that has a system role."""
     from personadrift.generation.tiny import build_tiny_model

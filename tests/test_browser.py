@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support.headless import dump_dom, find_chromium, screenshot
+from support.headless import dump_dom, screenshot
 from support.workflow import REPO
 
 from personadrift.browser import build_browser
@@ -242,28 +242,6 @@ def test_cli_builds_from_a_results_folder(study, tmp_path):
 
 
 # ---------- in a real browser ----------
-
-@pytest.fixture(scope="session")
-def chromium():
-    exe = find_chromium()
-    if exe:
-        return exe
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("headless Chromium is not installed and cannot be installed here (needs root and apt-get); "
-                    "install the Debian package: apt-get install chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=900, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
-                       capture_output=True, timeout=1800, env=env)
-    except (subprocess.SubprocessError, OSError) as exc:
-        pytest.skip(f"headless Chromium could not be installed with apt-get ({exc}); the browser tests need the "
-                    "Debian package chromium")
-    exe = find_chromium()
-    if not exe:
-        pytest.skip("apt-get install chromium finished but no chromium executable is on PATH")
-    return exe
-
 
 class Elements(HTMLParser):
     """Start tags with their attributes and the text directly inside, in document order."""

@@ -4,8 +4,9 @@ Stages, in order: core (top-level modules) -> protocol (personas, judges, scorin
 (registered attention functions) -> generation (engine, chat, dialog, self-chat, backends) ->
 interventions (one object per method) -> runtime (the engine factory and the server, which ask a
 setting's method what to switch on) -> capability (MMLU) -> analysis -> figures -> browser ->
-reproduce (a study's outputs manifest, runs compared, verdicts over seeds) -> config (the
-workflow's config check, which asks every stage) -> steps -> cli.
+reproduce (a study's outputs manifest, runs compared, verdicts over seeds) -> export (the study in
+other tools' formats: Inspect logs) -> config (the workflow's config check, which asks every
+stage) -> steps -> cli.
 Imports inside ``if TYPE_CHECKING:`` blocks are types only and do not count.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "personadrift"
 STAGES = ["core", "protocol", "attention", "generation", "interventions", "runtime", "capability", "analysis",
-          "figures", "browser", "reproduce", "config", "steps", "cli"]
+          "figures", "browser", "reproduce", "export", "config", "steps", "cli"]
 
 
 def stage_of(module: str) -> str:

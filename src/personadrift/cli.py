@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "personadrift.steps.verify",
     "personadrift.steps.robustness",
     "personadrift.steps.browser",
+    "personadrift.steps.inspect",
     "personadrift.protocol.upstream",
     "personadrift.protocol.upstream_topics",
     "personadrift.runtime.serve",
