@@ -3,6 +3,7 @@
 #   make figure NAME=drift_over_rounds   rebuild one figure (PDF and PNG) from its cached tables
 #                             (DIR=folder: of a study run in another working folder)
 #   make validate CONFIG=configs/paper.yaml   the workflow's own config check, without running anything
+#                             (SHOW=1: print the merged, validated config as YAML)
 #   make verify               compare results/embedded-default with the committed manifest
 #                             (expected/embedded-default.manifest.json): "identical", or per setting
 #                             the first departure and every claim whose verdict changed; exit 1 if
@@ -67,7 +68,7 @@ figure: setup
 	snakemake figures/$(NAME).pdf figures/$(NAME).png --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(abspath $(CONFIG))) $(if $(DIR),--snakefile $(abspath Snakefile) --directory $(DIR))
 
 validate: setup
-	personadrift validate --config $(CONFIG)
+	personadrift validate --config $(CONFIG) $(if $(SHOW),--show)
 
 test: setup
 	pytest

@@ -96,11 +96,11 @@ def test_t_interval_coverage_at_the_shipped_configs_own_shape(config):
     """The default and the laptop study run one probe sample per round (the checks above use
     two): the drift interval still covers at their own size, rounds and sample count, with drift
     that varies between conversations."""
-    import yaml
-
     from support.workflow import REPO
 
-    shape = sim.shape_of(yaml.safe_load((REPO / config).read_text()))
+    from personadrift.overlays import read_config
+
+    shape = sim.shape_of(read_config(REPO / config).config)
     assert shape.runs == 1
     design = sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drop=1.0, drift_sd=1.0)
     res = sim.check(design, studies=STUDIES, method="t", round_means=False).set_index("claim")

@@ -24,6 +24,7 @@ import jsonschema
 from personadrift.command import Command, add_config_arguments
 from personadrift.errors import InputError
 from personadrift.names import NAME_RULE, name_problem, short_repr, short_text
+from personadrift.overlays import Overlay, located, read_config
 from personadrift.yamlio import read_yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
@@ -110,8 +111,16 @@ def _check_size(config: dict, path) -> None:
                 stack.extend(item)
 
 
-def validate_config(config: dict, path: str | Path = "config") -> dict:
-    """Validate ``config`` in place (filling defaults) and check names, grids and cross-field rules."""
+def validate_config(config: dict, path: str | Path | Overlay = "config") -> dict:
+    """Validate ``config`` in place (filling defaults) and check names, grids and cross-field rules.
+    ``path`` an :class:`Overlay`: an error names the file of the chain that holds the bad key."""
+    try:
+        return _validate_config(config, path)
+    except InputError as e:
+        raise located(e, path) from None
+
+
+def _validate_config(config: dict, path) -> dict:
     if not isinstance(config, dict):
         raise InputError(path, None, "expected a mapping of keys at the top level")
     _check_size(config, path)
@@ -255,11 +264,19 @@ def resolve_data_paths(config: dict, path: str | Path = "config", base: str | Pa
     return config
 
 
-def check_config(config: dict, path: str | Path = "config", base: str | Path = REPO_ROOT,
+def check_config(config: dict, path: str | Path | Overlay = "config", base: str | Path = REPO_ROOT,
                  workdir: str | Path = ".") -> tuple[list, list]:
     """Everything that can be checked before any job runs; the pool's (personas, topics).
 
-    ``personadrift validate`` and the workflow's planning both call this one function."""
+    ``personadrift validate`` and the workflow's planning both call this one function. ``path``
+    an :class:`Overlay` (read_config): an error names the file of the chain that holds the bad key."""
+    try:
+        return _check_config(config, path, base, workdir)
+    except InputError as e:
+        raise located(e, path) from None
+
+
+def _check_config(config: dict, path, base, workdir) -> tuple[list, list]:
     from personadrift.protocol.personas import check_pool, load_personas, ready_topics
 
     validate_config(config, path)
@@ -390,13 +407,16 @@ def check_depth(config: dict, n_layers: int, path="config") -> None:
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
-    """Read, merge ``overrides`` into, validate a config file, and locate its data files."""
-    config = read_yaml(path)
-    if not isinstance(config, dict):
-        raise InputError(path, None, "expected a mapping of keys at the top level")
+    """Read a config file over its ``extends:`` chain, merge ``overrides`` into it, validate it,
+    and locate its data files."""
+    source = read_config(path)
+    config = source.config
     if overrides:
         config = deep_merge(config, overrides)
-    return resolve_data_paths(validate_config(config, path), path)
+    try:
+        return resolve_data_paths(validate_config(config, source), source)
+    except InputError as e:
+        raise located(e, source) from None
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -434,13 +454,25 @@ def _validate(args) -> None:
         source = args.config or "config.yaml"
         if not args.config and not Path(source).exists():
             raise InputError("(command line)", "--config", "no config given and no config.yaml here")
-        config = read_yaml(source)
+        source = read_config(source)
+        config = source.config
     personas, topics = check_config(config, source)
+    if args.show:  # the merged, validated config, defaults filled in: what every step reads
+        import yaml
+
+        print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), end="")
+        return
     settings = [s.name for s in expand_settings(config["interventions"])]
     print(f"ok: {len(personas)} personas, {len(topics)} topics, settings: {', '.join(settings)}")
 
 
+def _validate_arguments(p) -> None:
+    add_config_arguments(p)
+    p.add_argument("--show", action="store_true",
+                   help="print the merged, validated config (extends: resolved, defaults filled in) as YAML")
+
+
 COMMANDS = [
-    Command("validate", "validate a config file and its persona files", _validate, add_config_arguments,
+    Command("validate", "validate a config file and its persona files", _validate, _validate_arguments,
             takes_config=False),
 ]
