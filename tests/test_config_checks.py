@@ -296,3 +296,46 @@ def test_validate_command_names_the_file_and_key(default, tmp_path, name, overri
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"personadrift: error: {path}: {key}: "), proc.stderr
+
+
+# ------------------------------------------------------------------ what validate can know without a model
+
+
+@pytest.mark.parametrize("key,value", [
+    ("selfchat.temperature", ".nan"), ("selfchat.top_p", ".inf"), ("scoring.confidence", "-.inf"),
+    ("personas.calibration.min_lift", ".nan"), ("interventions.split.k[0]", ".nan"),
+])
+def test_a_non_finite_number_is_refused_naming_the_file_and_key(default, tmp_path, key, value):
+    """NaN passes every minimum and maximum of the schema; any float key refuses it, read from YAML."""
+    import yaml
+
+    text = yaml.safe_dump(default)
+    path = tmp_path / "nan.yaml"
+    path.write_text(text)
+    cfg = read_yaml(path)
+    *parents, last = key.replace("[0]", "").split(".")
+    node = cfg
+    for p in parents:
+        node = node.setdefault(p, {})
+    if key.endswith("[0]"):
+        node[last] = [float(value.replace(".", ""))]
+    else:
+        node[last] = float(value.replace(".", ""))
+    path.write_text(yaml.safe_dump(cfg))
+    assert value in path.read_text()  # the file spells it as YAML does
+    e = refused(read_yaml(path))
+    assert e.field == key and "is not a finite number" in e.problem
+
+
+@pytest.mark.parametrize("model,problem", [
+    ({"dtype": "bfloat16"}, "needs model.dtype: float32 (not bfloat16)"),
+    ({"dtype": "bfloat16_if_native"}, "needs model.dtype: float32"),
+    ({"linear_kernel": "torch"}, "not model.linear_kernel: torch"),
+])
+def test_batch_invariance_with_what_the_loader_refuses_is_refused_at_validate(default, model, problem):
+    assert default["model"]["batch_invariant"] is True
+    default["model"].update(model)
+    e = refused(default)
+    assert e.field == "model.batch_invariant" and problem in e.problem
+    default["model"]["batch_invariant"] = False
+    check_config(default, "cfg.yaml", REPO)  # the same model without batch invariance is fine

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -111,6 +112,19 @@ def _check_size(config: dict, path) -> None:
                 stack.extend(item)
 
 
+def _check_finite(value, path, where: str = "") -> None:
+    """Refuse NaN and infinities anywhere: every minimum and maximum comparison of the schema is
+    false for NaN (so ``temperature: .nan`` would pass it), and no key means anything by infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(path, where or None, f"{value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, path, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite(v, path, f"{where}[{i}]")
+
+
 def validate_config(config: dict, path: str | Path | Overlay = "config") -> dict:
     """Validate ``config`` in place (filling defaults) and check names, grids and cross-field rules.
     ``path`` an :class:`Overlay`: an error names the file of the chain that holds the bad key."""
@@ -124,6 +138,7 @@ def _validate_config(config: dict, path) -> dict:
     if not isinstance(config, dict):
         raise InputError(path, None, "expected a mapping of keys at the top level")
     _check_size(config, path)
+    _check_finite(config, path)
     schema = load_schema()
     cls = _strict_validator(jsonschema.validators.validator_for(schema))
     err = _first_error(cls(schema), config)
@@ -181,6 +196,7 @@ def _check_cross_fields(config: dict, path) -> None:
     from personadrift.interventions.layers import layers_problem
     from personadrift.interventions.settings import expand_settings
 
+    _check_batch_invariance(config["model"], path)
     problem = layers_problem(config["attention"]["layers"])
     if problem:
         raise InputError(path, "attention.layers", problem)
@@ -205,6 +221,20 @@ def _check_cross_fields(config: dict, path) -> None:
                          "(settings may still run on an API with interventions.<name>.backend: openai)")
     _check_opening(config, path)
     _check_mmlu_size(config, path)
+
+
+def _check_batch_invariance(model: dict, path) -> None:
+    """What the loader would refuse for ``model.batch_invariant`` whatever the machine: layers not
+    in float32 (auto and bfloat16_if_native are float32 only on some checkpoints or CPUs) and
+    torch's linear kernel (generation/linear_kernels.py, set_linear_kernel)."""
+    if not model["batch_invariant"]:
+        return
+    if model["dtype"] != "float32":
+        raise InputError(path, "model.batch_invariant", f"needs model.dtype: float32 (not {model['dtype']}): a "
+                         "batch-invariant forward runs every linear layer in float32; set one or the other")
+    if model["linear_kernel"] == "torch":
+        raise InputError(path, "model.batch_invariant", "needs oneDNN's packed linear, not model.linear_kernel: "
+                         "torch; use linear_kernel auto or onednn, or set batch_invariant: false")
 
 
 def _check_opening(config: dict, path) -> None:
