@@ -339,3 +339,22 @@ def test_batch_invariance_with_what_the_loader_refuses_is_refused_at_validate(de
     assert e.field == "model.batch_invariant" and problem in e.problem
     default["model"]["batch_invariant"] = False
     check_config(default, "cfg.yaml", REPO)  # the same model without batch invariance is fine
+
+
+def test_every_example_dialog_rule_the_schema_allows_is_one_the_step_runs():
+    from personadrift.config import load_schema
+    from personadrift.steps.figures import EXAMPLE_DIALOG_RULES
+
+    spec = load_schema()["properties"]["report"]["properties"]["example_dialog_rule"]
+    assert set(spec["enum"]) == set(EXAMPLE_DIALOG_RULES) and spec["default"] in EXAMPLE_DIALOG_RULES
+
+
+def test_a_rules_params_get_the_schemas_defaults_in_their_sections_only():
+    """A step indexes what the schema fills in; a top-level key its rule does not hand it stays missing."""
+    from personadrift.config import fill_defaults
+
+    cfg = fill_defaults({"seed": 3, "scoring": {"confidence": 0.9}, "personas": {"calibration": {}}})
+    assert cfg["scoring"] == {"confidence": 0.9, "english_fluency_gate": False, "method": "t", "resamples": 2000,
+                              "bootstrap_unit": "conversation"}
+    assert cfg["personas"]["calibration"]["samples"] >= 1 and cfg["seed"] == 3
+    assert "study" not in cfg and "selfchat" not in cfg

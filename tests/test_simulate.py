@@ -196,7 +196,8 @@ def test_example_dialog_handles_round_zero(tmp_path):
     csv = tmp_path / "none.csv"
     score({"scoring": {"english_fluency_gate": False}}, [dirs["none"]], csv)
     out = tmp_path / "example.json"
-    example_dialog({"model": {"name": "simulated"}}, csv, [dirs["none"]], out)
+    example_dialog({"model": {"name": "simulated"}, "report": {"example_dialog_rule": "largest_drop"}}, csv,
+                   [dirs["none"]], out)
     ex = __import__("json").loads(out.read_text())
     assert [r["round"] for r in ex["rounds"]] == [0, 1, 2] and ex["rounds"][0]["agent"] is None
     assert ex["rounds"][1]["agent"] == "utterance 1" and ex["rounds"][1]["user_next"] == "utterance 2"

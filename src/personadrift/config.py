@@ -462,11 +462,28 @@ def deep_merge(base: dict, extra: dict) -> dict:
 __all__ = ["NAME_RULE", "check_config", "load_config", "validate_config"]
 
 
+def fill_defaults(partial: dict, schema: dict | None = None) -> dict:
+    """The schema's defaults written into the sections ``partial`` has, in place: a rule's params
+    hand a step some keys of the validated config, and the step indexes what the schema fills in.
+    A top-level key the params lack stays missing (a step that reads it fails loudly, rather than
+    running on a default the study did not choose)."""
+    schema = load_schema() if schema is None else schema
+    for name, value in partial.items():
+        sub = schema.get("properties", {}).get(name, {})
+        if isinstance(value, dict) and "properties" in sub:
+            for key, spec in sub["properties"].items():
+                if "default" in spec and key not in value:
+                    value[key] = copy.deepcopy(spec["default"])
+            fill_defaults(value, sub)
+    return partial
+
+
 def config_from_args(args) -> dict:
-    """The config of a subcommand: ``--params`` (JSON, or ``@file``; the rules'), else
-    ``--config``, else ./config.yaml as Snakemake would use it."""
+    """The config of a subcommand: ``--params`` (JSON, or ``@file``; the rules'; schema defaults
+    filled into its sections), else ``--config``, else ./config.yaml as Snakemake would use it."""
     if args.params:
-        return json.loads(Path(args.params[1:]).read_text()) if args.params.startswith("@") else json.loads(args.params)
+        text = Path(args.params[1:]).read_text() if args.params.startswith("@") else args.params
+        return fill_defaults(json.loads(text))
     if args.config:
         return load_config(args.config)
     if Path("config.yaml").exists():  # the default study, as Snakemake would use it

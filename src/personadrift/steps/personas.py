@@ -44,7 +44,7 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
     with_persona, without = answers[: len(personas)], dict(zip(probes, answers[len(personas):]))
     rows = []
     gate = config["scoring"]["english_fluency_gate"]
-    whitespace = config.get("selfchat", {}).get("whitespace", "collapse")   # answers cleaned as the self-chat stores replies
+    whitespace = config["selfchat"]["whitespace"]   # answers cleaned as the self-chat stores replies
     for p, texts in zip(personas, with_persona):
         for condition, group in (("persona", texts), ("no_persona", without[p.probe])):
             for i, text in enumerate(group):
