@@ -142,7 +142,7 @@ class ShardRun:
         self.opening = check_opening(self.cfg["opening"])  # the validated config: the schema's defaults filled in
         self.policy = self.cfg["context_policy"]
         self.whitespace = self.cfg["whitespace"]
-        self.max_context = (config.get("model") or {}).get("max_context") or getattr(engine, "max_context", None)
+        self.max_context = config["model"]["max_context"] or getattr(engine, "max_context", None)
         chat = getattr(engine, "chat", None)  # the HF engine's template; an API server keeps its own
         self._count = chat.count if chat is not None else None
         configured = setting.repetition()
