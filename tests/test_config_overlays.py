@@ -166,3 +166,15 @@ def test_the_workflow_plans_an_overlay_and_names_the_base_that_holds_a_bad_key(t
     write(tmp_path / "base.yaml", base)
     plan = snakemake(tmp_path, "-n", "figures/all", "--configfile", top, "--config", "seed=3").stdout
     assert "results/over/" in plan and "results/embedded-default" not in plan
+
+
+def test_the_cpu_numerics_of_an_overlay_come_from_its_base(tmp_path):
+    """The command line pins CPU numerics from the config before torch loads (numerics.py): an
+    overlay that leaves model to its base still gets its base's mode."""
+    from personadrift.numerics import mode_of_argv
+
+    base = read_yaml(REPO / "config.yaml")
+    base["model"]["cpu_numerics"] = "native"
+    write(tmp_path / "base.yaml", base)
+    top = write(tmp_path / "top.yaml", {"extends": "base.yaml", "study": "over"})
+    assert mode_of_argv(["selfchat", "--config", top]) == "native"
