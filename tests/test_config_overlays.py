@@ -178,3 +178,16 @@ def test_the_cpu_numerics_of_an_overlay_come_from_its_base(tmp_path):
     write(tmp_path / "base.yaml", base)
     top = write(tmp_path / "top.yaml", {"extends": "base.yaml", "study": "over"})
     assert mode_of_argv(["selfchat", "--config", top]) == "native"
+
+
+def test_a_mapping_alias_bomb_in_a_base_is_refused_before_the_merge_expands_it(tmp_path):
+    """Aliased mappings are shared by the YAML reader and copied apart by a merge: the size guard
+    runs on each file before it is merged."""
+    bomb = ["l0: &l0 {a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7, h: 8, i: 9, j: 10}"]
+    for i in range(1, 8):
+        bomb.append(f"l{i}: &l{i} {{" + ", ".join(f"k{j}: *l{i - 1}" for j in range(10)) + "}")
+    (tmp_path / "base.yaml").write_text("model: {name: tiny, source: tiny}\nmmlu:\n  " + "\n  ".join(bomb) + "\n")
+    top = write(tmp_path / "top.yaml", {"extends": "base.yaml", "mmlu": {"l7": {"k0": {"x": 1}}}})
+    with pytest.raises(InputError) as e:
+        read_config(top)
+    assert str(e.value).startswith(f"{tmp_path / 'base.yaml'}: mmlu: value too large")

@@ -26,11 +26,10 @@ from personadrift.command import Command, add_config_arguments
 from personadrift.errors import InputError
 from personadrift.names import NAME_RULE, name_problem, short_repr, short_text
 from personadrift.overlays import Overlay, located, read_config
-from personadrift.yamlio import read_yaml
+from personadrift.yamlio import check_size, read_yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
 NAME_PATTERN = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$"  # the schema's spelling of names.is_safe_name
-MAX_ITEMS = 20_000  # more values than any real config has; a YAML alias bomb has millions
 
 
 def load_schema() -> dict:
@@ -96,22 +95,6 @@ def _first_error(validator, instance):
     return err
 
 
-def _check_size(config: dict, path) -> None:
-    """Refuse absurdly large values (a YAML alias bomb) before anything walks or prints them."""
-    for key, value in config.items():
-        stack, seen = [value], 0
-        while stack:
-            item = stack.pop()
-            seen += 1
-            if seen > MAX_ITEMS:
-                raise InputError(path, str(key), f"value too large (more than {MAX_ITEMS} items; a YAML alias bomb?)")
-            if isinstance(item, dict):
-                stack.extend(item.values())
-                stack.extend(item.keys())
-            elif isinstance(item, list | tuple):
-                stack.extend(item)
-
-
 def _check_finite(value, path, where: str = "") -> None:
     """Refuse NaN and infinities anywhere: every minimum and maximum comparison of the schema is
     false for NaN (so ``temperature: .nan`` would pass it), and no key means anything by infinity."""
@@ -137,7 +120,7 @@ def validate_config(config: dict, path: str | Path | Overlay = "config") -> dict
 def _validate_config(config: dict, path) -> dict:
     if not isinstance(config, dict):
         raise InputError(path, None, "expected a mapping of keys at the top level")
-    _check_size(config, path)
+    check_size(config, path)
     _check_finite(config, path)
     schema = load_schema()
     cls = _strict_validator(jsonschema.validators.validator_for(schema))

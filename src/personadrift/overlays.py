@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from personadrift.errors import InputError
-from personadrift.yamlio import read_yaml
+from personadrift.yamlio import check_size, read_yaml
 
 EXTENDS = "extends"
 PATCH = "$patch"
@@ -87,6 +87,7 @@ def _layers(path: str | Path, chain: tuple[Path, ...]) -> list[tuple[str, dict]]
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise InputError(shown, None, "expected a mapping of keys at the top level")
+    check_size(data, shown)  # before the merge walks it: an alias bomb expands there
     if PATCH in data:
         raise InputError(shown, PATCH, "a directive of a mapping inside the config, not of the whole file")
     data = dict(data)
