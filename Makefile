@@ -6,6 +6,7 @@
 #   make figure-docs          rewrite report/figure.rst and the README's reviewer's map from the
 #                             figure catalog (src/personadrift/figures/catalog.py)
 #   make validate CONFIG=configs/paper.yaml   the workflow's own config check, without running anything
+#                             (SHOW=1: print the merged, validated config as YAML)
 #   make verify               compare results/embedded-default with the committed manifest
 #                             (expected/embedded-default.manifest.json): "identical", or per setting
 #                             the first departure and every claim whose verdict changed; exit 1 if
@@ -73,7 +74,7 @@ figure: setup
 	snakemake "figures/$$study/$(NAME).pdf" "figures/$$study/$(NAME).png" --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(abspath $(CONFIG))) $(if $(DIR),--snakefile $(abspath Snakefile) --directory $(DIR))
 
 validate: setup
-	personadrift validate --config $(CONFIG)
+	personadrift validate --config $(CONFIG) $(if $(SHOW),--show)
 
 figure-docs: setup
 	personadrift figure-docs

@@ -88,9 +88,9 @@ def coverage_table(sizes, methods, studies, confidence, seed, drift_sd, judges) 
 
 
 def shape_of(config_file: str) -> sim.StudyShape:
-    import yaml
+    from personadrift.overlays import read_config
 
-    return sim.shape_of(yaml.safe_load(open(config_file)), label=config_file)
+    return sim.shape_of(read_config(config_file).config, label=config_file)  # an overlay over its base
 
 
 def _settings(shape: sim.StudyShape) -> tuple:

@@ -2,6 +2,7 @@
 # Imports nothing heavy: parsing the DAG (once per cluster job too) loads neither torch nor
 # transformers.
 
+import copy
 import json
 import os
 import re
@@ -12,7 +13,8 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 try:
-    from personadrift.config import check_config, deep_merge, read_yaml
+    from personadrift.config import check_config
+    from personadrift.overlays import read_configs
     from personadrift.errors import PersonaDriftError
     from personadrift.figures.catalog import study_figures, table_refs
     from personadrift.generation.selfchat import n_shards
@@ -27,21 +29,27 @@ except ImportError as exc:
         "'source .venv/bin/activate' (or call .venv/bin/snakemake), and try again"
     ) from None
 
-# Without --configfile the embedded default config.yaml is used; --config KEY=VALUE
-# overrides still apply on top. (A configfile: directive would instead merge a user's
-# --configfile into the default, so keys such as interventions could never be removed.)
-if "model" not in config:
-    _overrides = dict(config)
-    config.clear()
-    config.update(
-        deep_merge(read_yaml(workflow.source_path("../config.yaml")), _overrides)
-    )
-
-# The same check as `personadrift validate` (one function): errors name the user's
-# --configfile (or config.yaml), the key and the problem, before any job starts.
-CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config.yaml"
+# The config: each --configfile over its extends: chain (personadrift/overlays.py), else the
+# embedded default config.yaml; --config KEY=VALUE overrides on top. Snakemake's own merge of the
+# files knows no extends:, so the config is rebuilt from the files here. (A configfile: directive
+# would instead merge a user's --configfile into the default, so keys such as interventions could
+# never be removed.)
 try:
-    check_config(config, CONFIG_SOURCE, workflow.basedir)
+    CONFIG = read_configs(
+        workflow.configfiles or [workflow.source_path("../config.yaml")],
+        copy.deepcopy(dict(workflow.config_settings.config)),
+    )
+except PersonaDriftError as exc:
+    raise WorkflowError(f"invalid configuration: {exc}") from None
+config.clear()
+config.update(CONFIG.config)
+
+# The same check as `personadrift validate` (one function): errors name the file that holds
+# the bad key (the user's --configfile, a base it extends, or config.yaml), the key and the
+# problem, before any job starts.
+CONFIG_SOURCE = str(CONFIG)
+try:
+    check_config(config, CONFIG, workflow.basedir)
 except PersonaDriftError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 

@@ -93,6 +93,7 @@ rule tradeoff:
         config_json=json.dumps(
             {
                 "scoring": config["scoring"],
+                "seed": config["seed"],
                 "interventions": {
                     k: v
                     for k, v in config["interventions"].items()

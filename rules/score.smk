@@ -47,6 +47,7 @@ rule drift_tables:
     params:
         config_json=config_provider(
             "scoring",
+            "seed",
             "study",
             "model.name",
             "selfchat.runs",

@@ -196,26 +196,6 @@ def test_openai_backend_per_setting(default):
     assert refused(cfg2).field == "openai.model"
 
 
-def test_laptop_config_is_the_default_with_only_its_documented_changes(default):
-    """configs/laptop.yaml says which keys it changes (its header and docs/measurements.md); any other
-    difference from config.yaml would make its measured outcome not the default's, scaled up."""
-    laptop = read_yaml(REPO / "configs/laptop.yaml")
-    check_config(copy.deepcopy(laptop), "configs/laptop.yaml", REPO)
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(default), flat(laptop)
-    changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
-    assert changed == {"study", "selfchat.conversations", "selfchat.shard_size", "selfchat.turns",
-                       "attention.conversations", "mmlu.questions", "resources.mem_mb", "resources.runtime_min",
-                       "resources.threads"}
-    assert b["selfchat.shard_size"] == b["selfchat.conversations"] and b["selfchat.turns"] == 16
-
-
 # ------------------------------------------------------------------ checks that used to wait for a job
 
 
@@ -316,3 +296,65 @@ def test_validate_command_names_the_file_and_key(default, tmp_path, name, overri
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"personadrift: error: {path}: {key}: "), proc.stderr
+
+
+# ------------------------------------------------------------------ what validate can know without a model
+
+
+@pytest.mark.parametrize("key,value", [
+    ("selfchat.temperature", ".nan"), ("selfchat.top_p", ".inf"), ("scoring.confidence", "-.inf"),
+    ("personas.calibration.min_lift", ".nan"), ("interventions.split.k[0]", ".nan"),
+])
+def test_a_non_finite_number_is_refused_naming_the_file_and_key(default, tmp_path, key, value):
+    """NaN passes every minimum and maximum of the schema; any float key refuses it, read from YAML."""
+    import yaml
+
+    text = yaml.safe_dump(default)
+    path = tmp_path / "nan.yaml"
+    path.write_text(text)
+    cfg = read_yaml(path)
+    *parents, last = key.replace("[0]", "").split(".")
+    node = cfg
+    for p in parents:
+        node = node.setdefault(p, {})
+    if key.endswith("[0]"):
+        node[last] = [float(value.replace(".", ""))]
+    else:
+        node[last] = float(value.replace(".", ""))
+    path.write_text(yaml.safe_dump(cfg))
+    assert value in path.read_text()  # the file spells it as YAML does
+    e = refused(read_yaml(path))
+    assert e.field == key and "is not a finite number" in e.problem
+
+
+@pytest.mark.parametrize("model,problem", [
+    ({"dtype": "bfloat16"}, "needs model.dtype: float32 (not bfloat16)"),
+    ({"dtype": "bfloat16_if_native"}, "needs model.dtype: float32"),
+    ({"linear_kernel": "torch"}, "not model.linear_kernel: torch"),
+])
+def test_batch_invariance_with_what_the_loader_refuses_is_refused_at_validate(default, model, problem):
+    assert default["model"]["batch_invariant"] is True
+    default["model"].update(model)
+    e = refused(default)
+    assert e.field == "model.batch_invariant" and problem in e.problem
+    default["model"]["batch_invariant"] = False
+    check_config(default, "cfg.yaml", REPO)  # the same model without batch invariance is fine
+
+
+def test_every_example_dialog_rule_the_schema_allows_is_one_the_step_runs():
+    from personadrift.config import load_schema
+    from personadrift.steps.figures import EXAMPLE_DIALOG_RULES
+
+    spec = load_schema()["properties"]["report"]["properties"]["example_dialog_rule"]
+    assert set(spec["enum"]) == set(EXAMPLE_DIALOG_RULES) and spec["default"] in EXAMPLE_DIALOG_RULES
+
+
+def test_a_rules_params_get_the_schemas_defaults_in_their_sections_only():
+    """A step indexes what the schema fills in; a top-level key its rule does not hand it stays missing."""
+    from personadrift.config import fill_defaults
+
+    cfg = fill_defaults({"seed": 3, "scoring": {"confidence": 0.9}, "personas": {"calibration": {}}})
+    assert cfg["scoring"] == {"confidence": 0.9, "english_fluency_gate": False, "method": "t", "resamples": 2000,
+                              "bootstrap_unit": "conversation"}
+    assert cfg["personas"]["calibration"]["samples"] >= 1 and cfg["seed"] == 3
+    assert "study" not in cfg and "selfchat" not in cfg

@@ -131,11 +131,11 @@ def test_t_interval_coverage_at_the_shipped_configs_own_shape(config):
     """The default and the laptop study run one probe sample per round (the checks above use
     two): the drift interval still covers at their own size, rounds and sample count, with drift
     that varies between conversations."""
-    import yaml
-
     from support.workflow import REPO
 
-    shape = sim.shape_of(yaml.safe_load((REPO / config).read_text()))
+    from personadrift.overlays import read_config
+
+    shape = sim.shape_of(read_config(REPO / config).config)
     assert shape.runs == 1
     design = sim.drifting(shape.conversations, rounds=shape.rounds, runs=shape.runs, drop=1.0, drift_sd=1.0)
     res = sim.check(design, studies=STUDIES, method="t", round_means=False).set_index("claim")
@@ -233,7 +233,8 @@ def test_example_dialog_handles_round_zero(tmp_path):
     csv = tmp_path / "none.csv"
     score({"scoring": {"english_fluency_gate": False}}, [dirs["none"]], csv)
     out = tmp_path / "example.json"
-    example_dialog({"model": {"name": "simulated"}}, csv, [dirs["none"]], out)
+    example_dialog({"model": {"name": "simulated"}, "report": {"example_dialog_rule": "largest_drop"}}, csv,
+                   [dirs["none"]], out)
     ex = __import__("json").loads(out.read_text())
     assert [r["round"] for r in ex["rounds"]] == [0, 1, 2] and ex["rounds"][0]["agent"] is None
     assert ex["rounds"][1]["agent"] == "utterance 1" and ex["rounds"][1]["user_next"] == "utterance 2"

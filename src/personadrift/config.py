@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -24,11 +25,11 @@ import jsonschema
 from personadrift.command import Command, add_config_arguments
 from personadrift.errors import InputError
 from personadrift.names import NAME_RULE, name_problem, short_repr, short_text
-from personadrift.yamlio import read_yaml
+from personadrift.overlays import Overlay, located, read_config
+from personadrift.yamlio import check_size, read_yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
 NAME_PATTERN = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$"  # the schema's spelling of names.is_safe_name
-MAX_ITEMS = 20_000  # more values than any real config has; a YAML alias bomb has millions
 
 
 def load_schema() -> dict:
@@ -94,27 +95,33 @@ def _first_error(validator, instance):
     return err
 
 
-def _check_size(config: dict, path) -> None:
-    """Refuse absurdly large values (a YAML alias bomb) before anything walks or prints them."""
-    for key, value in config.items():
-        stack, seen = [value], 0
-        while stack:
-            item = stack.pop()
-            seen += 1
-            if seen > MAX_ITEMS:
-                raise InputError(path, str(key), f"value too large (more than {MAX_ITEMS} items; a YAML alias bomb?)")
-            if isinstance(item, dict):
-                stack.extend(item.values())
-                stack.extend(item.keys())
-            elif isinstance(item, list | tuple):
-                stack.extend(item)
+def _check_finite(value, path, where: str = "") -> None:
+    """Refuse NaN and infinities anywhere: every minimum and maximum comparison of the schema is
+    false for NaN (so ``temperature: .nan`` would pass it), and no key means anything by infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(path, where or None, f"{value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, path, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite(v, path, f"{where}[{i}]")
 
 
-def validate_config(config: dict, path: str | Path = "config") -> dict:
-    """Validate ``config`` in place (filling defaults) and check names, grids and cross-field rules."""
+def validate_config(config: dict, path: str | Path | Overlay = "config") -> dict:
+    """Validate ``config`` in place (filling defaults) and check names, grids and cross-field rules.
+    ``path`` an :class:`Overlay`: an error names the file of the chain that holds the bad key."""
+    try:
+        return _validate_config(config, path)
+    except InputError as e:
+        raise located(e, path) from None
+
+
+def _validate_config(config: dict, path) -> dict:
     if not isinstance(config, dict):
         raise InputError(path, None, "expected a mapping of keys at the top level")
-    _check_size(config, path)
+    check_size(config, path)
+    _check_finite(config, path)
     schema = load_schema()
     cls = _strict_validator(jsonschema.validators.validator_for(schema))
     err = _first_error(cls(schema), config)
@@ -172,6 +179,7 @@ def _check_cross_fields(config: dict, path) -> None:
     from personadrift.interventions.layers import layers_problem
     from personadrift.interventions.settings import expand_settings
 
+    _check_batch_invariance(config["model"], path)
     problem = layers_problem(config["attention"]["layers"])
     if problem:
         raise InputError(path, "attention.layers", problem)
@@ -196,6 +204,20 @@ def _check_cross_fields(config: dict, path) -> None:
                          "(settings may still run on an API with interventions.<name>.backend: openai)")
     _check_opening(config, path)
     _check_mmlu_size(config, path)
+
+
+def _check_batch_invariance(model: dict, path) -> None:
+    """What the loader would refuse for ``model.batch_invariant`` whatever the machine: layers not
+    in float32 (auto and bfloat16_if_native are float32 only on some checkpoints or CPUs) and
+    torch's linear kernel (generation/linear_kernels.py, set_linear_kernel)."""
+    if not model["batch_invariant"]:
+        return
+    if model["dtype"] != "float32":
+        raise InputError(path, "model.batch_invariant", f"needs model.dtype: float32 (not {model['dtype']}): a "
+                         "batch-invariant forward runs every linear layer in float32; set one or the other")
+    if model["linear_kernel"] == "torch":
+        raise InputError(path, "model.batch_invariant", "needs oneDNN's packed linear, not model.linear_kernel: "
+                         "torch; use linear_kernel auto or onednn, or set batch_invariant: false")
 
 
 def _check_opening(config: dict, path) -> None:
@@ -255,11 +277,19 @@ def resolve_data_paths(config: dict, path: str | Path = "config", base: str | Pa
     return config
 
 
-def check_config(config: dict, path: str | Path = "config", base: str | Path = REPO_ROOT,
+def check_config(config: dict, path: str | Path | Overlay = "config", base: str | Path = REPO_ROOT,
                  workdir: str | Path = ".") -> tuple[list, list]:
     """Everything that can be checked before any job runs; the pool's (personas, topics).
 
-    ``personadrift validate`` and the workflow's planning both call this one function."""
+    ``personadrift validate`` and the workflow's planning both call this one function. ``path``
+    an :class:`Overlay` (read_config): an error names the file of the chain that holds the bad key."""
+    try:
+        return _check_config(config, path, base, workdir)
+    except InputError as e:
+        raise located(e, path) from None
+
+
+def _check_config(config: dict, path, base, workdir) -> tuple[list, list]:
     from personadrift.protocol.personas import check_pool, load_personas, ready_topics
 
     validate_config(config, path)
@@ -391,13 +421,16 @@ def check_depth(config: dict, n_layers: int, path="config") -> None:
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
-    """Read, merge ``overrides`` into, validate a config file, and locate its data files."""
-    config = read_yaml(path)
-    if not isinstance(config, dict):
-        raise InputError(path, None, "expected a mapping of keys at the top level")
+    """Read a config file over its ``extends:`` chain, merge ``overrides`` into it, validate it,
+    and locate its data files."""
+    source = read_config(path)
+    config = source.config
     if overrides:
         config = deep_merge(config, overrides)
-    return resolve_data_paths(validate_config(config, path), path)
+    try:
+        return resolve_data_paths(validate_config(config, source), source)
+    except InputError as e:
+        raise located(e, source) from None
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -413,11 +446,28 @@ def deep_merge(base: dict, extra: dict) -> dict:
 __all__ = ["NAME_RULE", "check_config", "load_config", "validate_config"]
 
 
+def fill_defaults(partial: dict, schema: dict | None = None) -> dict:
+    """The schema's defaults written into the sections ``partial`` has, in place: a rule's params
+    hand a step some keys of the validated config, and the step indexes what the schema fills in.
+    A top-level key the params lack stays missing (a step that reads it fails loudly, rather than
+    running on a default the study did not choose)."""
+    schema = load_schema() if schema is None else schema
+    for name, value in partial.items():
+        sub = schema.get("properties", {}).get(name, {})
+        if isinstance(value, dict) and "properties" in sub:
+            for key, spec in sub["properties"].items():
+                if "default" in spec and key not in value:
+                    value[key] = copy.deepcopy(spec["default"])
+            fill_defaults(value, sub)
+    return partial
+
+
 def config_from_args(args) -> dict:
-    """The config of a subcommand: ``--params`` (JSON, or ``@file``; the rules'), else
-    ``--config``, else ./config.yaml as Snakemake would use it."""
+    """The config of a subcommand: ``--params`` (JSON, or ``@file``; the rules'; schema defaults
+    filled into its sections), else ``--config``, else ./config.yaml as Snakemake would use it."""
     if args.params:
-        return json.loads(Path(args.params[1:]).read_text()) if args.params.startswith("@") else json.loads(args.params)
+        text = Path(args.params[1:]).read_text() if args.params.startswith("@") else args.params
+        return fill_defaults(json.loads(text))
     if args.config:
         return load_config(args.config)
     if Path("config.yaml").exists():  # the default study, as Snakemake would use it
@@ -435,13 +485,25 @@ def _validate(args) -> None:
         source = args.config or "config.yaml"
         if not args.config and not Path(source).exists():
             raise InputError("(command line)", "--config", "no config given and no config.yaml here")
-        config = read_yaml(source)
+        source = read_config(source)
+        config = source.config
     personas, topics = check_config(config, source)
+    if args.show:  # the merged, validated config, defaults filled in: what every step reads
+        import yaml
+
+        print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), end="")
+        return
     settings = [s.name for s in expand_settings(config["interventions"])]
     print(f"ok: {len(personas)} personas, {len(topics)} topics, settings: {', '.join(settings)}")
 
 
+def _validate_arguments(p) -> None:
+    add_config_arguments(p)
+    p.add_argument("--show", action="store_true",
+                   help="print the merged, validated config (extends: resolved, defaults filled in) as YAML")
+
+
 COMMANDS = [
-    Command("validate", "validate a config file and its persona files", _validate, add_config_arguments,
+    Command("validate", "validate a config file and its persona files", _validate, _validate_arguments,
             takes_config=False),
 ]

@@ -87,12 +87,12 @@ def mode_of_argv(argv: list[str]) -> str | None:
         if params is not None:
             cfg = json.loads(Path(params[1:]).read_text() if params.startswith("@") else params)
         else:
-            from personadrift.yamlio import read_yaml
+            from personadrift.overlays import read_config
 
             path = config or ("config.yaml" if Path("config.yaml").exists() else None)
             if path is None:
                 return None
-            cfg = read_yaml(path)
+            cfg = read_config(path).config  # an overlay's model section may come from its base
     except Exception:  # noqa: BLE001 - the command's own config check says what is wrong
         return None
     model = cfg.get("model") if isinstance(cfg, dict) else None

@@ -13,6 +13,8 @@ import yaml
 
 from personadrift.errors import InputError
 
+MAX_ITEMS = 20_000  # more values than any real config has; a YAML alias bomb has millions
+
 
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
@@ -52,3 +54,19 @@ def read_yaml(path: str | Path) -> Any:
         raise InputError(p, None, f"invalid YAML at {where}: {what}") from None
     except yaml.YAMLError as e:
         raise InputError(p, None, f"invalid YAML: {e}") from None
+
+
+def check_size(config: dict, path) -> None:
+    """Refuse absurdly large values (a YAML alias bomb) before anything walks or prints them."""
+    for key, value in config.items():
+        stack, seen = [value], 0
+        while stack:
+            item = stack.pop()
+            seen += 1
+            if seen > MAX_ITEMS:
+                raise InputError(path, str(key), f"value too large (more than {MAX_ITEMS} items; a YAML alias bomb?)")
+            if isinstance(item, dict):
+                stack.extend(item.values())
+                stack.extend(item.keys())
+            elif isinstance(item, list | tuple):
+                stack.extend(item)

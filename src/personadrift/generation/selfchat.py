@@ -42,7 +42,6 @@ from tqdm import tqdm
 from personadrift.errors import InputError
 from personadrift.generation.api import GenRequest
 from personadrift.generation.dialog import (
-    OPENING_RESTATEMENT,
     agent_messages,
     clean_reply,
     probe_messages,
@@ -129,10 +128,10 @@ class ShardRun:
         self.cfg = config["selfchat"]
         self.seed = config["seed"]
         self.setting = setting
-        self.opening = check_opening(self.cfg.get("opening", OPENING_RESTATEMENT))
-        self.policy = self.cfg.get("context_policy", "error")
-        self.whitespace = self.cfg.get("whitespace", "collapse")
-        self.max_context = (config.get("model") or {}).get("max_context") or getattr(engine, "max_context", None)
+        self.opening = check_opening(self.cfg["opening"])  # the validated config: the schema's defaults filled in
+        self.policy = self.cfg["context_policy"]
+        self.whitespace = self.cfg["whitespace"]
+        self.max_context = config["model"]["max_context"] or getattr(engine, "max_context", None)
         chat = getattr(engine, "chat", None)  # the HF engine's template; an API server keeps its own
         self._count = chat.count if chat is not None else None
         configured = setting.repetition()

@@ -27,15 +27,14 @@ def attention(config: dict, model_dir, transcript_dirs: list, out_dir, *, thread
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(model_dir, config["model"])
-    chat = ChatFormat(lm.tokenizer, fold=config["model"].get("fold_system_prompt"))
+    chat = ChatFormat(lm.tokenizer, fold=config["model"]["fold_system_prompt"])
     paths = transcript_paths(transcript_dirs)[: config["attention"]["conversations"]]
     tidy = pd.concat([aa.record_conversation(lm.model, chat, read_json(p)) for p in paths], ignore_index=True)
     layers = layers_spec(config["attention"]["layers"])
     extra = {"model": lm.identity, "chat_template_sha256": chat.template_sha256, "layers": layers,
              "conversations": [str(p) for p in paths]}
     write_table(tidy, out / "tokens.csv.gz", **extra)
-    # the figure's band level: the attention rule may not pass the scoring section (then 0.95)
-    confidence = config.get("scoring", {}).get("confidence", 0.95)
+    confidence = config["scoring"]["confidence"]  # the figure's band level
     write_table(aa.per_token(tidy, layers).assign(confidence=confidence), out / "per_token.csv", **extra)
     write_table(aa.per_layer_round(tidy), out / "per_layer_round.csv", **extra)
     write_table(aa.per_round(tidy, layers), out / "per_round.csv", **extra)

@@ -98,8 +98,9 @@ def tradeoff_tables(config: dict, score_csvs: list, mmlu_csvs: list, out_tradeof
     from personadrift.interventions.settings import chosen_settings, mitigation_settings, mmlu_from_baseline
 
     sc = config["scoring"]
-    kw = {"method": sc.get("method", "t"), "confidence": sc["confidence"], "resamples": sc["resamples"],
-          "seed": config.get("seed", 0)}
+    # the study's seed draws every resample of the bootstrap and sign-flip intervals
+    kw = {"method": sc["method"], "confidence": sc["confidence"], "resamples": sc["resamples"],
+          "seed": config["seed"]}
     scores = pd.concat([read_table(p) for p in score_csvs], ignore_index=True)
     mmlu = pd.concat([pd.read_csv(p) for p in mmlu_csvs], ignore_index=True)
     compared = mitigation_settings(config["interventions"])  # controls are not (Method.is_control)

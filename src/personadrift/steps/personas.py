@@ -29,7 +29,7 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
     # grouped by prompt length (replies do not depend on the grouping)
     answers = engine.generate([GenRequest(messages=a.messages, seed=a.seed, n=cal["samples"], persist=False)
                                for a in asked], max_new_tokens=cal["max_new_tokens"])
-    whitespace = config.get("selfchat", {}).get("whitespace", "collapse")   # answers cleaned as the self-chat stores replies
+    whitespace = config["selfchat"]["whitespace"]   # answers cleaned as the self-chat stores replies
     df = calibration.calibration_table(personas, asked, answers, fluency_gate=config["scoring"]["english_fluency_gate"],
                                        clean=lambda text: clean_reply(text, True, whitespace))
     write_table(df, out_csv, model=model_identity(engine), calibration=cal)

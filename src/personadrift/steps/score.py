@@ -39,8 +39,9 @@ def drift_tables(config: dict, score_csvs: list, pool_json, out_by_round, out_ch
     # the baseline's scores and, when the DAG passes them, the control setting's (user bot
     # without persona): both curves go in one figure, and Holm runs over all their drift claims
     scores = pd.concat([read_table(p) for p in score_csvs], ignore_index=True)
-    kw = {"method": sc.get("method", "t"), "confidence": sc["confidence"], "resamples": sc["resamples"],
-          "seed": config.get("seed", 0)}
+    # the study's seed draws every resample of the bootstrap and sign-flip intervals
+    kw = {"method": sc["method"], "confidence": sc["confidence"], "resamples": sc["resamples"],
+          "seed": config["seed"]}
     write_table(by_round(scores, unit=sc["bootstrap_unit"], **kw), out_by_round)
     write_table(change_over_dialog(scores, **kw), out_change)
     if out_errors is not None:
