@@ -63,6 +63,24 @@ def _figure(args) -> None:
     draw(args.name, args.tables, args.out)
 
 
+def _figure_docs(args) -> int:
+    """Write (or with --check, compare) the files generated from the figure catalog."""
+    from pathlib import Path
+
+    from personadrift.figures.catalog import figure_docs
+
+    stale = []
+    for path, text in figure_docs(args.root).items():
+        if Path(path).read_text(encoding="utf-8") == text:
+            continue
+        stale.append(str(path))
+        if not args.check:
+            Path(path).write_text(text, encoding="utf-8")
+    for path in stale:
+        print(f"{path}: {'differs from the figure catalog' if args.check else 'rewritten from the figure catalog'}")
+    return 1 if args.check and stale else 0
+
+
 def _compare(args) -> None:
     from personadrift.figures import save
     from personadrift.figures.comparison import comparison, study_tables
@@ -82,6 +100,11 @@ COMMANDS = [
             (arg("studies", nargs="+", help="each study's results folder (results/<study>), in panel order"),
              arg("--setting", default="none", help="the setting drawn from each study (default: none)"),
              arg("--out", nargs="+", required=True, help="output files (.pdf and/or .png)")), takes_config=False),
+    Command("figure-docs", "write report/figure.rst and the README's reviewer's map from the figure catalog",
+            _figure_docs,
+            (arg("--root", default=".", help="the repository root (default: here)"),
+             arg("--check", action="store_true", help="only say which files differ; exit 1 if any does")),
+            takes_config=False),
     Command("manifest", "write the figures/all manifest",
             lambda a: write_manifest(a.figures, json.loads(a.figure_tables), a.out),
             (arg("--out", required=True), arg("--figure-tables", required=True, help="JSON: figure -> tables"),
