@@ -22,8 +22,9 @@ FIGURE_TABLES = {
 }
 FIGURE_TABLES = {k: [str(p) for p in v] for k, v in FIGURE_TABLES.items()}
 
-# Attention and MMLU need the model's internals: an API model gets the dialog figures only.
-if config["backend"] == "openai":
+# Attention and MMLU need the model's internals on local weights: a study whose backend runs
+# none (an API model) gets the dialog figures only.
+if not BACKENDS[config["backend"]].local_weights:
     FIGURE_TABLES = {
         k: FIGURE_TABLES[k] for k in ("drift_over_rounds", "example_dialog")
     }

@@ -47,7 +47,9 @@ rule mmlu:
     resources:
         **model_resources(),
     params:
-        config_json=setting_params("model", "seed", "mmlu", backend="hf"),
+        config_json=setting_params(
+            "model", "seed", "mmlu", backend=INTERNALS_BACKEND
+        ),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
         "personadrift mmlu --params {params.config_json:q} --setting {wildcards.setting:q}"

@@ -27,7 +27,10 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
 
     personas, _ = load_pool(config)
     cal = config["personas"]["calibration"]
-    engine = make_engine(config, model_dir, threads=threads)
+    from personadrift.runtime.backends import model_job_backend
+
+    # a backend with an environment of its own (vllm) calibrates on the HF engine, same weights
+    engine = make_engine(config, model_dir, threads=threads, backend=model_job_backend(config).name)
     probes = sorted({p.probe for p in personas})  # answers without a persona depend on the probe only
     reqs = [
         GenRequest(messages=[{"role": "system", "content": p.system_prompt}, {"role": "user", "content": p.probe}],
