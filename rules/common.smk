@@ -65,10 +65,14 @@ shell.prefix(f'set -euo pipefail; personadrift() {{{{ {_PD} "$@"; }}}}; ')
 def env_cli(env):
     """The personadrift command of a rule running in ``env`` (a backend's environment,
     runtime/backends/): under --sdm conda, the one on the activated envs/<env>.yaml's PATH;
-    otherwise the CLI of the venv ``make setup`` built beside the Snakefile (.venv-<env>)."""
+    otherwise the CLI of the venv ``make setup`` built beside the Snakefile (.venv-<env>).
+    """
     from snakemake.settings.types import DeploymentMethod
 
-    if env == MODEL_ENV or DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    if (
+        env == MODEL_ENV
+        or DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    ):
         return "personadrift"
     python = os.path.join(workflow.basedir, f".venv-{env}", "bin", "python")
     if not os.path.exists(python):
