@@ -21,16 +21,19 @@ SAMPLING = Sampling(temperature=1.0, top_p=0.9, top_k=50, max_new_tokens=12, min
 
 
 def requests() -> list[GenRequest]:
-    """Prompts of different lengths and shapes (system prompt, several turns), budgets and n."""
+    """Prompts of different lengths and shapes (system prompt, several turns), budgets and n
+    (forks, not dialog turns: the HF engine stores no prefix of a request of several samples)."""
     sys_a = {"role": "system", "content": "You love playing tennis and talk about it whenever you can."}
     sys_b = {"role": "system", "content": "Always answer in French."}
     return [
-        GenRequest(messages=[sys_a, {"role": "user", "content": "What did you do this weekend?"}], seed=1, n=2),
+        GenRequest(messages=[sys_a, {"role": "user", "content": "What did you do this weekend?"}], seed=1, n=2,
+                   persist=False),
         GenRequest(messages=[sys_b, {"role": "user", "content": "Tell me about your hobbies."}], seed=2,
-                   max_new_tokens=6),
+                   max_new_tokens=6, persist=False),
         GenRequest(messages=[sys_a, {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello there."},
-                             {"role": "user", "content": "Do you prefer cats or dogs? Why?"}], seed=3),
-        GenRequest(messages=[{"role": "user", "content": "What is your favourite food?"}], seed=4, n=3),
+                             {"role": "user", "content": "Do you prefer cats or dogs? Why?"}], seed=3,
+                   persist=False),
+        GenRequest(messages=[{"role": "user", "content": "What is your favourite food?"}], seed=4, n=3, persist=False),
     ]
 
 

@@ -144,8 +144,6 @@ class VLLMEngine:
 
     def complete(self, requests: list[GenRequest], *, max_new_tokens: int | None = None) -> list[list[Completion]]:
         """``n`` replies per request, in request order; all rows go to vLLM in one call."""
-        from vllm.inputs import TokensPrompt
-
         for i, r in enumerate(requests):
             if r.intervene or r.negative_messages is not None:
                 raise UnsupportedOnVLLM(
@@ -154,6 +152,8 @@ class VLLMEngine:
                     "split-softmax or guidance: run that setting on backend hf")
             if r.n < 1:
                 raise ValueError(f"request {i}: n must be at least 1")
+        from vllm.inputs import TokensPrompt
+
         limit = max_new_tokens or self.sampling.max_new_tokens
         prompts, params, owner = [], [], []
         for qi, r in enumerate(requests):
