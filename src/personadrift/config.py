@@ -206,16 +206,17 @@ def _check_backends(config: dict, path) -> None:
         backend = backend_of(config, s)
         backend.refuse(s, path)
         used.setdefault(backend.name, (backend, s))
+    for backend, _s in used.values():
+        backend.check(config, path)
     api = config["model"]["source"] == "api"
     if study.local_weights == api:
         remote = ", ".join(n for n, b in BACKENDS.items() if not b.local_weights)
         raise InputError(path, "model.source", f"use source: api exactly when backend: {remote}"
-                         + ("" if api else " (settings may still run on an API with interventions.<name>.backend)"))
+                         + (" (settings may still run on an API with interventions.<name>.backend)" if api else ""))
     for backend, s in used.values():
         if api and backend.local_weights:
             raise InputError(path, f"interventions.{s.family}.backend", f"backend {backend.name} runs the fetched "
                              "model, and model.source: api fetches none")
-        backend.check(config, path)
 
 
 def _check_opening(config: dict, path) -> None:
