@@ -96,9 +96,8 @@ class VLLMEngine:
         import torch
 
         if not torch.cuda.is_available():
-            # vLLM's CPU build: the engine core in this process, not a spawned one, so the job
-            # imports vLLM and torch once (on a 2-core machine the start-up fell from about 3 min
-            # to about 1 min)
+            # vLLM's CPU build: the engine core and its worker in this process, not spawned ones,
+            # so the job imports vLLM and torch once, not three times (docs/methods.md)
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if cpu_kvcache_gib is not None:  # read by vLLM's CPU build at start-up (GiB of KV cache)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kvcache_gib)))
