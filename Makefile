@@ -18,8 +18,9 @@
 #   make lint                 ruff and mypy on the package, snakemake --lint, snakefmt --check
 #   make test                 set up the venv, lint, then run the whole test suite
 # No activation needed: every target calls the tools in .venv/bin.
-# Everything is installed from requirements.txt (pinned) into .venv; the model and MMLU are
-# fetched by the workflow itself.
+# Everything is installed from requirements.txt (pinned) into .venv, and the vLLM backend's
+# environment from requirements-vllm.txt into .venv-vllm; the model and MMLU are fetched by the
+# workflow itself.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -40,7 +41,20 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed
+# The vLLM backend's own environment (its torch and transformers pins differ from ours): every
+# package pinned in requirements-vllm.txt, installed without dependency resolution so that PyPI's
+# CUDA-built torchvision/torchaudio/torchcodec never land beside the CPU torch; the package
+# itself editable, without its dependencies (they are in the list). Rules of vLLM settings call
+# its CLI (rules/common.smk: env_cli).
+VENV_VLLM ?= .venv-vllm
+$(VENV_VLLM)/.installed: requirements-vllm.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps -r requirements-vllm.txt
+	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed $(VENV_VLLM)/.installed
 
 # the study of config.yaml, its committed outputs manifest, and the run verify reads
 STUDY ?= embedded-default

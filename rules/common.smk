@@ -18,6 +18,12 @@ try:
     from personadrift.errors import PersonaDriftError
     from personadrift.figures.catalog import study_figures, table_refs
     from personadrift.generation.selfchat import n_shards
+    from personadrift.runtime.backends import (
+        BACKENDS,
+        MODEL_ENV,
+        backend_of,
+        internals_backends,
+    )
     from personadrift.interventions.settings import (
         expand_settings,
         mitigation_settings,
@@ -64,6 +70,25 @@ _PD = (
 # (the prefix is formatted like a shell command: its braces are doubled)
 shell.prefix(f'set -euo pipefail; personadrift() {{{{ {_PD} "$@"; }}}}; ')
 
+
+def env_cli(env):
+    """The personadrift command of a rule running in ``env`` (a backend's environment,
+    runtime/backends/): under --sdm conda, the one on the activated envs/<env>.yaml's PATH;
+    otherwise the CLI of the venv ``make setup`` built beside the Snakefile (.venv-<env>).
+    """
+    from snakemake.settings.types import DeploymentMethod
+
+    if (
+        env == MODEL_ENV
+        or DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    ):
+        return "personadrift"
+    python = os.path.join(workflow.basedir, f".venv-{env}", "bin", "python")
+    if not os.path.exists(python):
+        return f"echo 'no {python}: run make setup (it builds .venv-{env}), or use --sdm conda' >&2; false"
+    return f"{shlex.quote(python)} -m personadrift"
+
+
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
@@ -90,6 +115,10 @@ MMLU_COPIED = [
     if mmlu_from_baseline(s)
 ]
 MMLU_SCORED = [s for s in MITIGATION if s not in MMLU_COPIED]
+# self-chat settings by the environment their backend runs in (rules/selfchat.smk: one rule each)
+SELFCHAT_ENVS = {}
+for _s in expand_settings(config["interventions"]):
+    SELFCHAT_ENVS.setdefault(backend_of(config, _s).env, []).append(_s.name)
 SHARDS = list(
     range(
         n_shards(config["selfchat"]["conversations"], config["selfchat"]["shard_size"])
@@ -111,7 +140,23 @@ wildcard_constraints:
 DIALOG_KEYS = "conversations,shard_size,turns,runs,user_system_prompt,probe_user_persona,flatten_newlines,probe_max_new_tokens,opening,context_policy"
 # keys of model that only matter once the weights are loaded
 LOAD_KEYS = "dtype,device_map,fold_system_prompt,max_batch,cpu_numerics"
-MODEL_KEYS = ("model", "backend", "openai")
+# the config sections of the backends the study uses (openai's: always, as fetch_model's
+# manifest names its model)
+MODEL_KEYS = (
+    "model",
+    "backend",
+    "openai",
+    *sorted(
+        {
+            backend_of(config, s).section
+            for s in expand_settings(config["interventions"])
+            if backend_of(config, s).section
+        }
+        - {"openai"}
+    ),
+)
+# the backend of jobs that need the model's internals (attention, MMLU)
+INTERNALS_BACKEND = internals_backends()[0]
 SAMPLING_KEYS = (f"selfchat-{DIALOG_KEYS}",)
 
 

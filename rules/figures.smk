@@ -5,11 +5,11 @@
 
 
 # Each figure's tables, in its function's argument order, from its one declaration
-# (src/personadrift/figures/catalog.py): an API model gets the dialog figures only (attention
-# and MMLU need the model's internals).
+# (src/personadrift/figures/catalog.py): a study whose backend runs no local weights (an API
+# model) gets the dialog figures only (attention and MMLU need the model's internals).
 FIGURE_TABLES = {
     fig.name: figure_tables(fig)
-    for fig in study_figures(internals=config["backend"] != "openai")
+    for fig in study_figures(internals=BACKENDS[config["backend"]].local_weights)
 }
 
 # The drift tables of every control setting (e.g. the length-only control), built with

@@ -26,9 +26,10 @@ rule fetch_mmlu:
 
 
 # MMLU scores the model's own next-token log-probabilities, so it always runs on the HF
-# engine, also for a setting whose self-chat runs on an OpenAI-compatible server. Settings
-# whose method leaves a single-turn prompt unchanged (repetition) take the baseline's scores
-# (rule mmlu_from_baseline): the same prompts are not scored twice.
+# engine (the backend that gives internals), also for a setting whose self-chat runs on vLLM
+# or an OpenAI-compatible server. Settings whose method leaves a single-turn prompt unchanged
+# (repetition) take the baseline's scores (rule mmlu_from_baseline): the same prompts are not
+# scored twice.
 rule mmlu:
     input:
         model=MODEL,
@@ -47,7 +48,7 @@ rule mmlu:
     resources:
         **model_resources(),
     params:
-        config_json=setting_params("model", "seed", "mmlu", backend="hf"),
+        config_json=setting_params("model", "seed", "mmlu", backend=INTERNALS_BACKEND),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
         "personadrift mmlu --params {params.config_json:q} --setting {wildcards.setting:q}"

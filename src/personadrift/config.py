@@ -36,6 +36,14 @@ def load_schema() -> dict:
     return read_yaml(SCHEMA_PATH)
 
 
+def with_backends(schema: dict) -> dict:
+    """``schema`` with the registered backends as the values of ``backend`` (runtime/backends/)."""
+    from personadrift.runtime.backends import BACKENDS
+
+    schema["properties"]["backend"]["enum"] = sorted(BACKENDS)
+    return schema
+
+
 def _strict_validator(validator_class):
     """A validator that writes schema defaults into the instance (as Snakemake's validate does)
     and does not count 8.0 as an integer (JSON Schema does; range(8.0) does not)."""
@@ -122,7 +130,7 @@ def _validate_config(config: dict, path) -> dict:
         raise InputError(path, None, "expected a mapping of keys at the top level")
     check_size(config, path)
     _check_finite(config, path)
-    schema = load_schema()
+    schema = with_backends(load_schema())
     cls = _strict_validator(jsonschema.validators.validator_for(schema))
     err = _first_error(cls(schema), config)
     if err:
@@ -152,14 +160,17 @@ def check_entry(path, family: str, entry: dict) -> list:
     from personadrift.interventions import METHODS
     from personadrift.interventions.base import EntryError
     from personadrift.interventions.settings import check_family
+    from personadrift.runtime.backends import BACKENDS
 
     where = f"interventions.{family}"
     method = entry["method"]
     if method not in METHODS:
         raise InputError(path, f"{where}.method", f"{short_repr(method)} is not one of {sorted(METHODS)}")
     impl = METHODS[method]
-    cls = _strict_validator(jsonschema.validators.validator_for(impl.entry_schema()))
-    err = _first_error(cls(impl.entry_schema()), copy.deepcopy(entry))
+    schema = impl.entry_schema()
+    schema["properties"]["backend"]["enum"] = sorted(BACKENDS)  # the registered backends
+    cls = _strict_validator(jsonschema.validators.validator_for(schema))
+    err = _first_error(cls(schema), copy.deepcopy(entry))
     if err and err.validator == "required":
         missing = err.message.split("'")[1]
         raise InputError(path, f"{where}.{missing}", f"required by method {method}")
@@ -186,22 +197,7 @@ def _check_cross_fields(config: dict, path) -> None:
     sc = config["selfchat"]
     if sc["shard_size"] > sc["conversations"]:
         sc["shard_size"] = sc["conversations"]
-    study_backend = config["backend"]
-    backends = set()
-    for s in expand_settings(config["interventions"]):
-        backend = s.backend_for(study_backend)
-        backends.add(backend)
-        if backend == "openai" and s.needs_internals:
-            key = "backend" if s.backend else "method"
-            raise InputError(path, f"interventions.{s.family}.{key}",
-                             f"{s.method} needs model internals; it cannot run with backend: openai")
-    if "openai" in backends and not config["openai"].get("model"):
-        raise InputError(path, "openai.model", "required with backend: openai")
-    if study_backend == "openai" and config["model"]["source"] != "api":
-        raise InputError(path, "model.source", "use source: api exactly when backend: openai")
-    if study_backend == "hf" and config["model"]["source"] == "api":
-        raise InputError(path, "model.source", "use source: api exactly when backend: openai "
-                         "(settings may still run on an API with interventions.<name>.backend: openai)")
+    _check_backends(config, path)
     _check_opening(config, path)
     _check_mmlu_size(config, path)
 
@@ -218,6 +214,31 @@ def _check_batch_invariance(model: dict, path) -> None:
     if model["linear_kernel"] == "torch":
         raise InputError(path, "model.batch_invariant", "needs oneDNN's packed linear, not model.linear_kernel: "
                          "torch; use linear_kernel auto or onednn, or set batch_invariant: false")
+
+
+def _check_backends(config: dict, path) -> None:
+    """Each setting against its backend (runtime/backends/): what it needs, the backend's own
+    keys, and the model source (``api`` exactly when the study's backend runs no local weights)."""
+    from personadrift.interventions.settings import expand_settings
+    from personadrift.runtime.backends import BACKENDS, backend_of
+
+    study = backend_of(config)
+    used = {}
+    for s in expand_settings(config["interventions"]):
+        backend = backend_of(config, s)
+        backend.refuse(s, path)
+        used.setdefault(backend.name, (backend, s))
+    for backend, _s in used.values():
+        backend.check(config, path)
+    api = config["model"]["source"] == "api"
+    if study.local_weights == api:
+        remote = ", ".join(n for n, b in BACKENDS.items() if not b.local_weights)
+        raise InputError(path, "model.source", f"use source: api exactly when backend: {remote}"
+                         + (" (settings may still run on an API with interventions.<name>.backend)" if api else ""))
+    for backend, s in used.values():
+        if api and backend.local_weights:
+            raise InputError(path, f"interventions.{s.family}.backend", f"backend {backend.name} runs the fetched "
+                             "model, and model.source: api fetches none")
 
 
 def _check_opening(config: dict, path) -> None:

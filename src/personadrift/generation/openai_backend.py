@@ -22,8 +22,15 @@ jitter; a ``Retry-After``/``retry-after-ms`` header up to 2 minutes takes preced
 new requests. When the retries are spent, :class:`OpenAIBackendError` names the base URL, the
 model and the status; no reply is ever replaced by an empty string.
 
+Sampling. Temperature, ``top_p``, ``max_tokens`` (the request's reply budget) and, where the
+sampling has one, ``top_k`` (in the body's extras: not an OpenAI parameter) are sent as the HF
+engine samples; ``selfchat.api_send_top_p``, ``api_send_max_tokens`` and ``api_send_top_k`` leave
+each to the server's default instead (OpenAI's API refuses ``top_k``). ``openai.concurrency``
+and ``timeout_s`` default to 64 requests and 600 s for a server on this machine (it queues and
+batches them itself) and 4 and 60 s elsewhere.
+
 Cache. Each request's reply is stored in ``cache_dir/<sha256>.json``, the key being a sha256
-of the request content (model, messages, temperature, top_p, max_tokens, n, seed) and never
+of the request content (model, messages, temperature, top_p, top_k, max_tokens, n, seed) and never
 of the API key or the base URL (a restarted server on another port still hits the cache).
 Files are written atomically; a rerun sends no HTTP request for a cached reply.
 
@@ -59,6 +66,12 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_DUMMY_KEY = "personadrift-local-no-key"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 _RETRYABLE = {408, 409, 429}  # and every 5xx (the client's rule)
+# sampling keys that are no OpenAI parameters: vLLM's and TGI's servers, llama.cpp's and
+# ``personadrift serve`` read them from the body; OpenAI's API refuses them (selfchat.api_send_top_k)
+EXTRA_BODY_KEYS = ("top_k",)
+# a server on this machine is sized by its own queue, not by a rate limit (openai.concurrency, timeout_s)
+LOCAL_CONCURRENCY, LOCAL_TIMEOUT_S = 64, 600.0
+REMOTE_CONCURRENCY, REMOTE_TIMEOUT_S = 4, 60.0
 
 
 class OpenAIBackendError(PersonaDriftError):
@@ -170,14 +183,15 @@ class OpenAIEngine:
             api_key=key,
             base_url=base_url,
             sampling=sampling,
-            concurrency=oc.get("concurrency", 4),
+            concurrency=oc.get("concurrency") or (LOCAL_CONCURRENCY if is_local_url(base_url) else REMOTE_CONCURRENCY),
             max_retries=oc.get("max_retries", 6),
-            timeout_s=oc.get("timeout_s", 60),
+            timeout_s=oc.get("timeout_s") or (LOCAL_TIMEOUT_S if is_local_url(base_url) else REMOTE_TIMEOUT_S),
             cache_dir=cache_dir if oc.get("cache", True) else None,
         )._omitting(config.get("selfchat") or {})
 
     def _omitting(self, selfchat: dict) -> OpenAIEngine:
-        self.omit = {k for k, flag in (("top_p", "api_send_top_p"), ("max_tokens", "api_send_max_tokens"))
+        self.omit = {k for k, flag in (("top_p", "api_send_top_p"), ("max_tokens", "api_send_max_tokens"),
+                                       ("top_k", "api_send_top_k"))
                      if not selfchat.get(flag, True)}
         return self
 
@@ -243,6 +257,8 @@ class OpenAIEngine:
             "n": int(r.n),
             "seed": int(r.seed),
         }
+        if s.do_sample and s.top_k:  # not an OpenAI parameter: sent in the body's extras (_call)
+            payload["top_k"] = int(s.top_k)
         # upstream left top_p and the length cap to the API's defaults (selfchat.api_send_*)
         return {k: v for k, v in payload.items() if k not in self.omit}
 
@@ -287,7 +303,10 @@ class OpenAIEngine:
         failure: tuple[str, str] | None = None
         resp = None
         try:
-            resp = self._client.chat.completions.create(**payload, extra_headers={REQUEST_ID_HEADER: request_id})
+            known = {k: v for k, v in payload.items() if k not in EXTRA_BODY_KEYS}
+            extra = {k: payload[k] for k in EXTRA_BODY_KEYS if k in payload}
+            resp = self._client.chat.completions.create(**known, extra_headers={REQUEST_ID_HEADER: request_id},
+                                                        **({"extra_body": extra} if extra else {}))
         except openai.APITimeoutError:
             failure = (f"timed out after {self.timeout_s:g} s, {self.max_retries + 1} attempts", "")
         except openai.APIConnectionError as exc:

@@ -64,8 +64,9 @@ class Method:
         may carry (others are errors, so a key of another method is never silently ignored)."""
         props = {
             "method": {"const": self.name},
-            "backend": {"enum": ["hf", "openai"], "description": "Backend of this setting's self-chat "
-                        "(default: the study's backend). Methods that need the model's internals need hf."},
+            # its values, the registered backends, are filled in by the config check (runtime/backends/)
+            "backend": {"type": "string", "description": "Backend of this setting's self-chat (default: the "
+                        "study's backend). Methods that need the model's internals need a backend that gives them (hf)."},
             **self.options,
         }
         required = ["method"]

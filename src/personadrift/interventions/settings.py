@@ -27,7 +27,7 @@ class Setting:
     method: str  # a registered method: none | split_softmax | repetition | cfg
     value: Any = None  # the grid value (a number; None for methods without a grid)
     options: dict = field(default_factory=dict, compare=False, hash=False)  # method keys, defaults filled
-    backend: str | None = None  # hf | openai; None = the study's backend
+    backend: str | None = None  # a registered backend (runtime/backends/); None = the study's
 
     @property
     def impl(self) -> Method:

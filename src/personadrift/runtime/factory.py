@@ -1,4 +1,5 @@
-"""The one engine factory: the configured backend, built from a config and a fetched model.
+"""The one engine factory: the configured backend (runtime/backends/), built from a config and
+a fetched model.
 
 The workflow's steps (:func:`make_engine`), ``personadrift serve`` (:func:`hf_engine`) and the
 benchmarks (:func:`engine_on`, :func:`hf_engine_for`) all build engines here, so an engine's identity
@@ -91,24 +92,14 @@ def engine_on(model, tokenizer, model_config: dict | None = None, *, model_ident
 
 def make_engine(config: dict, model_dir: str | Path, setting=None, *, threads: int | None = None,
                 backend: str | None = None):
-    """The backend of ``setting`` (its own ``backend`` key, else the study's): the HF engine on
-    the fetched model, or the OpenAI-compatible client. ``backend`` overrides both."""
-    backend = backend or (setting.backend_for(config["backend"]) if setting else config["backend"])
-    sampling = sampling_from(config)
-    if backend == "openai":
-        if setting is not None and setting.needs_internals:
-            raise InputError("config", f"interventions.{setting.family}.backend",
-                             f"{setting.method} needs model internals; it cannot run with backend: openai")
-        from personadrift.generation.openai_backend import OpenAIEngine
+    """The engine of ``setting`` on its backend (its own ``backend`` key, else the study's;
+    ``backend`` overrides both): the backend builds it (runtime/backends/). A setting that needs
+    what its backend cannot give is refused first, with the key to change."""
+    from personadrift.runtime.backends import BACKENDS, backend_of
 
-        return OpenAIEngine.from_config(config, sampling=sampling, cache_dir=Path(model_dir) / "openai-cache")
-    import torch
-
-    from personadrift.generation.models import load_model
-
-    if threads:
-        torch.set_num_threads(threads)
-    return hf_engine_for(load_model(model_dir, config["model"]), config, setting)
+    chosen = BACKENDS[backend] if backend else backend_of(config, setting)
+    chosen.refuse(setting)
+    return chosen.engine(config, model_dir, setting, sampling=sampling_from(config), threads=threads)
 
 
 def hf_engine_for(lm, config: dict, setting=None, *, progress: bool = True):

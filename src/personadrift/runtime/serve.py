@@ -8,13 +8,13 @@ optional drift interventions applied to every request: each registered method's 
 OpenAI client, and the workflow's ``backend: openai``, can then use it.
 
 Endpoints: ``POST /v1/chat/completions`` (non-streaming; ``messages``, ``temperature``,
-``top_p``, ``max_tokens``/``max_completion_tokens``, ``n``, ``seed``), ``GET /v1/models``,
+``top_p``, ``top_k`` (an extra of vLLM, TGI and llama.cpp servers), ``max_tokens``/``max_completion_tokens``, ``n``, ``seed``), ``GET /v1/models``,
 ``GET /health``. Bad input gets a 400 with an OpenAI-style ``{"error": {...}}`` body.
 
 Semantics:
 
 * ``temperature: 0`` is greedy decoding (argmax; ``top_p`` and ``seed`` are then irrelevant).
-  ``temperature > 0`` samples with temperature and nucleus ``top_p`` (default 1).
+  ``temperature > 0`` samples with temperature, ``top_k`` (default 0: off) and nucleus ``top_p`` (default 1).
 * ``seed`` with ``n`` samples: sample ``s`` uses ``derive_seed(seed, s)``, exactly as
   ``HFEngine`` does for ``GenRequest(seed=seed, n=n)``, so a served reply equals the local
   engine's. Without ``seed`` a random one is drawn.
@@ -98,7 +98,7 @@ class _Job:
         """Jobs that may share one engine call: the same sampling settings (each keeps its own
         ``max_tokens``: the engine retires a request's rows at its own budget)."""
         s = self.sampling
-        return (s.do_sample, s.temperature, s.top_p)
+        return (s.do_sample, s.temperature, s.top_p, s.top_k)
 
 
 class ChatApp:
@@ -167,6 +167,7 @@ class ChatApp:
         messages = _messages(body.get("messages"))
         temperature = _number(body, "temperature", 1.0, lo=0.0, hi=2.0)
         top_p = _number(body, "top_p", 1.0, lo=0.0, hi=1.0, lo_open=True)
+        top_k = max(0, _integer(body, "top_k", 0, lo=-1, hi=1 << 31))  # vLLM's spelling of off: -1
         n = _integer(body, "n", 1, lo=1, hi=MAX_N)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is None:
@@ -182,7 +183,8 @@ class ChatApp:
         if temperature == 0:
             sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=max_tokens, do_sample=False)
         else:
-            sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, do_sample=True)
+            sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_tokens,
+                                do_sample=True)
         return _Job(messages=messages, n=n, seed=int(seed), sampling=sampling, max_tokens=max_tokens)
 
     def gen_request(self, job: _Job) -> GenRequest:

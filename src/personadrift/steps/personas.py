@@ -23,7 +23,10 @@ def calibrate(config: dict, model_dir: str | Path, out_csv: str | Path, *, threa
 
     personas, _ = load_pool(config)
     cal = config["personas"]["calibration"]
-    engine = make_engine(config, model_dir, threads=threads)
+    from personadrift.runtime.backends import model_job_backend
+
+    # a backend with an environment of its own (vllm) calibrates on the HF engine, same weights
+    engine = make_engine(config, model_dir, threads=threads, backend=model_job_backend(config).name)
     asked = calibration.prompts(personas, config["seed"])
     # one call for every prompt and sample: the engine batches them max_batch rows at a time,
     # grouped by prompt length (replies do not depend on the grouping)

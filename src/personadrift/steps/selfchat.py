@@ -8,6 +8,7 @@ from personadrift.command import Command, arg
 from personadrift.errors import InputError
 from personadrift.numerics import record as numerics_record
 from personadrift.provenance import provenance
+from personadrift.runtime.backends import backend_of
 from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.protocol.calibration import PoolPersona
 from personadrift.storage import read_json
@@ -36,7 +37,7 @@ def selfchat_shard(config: dict, *, setting_name: str, shard: int, model_dir, po
     # the CPU numerics in force (numerics.py) belong to the checkpoints' fingerprint when the model runs here
     on_cpu = getattr(getattr(engine, "device", None), "type", None) == "cpu"
     prov = provenance(model=model_identity(engine), sampling=sampling_record(sc), seed=config["seed"],
-                      setting=setting.describe(), backend=setting.backend_for(config["backend"]),
+                      setting=setting.describe(), backend=backend_of(config, setting).name,
                       **({"cpu_numerics": numerics_record()} if on_cpu else {}))
     run = ShardRun(engine, config=config, setting=setting, plans=plans,
                    checkpoint_dir=Path(checkpoint_dir), provenance=prov)
