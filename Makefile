@@ -29,7 +29,7 @@ export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 CORES ?= 2
 
-.PHONY: setup figures figure figure-docs validate verify expected robustness test lint report rulegraph clean-results
+.PHONY: setup setup-vllm figures figure figure-docs validate verify expected robustness test lint report rulegraph clean-results
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # package pinned in requirements-vllm.txt, installed without dependency resolution so that PyPI's
 # CUDA-built torchvision/torchaudio/torchcodec never land beside the CPU torch; the package
 # itself editable, without its dependencies (they are in the list). Rules of vLLM settings call
-# its CLI (rules/common.smk: env_cli).
+# its CLI (rules/common.smk: env_cli). Built by `make setup-vllm` (and `make test`).
 VENV_VLLM ?= .venv-vllm
 $(VENV_VLLM)/.installed: requirements-vllm.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV_VLLM)
@@ -54,7 +54,10 @@ $(VENV_VLLM)/.installed: requirements-vllm.txt pyproject.toml
 	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed $(VENV_VLLM)/.installed
+setup: $(VENV)/.installed
+
+# only vLLM studies and the tests need it (make figures on the default does not)
+setup-vllm: $(VENV_VLLM)/.installed
 
 # the study of config.yaml, its committed outputs manifest, and the run verify reads
 STUDY ?= embedded-default
@@ -94,7 +97,7 @@ figure-docs: setup
 	personadrift figure-docs
 
 # the tests start with the linters: a finding fails `make test` before the suite runs
-test: setup lint
+test: setup setup-vllm lint
 	pytest
 
 # ruff and mypy: rule sets and options in pyproject.toml ([tool.ruff], [tool.mypy])

