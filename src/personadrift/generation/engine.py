@@ -135,6 +135,10 @@ class HFEngine:
             from personadrift.attention import split_softmax  # noqa: F401  (registers the function)
 
             model.set_attn_implementation("split_softmax")
+        else:  # grouped-query models attend to their KV heads unrepeated (attention/grouped.py)
+            from personadrift.attention.grouped import use_grouped_keys
+
+            use_grouped_keys(model)
 
     # ----------------------------------------------------------------- public API
     def forget(self, prefix: str = "") -> None:

@@ -1,0 +1,66 @@
+"""Self-chat speed with grouped keys as they are ("grouped_sdpa", the engine's default on a
+grouped-query model) against transformers' ``sdpa`` (which repeats a layer's keys and values for
+every query head in each masked prefill), on one model, alternated in one process.
+
+    python bench/grouped_attention.py [--model-dir D] [--conversations 16] [--rounds 2]
+                                      [--tokens 32] [--history 200] [--pairs 3] [--threads 1]
+
+Each run is a fresh engine's dialog of ``--rounds`` rounds: each round appends about
+``--history`` tokens of history to every conversation (a masked prefill after its cached prefix),
+then decodes ``--tokens`` tokens (greedy, forced to the full length). The matmul rate is printed
+before and after. Decoding packs the query heads per KV head in both modes (transformers 5.23's
+``pack_gqa``); the difference is in the prefills.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _common import TURNS, add_model_args, load, race  # noqa: E402  (bench/ is on sys.path)
+
+from personadrift.attention.grouped import NAME, query_groups
+from personadrift.generation.api import GenRequest, Sampling
+from personadrift.generation.engine import HFEngine
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--conversations", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--history", type=int, default=200, help="tokens of history added per round (about)")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok, name = load(args, heads=8, kv_heads=2)
+    groups = query_groups(model.config)
+    if groups == 1:
+        raise SystemExit(f"{name} has one query head per KV head: nothing to compare")
+    filler = " ".join(TURNS)
+    words = max(1, args.history // max(1, len(tok.encode(filler))))
+
+    def run(mode: str, warm_up: bool) -> int:
+        n, rounds, tokens = (2, 1, 4) if warm_up else (args.conversations, args.rounds, args.tokens)
+        model.set_attn_implementation(mode)
+        eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False),
+                       max_batch=max(n, 1))
+        model.set_attn_implementation(mode)  # the engine switches sdpa to grouped_sdpa: undo for the reference
+        msgs = [[{"role": "system", "content": f"You are persona {i}."}] for i in range(n)]
+        for _ in range(rounds):
+            for i, m in enumerate(msgs):
+                m.append({"role": "user", "content": f"{i}: " + " ".join([filler] * words)})
+            out = eng.generate([GenRequest(m, seed=i, key=f"c{i}") for i, m in enumerate(msgs)])
+            for m, t in zip(msgs, out):
+                m.append({"role": "assistant", "content": t[0]})
+        return n
+
+    race(run, {"sdpa": "sdpa", NAME: NAME}, "sdpa", NAME, args.pairs,
+         f"{name}: {groups} query heads per KV head, {args.conversations} conversations x {args.rounds} rounds "
+         f"(+~{args.history} tokens, {args.tokens} decoded per round), {torch.get_num_threads()} thread(s)")
+
+
+if __name__ == "__main__":
+    main()
