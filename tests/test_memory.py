@@ -46,6 +46,30 @@ def test_rows_follow_free_memory_and_context_capped_by_max_batch(tiny_model):
     assert memory.rows_that_fit(model, 1000, 64) == 64  # a host: the cap alone (no free-memory figure)
 
 
+def test_rows_count_what_a_prefill_encodes_not_the_whole_context(tiny_model):
+    """A dialog's later turn encodes only its new tokens (the rest is a stored prefix), and a
+    decode step one: a row needs its KV cache for the whole context, activations for those."""
+    model, _ = tiny_model
+    (_, kv), = memory.kv_bytes_by_device(model).items()
+    act = memory.activation_bytes_per_token(model.config, torch.float32)
+    logits = 16 * model.config.vocab_size
+    total = 100 * (1000 * (kv + act) + logits)  # usable bytes: 100 rows encoding all 1000 positions
+
+    def free(d):
+        return int(total / memory.USABLE_FRACTION) + 1
+
+    assert memory.rows_that_fit(model, 1000, 512, free=free) == 100
+    assert memory.rows_that_fit(model, 1000, 512, new_tokens=50, free=free) == total // (1000 * kv + 50 * act + logits)
+    assert memory.rows_that_fit(model, 1000, 512, new_tokens=50, free=free) > 4 * 100  # this model: activations dominate
+    # a stored prefix's bytes count as available, and the store keeps what the rows leave
+    cpu = torch.device("cpu")
+    rows, keep = memory.plan_rows(model, 1000, 64, new_tokens=50, held={cpu: 1000}, free=free)
+    per_row = 1000 * kv + 50 * act + logits
+    assert rows == 64 and keep == {cpu: int((free(cpu) + 1000) * memory.USABLE_FRACTION) - 64 * per_row}
+    rows, keep = memory.plan_rows(model, 1000, 512, held={cpu: 1000}, free=free)
+    assert rows == 100 and 0 <= keep[cpu] < 1000 * (kv + act) + logits  # the rows first: the store keeps the rest
+
+
 class OutOfMemoryAbove:
     """A forward pre-hook: raises torch's out-of-memory error when a forward has more than
     ``rows`` rows, as a GPU would with a batch too large for it. With ``after`` it raises only

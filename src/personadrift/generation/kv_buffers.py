@@ -60,9 +60,10 @@ class PrefixStore:
     store's budget there allows, so a dialog's next turn re-uses it without crossing the bus.
     Over budget, the least recently used prefixes are spilled to ``host`` memory (pinned where
     CUDA is available, so that they come back with asynchronous copies). The budget per device
-    is ``budget_bytes`` if given, else ``PREFIX_SHARE`` of the device's free memory (as
-    ``generation/memory.py`` counts it) plus what the store already holds there. A host has no
-    budget: on the CPU every prefix simply stays where it is.
+    is ``budget_bytes`` if given, else what the engine's last call left beside its rows
+    (:meth:`limit`, from ``generation/memory.py``: a stored prefix never displaces a batch row),
+    else, before any call, ``PREFIX_SHARE`` of the device's free memory plus what the store
+    already holds there. A host has no budget: on the CPU every prefix simply stays where it is.
 
     Spilled tensors are only ever read by copying them back on the device's stream, so their
     device-to-host copies need not be waited for either.
@@ -77,6 +78,7 @@ class PrefixStore:
         self._items: OrderedDict[str, Prefix] = OrderedDict()  # least recently used first
         self.spills = 0  # prefixes moved to the host to make room
         self.peak: dict[str, int] = {}  # the most bytes held at once, per device
+        self.limits: dict[torch.device, int] = {}  # per device, what a call's rows leave (``limit``)
 
     # ------------------------------------------------------------------ mapping
     def get(self, key: str | None) -> Prefix | None:
@@ -84,6 +86,10 @@ class PrefixStore:
             return None
         self._items.move_to_end(key)
         return self._items[key]
+
+    def peek(self, key: str | None) -> Prefix | None:
+        """The prefix under ``key`` without marking it used."""
+        return None if key is None else self._items.get(key)
 
     def put(self, key: str, prefix: Prefix) -> None:
         self._items.pop(key, None)  # the key's previous prefix no longer counts
@@ -121,6 +127,8 @@ class PrefixStore:
         """Bytes the store may hold on ``device`` (None: no limit, a host)."""
         if self.budget_bytes is not None:
             return self.budget_bytes
+        if device in self.limits:  # what the last call's rows left (generation/memory.py)
+            return self.limits[device]
         free = self._free(device)
         return None if free is None else int((free + held) * PREFIX_SHARE)
 
@@ -142,6 +150,19 @@ class PrefixStore:
                 self._spill(new, held)
         for device, n in held.items():
             self.peak[str(device)] = max(self.peak.get(str(device), 0), n)
+
+    def limit(self, keep: dict[torch.device, int]) -> None:
+        """Hold at most ``keep[device]`` bytes on each device from now on (the memory a call's
+        rows leave), spilling the least recently used prefixes now to get there."""
+        self.limits.update(keep)
+        held = self.held_bytes()
+        for device, cap in keep.items():
+            for key in list(self._items):
+                if held.get(device, 0) <= cap:
+                    break
+                p = self._items[key]
+                if device in p.bytes_by_device():
+                    self._spill(p, held)
 
     def _spill(self, prefix: Prefix, held: dict[torch.device, int]) -> None:
         for d, n in prefix.bytes_by_device().items():

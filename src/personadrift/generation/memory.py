@@ -4,8 +4,11 @@ A batch's KV cache dominates a job's device memory: every row holds keys and val
 of its positions in every layer. Llama-2-7B has no grouped-query attention, so that is
 32 layers x 32 heads x 128 x 2 x 2 bytes = 0.5 MiB per position: 128 rows of 4,496 slots would
 need 281 GiB. Before each call the engine asks ``call_rows`` how many rows one forward may
-hold, from each device's free memory and the call's longest context (prompt + reply budget),
-capped by ``model.max_batch``; on a host (CPU) the cap alone decides.
+hold, from each device's free memory and what a row needs (``row_bytes``): its KV cache for the
+call's longest context (prompt + reply budget) and one layer's activations for the tokens its
+prefill encodes (a decode step encodes one; a stored prefix is not encoded again), capped by
+``model.max_batch``; on a host (CPU) the cap alone decides. The prefix store keeps only what
+those rows leave (``PrefixStore.limit``): it spills rather than displace a row.
 
 The estimate can still be wrong (fragmentation, another process on the GPU, attention's
 scratch space), so a chunk that runs out of memory is split in two and each half run again, in
@@ -87,22 +90,44 @@ def free_bytes(device: torch.device) -> int | None:
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
-def rows_that_fit(model, context: int, cap: int, *, free=free_bytes) -> int:
-    """Rows of ``context`` positions (prompt + reply budget) one forward may hold on every
-    device of ``model`` (at least 1, at most ``cap``)."""
-    rows = cap
+def row_bytes(model, context: int, new_tokens: int | None = None) -> dict[torch.device, int]:
+    """Bytes one row of a call needs on each device of ``model``: its KV cache for the whole
+    ``context`` (prompt + reply budget), one layer's transient activations for the
+    ``new_tokens`` positions its prefill encodes (the rest of its prompt comes from a stored
+    prefix; a decode step encodes one), and float32 logits with the sampler's copies of them.
+    ``new_tokens`` None: the whole context is encoded at once."""
     p = next(model.parameters())
     act = activation_bytes_per_token(model.config, p.dtype)
     vocab = (getattr(model.config, "text_config", None) or model.config).vocab_size
-    for device, kv in kv_bytes_by_device(model).items():
+    new = context if new_tokens is None else max(1, min(new_tokens, context))
+    return {device: context * kv + new * act + 4 * vocab * 4 for device, kv in kv_bytes_by_device(model).items()}
+
+
+def plan_rows(model, context: int, cap: int, *, new_tokens: int | None = None,
+              held: dict[torch.device, int] | None = None, free=None) -> tuple[int, dict[torch.device, int]]:
+    """(rows, keep): rows of ``context`` positions one forward may hold on every device of
+    ``model`` (at least 1, at most ``cap``; see :func:`row_bytes`), counting as available what
+    the prefix store ``held`` there (it spills to make room: a batch row is worth more than a
+    stored prefix, which is re-encoded if lost); and per device, the bytes the store may keep
+    beside those rows."""
+    free = free or free_bytes
+    rows = cap
+    usable: dict[torch.device, tuple[int, int]] = {}
+    for device, per_row in row_bytes(model, context, new_tokens).items():
         avail = free(device)
         if avail is None:
             continue
-        # the cache for the whole context, one layer's prefill activations, float32 logits
-        # and the sampler's copies of them
-        per_row = context * (kv + act) + 4 * vocab * 4
-        rows = min(rows, max(1, int(avail * USABLE_FRACTION) // per_row))
-    return max(1, rows)
+        total = int((avail + (held or {}).get(device, 0)) * USABLE_FRACTION)
+        usable[device] = (total, per_row)
+        rows = min(rows, max(1, total // per_row))
+    rows = max(1, rows)
+    return rows, {device: max(0, total - rows * per_row) for device, (total, per_row) in usable.items()}
+
+
+def rows_that_fit(model, context: int, cap: int, *, new_tokens: int | None = None, free=None) -> int:
+    """Rows of ``context`` positions (prompt + reply budget) one forward may hold on every
+    device of ``model`` (at least 1, at most ``cap``), each encoding ``new_tokens`` at once."""
+    return plan_rows(model, context, cap, new_tokens=new_tokens, free=free)[0]
 
 
 @dataclasses.dataclass
@@ -133,15 +158,28 @@ def call_rows(engine, requests, budget: int) -> int:
     cap = engine.max_batch
     if not requests or (st.oom_positions is None and not _on_device(engine.model)):
         return cap
-    context = max(len(engine.chat.render(r.messages).ids) for r in requests) + budget
+    prompts = [(r, engine.chat.render(r.messages).ids) for r in requests]
+    context = max(len(ids) for _, ids in prompts) + budget
     if engine.max_context:
         context = min(context, engine.max_context + budget)
-    rows = rows_that_fit(engine.model, context, cap)
+    new_tokens = max(_new_tokens(engine.prefixes, r.key, ids) for r, ids in prompts)
+    rows, keep = plan_rows(engine.model, context, cap, new_tokens=new_tokens, held=engine.prefixes.held_bytes())
+    engine.prefixes.limit(keep)  # the store gives back what the call's rows need
     if st.oom_positions is not None:
         rows = min(rows, max(1, st.oom_positions // max(1, context)))
     if rows < cap:
         log.info("%d rows per forward (model.max_batch %d) for contexts of %d positions", rows, cap, context)
     return rows
+
+
+def _new_tokens(store, key: str | None, ids: list[int]) -> int:
+    """Tokens a request's prefill encodes: its prompt past the prefix stored under ``key``."""
+    past = store.peek(key)
+    if past is None:
+        return len(ids)
+    n = min(len(past.ids), len(ids) - 1)
+    same = next((i for i in range(n) if past.ids[i] != ids[i]), n)
+    return len(ids) - same
 
 
 def _keys(requests) -> set[str]:
