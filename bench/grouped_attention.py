@@ -1,15 +1,18 @@
 """Self-chat speed with grouped keys as they are ("grouped_sdpa", the engine's default on a
-grouped-query model) against transformers' ``sdpa`` (which repeats a layer's keys and values for
-every query head in each masked prefill), on one model, alternated in one process.
+grouped-query model) against a reference, on one model, alternated in one process:
 
-    python bench/grouped_attention.py [--model-dir D] [--conversations 16] [--rounds 2]
-                                      [--tokens 32] [--history 200] [--pairs 3] [--threads 1]
+* ``--reference sdpa``: transformers' own, which repeats a layer's keys and values for every
+  query head in each masked prefill and packs the query heads per KV head when decoding;
+* ``--reference repeat``: keys and values repeated in every forward, decoding included (what a
+  masked decode step costs where nothing packs the queries).
+
+    python bench/grouped_attention.py [--model-dir D] [--reference sdpa|repeat] [--conversations 16]
+                                      [--rounds 2] [--tokens 32] [--history 200] [--pairs 3] [--threads 1]
 
 Each run is a fresh engine's dialog of ``--rounds`` rounds: each round appends about
 ``--history`` tokens of history to every conversation (a masked prefill after its cached prefix),
 then decodes ``--tokens`` tokens (greedy, forced to the full length). The matmul rate is printed
-before and after. Decoding packs the query heads per KV head in both modes (transformers 5.23's
-``pack_gqa``); the difference is in the prefills.
+before and after.
 """
 
 from __future__ import annotations
@@ -19,14 +22,32 @@ import argparse
 import torch
 from _common import TURNS, add_model_args, load, race  # noqa: E402  (bench/ is on sys.path)
 
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
 from personadrift.attention.grouped import NAME, query_groups
 from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.engine import HFEngine
 
 
+def repeating_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA over keys and values repeated for every query head, in every forward."""
+    n_rep = query.shape[1] // key.shape[1]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), attn_mask=attention_mask, scale=scaling,
+        is_causal=attention_mask is None and query.shape[2] > 1)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("repeat", repeating_attention)
+AttentionMaskInterface.register("repeat", sdpa_mask)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
+    p.add_argument("--reference", choices=["sdpa", "repeat"], default="sdpa")
     p.add_argument("--conversations", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--tokens", type=int, default=32)
@@ -47,7 +68,7 @@ def main() -> None:
         model.set_attn_implementation(mode)
         eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False),
                        max_batch=max(n, 1))
-        model.set_attn_implementation(mode)  # the engine switches sdpa to grouped_sdpa: undo for the reference
+        model.set_attn_implementation(mode)  # the engine switches sdpa to grouped_sdpa: undone for the reference
         msgs = [[{"role": "system", "content": f"You are persona {i}."}] for i in range(n)]
         for _ in range(rounds):
             for i, m in enumerate(msgs):
@@ -57,7 +78,8 @@ def main() -> None:
                 m.append({"role": "assistant", "content": t[0]})
         return n
 
-    race(run, {"sdpa": "sdpa", NAME: NAME}, "sdpa", NAME, args.pairs,
+    ref = args.reference
+    race(run, {ref: ref, NAME: NAME}, ref, NAME, args.pairs,
          f"{name}: {groups} query heads per KV head, {args.conversations} conversations x {args.rounds} rounds "
          f"(+~{args.history} tokens, {args.tokens} decoded per round), {torch.get_num_threads()} thread(s)")
 
