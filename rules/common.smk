@@ -169,7 +169,16 @@ def model_resources():
         mem_mb=lambda wildcards, attempt: res["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: res["runtime_min"] * attempt,
         attempt=lambda wildcards, attempt: attempt,
+        # for the step, not the scheduler (runtime/job.py): the GPUs it must run its model on
+        # (none with resources.cpu_fallback), and each card's memory
+        required_gpus=0 if res.get("cpu_fallback") else res["gpus"],
+        gpu_memory_gb=res.get("gpu_memory_gb") or 0,
     )
+
+
+# the job's attempt, note file and resources, as every model step takes them (command.py)
+JOB_ARGS = (" --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
+            " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb}")
 
 
 # Scheduling on few cores: Snakemake starts the highest-priority ready job whenever a core

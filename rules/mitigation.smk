@@ -52,8 +52,7 @@ rule mmlu:
     shell:
         "personadrift mmlu --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
-        " --out {output:q} --attempt {resources.attempt} --no-retry-note {log:q}.no-retry"
-        " > {log:q} 2>&1"
+        " --out {output:q}" + JOB_ARGS + " > {log:q} 2>&1"
 
 
 rule mmlu_from_baseline:

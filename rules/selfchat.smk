@@ -26,4 +26,4 @@ rule selfchat:
         "personadrift selfchat --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --shard {wildcards.shard:q} --model-dir {params.model_dir:q} --pool {input.pool:q}"
         " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads}"
-        " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry > {log:q} 2>&1"
+        + JOB_ARGS + " > {log:q} 2>&1"

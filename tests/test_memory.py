@@ -163,3 +163,49 @@ def test_gpus_per_job_from_the_model_size_and_the_paper_config_follows():
     assert paper["model"]["repo_id"] == "meta-llama/Llama-2-70b-chat-hf" and paper["model"]["dtype"] == "bfloat16"
     assert paper["resources"]["gpus"] == memory.gpus_needed(68.98e9, 2, kv70, context, h200)
     assert paper["selfchat"]["context_policy"] == "stop"  # one long dialog never stops a job of many
+
+
+def test_cloze_scoring_is_sized_and_halves_on_out_of_memory(tiny_model):
+    """MMLU's cloze form (continuation_logprobs: four options per prompt) runs again in halves
+    when a forward runs out of memory, and scores the same."""
+    model, tok = tiny_model
+    reqs, conts = [], []
+    for i in range(4):
+        r = GenRequest(convo(i), seed=0)
+        for text in (" tennis", " A pizza", " the cats", " no"):
+            reqs.append(r)
+            conts.append(tok.encode(text))
+    expected = HFEngine(model, tok).continuation_logprobs(reqs, conts)
+    eng = HFEngine(model, tok)
+    with OutOfMemoryAbove(model, 2) as oom:
+        got = eng.continuation_logprobs(reqs, conts)
+    assert oom.raised > 0  # it did run out, then fit
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert memory.state_of(eng).halvings > 0
+
+
+def test_the_size_an_out_of_memory_error_taught_is_kept_for_the_next_attempt(tiny_model, tmp_path, monkeypatch):
+    from personadrift.runtime import attempts
+
+    model, tok = tiny_model
+    s = Sampling(max_new_tokens=4)
+    turns = [GenRequest(convo(i), seed=i, key=f"c{i}") for i in range(6)]
+    note_file = tmp_path / "job.log.no-retry"
+    monkeypatch.setattr(attempts, "_memory_note", None)
+    first = attempts.keep_memory_notes(attempts.NoRetryNote(note_file, 1))
+    eng = HFEngine(model, tok, sampling=s)
+    with OutOfMemoryAbove(model, 2) as oom:
+        expected = eng.generate(turns)
+    learned = memory.state_of(eng).oom_positions
+    assert oom.raised > 0 and first.load() == learned and first.path.name == "job.log.oom"
+    # the job's next attempt (a new process: a new engine) starts below that size
+    attempts.keep_memory_notes(attempts.NoRetryNote(note_file, 2))
+    retry = HFEngine(model, tok, sampling=s)
+    assert memory.state_of(retry).oom_positions == learned
+    with OutOfMemoryAbove(model, 2) as oom2:
+        assert retry.generate(turns) == expected
+    assert oom2.raised < oom.raised
+    # a new run (attempt 1) starts afresh
+    attempts.keep_memory_notes(attempts.NoRetryNote(note_file, 1))
+    assert not note_file.with_suffix(".oom").exists()
+    assert memory.state_of(HFEngine(model, tok)).oom_positions is None

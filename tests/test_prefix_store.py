@@ -164,3 +164,28 @@ def test_a_call_bounds_the_store_by_the_rows_it_would_displace(tiny_model_dir, m
         assert eng.prefixes.spills > 0
         for d, n in eng.prefixes.held_bytes().items():
             assert n <= eng.prefixes.limits[d] < need
+
+
+def test_spilled_prefixes_stay_under_the_jobs_host_memory():
+    """Prefixes spilled from a device to (pinned) host memory stay under ``host_bytes`` (the
+    job's share of its mem_mb): beyond it the least recently used spilled ones are dropped, to
+    be encoded again, rather than the job killed for its memory."""
+    from personadrift.runtime.job import HOST_SPILL_FRACTION, JobResources
+
+    with virtual_devices():
+        dev = torch.device("vdev", 0)
+        size = _prefix(dev).bytes_by_device()[dev]
+        store = PrefixStore("cpu", budget_bytes=size, host_bytes=2 * size)  # one on the device, two spilled
+        for key in "abcde":
+            store.put(key, _prefix(dev))
+            assert store.spilled_bytes() <= 2 * size
+        assert list(k for k, _ in store.items()) == ["c", "d", "e"] and store.dropped == 2
+        assert store.held_bytes() == {dev: size} and store.spilled_bytes() == 2 * size
+        assert store.get("a") is None  # dropped: its conversation is encoded again
+        # a CPU-only store is the host's own memory: nothing is "spilled", nothing dropped
+        host = PrefixStore("cpu", host_bytes=0)
+        for key in "ab":
+            host.put(key, _prefix("cpu"))
+        assert len(host) == 2 and host.dropped == 0
+    assert JobResources(mem_mb=1000).host_spill_bytes() == int(1000 * 2**20 * HOST_SPILL_FRACTION)
+    assert JobResources().host_spill_bytes() is None

@@ -24,6 +24,8 @@ import logging
 
 import torch
 
+from personadrift.runtime import attempts
+
 log = logging.getLogger(__name__)
 
 # the share of a device's free memory the batch may plan to use: the rest stays for what the
@@ -141,8 +143,9 @@ class MemoryState:
 
 def state_of(engine) -> MemoryState:
     st = getattr(engine, "_memory", None)
-    if st is None:
-        st = engine._memory = MemoryState()
+    if st is None:  # an earlier attempt of this job may have run out of memory: start below it
+        note = attempts.memory_note()
+        st = engine._memory = MemoryState(oom_positions=note.load() if note is not None else None)
     return st
 
 
@@ -190,18 +193,21 @@ def _keys(requests) -> set[str]:
     return keys
 
 
-def halving_on_oom(engine, requests: list, run, *, budget: int = 0) -> list:
-    """``run(requests)`` (one result per request); if the device runs out of memory, the
-    engine's stored prefixes and counters are put back as they were and each half of
-    ``requests`` runs on its own, recursively, down to one request (whose error is raised).
+def halving_on_oom(engine, requests: list, run, *, budget: int = 0, items: list | None = None) -> list:
+    """``run(items)`` (one result per request; ``items`` default to ``requests``, else one per
+    request: a request with what it scores); if the device runs out of memory, the engine's
+    stored prefixes and counters are put back as they were and each half runs on its own,
+    recursively, down to one request (whose error is raised).
 
-    ``budget`` (tokens each row may generate) sizes the failed rows' context, so that later
-    calls stay below it."""
+    ``budget`` (tokens each row may generate or score) sizes the failed rows' context, so that
+    later calls stay below it, in this attempt and the job's next ones (``runtime/attempts.py``:
+    ``MemoryNote``)."""
+    items = requests if items is None else items
     keys = _keys(requests)
     prefixes = {k: engine.prefixes.get(k) for k in keys}
     stats = dataclasses.replace(engine.stats)
     try:
-        return run(requests)
+        return run(items)
     except torch.OutOfMemoryError:
         if len(requests) == 1:
             raise
@@ -221,11 +227,14 @@ def halving_on_oom(engine, requests: list, run, *, budget: int = 0) -> list:
     context = max(len(engine.chat.render(r.messages).ids) for r in requests) + budget
     failed = rows * context // 2
     st.oom_positions = failed if st.oom_positions is None else min(st.oom_positions, failed)
+    note = attempts.memory_note()
+    if note is not None:
+        note.save(st.oom_positions)
     half = len(requests) // 2
     log.warning("out of device memory at %d rows: running the call as %d + %d requests",
                 rows, half, len(requests) - half)
-    return (halving_on_oom(engine, requests[:half], run, budget=budget)
-            + halving_on_oom(engine, requests[half:], run, budget=budget))
+    return (halving_on_oom(engine, requests[:half], run, budget=budget, items=items[:half])
+            + halving_on_oom(engine, requests[half:], run, budget=budget, items=items[half:]))
 
 
 # rows whose whole context (the model's positions) a job's GPUs must hold beside the weights:
@@ -243,3 +252,40 @@ def gpus_needed(parameters: float, dtype_bytes: int, kv_per_token: int, context:
     while gpus * gpu_bytes * USABLE_FRACTION < need:
         gpus *= 2
     return gpus
+
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "bfloat16_if_native": 2}
+
+
+def parameter_count(cfg: dict) -> int:
+    """Parameters of a Llama-style decoder from its config.json (embeddings, attention with
+    grouped keys, a gated MLP, norms; biases left out)."""
+    cfg = cfg.get("text_config") or cfg
+    hidden, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or hidden // heads
+    inner = cfg.get("intermediate_size") or 4 * hidden
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    per_layer = attention + 3 * hidden * inner + 2 * hidden
+    embeddings = vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
+    return layers * per_layer + embeddings + hidden
+
+
+def fit_problem(cfg: dict, dtype: str, gpus: int, gpu_memory_gb: float, context: int | None = None) -> str | None:
+    """One line when a model of config.json ``cfg`` in ``dtype`` needs more GPUs of
+    ``gpu_memory_gb`` than ``gpus`` (:func:`gpus_needed` at the model's positions, or
+    ``context``), else None."""
+    text = cfg.get("text_config") or cfg
+    size = DTYPE_BYTES.get(dtype) or DTYPE_BYTES.get(str(cfg.get("torch_dtype") or cfg.get("dtype")), 4)
+    heads = text["num_attention_heads"]
+    kv = (text["num_hidden_layers"] * (text.get("num_key_value_heads") or heads)
+          * (text.get("head_dim") or text["hidden_size"] // heads) * 2 * size)
+    context = context or text.get("max_position_embeddings") or 4096
+    params = parameter_count(cfg)
+    need = gpus_needed(params, size, kv, context, gpu_memory_gb * 1e9)
+    if need <= gpus:
+        return None
+    return (f"{gpus} GPU(s) of {gpu_memory_gb:g} GB (resources.gpu_memory_gb) cannot hold this model: "
+            f"{params / 1e9:.1f}B parameters in {dtype} ({params * size / 1e9:.0f} GB) and the KV cache of "
+            f"{MIN_FULL_ROWS} rows of {context} positions ({MIN_FULL_ROWS * context * kv / 1e9:.0f} GB) need {need}")

@@ -21,12 +21,29 @@ from pathlib import Path
 from personadrift.errors import PersonaDriftError
 
 
+# CUDA errors no retry on the same software can fix: the driver is older than the torch wheel's
+# CUDA, the wheel has no kernels for this GPU, a kernel asserted on its input (the same input
+# asserts again), an operation the library does not support here. An illegal memory access, an
+# ECC error or a lost device may be the node's: those are retried (perhaps elsewhere).
+FATAL_CUDA_ERRORS = (
+    "cuda driver version is insufficient",
+    "no kernel image is available",
+    "device-side assert triggered",
+    "cublas_status_not_supported",
+    "cudnn_status_not_supported",
+    "operation not supported on this os",
+    "found no nvidia driver",
+)
+
+
 def retryable(exc: BaseException) -> bool:
     """Whether another attempt of the same job could succeed: errors of the user's input are
-    not (``PersonaDriftError.retryable``); anything else (a crash, a device error) may be."""
+    not (``PersonaDriftError.retryable``), nor the CUDA errors of :data:`FATAL_CUDA_ERRORS`;
+    anything else (a crash, running out of memory, another device error) may be."""
     if isinstance(exc, PersonaDriftError):
         return exc.retryable
-    return True
+    message = str(exc).lower()
+    return not any(m in message for m in FATAL_CUDA_ERRORS)
 
 
 @dataclass
@@ -67,3 +84,48 @@ class RepeatedFailure(PersonaDriftError):
     def __init__(self, earlier: dict, note: NoRetryNote):
         super().__init__(f"{earlier['message']} (attempt {note.attempt} not run: attempt {earlier['attempt']} failed "
                          f"with this error, which a retry cannot fix; see {note.path})")
+
+
+@dataclass
+class MemoryNote:
+    """What running out of device memory taught one job, kept for its next attempt: the positions
+    (rows x context) a forward failed at, halved (``generation/memory.py``). Snakemake's retry of
+    a job that ran out of memory then starts below that size instead of failing the same way
+    after loading the weights again. A first attempt (a new run) starts afresh."""
+
+    path: Path
+    attempt: int
+
+    def __post_init__(self):
+        if self.attempt <= 1:
+            self.path.unlink(missing_ok=True)
+
+    def load(self) -> int | None:
+        try:
+            return int(json.loads(self.path.read_text())["oom_positions"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, positions: int) -> None:
+        known = self.load()
+        if known is not None and known <= positions:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"attempt": self.attempt, "oom_positions": int(positions)}) + "\n")
+        tmp.replace(self.path)
+
+
+_memory_note: MemoryNote | None = None
+
+
+def keep_memory_notes(note: NoRetryNote) -> MemoryNote:
+    """Keep this job's memory note beside its no-retry note (``<log>.oom``) for the process."""
+    global _memory_note
+    _memory_note = MemoryNote(note.path.with_suffix(".oom"), note.attempt)
+    return _memory_note
+
+
+def memory_note() -> MemoryNote | None:
+    """This job's memory note, if the command line named a note file (a workflow job)."""
+    return _memory_note
