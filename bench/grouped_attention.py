@@ -12,7 +12,8 @@ grouped-query model) against a reference, on one model, alternated in one proces
 Each run is a fresh engine's dialog of ``--rounds`` rounds: each round appends about
 ``--history`` tokens of history to every conversation (a masked prefill after its cached prefix),
 then decodes ``--tokens`` tokens (greedy, forced to the full length). The matmul rate is printed
-before and after.
+before and after. First, the attention call alone at the model's head shape and the workload's
+late prefill and decode shapes, grouped against repeated, alternated.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import TURNS, add_model_args, load, race  # noqa: E402  (bench/ is on sys.path)
+from _common import TURNS, add_model_args, load, matmul_rate, race  # noqa: E402  (bench/ is on sys.path)
 
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
@@ -42,6 +43,42 @@ def repeating_attention(module, query, key, value, attention_mask, dropout=0.0, 
 
 AttentionInterface.register("repeat", repeating_attention)
 AttentionMaskInterface.register("repeat", sdpa_mask)
+
+
+def attention_op(model, rows: int, q: int, kv: int, pairs: int) -> None:
+    """The attention call alone at the model's head shape, alternated: grouped keys as they are
+    (``enable_gqa``; one query per row: packed per KV head) against keys repeated per query head,
+    with a left-padded causal mask; median of 5 timings each, per pair."""
+    import statistics
+    import time
+
+    cfg = model.config
+    h, hk = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // h
+    n_rep = h // hk
+    query, key, value = torch.randn(rows, h, q, d), torch.randn(rows, hk, kv, d), torch.randn(rows, hk, kv, d)
+    mask = torch.ones(rows, 1, q, kv, dtype=torch.bool).tril(kv - q)
+    mask[1:, :, :, :20] = False  # left padding
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if q == 1:
+        grouped = lambda: sdpa(query.reshape(rows, hk, n_rep, d), key, value, attn_mask=mask)  # noqa: E731
+    else:
+        grouped = lambda: sdpa(query, key, value, attn_mask=mask, enable_gqa=True)  # noqa: E731
+    repeated = lambda: sdpa(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), attn_mask=mask)  # noqa: E731
+
+    def median(f):
+        f()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    ratios = [median(repeated) / median(grouped) for _ in range(pairs)]
+    kind = "decode step" if q == 1 else "prefill"
+    print(f"attention op, {kind} ({rows} rows, {q} queries over {kv} keys): grouped {statistics.mean(ratios):.2f}x "
+          f"the repeated speed (pairs {', '.join(f'{r:.2f}x' for r in ratios)})", flush=True)
 
 
 def main() -> None:
@@ -78,6 +115,10 @@ def main() -> None:
                 m.append({"role": "assistant", "content": t[0]})
         return n
 
+    print(f"matmul {matmul_rate(2048, 2048, 2048):.1f} GFLOP/s before the attention op", flush=True)
+    history = args.history * args.rounds
+    for q, kv in ((args.history, history + args.tokens), (1, history + 2 * args.tokens)):
+        attention_op(model, args.conversations, q, kv, args.pairs)
     ref = args.reference
     race(run, {ref: ref, NAME: NAME}, ref, NAME, args.pairs,
          f"{name}: {groups} query heads per KV head, {args.conversations} conversations x {args.rounds} rounds "

@@ -77,6 +77,24 @@ def test_batch_height_bench_alternates_heights_and_reports_their_ratio():
     assert re.search(rf"matmul {RATE} GFLOP/s before", out) and re.search(rf"matmul {RATE} GFLOP/s after", out)
 
 
+@pytest.mark.parametrize("reference", ["sdpa", "repeat"])
+def test_grouped_attention_bench_alternates_with_its_reference_and_reports_their_ratio(reference):
+    cmd = [sys.executable, "bench/grouped_attention.py", "--reference", reference, "--conversations", "2",
+           "--rounds", "1", "--tokens", "3", "--history", "40", "--pairs", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    runs = re.findall(rf"^(\w+): {RATE} s per conversation$", out, re.M)
+    assert [m for m, _ in runs] == [reference, "grouped_sdpa", reference, "grouped_sdpa", reference], out
+    ref = [float(t) for m, t in runs if m == reference]
+    cand = [float(t) for m, t in runs if m == "grouped_sdpa"]
+    ratio = float(re.search(rf"grouped_sdpa against {reference}: {RATE}x the speed", out).group(1))
+    assert abs(statistics.mean(ref) / statistics.mean(cand) - ratio) <= 0.006 + 0.01 * ratio
+    assert len(re.findall(r"^attention op, (prefill|decode step) .* grouped [0-9.]+x the repeated speed", out,
+                          re.M)) == 2, out
+    assert len(re.findall(rf"matmul {RATE} GFLOP/s", out)) == 3
+
+
 def test_dtype_bench_alternates_float32_and_bfloat16_and_reports_their_ratio():
     cmd = [sys.executable, "bench/dtype_speed.py", "--conversations", "2", "--pairs", "2", "--rounds", "1",
            "--tokens", "3", "--probe-tokens", "2"]

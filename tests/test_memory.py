@@ -185,13 +185,14 @@ def test_cloze_scoring_is_sized_and_halves_on_out_of_memory(tiny_model):
 
 
 def test_the_size_an_out_of_memory_error_taught_is_kept_for_the_next_attempt(tiny_model, tmp_path, monkeypatch):
+    from personadrift import job
     from personadrift.runtime import attempts
 
     model, tok = tiny_model
     s = Sampling(max_new_tokens=4)
     turns = [GenRequest(convo(i), seed=i, key=f"c{i}") for i in range(6)]
     note_file = tmp_path / "job.log.no-retry"
-    monkeypatch.setattr(attempts, "_memory_note", None)
+    monkeypatch.setattr(job, "_memory_note", None)
     first = attempts.keep_memory_notes(attempts.NoRetryNote(note_file, 1))
     eng = HFEngine(model, tok, sampling=s)
     with OutOfMemoryAbove(model, 2) as oom:

@@ -170,7 +170,7 @@ def test_spilled_prefixes_stay_under_the_jobs_host_memory():
     """Prefixes spilled from a device to (pinned) host memory stay under ``host_bytes`` (the
     job's share of its mem_mb): beyond it the least recently used spilled ones are dropped, to
     be encoded again, rather than the job killed for its memory."""
-    from personadrift.runtime.job import HOST_SPILL_FRACTION, JobResources
+    from personadrift.job import HOST_SPILL_FRACTION, JobResources
 
     with virtual_devices():
         dev = torch.device("vdev", 0)

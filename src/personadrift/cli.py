@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "require_gpus", None) is not None:
-        from personadrift.runtime.job import JobResources, set_current
+        from personadrift.job import JobResources, set_current
 
         set_current(JobResources(gpus=args.require_gpus, gpu_memory_gb=args.gpu_memory_gb, mem_mb=args.mem_mb))
     note = None

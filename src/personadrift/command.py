@@ -27,7 +27,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number of this job (1, 2, ...)")
     p.add_argument("--require-gpus", type=int, default=0,
-                   help="GPUs the model must run on: the job refuses to run it on the CPU or on disk (runtime/job.py)")
+                   help="GPUs the model must run on: the job refuses to run it on the CPU or on disk (job.py)")
     p.add_argument("--gpu-memory-gb", type=float, default=0.0, help="memory of one GPU, to size the model against")
     p.add_argument("--mem-mb", type=int, default=0, help="the job's host memory (bounds spilled prefixes)")
     p.add_argument("--no-retry-note", default=None,

@@ -72,12 +72,12 @@ class PrefixStore:
     def __init__(self, host: torch.device | str = "cpu", *, budget_bytes: int | None = None, free=None,
                  host_bytes: int | None = None):
         from personadrift.generation.memory import free_bytes
-        from personadrift.runtime.job import current
+        from personadrift.job import current
 
         self.device = torch.device(host)  # where spilled prefixes live
         self.budget_bytes = budget_bytes
         # spilled prefixes (pinned host memory) stay under this (default: the job's share of its
-        # mem_mb, runtime/job.py): beyond it the least recently used are dropped, to be encoded
+        # mem_mb, job.py): beyond it the least recently used are dropped, to be encoded
         # again when their conversation comes back, rather than the job killed for its memory
         self.host_bytes = host_bytes if host_bytes is not None else current().host_spill_bytes()
         self.dropped = 0  # spilled prefixes dropped to stay under host_bytes

@@ -24,7 +24,7 @@ import logging
 
 import torch
 
-from personadrift.runtime import attempts
+from personadrift import job
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class MemoryState:
 def state_of(engine) -> MemoryState:
     st = getattr(engine, "_memory", None)
     if st is None:  # an earlier attempt of this job may have run out of memory: start below it
-        note = attempts.memory_note()
+        note = job.memory_note()
         st = engine._memory = MemoryState(oom_positions=note.load() if note is not None else None)
     return st
 
@@ -200,8 +200,7 @@ def halving_on_oom(engine, requests: list, run, *, budget: int = 0, items: list 
     recursively, down to one request (whose error is raised).
 
     ``budget`` (tokens each row may generate or score) sizes the failed rows' context, so that
-    later calls stay below it, in this attempt and the job's next ones (``runtime/attempts.py``:
-    ``MemoryNote``)."""
+    later calls stay below it, in this attempt and the job's next ones (``personadrift/job.py``: ``MemoryNote``)."""
     items = requests if items is None else items
     keys = _keys(requests)
     prefixes = {k: engine.prefixes.get(k) for k in keys}
@@ -227,7 +226,7 @@ def halving_on_oom(engine, requests: list, run, *, budget: int = 0, items: list 
     context = max(len(engine.chat.render(r.messages).ids) for r in requests) + budget
     failed = rows * context // 2
     st.oom_positions = failed if st.oom_positions is None else min(st.oom_positions, failed)
-    note = attempts.memory_note()
+    note = job.memory_note()
     if note is not None:
         note.save(st.oom_positions)
     half = len(requests) // 2

@@ -316,7 +316,7 @@ def check_placement(model, gpus: int) -> None:
 def load_model(model_dir: str | Path, spec: dict | None = None, *, job=None) -> LoadedModel:
     """Load a fetched model (after checking its files) with the spec's dtype, device map,
     linear kernel (``generation/linear_kernels.py``) and batch invariance
-    (``generation/batch_invariance.py``). When the job (``runtime/job.py``; default: this
+    (``generation/batch_invariance.py``). When the job (``job.py``; default: this
     process's) requires GPUs, they are checked before the weights load (present; enough memory
     per card), and the placement after (no layer on the CPU or on disk)."""
     import torch
@@ -324,7 +324,7 @@ def load_model(model_dir: str | Path, spec: dict | None = None, *, job=None) -> 
 
     from personadrift.generation.linear_kernels import KernelUnavailable, set_linear_kernel
 
-    from personadrift.runtime import job as job_resources
+    from personadrift import job as job_resources
 
     spec = spec or {}
     job = job or job_resources.current()

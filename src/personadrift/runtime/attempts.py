@@ -86,46 +86,9 @@ class RepeatedFailure(PersonaDriftError):
                          f"with this error, which a retry cannot fix; see {note.path})")
 
 
-@dataclass
-class MemoryNote:
-    """What running out of device memory taught one job, kept for its next attempt: the positions
-    (rows x context) a forward failed at, halved (``generation/memory.py``). Snakemake's retry of
-    a job that ran out of memory then starts below that size instead of failing the same way
-    after loading the weights again. A first attempt (a new run) starts afresh."""
+def keep_memory_notes(note: NoRetryNote):
+    """Keep this job's memory note (``personadrift.job.MemoryNote``) beside its no-retry note
+    (``<log>.oom``) for the process."""
+    from personadrift import job
 
-    path: Path
-    attempt: int
-
-    def __post_init__(self):
-        if self.attempt <= 1:
-            self.path.unlink(missing_ok=True)
-
-    def load(self) -> int | None:
-        try:
-            return int(json.loads(self.path.read_text())["oom_positions"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def save(self, positions: int) -> None:
-        known = self.load()
-        if known is not None and known <= positions:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"attempt": self.attempt, "oom_positions": int(positions)}) + "\n")
-        tmp.replace(self.path)
-
-
-_memory_note: MemoryNote | None = None
-
-
-def keep_memory_notes(note: NoRetryNote) -> MemoryNote:
-    """Keep this job's memory note beside its no-retry note (``<log>.oom``) for the process."""
-    global _memory_note
-    _memory_note = MemoryNote(note.path.with_suffix(".oom"), note.attempt)
-    return _memory_note
-
-
-def memory_note() -> MemoryNote | None:
-    """This job's memory note, if the command line named a note file (a workflow job)."""
-    return _memory_note
+    return job.keep_memory_note(job.MemoryNote(note.path.with_suffix(".oom"), note.attempt))
