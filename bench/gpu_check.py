@@ -524,8 +524,12 @@ def vllm_throughput(checkpoint: Path, args, log, *, cuda: bool) -> dict:
         import vllm
     except ImportError as e:
         return {"skipped": f"vllm is not importable ({e})"}
+    import gc
+
     from selfchat_throughput import TOPICS
 
+    gc.collect()
+    torch.cuda.empty_cache()  # vLLM sizes its cache from the memory the driver reports free
     n = max(args.shards)
     llm = vllm.LLM(model=str(checkpoint), dtype="bfloat16", tensor_parallel_size=1, enable_prefix_caching=True,
                    gpu_memory_utilization=0.35, max_model_len=4096, seed=0)
