@@ -176,11 +176,6 @@ def model_resources():
     )
 
 
-# the job's attempt, note file and resources, as every model step takes them (command.py)
-JOB_ARGS = (" --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
-            " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb}")
-
-
 # Scheduling on few cores: Snakemake starts the highest-priority ready job whenever a core
 # frees up. Calibration gates every self-chat (the persona pool), so it goes first; then the
 # self-chats, longest first (more rows per sampled reply: Method.rows_per_sample); MMLU and the small
