@@ -27,7 +27,20 @@ What makes it a rehearsal of the paper's run rather than a smoke test:
   on one GPU;
 * the upstream-style loop (one conversation at a time, history re-encoded each turn) samples as
   the paper did (top-k 50, top-p 0.9) on the model's device;
-* memory per step and per device: the reserved peak beside ``torch.cuda.mem_get_info``.
+* memory per step and per device: the reserved peak beside ``torch.cuda.mem_get_info``;
+* Llama-2-70B's grouped-query layer (8192 wide, 64 query heads over 8 KV heads) in 4 layers,
+  loaded on a two-device map (the job's placement check included) under the fused-kernel guard:
+  two left-padded rows prefill, score and decode at contexts up to 4,096 positions, plainly and
+  under split-softmax, every logit (a hook on the output layer) and score checked for NaN and
+  infinity; grouped keys against repeated ones on the longest prefill; decode steps timed at 64
+  rows and 4,096 positions;
+* vLLM's offline engine on the same checkpoint and workload as the engine's throughput, where
+  ``vllm`` is importable (skipped, saying why, elsewhere);
+* the paper config's plan: per setting, the engine that runs it (settings needing model
+  internals on HF, the others could run on vLLM) and its GPU-hours, from the slice's decode step
+  scaled to 80 layers, split-softmax's measured cost, guidance's two rows per sample and vLLM's
+  measured rate relative to the engine's;
+* the temporary folder of checkpoints is removed at the end, whatever failed.
 
 Each step is recorded (ok, or its error) and the run goes on to the next; the exit status is 1
 if any step failed. Throughput numbers are measured for sizing only; nothing asserts a speed.
@@ -57,7 +70,14 @@ SHAPES = {  # Llama-2 shapes (hidden, intermediate, layers, heads, kv heads); ti
                   num_key_value_heads=8, max_position_embeddings=1100),
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, max_position_embeddings=4096),
+    # Llama-2-70B's layer (64 query heads over 8 KV heads) in a few layers: the grouped-query
+    # check's model, spread over two GPUs; gqa_tiny is its CPU stand-in (4 query heads per KV head)
+    "70b_slice": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=4, num_attention_heads=64,
+                      num_key_value_heads=8, max_position_embeddings=4096),
+    "gqa_tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=2, max_position_embeddings=1100),
 }
+LLAMA2_70B_LAYERS = 80
 VOCAB = 32000  # Llama-2's
 EOS_PROBABILITY = 1 / 15  # per step, roughly: replies end early, rows retire
 PAPER = dict(conversations=200, rounds=8, probe_samples=2, probe_kinds=2, reply_tokens=400, gpus_per_node=8)
@@ -373,6 +393,210 @@ def split_device_map(tok, args, work: Path, log) -> dict:
     return {"devices": devices, "paths": paths}
 
 
+# ------------------------------------------------------------------ grouped-query attention
+class FiniteLogits:
+    """Counts the output layer's calls and those whose logits hold a NaN or an infinity (a
+    forward hook; the model is unchanged)."""
+
+    def __init__(self, model):
+        self.calls = self.bad = 0
+        self.handle = model.get_output_embeddings().register_forward_hook(self)
+
+    def __call__(self, _module, _args, out):
+        self.calls += 1
+        self.bad += int(not bool(torch.isfinite(out).all()))
+
+    def close(self):
+        self.handle.remove()
+
+
+def two_device_map(layers: int, cuda: bool) -> tuple[dict, int]:
+    """(device map, GPUs): the first half of the layers with the embeddings on the first GPU,
+    the rest with the final norm and the output layer on the second (one GPU: all on it; the
+    CPU stand-in: all on the CPU)."""
+    gpus = min(2, torch.cuda.device_count()) if cuda else 0
+    first, second = (0, 1) if gpus == 2 else (0, 0) if gpus else ("cpu", "cpu")
+    device_map = {"model.embed_tokens": first, "model.rotary_emb": first, "model.norm": second, "lm_head": second}
+    device_map.update({f"model.layers.{i}": first if i < layers // 2 else second for i in range(layers)})
+    return device_map, gpus
+
+
+def grouped_query_check(tok, args, work: Path, log, *, cuda: bool) -> dict:
+    """Llama-2-70B's layer shape (8192 wide, 64 query heads over 8 KV heads; ``gqa_tiny`` with
+    ``--tiny``) in a few layers, loaded as jobs load it on a two-device map (the placement
+    check of ``models.check_placement`` included), under the fused-kernel guard on CUDA: at
+    each context up to the model's 4,096 positions, two left-padded rows prefill, score and
+    decode under plain attention and split-softmax with every logit and score finite; the
+    grouped keys give the logits the repeated ones give; the decode step timed at the longest
+    context sizes the full model (``LLAMA2_70B_LAYERS`` layers run one after the other)."""
+    from personadrift.generation.api import GenRequest, Intervention, Sampling
+    from personadrift.generation.models import check_placement
+    from personadrift.runtime.factory import engine_on
+
+    shape = "gqa_tiny" if args.tiny else "70b_slice"
+    model = random_llama(shape, "cuda" if cuda else "cpu", torch.bfloat16 if cuda else torch.float32, tok, seed=2)
+    layers = model.config.num_hidden_layers
+    device_map, gpus = two_device_map(layers, cuda)
+    lm = save_and_load(model, tok, work / "gqa", {"dtype": "bfloat16" if cuda else "float32",
+                                                   "device_map": device_map})
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
+    m = lm.model
+    if gpus:
+        check_placement(m, gpus)  # the job's own refusal check: no layer on the CPU or disk
+    devices = sorted({str(p.device) for p in m.parameters()})
+    limit = m.config.max_position_embeddings
+    contexts = [c for c in (512, 1024, 2048, 4096) if c < limit] + [limit - args.tokens - 8]
+    words = list(range(100, 30000))
+    out = {"shape": shape, "layers": layers, "devices": devices, "device_map_gpus": gpus,
+           "query_groups": m.config.num_attention_heads // m.config.num_key_value_heads, "contexts": {}}
+    logits = FiniteLogits(m)
+    try:
+        for ctx in contexts:
+            rec = {}
+            for name, iv in (("plain", Intervention()), ("split", Intervention(split_k=0.5))):
+                eng = engine_on(m, tok, sampling=Sampling(max_new_tokens=4, min_new_tokens=4, top_k=50),
+                                intervention=iv, max_batch=args.max_batch)
+                rows = []
+                for r in range(2):  # two rows of different lengths: a left-padded, masked batch
+                    n = ctx - 40 - 17 * r
+                    user = " ".join(tok.convert_ids_to_tokens(words[(i * 7 + r) % len(words)] for i in range(n)))
+                    rows.append(GenRequest([{"role": "system", "content": "You love tennis."},
+                                            {"role": "user", "content": user}], seed=r, intervene=True))
+                with fused_sdpa_only(cuda):
+                    lp = eng.next_token_logprobs(rows)
+                    cont = eng.continuation_logprobs(rows, [tok.encode("the answer is yes", add_special_tokens=False)] * 2)
+                    texts = eng.generate(rows)
+                rec[name] = {"prompt_tokens": [len(eng.chat.render(r.messages).ids) for r in rows],
+                             "finite_logprobs": bool(torch.isfinite(lp).all()),
+                             "finite_continuation_scores": bool(torch.isfinite(cont).all()),
+                             "replies": sum(1 for t in texts if t[0] is not None)}
+                assert rec[name]["finite_logprobs"] and rec[name]["finite_continuation_scores"], (ctx, name, rec)
+            assert m.config._attn_implementation in ("grouped_sdpa", "split_softmax"), m.config._attn_implementation
+            out["contexts"][ctx] = rec
+            log(f"    context {ctx}: plain and split-softmax finite, {logits.calls} logits checked")
+        assert logits.bad == 0, f"{logits.bad} of {logits.calls} forwards gave a NaN or an infinity"
+        out["logit_forwards"] = logits.calls
+        # grouped keys against repeated ones, on the longest masked prefill
+        ids = torch.tensor([[w % 30000 + 100 for w in range(contexts[-1])]] * 2)
+        mask = torch.ones_like(ids)
+        mask[1, :64] = 0
+        dev = m.get_input_embeddings().weight.device
+        got = {}
+        for impl in ("grouped_sdpa", "sdpa"):
+            m.set_attn_implementation(impl)
+            with torch.no_grad(), fused_sdpa_only(cuda and impl == "grouped_sdpa"):
+                got[impl] = m(input_ids=ids.to(dev), attention_mask=mask.to(dev), logits_to_keep=1).logits.float().cpu()
+        out["grouped_vs_repeated_max_abs_logit_difference"] = float((got["grouped_sdpa"] - got["sdpa"]).abs().max())
+        # decode steps at the longest context, timed, at the paper config's rows per forward
+        rows = args.decode_rows
+        eng = engine_on(m, tok, sampling=Sampling(max_new_tokens=args.tokens, min_new_tokens=args.tokens, top_k=50),
+                        max_batch=rows)
+        user = " ".join(tok.convert_ids_to_tokens(words[: contexts[-1] - 40]))
+        reqs = [GenRequest([{"role": "user", "content": user}], seed=i) for i in range(rows)]
+        with fused_sdpa_only(cuda):
+            eng.generate(reqs[:1], max_new_tokens=2)  # warm-up
+            calls = eng.stats.forward_calls
+            sync(dev)
+            t = time.perf_counter()
+            eng.generate(reqs)
+            sync(dev)
+        seconds = time.perf_counter() - t
+        steps = eng.stats.forward_calls - calls - 1  # the prefill is one forward
+        # the prefill is timed with the steps: the per-step figure (and the plan) errs on the long side
+        out["decode"] = {"rows": rows, "context": contexts[-1], "steps": steps,
+                         "seconds_per_step": seconds / max(1, steps), "layers": layers}
+        log(f"    decode at {contexts[-1]} positions, {rows} rows: "
+            f"{1000 * seconds / max(1, steps):.1f} ms per step over {layers} layers on {devices}")
+    finally:
+        logits.close()
+        m.set_attn_implementation("sdpa")
+    return out
+
+
+def vllm_throughput(checkpoint: Path, args, log, *, cuda: bool) -> dict:
+    """vLLM's offline engine on the same checkpoint and workload as the engine's throughput
+    step (prompts of the throughput dialogs, ``--tokens`` tokens each, top-k 50, top-p 0.9),
+    where vllm is importable and a GPU is here; else skipped, saying why."""
+    if not cuda:
+        return {"skipped": "no GPU (vLLM's GPU engine is what a 70B study would run)"}
+    try:
+        import vllm
+    except ImportError as e:
+        return {"skipped": f"vllm is not importable ({e})"}
+    import gc
+
+    from selfchat_throughput import TOPICS
+
+    gc.collect()
+    torch.cuda.empty_cache()  # vLLM sizes its cache from the memory the driver reports free
+    n = max(args.shards)
+    llm = vllm.LLM(model=str(checkpoint), dtype="bfloat16", tensor_parallel_size=1, enable_prefix_caching=True,
+                   gpu_memory_utilization=0.35, max_model_len=4096, seed=0)
+    params = vllm.SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=args.tokens,
+                                 min_tokens=args.tokens, seed=0)
+    prompts = [TOPICS[i % len(TOPICS)] for i in range(n)]
+    llm.generate(prompts[:2], params)  # warm-up (graph capture)
+    t = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    seconds = time.perf_counter() - t
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    logits_finite = all(len(o.outputs[0].token_ids) > 0 for o in outs)
+    del llm
+    torch.cuda.empty_cache()
+    log(f"    vLLM {vllm.__version__}, {n} prompts: {tokens / seconds:10.1f} tokens/s")
+    return {"version": vllm.__version__, "prompts": n, "tokens_per_s": tokens / seconds, "replied": logits_finite}
+
+
+def paper_plan(result: dict, log) -> dict:
+    """Per setting of configs/paper.yaml: which engine runs it (settings that need model
+    internals on the HF engine, the others could run on vLLM) and its estimated GPU-hours, from
+    the rates measured here: the 70B slice's decode step scaled to Llama-2-70B's 80 layers (the
+    layers of a device map run one after the other), split-softmax's measured cost, guidance's
+    two rows per sample, and vLLM's rate relative to the engine's on the same model where
+    measured. A plan, not a measurement of the full model."""
+    import yaml
+
+    from personadrift.interventions.settings import expand_settings
+
+    repo = Path(__file__).resolve().parents[1]
+    paper = yaml.safe_load((repo / "configs/paper.yaml").read_text())
+    decode = (result["steps"].get("grouped_query", {}).get("result") or {}).get("decode")
+    if not decode:
+        return {"skipped": "no decode timing of the grouped-query slice"}
+    step_70b = decode["seconds_per_step"] * LLAMA2_70B_LAYERS / decode["layers"]
+    rows = decode["rows"]
+    split = (result["steps"].get("split_softmax", {}).get("result") or {}).get("ratio") or 1.0
+    engine_rate = (result["steps"].get("throughput", {}).get("result") or {}).get("engine_tokens_per_s") or {}
+    vllm_rate = (result["steps"].get("vllm", {}).get("result") or {}).get("tokens_per_s")
+    vllm_speedup = vllm_rate / engine_rate[max(engine_rate)] if vllm_rate and engine_rate else None
+    gpus = paper["resources"]["gpus"]
+    tokens = paper_estimate(1.0, 1)["tokens"]
+    plan = {}
+    for s in expand_settings(paper["interventions"]):
+        rate = rows / s.rows_per_sample() / step_70b  # sampled tokens per second at model.max_batch rows
+        if s.method == "split_softmax":
+            rate /= split
+        hours = tokens / rate / 3600
+        entry = {"engine": "hf" if s.needs_internals else "vllm (or hf)", "hf_gpu_hours": hours * gpus}
+        if not s.needs_internals:
+            entry["vllm_gpu_hours"] = hours * gpus / vllm_speedup if vllm_speedup else None
+        plan[s.name] = entry
+    total_hf = sum(e["hf_gpu_hours"] for e in plan.values())
+    log(f"    Llama-2-70B decode step from the slice: {1000 * step_70b:.0f} ms at {rows} rows, "
+        f"{decode['context']} positions; {gpus} GPUs per job; split-softmax x{split:.2f}; vLLM "
+        + (f"x{vllm_speedup:.2f} the engine's rate" if vllm_speedup else "not measured"))
+    for name, e in plan.items():
+        v = e.get("vllm_gpu_hours")
+        log(f"    {name:<16} {e['engine']:<13} HF {e['hf_gpu_hours']:8.1f} GPU-h"
+            + (f", vLLM {v:8.1f} GPU-h" if v else ""))
+    log(f"    all {len(plan)} settings on the HF engine: {total_hf:.0f} GPU-hours")
+    return {"step_seconds_70b": step_70b, "rows": rows, "gpus_per_job": gpus, "split_softmax_cost": split,
+            "vllm_speedup": vllm_speedup, "tokens_per_setting": tokens, "settings": plan,
+            "hf_gpu_hours_all": total_hf}
+
+
 # ------------------------------------------------------------------ numbers
 def throughput(model, tok, args, log) -> dict:
     from selfchat_throughput import TOPICS, run_engine, run_upstream
@@ -470,6 +694,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", type=int, default=40, help="reply length in the rehearsal and the measurements")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of the throughput dialogs")
     ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--decode-rows", type=int, default=64,
+                    help="rows of the grouped-query slice's timed decoding (the paper config's model.max_batch)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     args.shards = [int(x) for x in args.shards.split(",")]
@@ -479,7 +705,7 @@ def main(argv=None) -> dict:
     shape = "tiny" if args.tiny else "7b"
     dtype = torch.bfloat16 if cuda else torch.float32
     log = print
-    work = Path(tempfile.mkdtemp(prefix="pd-gpu-check-"))
+    work = Path(tempfile.mkdtemp(prefix="pd-gpu-check-"))  # checkpoints: removed at the end
     where = (torch.cuda.get_device_name(0) + f" x{torch.cuda.device_count()}") if cuda else "CPU"
     log(f"gpu_check: shape={shape} dtype={str(dtype).split('.')[-1]} device={where} torch={torch.__version__}")
     steps = Steps(cuda, log)
@@ -501,8 +727,12 @@ def main(argv=None) -> dict:
             steps.run("paths_check", check_paths, paths, args)
         if cuda:
             steps.run("split_device_map", split_device_map, tok, args, work, log)
+        log("1b. grouped-query attention on a two-device map, contexts to the model's limit")
+        steps.run("grouped_query", grouped_query_check, tok, args, work, log, cuda=cuda)
         log("2. throughput")
         steps.run("throughput", throughput, lm.model, tok, args, log)
+        log("2b. vLLM on the same checkpoint")
+        steps.run("vllm", vllm_throughput, work / "main" / "checkpoint", args, log, cuda=cuda)
         log("3. split-softmax against SDPA")
         steps.run("split_softmax", split_cost, lm.model, tok, args, "cuda" if cuda else "cpu")
         log("4. matmul rate")
@@ -511,8 +741,14 @@ def main(argv=None) -> dict:
         if rates:
             near = min(rates, key=lambda n: abs(n - 50))  # the paper config's shard size is 50
             result["paper_setting"] = {**paper_estimate(rates[near], 1), "rate_at_shard": near}
+        log("5. the paper config's plan")
+        result["plan"] = steps.run("plan", paper_plan, result, log)
         result["failed"] = steps.failed
     finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoints (13.5 GB for the 7B shape)
+        result["work_dir"], result["work_dir_removed"] = str(work), not work.exists()
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     log("failed steps: " + (", ".join(steps.failed) or "none"))

@@ -31,8 +31,9 @@ rule attention:
         out=lambda wildcards, output: os.path.dirname(output.tokens),
     shell:
         "personadrift attention --params {params.config_json:q} --model-dir {params.model_dir:q}"
-        " --threads {threads} --out {params.out:q} --attempt {resources.attempt}"
-        " --no-retry-note {log:q}.no-retry {input.transcripts:q} > {log:q} 2>&1"
+        " --threads {threads} --out {params.out:q}"
+        " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
+        " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb} {input.transcripts:q} > {log:q} 2>&1"
 
 
 localrules:

@@ -225,6 +225,10 @@ def model_resources():
         mem_mb=lambda wildcards, attempt: res["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: res["runtime_min"] * attempt,
         attempt=lambda wildcards, attempt: attempt,
+        # for the step, not the scheduler (job.py): the GPUs it must run its model on
+        # (none with resources.cpu_fallback), and each card's memory
+        required_gpus=0 if res.get("cpu_fallback") else res["gpus"],
+        gpu_memory_gb=res.get("gpu_memory_gb") or 0,
     )
 
 

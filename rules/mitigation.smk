@@ -53,8 +53,9 @@ rule mmlu:
     shell:
         "personadrift mmlu --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
-        " --out {output:q} --attempt {resources.attempt} --no-retry-note {log:q}.no-retry"
-        " > {log:q} 2>&1"
+        " --out {output:q}"
+        " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
+        " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb} > {log:q} 2>&1"
 
 
 rule mmlu_from_baseline:

@@ -56,8 +56,9 @@ rule calibrate:
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
         "personadrift calibrate --params {params.config_json:q} --model-dir {params.model_dir:q}"
-        " --threads {threads} --out {output:q} --attempt {resources.attempt}"
-        " --no-retry-note {log:q}.no-retry > {log:q} 2>&1"
+        " --threads {threads} --out {output:q}"
+        " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
+        " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb} > {log:q} 2>&1"
 
 
 rule select_personas:

@@ -31,7 +31,8 @@ rule selfchat:
         "{params.cli} selfchat --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --shard {wildcards.shard:q} --model-dir {params.model_dir:q} --pool {input.pool:q}"
         " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads}"
-        " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry > {log:q} 2>&1"
+        " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
+        " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb} > {log:q} 2>&1"
 
 
 use rule selfchat as selfchat_vllm with:

@@ -9,7 +9,9 @@ import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from support.workflow import REPO
 
 RATE = r"([0-9.]+)"
@@ -75,6 +77,24 @@ def test_batch_height_bench_alternates_heights_and_reports_their_ratio():
     assert re.search(rf"matmul {RATE} GFLOP/s before", out) and re.search(rf"matmul {RATE} GFLOP/s after", out)
 
 
+@pytest.mark.parametrize("reference", ["sdpa", "repeat"])
+def test_grouped_attention_bench_alternates_with_its_reference_and_reports_their_ratio(reference):
+    cmd = [sys.executable, "bench/grouped_attention.py", "--reference", reference, "--conversations", "2",
+           "--rounds", "1", "--tokens", "3", "--history", "40", "--pairs", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    runs = re.findall(rf"^(\w+): {RATE} s per conversation$", out, re.M)
+    assert [m for m, _ in runs] == [reference, "grouped_sdpa", reference, "grouped_sdpa", reference], out
+    ref = [float(t) for m, t in runs if m == reference]
+    cand = [float(t) for m, t in runs if m == "grouped_sdpa"]
+    ratio = float(re.search(rf"grouped_sdpa against {reference}: {RATE}x the speed", out).group(1))
+    assert abs(statistics.mean(ref) / statistics.mean(cand) - ratio) <= 0.006 + 0.01 * ratio
+    assert len(re.findall(r"^attention op, (prefill|decode step) .* grouped [0-9.]+x the repeated speed", out,
+                          re.M)) == 2, out
+    assert len(re.findall(rf"matmul {RATE} GFLOP/s", out)) == 3
+
+
 def test_dtype_bench_alternates_float32_and_bfloat16_and_reports_their_ratio():
     cmd = [sys.executable, "bench/dtype_speed.py", "--conversations", "2", "--pairs", "2", "--rounds", "1",
            "--tokens", "3", "--probe-tokens", "2"]
@@ -104,13 +124,28 @@ def test_gpu_rehearsal_runs_every_path_of_a_paper_job_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     cmd = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--shards", "2,4", "--tokens", "8",
            "--rounds", "1", "--prompt-tokens", "48", "--conversations", "6", "--max-batch", "4", "--turns", "6",
-           "--upstream-conversations", "1", "--json", str(out)]
+           "--upstream-conversations", "1", "--decode-rows", "3", "--json", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["shape"] == "tiny" and result["failed"] == []
-    assert set(result["steps"]) == {"build", "save_and_load", "paths", "paths_check", "throughput",
-                                    "split_softmax", "matmul"}
+    assert set(result["steps"]) == {"build", "save_and_load", "paths", "paths_check", "grouped_query", "throughput",
+                                    "vllm", "split_softmax", "matmul", "plan"}
+    assert result["work_dir_removed"] and not Path(result["work_dir"]).exists()  # the checkpoints are gone
+    gq = result["steps"]["grouped_query"]["result"]
+    assert gq["shape"] == "gqa_tiny" and gq["query_groups"] == 4 and gq["devices"] == ["cpu"]
+    assert max(int(c) for c in gq["contexts"]) > 1000 and gq["logit_forwards"] > 0
+    for rec in gq["contexts"].values():
+        assert all(rec[k]["finite_logprobs"] and rec[k]["finite_continuation_scores"] for k in ("plain", "split"))
+    assert gq["grouped_vs_repeated_max_abs_logit_difference"] < 1e-4
+    assert gq["decode"]["rows"] == 3 and gq["decode"]["seconds_per_step"] > 0
+    assert result["steps"]["vllm"]["result"]["skipped"]  # no GPU here
+    plan = result["plan"]
+    assert len(plan["settings"]) == 13 and plan["gpus_per_job"] == 2
+    assert {s for s, e in plan["settings"].items() if e["engine"] == "hf"} == {
+        "split-k0.9", "split-k0.75", "split-k0.5", "split-k0.25", "cfg-g1.25", "cfg-g1.5", "cfg-g2", "cfg-g3"}
+    hours = {s: e["hf_gpu_hours"] for s, e in plan["settings"].items()}
+    assert hours["cfg-g1.5"] == pytest.approx(2 * hours["none"]) and hours["none"] > 0  # two rows per sample
     paths = result["steps"]["paths"]["result"]
     for name in ("none", "split-k0.5", "repeat-every1", "cfg-g1.5"):
         p = paths[name]

@@ -46,6 +46,30 @@ def test_rows_follow_free_memory_and_context_capped_by_max_batch(tiny_model):
     assert memory.rows_that_fit(model, 1000, 64) == 64  # a host: the cap alone (no free-memory figure)
 
 
+def test_rows_count_what_a_prefill_encodes_not_the_whole_context(tiny_model):
+    """A dialog's later turn encodes only its new tokens (the rest is a stored prefix), and a
+    decode step one: a row needs its KV cache for the whole context, activations for those."""
+    model, _ = tiny_model
+    (_, kv), = memory.kv_bytes_by_device(model).items()
+    act = memory.activation_bytes_per_token(model.config, torch.float32)
+    logits = 16 * model.config.vocab_size
+    total = 100 * (1000 * (kv + act) + logits)  # usable bytes: 100 rows encoding all 1000 positions
+
+    def free(d):
+        return int(total / memory.USABLE_FRACTION) + 1
+
+    assert memory.rows_that_fit(model, 1000, 512, free=free) == 100
+    assert memory.rows_that_fit(model, 1000, 512, new_tokens=50, free=free) == total // (1000 * kv + 50 * act + logits)
+    assert memory.rows_that_fit(model, 1000, 512, new_tokens=50, free=free) > 4 * 100  # this model: activations dominate
+    # a stored prefix's bytes count as available, and the store keeps what the rows leave
+    cpu = torch.device("cpu")
+    rows, keep = memory.plan_rows(model, 1000, 64, new_tokens=50, held={cpu: 1000}, free=free)
+    per_row = 1000 * kv + 50 * act + logits
+    assert rows == 64 and keep == {cpu: int((free(cpu) + 1000) * memory.USABLE_FRACTION) - 64 * per_row}
+    rows, keep = memory.plan_rows(model, 1000, 512, held={cpu: 1000}, free=free)
+    assert rows == 100 and 0 <= keep[cpu] < 1000 * (kv + act) + logits  # the rows first: the store keeps the rest
+
+
 class OutOfMemoryAbove:
     """A forward pre-hook: raises torch's out-of-memory error when a forward has more than
     ``rows`` rows, as a GPU would with a batch too large for it. With ``after`` it raises only
@@ -139,3 +163,50 @@ def test_gpus_per_job_from_the_model_size_and_the_paper_config_follows():
     assert paper["model"]["repo_id"] == "meta-llama/Llama-2-70b-chat-hf" and paper["model"]["dtype"] == "bfloat16"
     assert paper["resources"]["gpus"] == memory.gpus_needed(68.98e9, 2, kv70, context, h200)
     assert paper["selfchat"]["context_policy"] == "stop"  # one long dialog never stops a job of many
+
+
+def test_cloze_scoring_is_sized_and_halves_on_out_of_memory(tiny_model):
+    """MMLU's cloze form (continuation_logprobs: four options per prompt) runs again in halves
+    when a forward runs out of memory, and scores the same."""
+    model, tok = tiny_model
+    reqs, conts = [], []
+    for i in range(4):
+        r = GenRequest(convo(i), seed=0)
+        for text in (" tennis", " A pizza", " the cats", " no"):
+            reqs.append(r)
+            conts.append(tok.encode(text))
+    expected = HFEngine(model, tok).continuation_logprobs(reqs, conts)
+    eng = HFEngine(model, tok)
+    with OutOfMemoryAbove(model, 2) as oom:
+        got = eng.continuation_logprobs(reqs, conts)
+    assert oom.raised > 0  # it did run out, then fit
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert memory.state_of(eng).halvings > 0
+
+
+def test_the_size_an_out_of_memory_error_taught_is_kept_for_the_next_attempt(tiny_model, tmp_path, monkeypatch):
+    from personadrift import job
+    from personadrift.runtime import attempts
+
+    model, tok = tiny_model
+    s = Sampling(max_new_tokens=4)
+    turns = [GenRequest(convo(i), seed=i, key=f"c{i}") for i in range(6)]
+    note_file = tmp_path / "job.log.no-retry"
+    monkeypatch.setattr(job, "_memory_note", None)
+    first = attempts.keep_memory_notes(attempts.NoRetryNote(note_file, 1))
+    eng = HFEngine(model, tok, sampling=s)
+    with OutOfMemoryAbove(model, 2) as oom:
+        expected = eng.generate(turns)
+    learned = memory.state_of(eng).oom_positions
+    assert oom.raised > 0 and first.load() == learned and first.path.name == "job.log.oom"
+    # the job's next attempt (a new process: a new engine) starts below that size
+    attempts.keep_memory_notes(attempts.NoRetryNote(note_file, 2))
+    retry = HFEngine(model, tok, sampling=s)
+    assert memory.state_of(retry).oom_positions == learned
+    with OutOfMemoryAbove(model, 2) as oom2:
+        assert retry.generate(turns) == expected
+    assert oom2.raised < oom.raised
+    # a new run (attempt 1) starts afresh
+    attempts.keep_memory_notes(attempts.NoRetryNote(note_file, 1))
+    assert not note_file.with_suffix(".oom").exists()
+    assert memory.state_of(HFEngine(model, tok)).oom_positions is None

@@ -130,3 +130,62 @@ def test_on_a_host_nothing_moves(tiny_model):
     assert len(eng.prefixes) == 3 and eng.prefixes.spills == 0
     assert eng.prefixes.held_bytes() == {}  # the host is the store's own memory: no budget applies
     assert all(k.device.type == "cpu" for _, p in eng.prefixes.items() for k, _ in p.kv)
+
+
+def test_a_call_bounds_the_store_by_the_rows_it_would_displace(tiny_model_dir, monkeypatch):
+    """On a device of limited memory, a call's rows come first: the store spills its least
+    recently used prefixes until what it holds fits beside them (memory.plan_rows), and keeps
+    them on the device when the rows leave room."""
+    from personadrift.generation import memory
+
+    model, tok = load(tiny_model_dir)
+    with virtual_devices():
+        spread_over_virtual_devices(model, 3)
+        devices = set(memory.kv_bytes_by_device(model))
+        room = {"bytes": 10**9}
+
+        def free(d):  # what the store holds is not free, as on a GPU
+            return None if d.type == "cpu" else room["bytes"] - eng.prefixes.held_bytes().get(d, 0)
+
+        monkeypatch.setattr(memory, "free_bytes", free)
+        eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=4), max_batch=4)
+        reqs = [GenRequest(convo(i), seed=i, key=f"c{i}") for i in range(4)]
+        eng.generate(reqs)
+        assert set(eng.prefixes.held_bytes()) == devices and eng.prefixes.spills == 0  # room for both
+        # now a device that holds the next call's 4 rows and little more
+        nxt = [GenRequest(r.messages + [{"role": "assistant", "content": "Yes."}, {"role": "user", "content": "So?"}],
+                          seed=i, key=f"c{i}") for i, r in enumerate(reqs)]
+        ids = [eng.chat.render(r.messages).ids for r in nxt]
+        new = max(memory._new_tokens(eng.prefixes, r.key, x) for r, x in zip(nxt, ids))
+        assert new < min(len(x) for x in ids) // 2  # the stored prefixes are not encoded again
+        need = max(memory.row_bytes(model, max(map(len, ids)) + 4, new).values())
+        room["bytes"] = int(4.2 * need / memory.USABLE_FRACTION)
+        assert memory.call_rows(eng, nxt, 4) == 4  # every row fits: the store made room
+        assert eng.prefixes.spills > 0
+        for d, n in eng.prefixes.held_bytes().items():
+            assert n <= eng.prefixes.limits[d] < need
+
+
+def test_spilled_prefixes_stay_under_the_jobs_host_memory():
+    """Prefixes spilled from a device to (pinned) host memory stay under ``host_bytes`` (the
+    job's share of its mem_mb): beyond it the least recently used spilled ones are dropped, to
+    be encoded again, rather than the job killed for its memory."""
+    from personadrift.job import HOST_SPILL_FRACTION, JobResources
+
+    with virtual_devices():
+        dev = torch.device("vdev", 0)
+        size = _prefix(dev).bytes_by_device()[dev]
+        store = PrefixStore("cpu", budget_bytes=size, host_bytes=2 * size)  # one on the device, two spilled
+        for key in "abcde":
+            store.put(key, _prefix(dev))
+            assert store.spilled_bytes() <= 2 * size
+        assert list(k for k, _ in store.items()) == ["c", "d", "e"] and store.dropped == 2
+        assert store.held_bytes() == {dev: size} and store.spilled_bytes() == 2 * size
+        assert store.get("a") is None  # dropped: its conversation is encoded again
+        # a CPU-only store is the host's own memory: nothing is "spilled", nothing dropped
+        host = PrefixStore("cpu", host_bytes=0)
+        for key in "ab":
+            host.put(key, _prefix("cpu"))
+        assert len(host) == 2 and host.dropped == 0
+    assert JobResources(mem_mb=1000).host_spill_bytes() == int(1000 * 2**20 * HOST_SPILL_FRACTION)
+    assert JobResources().host_spill_bytes() is None

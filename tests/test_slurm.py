@@ -119,6 +119,9 @@ def test_profile_runs_workflow_on_slurm_with_gpu_request(slurm_cluster, tmp_path
     # ...and the job step running the rule (Snakemake's nested `srun`) sees it:
     assert "SLURM_GPUS_ON_NODE=1" in gpu, gpu
     assert "MinMemoryNode=1000M" in gpu, "the rule's own mem_mb must beat the profile default"
+    assert _profile_resource("nodes", 1) == 1
+    for text in out.values():  # the profile's nodes=1 reached sbatch (--nodes=1)
+        assert _scontrol_field(text, "NumNodes") in ("1", "1-1"), text
     for name in ("cpu", "retry"):
         assert "gpu" not in (_scontrol_field(out[name], "TresPerJob") or ""), out[name]
         assert _scontrol_field(out[name], "JOB_GRES") in (None, "(null)"), out[name]
@@ -190,6 +193,7 @@ def test_profile_name_resolves_from_repo_root(tmp_path):
     assert f"mem_mb={mem1}," in res["a"] and f"runtime={rt1}" in res["a"], res
     assert "gpu" not in res["a"], res
     assert "mem_mb=1234," in res["g"] and res["g"].endswith("gpu=1"), res
+    assert all(re.search(r"\bnodes=1\b", res[r]) for r in "ag"), res  # one node per job: the plugin's --nodes=1
 
 
 @pytest.mark.slurm

@@ -85,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "require_gpus", None) is not None:
+        from personadrift.job import JobResources, set_current
+
+        set_current(JobResources(gpus=args.require_gpus, gpu_memory_gb=args.gpu_memory_gb, mem_mb=args.mem_mb))
     note = None
     if getattr(args, "no_retry_note", None):
         from personadrift.runtime.attempts import NoRetryNote
 
         note = NoRetryNote(Path(args.no_retry_note), args.attempt)
+        from personadrift.runtime.attempts import keep_memory_notes
+
+        keep_memory_notes(note)  # the batch size running out of memory taught, for the next attempt
     try:
         if note is not None and (earlier := note.earlier_failure()) is not None:
             from personadrift.runtime.attempts import RepeatedFailure
@@ -101,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             note.record(exc)
         print(f"personadrift: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a device error no retry can fix (runtime/attempts.py) is noted too
+        if note is not None:
+            note.record(exc)
+        raise
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--params", help="validated config sections as JSON (used by the Snakemake rules)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number of this job (1, 2, ...)")
+    p.add_argument("--require-gpus", type=int, default=0,
+                   help="GPUs the model must run on: the job refuses to run it on the CPU or on disk (job.py)")
+    p.add_argument("--gpu-memory-gb", type=float, default=0.0, help="memory of one GPU, to size the model against")
+    p.add_argument("--mem-mb", type=int, default=0, help="the job's host memory (bounds spilled prefixes)")
     p.add_argument("--no-retry-note", default=None,
                    help="file where an error a retry cannot fix is noted; a later attempt that finds it fails at "
                         "once with the same message (runtime/attempts.py)")

@@ -359,21 +359,38 @@ def check_model(config: dict, path, workdir: str | Path = ".") -> None:
     context = model_context(config, workdir)
     if context is not None:
         check_budgets(config, context, path)
+    check_gpu_memory(config, path, workdir)
 
 
-def _model_config_value(config: dict, workdir, key: str, tiny_parameter: str) -> int | None:
-    """``key`` of the configured model's config.json, if readable without loading the model: a
-    local folder's, a fetched model's (resources/models/<name>), the tiny model's builder default."""
+def check_gpu_memory(config: dict, path, workdir=".") -> None:
+    """With ``resources.gpus`` and ``resources.gpu_memory_gb`` set and the model's config.json
+    readable (fetched or local): the GPUs hold its weights and KV cache
+    (``generation/memory.py``: ``gpus_needed``). Without the config.json the model job checks
+    it before loading the weights."""
+    res = config.get("resources", {})
+    if not res.get("gpus") or not res.get("gpu_memory_gb") or config["model"]["source"] in ("api", "tiny"):
+        return
+    cfg = model_config_json(config, workdir)
+    if cfg is None:
+        return
+    from personadrift.generation.memory import fit_problem
+
+    try:
+        problem = fit_problem(cfg, config["model"].get("dtype", "float32"), res["gpus"], res["gpu_memory_gb"],
+                              config["model"].get("max_context"))
+    except (KeyError, TypeError):  # not a decoder config this estimate reads: the job's own checks apply
+        return
+    if problem:
+        raise InputError(path, "resources.gpus", problem)
+
+
+def model_config_json(config: dict, workdir=".") -> dict | None:
+    """The configured model's config.json, if readable without loading the model: a local
+    folder's or a fetched model's (resources/models/<name>)."""
     m = config["model"]
     candidates = []
     if m["source"] == "local":
         candidates.append(Path(m["path"]).expanduser() / "config.json")
-    elif m["source"] == "tiny":
-        import inspect
-
-        from personadrift.generation.tiny import build_tiny_model
-
-        return inspect.signature(build_tiny_model).parameters[tiny_parameter].default
     folder = Path(workdir) / "resources" / "models" / m["name"]
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -385,6 +402,21 @@ def _model_config_value(config: dict, workdir, key: str, tiny_parameter: str) ->
             cfg = json.loads(c.read_text())
         except (OSError, ValueError):
             continue
+        if isinstance(cfg, dict):
+            return cfg
+    return None
+
+
+def _model_config_value(config: dict, workdir, key: str, tiny_parameter: str) -> int | None:
+    """``key`` of the configured model's config.json (:func:`model_config_json`), or the tiny
+    model's builder default."""
+    if config["model"]["source"] == "tiny":
+        import inspect
+
+        from personadrift.generation.tiny import build_tiny_model
+
+        return inspect.signature(build_tiny_model).parameters[tiny_parameter].default
+    for cfg in filter(None, [model_config_json(config, workdir)]):
         text_config = cfg.get("text_config")
         n = cfg.get(key, text_config.get(key) if isinstance(text_config, dict) else None)
         if isinstance(n, int) and not isinstance(n, bool):

@@ -131,6 +131,10 @@ class HFEngine:
             from personadrift.attention import split_softmax  # noqa: F401  (registers the function)
 
             model.set_attn_implementation("split_softmax")
+        else:  # grouped-query models attend to their KV heads unrepeated (attention/grouped.py)
+            from personadrift.attention.grouped import use_grouped_keys
+
+            use_grouped_keys(model)
 
     # ----------------------------------------------------------------- public API
     def forget(self, prefix: str = "") -> None:
@@ -184,6 +188,34 @@ class HFEngine:
 
     @torch.inference_mode()
     def continuation_logprobs(self, requests: list[GenRequest], continuations: list[list[int]]) -> torch.Tensor:
+        """:meth:`_continuation_logprobs` in calls of the rows the device holds at the longest
+        continuation (``memory.call_rows``), each run again in halves if it runs out of memory."""
+        if len(requests) != len(continuations):
+            raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
+        if any(len(c) == 0 for c in continuations):
+            raise ValueError("a continuation has no tokens")
+        budget = max((len(c) for c in continuations), default=0)
+        rows = memory.call_rows(self, requests, budget)  # memory hook
+        chunks, seen, size = [[]], set(), 0  # at most ``rows`` rows of distinct prompts per call
+        for i, r in enumerate(requests):
+            sig = self._prompt_signature(r)
+            if sig not in seen:
+                if chunks[-1] and size + self._rows_needed(r) > rows:
+                    chunks.append([])
+                    seen, size = set(), 0
+                seen.add(sig)
+                size += self._rows_needed(r)
+            chunks[-1].append(i)
+        out: list[torch.Tensor] = []
+        for chunk in chunks if requests else []:
+            part = [(requests[i], continuations[i]) for i in chunk]
+            out += memory.halving_on_oom(  # memory hook
+                self, [r for r, _ in part],
+                lambda pairs: list(self._continuation_logprobs([r for r, _ in pairs], [c for _, c in pairs])),
+                budget=budget, items=part)
+        return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    def _continuation_logprobs(self, requests: list[GenRequest], continuations: list[list[int]]) -> torch.Tensor:
         """Sum of the log-probabilities of each continuation's tokens, teacher-forced as the reply
         after its request's rendered prompt (generation prompt included); float64 [len(requests)].
 
@@ -194,16 +226,12 @@ class HFEngine:
         chunk are encoded in one forward (re-using a cached prefix under ``key``, storing
         nothing), then all continuations after them in one more. ``n`` and ``seed`` are unused.
         """
-        if len(requests) != len(continuations):
-            raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
-        if any(len(c) == 0 for c in continuations):
-            raise ValueError("a continuation has no tokens")
         g = self.intervention.guidance_scale or 0.0  # rows have partners only when it is set
         prompt_of: dict[tuple, int] = {}  # one entry per distinct prompt
         reps: list[int] = []  # representative request of each prompt
         which: list[int] = []  # prompt index of each request
         for i, r in enumerate(requests):
-            sig = (repr(r.messages), repr(r.negative_messages) if self._guided(r) else None, r.intervene, r.key)
+            sig = self._prompt_signature(r)
             if sig not in prompt_of:
                 prompt_of[sig] = len(reps)
                 reps.append(i)
@@ -275,6 +303,10 @@ class HFEngine:
         return out
 
     # ----------------------------------------------------------------- batching
+    def _prompt_signature(self, r: GenRequest) -> tuple:
+        """What makes two scoring requests share one encoding of their prompt."""
+        return (repr(r.messages), repr(r.negative_messages) if self._guided(r) else None, r.intervene, r.key)
+
     def _rows_needed(self, r: GenRequest) -> int:
         return r.n * (2 if self._guided(r) else 1)
 

@@ -61,23 +61,32 @@ class PrefixStore:
     store's budget there allows, so a dialog's next turn re-uses it without crossing the bus.
     Over budget, the least recently used prefixes are spilled to ``host`` memory (pinned where
     CUDA is available, so that they come back with asynchronous copies). The budget per device
-    is ``budget_bytes`` if given, else ``PREFIX_SHARE`` of the device's free memory (as
-    ``generation/memory.py`` counts it) plus what the store already holds there. A host has no
-    budget: on the CPU every prefix simply stays where it is.
+    is ``budget_bytes`` if given, else what the engine's last call left beside its rows
+    (:meth:`limit`, from ``generation/memory.py``: a stored prefix never displaces a batch row),
+    else, before any call, ``PREFIX_SHARE`` of the device's free memory plus what the store
+    already holds there. A host has no budget: on the CPU every prefix simply stays where it is.
 
     Spilled tensors are only ever read by copying them back on the device's stream, so their
     device-to-host copies need not be waited for either.
     """
 
-    def __init__(self, host: torch.device | str = "cpu", *, budget_bytes: int | None = None, free=None):
+    def __init__(self, host: torch.device | str = "cpu", *, budget_bytes: int | None = None, free=None,
+                 host_bytes: int | None = None):
         from personadrift.generation.memory import free_bytes
+        from personadrift.job import current
 
         self.device = torch.device(host)  # where spilled prefixes live
         self.budget_bytes = budget_bytes
+        # spilled prefixes (pinned host memory) stay under this (default: the job's share of its
+        # mem_mb, job.py): beyond it the least recently used are dropped, to be encoded
+        # again when their conversation comes back, rather than the job killed for its memory
+        self.host_bytes = host_bytes if host_bytes is not None else current().host_spill_bytes()
+        self.dropped = 0  # spilled prefixes dropped to stay under host_bytes
         self._free = free or free_bytes
         self._items: OrderedDict[str, Prefix] = OrderedDict()  # least recently used first
         self.spills = 0  # prefixes moved to the host to make room
         self.peak: dict[str, int] = {}  # the most bytes held at once, per device
+        self.limits: dict[torch.device, int] = {}  # per device, what a call's rows leave (``limit``)
 
     # ------------------------------------------------------------------ mapping
     def get(self, key: str | None) -> Prefix | None:
@@ -85,6 +94,10 @@ class PrefixStore:
             return None
         self._items.move_to_end(key)
         return self._items[key]
+
+    def peek(self, key: str | None) -> Prefix | None:
+        """The prefix under ``key`` without marking it used."""
+        return None if key is None else self._items.get(key)
 
     def put(self, key: str, prefix: Prefix) -> None:
         self._items.pop(key, None)  # the key's previous prefix no longer counts
@@ -122,6 +135,8 @@ class PrefixStore:
         """Bytes the store may hold on ``device`` (None: no limit, a host)."""
         if self.budget_bytes is not None:
             return self.budget_bytes
+        if device in self.limits:  # what the last call's rows left (generation/memory.py)
+            return self.limits[device]
         free = self._free(device)
         return None if free is None else int((free + held) * PREFIX_SHARE)
 
@@ -135,14 +150,27 @@ class PrefixStore:
             for key in list(self._items):
                 if held.get(device, 0) <= cap:
                     break
-                p = self._items[key]
-                if p is new or device not in p.bytes_by_device():
+                p = self._items.get(key)  # None: dropped by a spill (``host_bytes``)
+                if p is None or p is new or device not in p.bytes_by_device():
                     continue
                 self._spill(p, held)
             if held.get(device, 0) > cap:
                 self._spill(new, held)
         for device, n in held.items():
             self.peak[str(device)] = max(self.peak.get(str(device), 0), n)
+
+    def limit(self, keep: dict[torch.device, int]) -> None:
+        """Hold at most ``keep[device]`` bytes on each device from now on (the memory a call's
+        rows leave), spilling the least recently used prefixes now to get there."""
+        self.limits.update(keep)
+        held = self.held_bytes()
+        for device, cap in keep.items():
+            for key in list(self._items):
+                if held.get(device, 0) <= cap:
+                    break
+                p = self._items.get(key)
+                if p is not None and device in p.bytes_by_device():
+                    self._spill(p, held)
 
     def _spill(self, prefix: Prefix, held: dict[torch.device, int]) -> None:
         for d, n in prefix.bytes_by_device().items():
@@ -152,12 +180,39 @@ class PrefixStore:
         prefix.kv = [(_to_host(k, self.device, pin), _to_host(v, self.device, pin)) for k, v in prefix.kv]
         prefix._bytes = None
         self.spills += 1
+        self._trim_host(keep=prefix)
+
+    def spilled_bytes(self) -> int:
+        """Host bytes of prefixes spilled there from a device."""
+        return sum(n for p in self._items.values() if any(h != self.device for h in p.homes)
+                   for d, n in p.bytes_by_device().items() if d == self.device)
+
+    def _trim_host(self, keep: Prefix) -> None:
+        """Drop the least recently used spilled prefixes (``keep`` last) while the spilled bytes
+        exceed ``host_bytes``."""
+        if self.host_bytes is None:
+            return
+        spilled = self.spilled_bytes()
+        for key in list(self._items):
+            if spilled <= self.host_bytes:
+                break
+            p = self._items[key]
+            if p is keep or all(h == self.device for h in p.homes):
+                continue
+            spilled -= p.bytes_by_device().get(self.device, 0)
+            del self._items[key]
+            self.dropped += 1
+        if spilled > self.host_bytes:  # the newest alone is over: it goes too
+            for key, p in list(self._items.items()):
+                if p is keep:
+                    del self._items[key]
+                    self.dropped += 1
 
     def spill_all(self) -> None:
         """Move every stored prefix to the host (frees the devices' memory, e.g. after running out)."""
         held = self.held_bytes()
-        for p in self._items.values():
-            if any(d != self.device for d in p.bytes_by_device()):
+        for p in list(self._items.values()):
+            if any(d != self.device for d in p.bytes_by_device()) and any(q is p for q in self._items.values()):
                 self._spill(p, held)
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from personadrift.errors import ChecksumError, InputError
+from personadrift.errors import ChecksumError, InputError, PersonaDriftError
 from personadrift.storage import atomic_write_text, match_umask
 from personadrift.wheels import download_wheel
 
@@ -268,18 +268,78 @@ def verify_manifest(model_dir: str | Path) -> dict:
     return manifest
 
 
-def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
+class DeviceError(PersonaDriftError):
+    """A job that asked for GPUs would run (some of) its model elsewhere: on the CPU, on disk,
+    or on fewer GPUs than it asked for. Another node may have them: a retry may succeed."""
+
+    retryable = True
+
+
+def devices_seen() -> str:
+    """The CUDA devices torch sees, with their memory, in a few words (for one-line errors)."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    if not torch.cuda.is_available():
+        built = torch.version.cuda or "none: a CPU-only build"
+        return f"no CUDA device (torch {torch.__version__}, CUDA {built}, CUDA_VISIBLE_DEVICES={visible})"
+    names = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        names.append(f"cuda:{i} {p.name} {p.total_memory / 2**30:.0f} GiB")
+    return f"{', '.join(names)} (CUDA_VISIBLE_DEVICES={visible})"
+
+
+def check_gpus_present(gpus: int) -> None:
+    """Before loading weights: a job with ``resources.gpus`` > 0 sees at least that many GPUs."""
+    import torch
+
+    if gpus > 0 and (not torch.cuda.is_available() or torch.cuda.device_count() < gpus):
+        raise DeviceError(f"resources.gpus is {gpus}, but torch sees {devices_seen()}: refusing to run the model "
+                          "on the CPU (a job without its GPUs, or a driver older than the torch wheel's CUDA)")
+
+
+def check_placement(model, gpus: int) -> None:
+    """After loading: with ``resources.gpus`` > 0, no weight may sit on the CPU or on disk (an
+    accelerate device map offloads what the GPUs it sees cannot hold)."""
+    if gpus <= 0:
+        return
+    device_map = getattr(model, "hf_device_map", None)
+    off = {name: str(d) for name, d in (device_map or {}).items() if str(d) in ("cpu", "disk", "meta")}
+    placed = sorted({str(p.device) for p in model.parameters()})
+    if off or any(not d.startswith("cuda") for d in placed):
+        shown = device_map if device_map else {"": ", ".join(placed)}
+        raise DeviceError(f"resources.gpus is {gpus}, but {len(off) or 'some'} part(s) of the model are not on a GPU "
+                          f"({', '.join(f'{k}: {v}' for k, v in off.items()) or ', '.join(placed)}); devices seen: "
+                          f"{devices_seen()}; device map: {shown}")
+
+
+def load_model(model_dir: str | Path, spec: dict | None = None, *, job=None) -> LoadedModel:
     """Load a fetched model (after checking its files) with the spec's dtype, device map,
     linear kernel (``generation/linear_kernels.py``) and batch invariance
-    (``generation/batch_invariance.py``)."""
+    (``generation/batch_invariance.py``). When the job (``job.py``; default: this
+    process's) requires GPUs, they are checked before the weights load (present; enough memory
+    per card), and the placement after (no layer on the CPU or on disk)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from personadrift.generation.linear_kernels import KernelUnavailable, set_linear_kernel
 
+    from personadrift import job as job_resources
+
     spec = spec or {}
+    job = job or job_resources.current()
+    gpus = job.gpus
+    check_gpus_present(gpus)
     manifest = verify_manifest(model_dir)
     weights = manifest["weights_path"]
+    if gpus and job.gpu_memory_gb:
+        from personadrift.generation.memory import fit_problem
+
+        problem = fit_problem(json.loads((Path(weights) / "config.json").read_text()), spec.get("dtype", "float32"),
+                              gpus, job.gpu_memory_gb, spec.get("max_context"))
+        if problem:
+            raise InputError("config", "resources.gpus", problem)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs = {"dtype": resolve_dtype(spec.get("dtype", "float32"), device)}
     if spec.get("device_map"):
@@ -289,6 +349,7 @@ def load_model(model_dir: str | Path, spec: dict | None = None) -> LoadedModel:
     model = AutoModelForCausalLM.from_pretrained(weights, **kwargs).eval()
     if not spec.get("device_map") and torch.cuda.is_available():
         model = model.to("cuda")
+    check_placement(model, gpus)
     try:
         set_linear_kernel(model, spec.get("linear_kernel", "auto"))
     except KernelUnavailable as e:

@@ -21,12 +21,29 @@ from pathlib import Path
 from personadrift.errors import PersonaDriftError
 
 
+# CUDA errors no retry on the same software can fix: the driver is older than the torch wheel's
+# CUDA, the wheel has no kernels for this GPU, a kernel asserted on its input (the same input
+# asserts again), an operation the library does not support here. An illegal memory access, an
+# ECC error or a lost device may be the node's: those are retried (perhaps elsewhere).
+FATAL_CUDA_ERRORS = (
+    "cuda driver version is insufficient",
+    "no kernel image is available",
+    "device-side assert triggered",
+    "cublas_status_not_supported",
+    "cudnn_status_not_supported",
+    "operation not supported on this os",
+    "found no nvidia driver",
+)
+
+
 def retryable(exc: BaseException) -> bool:
     """Whether another attempt of the same job could succeed: errors of the user's input are
-    not (``PersonaDriftError.retryable``); anything else (a crash, a device error) may be."""
+    not (``PersonaDriftError.retryable``), nor the CUDA errors of :data:`FATAL_CUDA_ERRORS`;
+    anything else (a crash, running out of memory, another device error) may be."""
     if isinstance(exc, PersonaDriftError):
         return exc.retryable
-    return True
+    message = str(exc).lower()
+    return not any(m in message for m in FATAL_CUDA_ERRORS)
 
 
 @dataclass
@@ -67,3 +84,11 @@ class RepeatedFailure(PersonaDriftError):
     def __init__(self, earlier: dict, note: NoRetryNote):
         super().__init__(f"{earlier['message']} (attempt {note.attempt} not run: attempt {earlier['attempt']} failed "
                          f"with this error, which a retry cannot fix; see {note.path})")
+
+
+def keep_memory_notes(note: NoRetryNote):
+    """Keep this job's memory note (``personadrift.job.MemoryNote``) beside its no-retry note
+    (``<log>.oom``) for the process."""
+    from personadrift import job
+
+    return job.keep_memory_note(job.MemoryNote(note.path.with_suffix(".oom"), note.attempt))
