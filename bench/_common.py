@@ -9,9 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
 
+import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 from personadrift.generation.chat import ChatFormat
 
 SYSTEM = "You love playing tennis and talk about it whenever you can."

@@ -35,6 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
+
     from _common import load, matmul_rate
     from selfchat_throughput import TOPICS, run_engine
 

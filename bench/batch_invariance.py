@@ -35,11 +35,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
-    from _common import load, race, shape_runner
-    from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
+    from _common import load, race, shape_runner
     from personadrift.generation.batch_invariance import batch_invariant_of, set_batch_invariant
     from personadrift.generation.linear_kernels import linear_kernel_of
+    from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
     torch.set_num_threads(args.threads)
     if args.pairs < 1:

@@ -48,7 +48,8 @@ def text(r: random.Random, words: int) -> str:
 
 
 def persona(i: int) -> dict:
-    return {"id": f"persona-{i:03d}", "category": ("pattern", "multiple_choice", "persona", "memorization", "language")[i % 5],
+    categories = ("pattern", "multiple_choice", "persona", "memorization", "language")
+    return {"id": f"persona-{i:03d}", "category": categories[i % 5],
             "system_prompt": f"Synthetic persona {i}: always answer in a way judge {i} can check.",
             "probe": f"Probe question number {i}: what is your answer?", "judge": "multiple_choice",
             "judge_args": {"letter": "B", "options": ["one", "two", "three"]}}
@@ -71,7 +72,8 @@ def synthetic_study(root: Path, conversations: int, settings: list[str], rounds:
             for rnd in range(1, rounds + 1):
                 for kind, p in (("agent", agent), ("user", user)):
                     answers = [text(r, words) for _ in range(runs)]
-                    probes.append({"round": rnd, "turn": 2 * rnd, "kind": kind, "persona": p["id"], "question": p["probe"],
+                    probes.append({"round": rnd, "turn": 2 * rnd, "kind": kind, "persona": p["id"],
+                                   "question": p["probe"],
                                    "answers": answers, "context": "ok",
                                    "completions": [{"prompt_tokens": 120 + 800 * rnd, "new_tokens": 400,
                                                     "finish_reason": "length"} for _ in answers]})

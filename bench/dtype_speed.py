@@ -35,11 +35,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch  # after selfchat_throughput: personadrift set the OpenMP wait policy before torch loaded
-    from _common import load, race, shape_runner
-    from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
+    from _common import load, race, shape_runner
     from personadrift.generation.linear_kernels import linear_kernel_of, set_linear_kernel
     from personadrift.generation.models import native_bf16
+    from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
     torch.set_num_threads(args.threads)
     if args.pairs < 1:
@@ -53,7 +53,8 @@ def main() -> None:
 
     race(shape_runner(run_engine, tok, TOPICS, convs, args), models, "float32", "bfloat16", args.pairs,
          f"model {name}, {args.threads} thread(s), {n} conversations, {args.rounds} rounds, "
-         f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; linear kernel: float32 "
+         f"{args.tokens}-token replies, {args.runs} probe answers of {args.probe_tokens} tokens a round; "
+         "linear kernel: float32 "
          f"{linear_kernel_of(f32)}, bfloat16 {linear_kernel_of(bf16)}; native bfloat16 on this CPU: "
          f"{native_bf16('cpu')}")
 

@@ -22,7 +22,8 @@ What makes it a rehearsal of the paper's run rather than a smoke test:
 * on CUDA every setting's shard and MMLU, and split-softmax's timed prefill and decoding, run
   with SDPA restricted to its flash and memory-efficient kernels
   (``torch.nn.attention.sdpa_kernel``): a silent fallback to the math kernel (which
-  materialises every score) fails the step, split-softmax's padded prefill included; and a smaller model runs a shard and
+  materialises every score) fails the step, split-softmax's padded prefill included; and a smaller
+  model runs a shard and
   MMLU under a device map split between the GPU and the CPU, so every cross-device path runs
   on one GPU;
 * the upstream-style loop (one conversation at a time, history re-encoded each turn) samples as
@@ -57,8 +58,9 @@ import time
 import traceback
 from pathlib import Path
 
-import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
+
+import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
 
@@ -296,11 +298,10 @@ def shard_paths(lm, args, log, *, cuda: bool, conversations: int | None = None) 
     """A shard under each setting family, MMLU under none, split-softmax and guidance, and the
     attention recorder, on engines built as jobs build them. Returns what each path showed."""
     from personadrift.analysis.attention import record_conversation
-    from personadrift.protocol.personas import load_personas
     from personadrift.capability.mmlu import EngineScorer, Question, evaluate
     from personadrift.generation.selfchat import ShardRun, plan_conversation
-    from personadrift.protocol.personas import persona_record
     from personadrift.interventions.settings import expand_settings
+    from personadrift.protocol.personas import load_personas, persona_record
     from personadrift.runtime.factory import hf_engine_for
 
     repo = Path(__file__).resolve().parents[1]
@@ -466,7 +467,8 @@ def grouped_query_check(tok, args, work: Path, log, *, cuda: bool) -> dict:
                                             {"role": "user", "content": user}], seed=r, intervene=True))
                 with fused_sdpa_only(cuda):
                     lp = eng.next_token_logprobs(rows)
-                    cont = eng.continuation_logprobs(rows, [tok.encode("the answer is yes", add_special_tokens=False)] * 2)
+                    answer = tok.encode("the answer is yes", add_special_tokens=False)
+                    cont = eng.continuation_logprobs(rows, [answer] * 2)
                     texts = eng.generate(rows)
                 rec[name] = {"prompt_tokens": [len(eng.chat.render(r.messages).ids) for r in rows],
                              "finite_logprobs": bool(torch.isfinite(lp).all()),
@@ -618,7 +620,6 @@ def throughput(model, tok, args, log) -> dict:
 
 def split_cost(model, tok, args, device) -> dict:
     from _common import dialog
-
     from personadrift.attention import (
         attention_context,
         split_softmax,  # noqa: F401  (registers the function)
@@ -687,7 +688,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--tiny", action="store_true", help="a tiny shape (CPU tests)")
     ap.add_argument("--conversations", type=int, default=10, help="conversations of each rehearsal shard")
-    ap.add_argument("--max-batch", type=int, default=8, help="model.max_batch of the rehearsal shards (< conversations)")
+    ap.add_argument("--max-batch", type=int, default=8,
+                    help="model.max_batch of the rehearsal shards (< conversations)")
     ap.add_argument("--turns", type=int, default=6, help="dialog turns of the rehearsal shards")
     ap.add_argument("--shards", default="8,32,128", help="shard sizes for the throughput comparison")
     ap.add_argument("--upstream-conversations", type=int, default=2)

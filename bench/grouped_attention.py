@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import TURNS, add_model_args, load, matmul_rate, race  # noqa: E402  (bench/ is on sys.path)
-
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from _common import TURNS, add_model_args, load, matmul_rate, race  # noqa: E402  (bench/ is on sys.path)
 from personadrift.attention.grouped import NAME, query_groups
 from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.engine import HFEngine

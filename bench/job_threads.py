@@ -24,8 +24,9 @@ HERE = Path(__file__).resolve().parent
 
 def one_job(args) -> None:
     """The worker: one shard of the default schedule at ``--threads``; prints tokens/s as JSON."""
-    import personadrift  # noqa: F401  (sets the OpenMP wait policy before torch loads)
     import torch
+
+    import personadrift  # noqa: F401  (sets the OpenMP wait policy before torch loads)
     from _common import load
     from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
@@ -69,6 +70,7 @@ def main() -> None:
     if args.worker:
         return one_job(args)
     import torch
+
     from _common import matmul_rate
 
     torch.set_num_threads(2)

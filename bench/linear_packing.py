@@ -25,12 +25,12 @@ import statistics
 import sys
 import time
 
-import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
-from _common import add_model_args, load, matmul_rate  # noqa: E402  (bench/ is on sys.path)
-from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
+import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+from _common import add_model_args, load, matmul_rate  # noqa: E402  (bench/ is on sys.path)
 from personadrift.generation import linear_kernels
+from selfchat_throughput import TOPICS, default_selfchat, run_engine
 
 
 @contextlib.contextmanager

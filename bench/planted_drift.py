@@ -3,9 +3,11 @@
     python bench/planted_drift.py [--studies 200] [--methods t,signflip,bca,percentile]
                                   [--sizes 8,200] [--confidence 0.95] [--seed 0]
     python bench/planted_drift.py --skip-coverage --configs config.yaml,configs/laptop.yaml,configs/paper.yaml
-    python bench/planted_drift.py --skip-coverage --fit results/laptop/scores/none.csv --configs config.yaml,configs/laptop.yaml
+    python bench/planted_drift.py --skip-coverage --fit results/laptop/scores/none.csv \
+        --configs config.yaml,configs/laptop.yaml
     python bench/planted_drift.py --skip-power      # the coverage table only
-    python bench/planted_drift.py --skip-coverage --fit results/laptop/scores/all.csv --configs configs/paper.yaml --stop-share 0.2
+    python bench/planted_drift.py --skip-coverage --fit results/laptop/scores/all.csv \
+        --configs configs/paper.yaml --stop-share 0.2
 
 Simulated studies (analysis/simulate.py: no model) go through the same tables as the workflow,
 with the figures' own Holm families: the drift figure's claims with the control (round-0 shift and
@@ -45,9 +47,9 @@ Printed:
 1. coverage of each interval against its nominal level, and the rate of "significant" claims,
    with no drift (false-positive rate) and with planted drift and intervention effects (power);
 2. with ``--fit``: the se check; then power of "stability declines over the dialog" (the fitted
-   change from round 1 to the last, Holm over the drift figure's 8 tested claims) against the true decline, and of "the setting raises
-   the level over the dialog" and "... reduces the decline" (Holm over the mitigation figure's
-   claims) against the true differences; and the smallest effects detected with 80% power.
+   change from round 1 to the last, Holm over the drift figure's 8 tested claims) against the true
+   decline, and of "the setting raises the level over the dialog" and "... reduces the decline" (Holm
+   over the mitigation figure's claims) against the true differences; and the smallest effects detected with 80% power.
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ import argparse
 import time
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 
 from personadrift.analysis import simulate as sim

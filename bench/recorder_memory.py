@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import torch
+
 from _common import add_model_args, dialog, load  # noqa: E402  (bench/ is on sys.path)
 
 
@@ -69,7 +70,8 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         res[mode] = json.loads(out)
         r = res[mode]
-        print(f"{mode:9s} T={r['T']}  peak growth {r['peak_growth'] / 2**20:9.1f} MiB   kept {r['kept'] / 2**20:9.2f} MiB")
+        growth, kept = r["peak_growth"] / 2**20, r["kept"] / 2**20
+        print(f"{mode:9s} T={r['T']}  peak growth {growth:9.1f} MiB   kept {kept:9.2f} MiB")
     rec, eag = res["recorder"], res["eager"]
     print(f"peak ratio recorder/output_attentions = {rec['peak_growth'] / max(eag['peak_growth'], 1):.3f}")
     print(f"kept ratio recorder/output_attentions = {rec['kept'] / max(eag['kept'], 1):.5f}")

@@ -39,10 +39,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
-from _common import add_model_args, load, matmul_rate  # noqa: E402  (bench/ is on sys.path)
 
+import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+from _common import add_model_args, load, matmul_rate  # noqa: E402  (bench/ is on sys.path)
 from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.chat import ChatFormat
 from personadrift.generation.dialog import agent_messages, probe_messages, user_messages
@@ -207,7 +207,8 @@ def main():
     n_up = args.upstream_conversations
     flops = model_flops_per_token(model)
     print(f"model={name} ({flops / 1e9:.3f} GFLOP/token in linear layers) rounds={args.rounds} "
-          f"tokens/reply={args.tokens} probe answers={args.runs}x{args.probe_tokens} tokens threads={args.threads} default shard={default} "
+          f"tokens/reply={args.tokens} probe answers={args.runs}x{args.probe_tokens} tokens threads={args.threads} "
+          f"default shard={default} "
           f"dtype={args.dtype} engine's linear kernel={kernel}")
     ref = matmul_rate(2048, 2048, 2048)
     print(f"machine: 2048x2048 float32 matmul {ref:.1f} GFLOP/s")
@@ -300,7 +301,8 @@ def run_engine_timed(model, tok, convs, rounds, tokens, runs, probe_tokens):
     return eng, dt, shapes
 
 
-LEVEL_ROWS = 512  # from here on a linear layer's rate is flat (docs/measurements.md, Where a step's time goes): scale linearly
+# from here on a linear layer's rate is flat (docs/measurements.md, Where a step's time goes): scale linearly
+LEVEL_ROWS = 512
 
 
 def linear_floor(model, shapes: dict[tuple[int, int, int], int]) -> float:

@@ -13,6 +13,7 @@ import argparse
 import time
 
 import torch
+
 from _common import add_model_args, dialog, load  # noqa: E402  (bench/ is on sys.path)
 
 

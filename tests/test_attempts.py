@@ -7,12 +7,12 @@ import json
 
 import pytest
 import yaml
-from support.workflow import SMOKE, snakemake
 
 from personadrift.cli import main
 from personadrift.errors import InputError
 from personadrift.generation.openai_backend import OpenAIBackendError
 from personadrift.runtime.attempts import NoRetryNote, retryable
+from support.workflow import SMOKE, snakemake
 
 
 def test_input_errors_are_not_retryable_but_crashes_and_server_failures_are():

@@ -12,13 +12,13 @@ import sys
 
 import pytest
 import yaml
-from support.workflow import REPO, SMOKE, snakemake
 
 from personadrift.config import check_config, read_yaml
 from personadrift.errors import InputError
 from personadrift.interventions.settings import expand_settings
 from personadrift.runtime.backends import BACKENDS, backend_of, model_job_backend
 from personadrift.runtime.factory import make_engine
+from support.workflow import REPO, SMOKE, snakemake
 
 VLLM_FAMILIES = ("none", "control", "repeat")
 

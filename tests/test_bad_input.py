@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from support.workflow import REPO
 
 BIN = Path(sys.executable).parent

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.workflow import REPO
 
 RATE = r"([0-9.]+)"

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support.headless import dump_dom, screenshot
-from support.workflow import REPO
 
 from personadrift.browser import build_browser
 from personadrift.errors import InputError
 from personadrift.protocol.scoring import score_records
 from personadrift.storage import atomic_write_json
 from personadrift.tables import read_table, write_table
+from support.headless import dump_dom, screenshot
+from support.workflow import REPO
 
 SEASON = {"id": "summer-lover", "category": "multiple_choice", "system_prompt": "You love summer.",
           "probe": "Favourite season? (A) spring (B) summer. Answer with the letter.", "judge": "multiple_choice",

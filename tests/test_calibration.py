@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from support.workflow import REPO
 
 from personadrift.errors import InputError
 from personadrift.protocol import calibration
 from personadrift.protocol.personas import load_personas
 from personadrift.seeding import derive_seed
+from support.workflow import REPO
 
 BENCH = REPO / "personas" / "benchmark"
 BY_ID = {p.id: p for p in load_personas([BENCH / "persona.yaml", BENCH / "memorization.yaml"])}

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from support.workflow import REPO
 
 from personadrift.errors import InputError
 from personadrift.figures.comparison import comparison, study_tables
+from support.workflow import REPO
 
 
 def _curves(fig):

@@ -8,12 +8,12 @@ import copy
 import json
 
 import pytest
-from support.workflow import REPO
 
 from personadrift.config import check_config, read_yaml, validate_config
 from personadrift.errors import InputError
 from personadrift.interventions import METHODS
 from personadrift.interventions.settings import expand_settings, setting_by_name
+from support.workflow import REPO
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 import yaml
-from support.workflow import REPO, snakemake
 
 from personadrift.config import check_config, load_config, validate_config
 from personadrift.errors import InputError
 from personadrift.overlays import read_config
 from personadrift.yamlio import read_yaml
+from support.workflow import REPO, snakemake
 
 
 def write(path, data) -> str:

@@ -18,11 +18,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.workflow import REPO
 
 from personadrift.config import check_config, read_yaml
 from personadrift.errors import InputError
 from personadrift.interventions.settings import expand_settings
+from support.workflow import REPO
 
 DEFAULT = read_yaml(REPO / "config.yaml")
 ALLOWED = ("results", "logs", "benchmarks", "figures", "resources")

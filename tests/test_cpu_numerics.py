@@ -7,16 +7,15 @@ Each library reads its variable when it loads, so every check runs in a fresh in
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
 
 import pytest
 import yaml
-from support.workflow import REPO
 
 from personadrift.numerics import PINNED, VARIABLES, mode_of_argv, unpinned_environ
+from support.workflow import REPO
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                                 reason="the pinned settings are x86-64 instruction sets")

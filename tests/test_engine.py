@@ -327,9 +327,8 @@ def test_a_resumed_shard_equals_an_uninterrupted_one_when_batches_differ(tiny_mo
     import json
     from pathlib import Path
 
-    from personadrift.protocol.personas import load_personas, load_topics
     from personadrift.config import validate_config
-    from personadrift.protocol.personas import persona_record
+    from personadrift.protocol.personas import load_personas, load_topics, persona_record
     from personadrift.steps.models import fetch_model
     from personadrift.steps.selfchat import selfchat_shard
     from personadrift.storage import atomic_write_json

@@ -8,10 +8,10 @@ that combines tensors of two devices. Each path must also give what it gives on 
 
 import pytest
 import torch
-from support.virtual_devices import DeviceMixError, spread_over_virtual_devices, virtual_devices
 
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
+from support.virtual_devices import DeviceMixError, spread_over_virtual_devices, virtual_devices
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
 INTERVENTIONS = {

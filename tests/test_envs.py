@@ -17,6 +17,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
 from support.workflow import REPO
 
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from support.workflow import REPO, SMOKE, snakemake
 
 from personadrift.figures import function
 from personadrift.figures.catalog import FIGURES, figure_docs, study_figures
+from support.workflow import REPO, SMOKE, snakemake
 
 
 def test_the_generated_caption_and_map_match_the_catalog():

@@ -12,14 +12,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from support.workflow import REPO, SMOKE, snakemake
 
 from personadrift.config import check_gpu_memory
 from personadrift.errors import InputError
 from personadrift.generation import memory
 from personadrift.generation.models import DeviceError, check_gpus_present, check_placement, load_model
-from personadrift.runtime.attempts import NoRetryNote, retryable
 from personadrift.job import JobResources
+from personadrift.runtime.attempts import NoRetryNote, retryable
+from support.workflow import REPO, SMOKE, snakemake
 
 LLAMA2_70B = {"architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
               "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000,

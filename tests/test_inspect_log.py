@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support.headless import wait_for_text
-from support.workflow import SMOKE, snakemake
 
 from personadrift.errors import InputError
 from personadrift.export.inspect_log import export_study
 from personadrift.protocol.scoring import score_records
 from personadrift.storage import atomic_write_json, read_json
 from personadrift.tables import read_table, write_table
+from support.headless import wait_for_text
+from support.workflow import SMOKE, snakemake
 
 inspect_log = pytest.importorskip(
     "inspect_ai.log", reason="inspect_ai is pinned in requirements.txt: run make setup"

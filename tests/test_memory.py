@@ -147,6 +147,7 @@ def test_next_token_logprobs_halve_on_out_of_memory(tiny_model):
 
 def test_gpus_per_job_from_the_model_size_and_the_paper_config_follows():
     import yaml
+
     from support.workflow import REPO
 
     kv70 = memory.kv_bytes_per_token(LlamaConfig(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,

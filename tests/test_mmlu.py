@@ -623,7 +623,7 @@ def test_engine_scorer_under_the_llama2_template_scores_the_rendered_reply(llama
         conv = [sys_msg, {"role": "user", "content": fmt(q)}]
         prompt = tok(tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
                      add_special_tokens=False)["input_ids"]
-        for j, (letter, choice) in enumerate(zip(mmlu.LETTERS, q.choices)):
+        for _j, (letter, choice) in enumerate(zip(mmlu.LETTERS, q.choices)):
             reply = letter if form == "letter" else choice
             # independent reference: the whole assistant turn rendered by the template, scored up to
             # its end-of-turn ("... [/INST] The Sun </s>": the reply's tokens, then "▁", "</s>")

@@ -4,8 +4,6 @@ import json
 from collections import Counter
 
 import pytest
-from support.faults import FaultPlan
-from support.workflow import REPO
 
 from personadrift.config import validate_config
 from personadrift.errors import InputError
@@ -23,6 +21,8 @@ from personadrift.seeding import derive_seed
 from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard
 from personadrift.storage import atomic_write_json
+from support.faults import FaultPlan
+from support.workflow import REPO
 
 FAKE_KEY = "sk-pd-FAKE-KEY-7f3a9c0e5b1d"
 GREEDY = Sampling(do_sample=False, max_new_tokens=8)

@@ -8,7 +8,6 @@ from collections import Counter
 import jsonschema
 import pytest
 import yaml
-from support.workflow import REPO as ROOT
 
 from personadrift.errors import InputError
 from personadrift.protocol.judges import judge_info
@@ -20,6 +19,7 @@ from personadrift.protocol.personas import (
     load_topics,
     persona_schema,
 )
+from support.workflow import REPO as ROOT
 
 BENCH = ROOT / "personas" / "benchmark"
 PATHS = [BENCH / f"{c}.yaml" for c in CATEGORIES]  # the five benchmark files, in category order
@@ -109,7 +109,7 @@ def test_persona_is_frozen_hashable_and_round_trips(tmp_path):
     p = next(x for x in PERSONAS if x.id == "tennis-lover")
     assert hash(p) == hash(Persona(**{**p.__dict__}))
     assert isinstance(p.judge_args, FrozenDict) and isinstance(p.judge_args["words"], tuple)
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         p.id = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         p.judge_args["words"] = ["x"]

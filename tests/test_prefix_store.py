@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.virtual_devices import spread_over_virtual_devices, virtual_devices
 
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.kv_buffers import Prefix, PrefixStore
+from support.virtual_devices import spread_over_virtual_devices, virtual_devices
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
 

@@ -13,11 +13,11 @@ from importlib.metadata import entry_points
 
 import pytest
 import yaml
-from support.plugins import TOY_METHOD, env_with, install, on_path, write_plugin
-from support.workflow import BIN, REPO, snakemake
 
 from personadrift.generation.api import GenRequest, Sampling
 from personadrift.interventions import METHODS, MethodPluginError
+from support.plugins import TOY_METHOD, env_with, install, on_path, write_plugin
+from support.workflow import BIN, REPO, snakemake
 
 TOY = "toy_contrast"
 SYSTEM = "You love playing tennis and bring it up whenever you can."

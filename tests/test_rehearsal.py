@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.workflow import REPO
 
 BIN = Path(sys.executable).parent

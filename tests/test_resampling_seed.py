@@ -11,10 +11,10 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from support.workflow import SMOKE, snakemake
 
 from personadrift.analysis import simulate as sim
 from personadrift.config import fill_defaults
+from support.workflow import SMOKE, snakemake
 
 SETTINGS = {"none": {"method": "none"}, "split": {"method": "split_softmax", "k": [0.5]}}
 

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 
 import pytest
-from support.workflow import BIN, SMOKE
 
 from personadrift.reproduce.robustness import robustness_table, seed_studies
+from support.workflow import BIN, SMOKE
 
 
 def claim(estimate, verdict):

@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from support.workflow import REPO
 
 from personadrift.config import validate_config
 from personadrift.generation.selfchat import plan_conversation
-from personadrift.protocol.personas import persona_record
-from personadrift.protocol.personas import load_personas, load_topics
+from personadrift.protocol.personas import load_personas, load_topics, persona_record
 from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard
 from personadrift.storage import atomic_write_json
+from support.workflow import REPO
 
 
 def make_config(model_dir, **selfchat):
@@ -123,7 +122,7 @@ def test_sigkill_at_random_points_then_rerun_equals_an_uninterrupted_run(study):
     rng = random.Random(1234)
     name = "killed"
     kills = 0
-    for attempt in range(4):
+    for _attempt in range(4):
         proc = subprocess.Popen(_cli(study, name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         want = len(_events(root, name)) + rng.randint(1, 6)  # kill after a random number of completions
         deadline = time.time() + 120

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from support.faults import FaultPlan
 
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.dialog import without_system
@@ -22,6 +21,7 @@ from personadrift.interventions.layers import parse_layers_flag
 from personadrift.interventions.settings import settings_from_flags
 from personadrift.runtime.factory import combined_intervention
 from personadrift.runtime.serve import build_app
+from support.faults import FaultPlan
 
 SYSTEM = "You love playing tennis and bring it up whenever you can."
 

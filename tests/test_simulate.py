@@ -131,9 +131,8 @@ def test_t_interval_coverage_at_the_shipped_configs_own_shape(config):
     """The default and the laptop study run one probe sample per round (the checks above use
     two): the drift interval still covers at their own size, rounds and sample count, with drift
     that varies between conversations."""
-    from support.workflow import REPO
-
     from personadrift.overlays import read_config
+    from support.workflow import REPO
 
     shape = sim.shape_of(read_config(REPO / config).config)
     assert shape.runs == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from support.slurm_cluster import (
     DEFAULT_PROFILE,
     REPO_ROOT,

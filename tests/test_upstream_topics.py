@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.workflow import REPO
 
 from personadrift.config import check_config, load_config
 from personadrift.errors import InputError
@@ -22,6 +21,7 @@ from personadrift.protocol.upstream_topics import (
     main,
     read_topics,
 )
+from support.workflow import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "upstream" / "utils.py"
 FIXTURE_SHA = hashlib.sha256(FIXTURE.read_bytes()).hexdigest()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.workflow import REPO
 
 from personadrift.protocol.upstream import UPSTREAM_SHA256
+from support.workflow import REPO
 
 BIN = Path(sys.executable).parent
 FIXTURE = REPO / "tests" / "fixtures" / "upstream" / "hundred_system_prompts.py"

@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
-from support.workflow import REPO
 
 from personadrift.reproduce.compare import compare
 from personadrift.reproduce.manifest import read_manifest, text_fingerprint, word_hash
+from support.workflow import REPO
 
 STUDY = "results/smoke"
 
@@ -170,8 +170,8 @@ def test_claims_fixed_by_design_are_in_the_manifest_untested_and_every_other_cla
     and the control's own shift say why they are not tested; the rest carry their Holm p."""
     from personadrift.analysis import simulate as sim
     from personadrift.analysis.stats import change_over_dialog
-    from personadrift.reproduce.robustness import robustness_table
     from personadrift.reproduce.manifest import claims_of
+    from personadrift.reproduce.robustness import robustness_table
 
     design = sim.drifting(12, rounds=3, drop=1.0, effects={"none": 0.0, "control": 0.0})
     change = tmp_path / "change.csv"

@@ -19,6 +19,7 @@ import time
 
 import pytest
 import yaml
+
 from support.vllm_probe import SAMPLING, requests
 from support.workflow import REPO, snakemake
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support.workflow import BIN, REPO, snakemake
 
 pytestmark = pytest.mark.slow  # every test here reads (or makes) a real workflow run
@@ -67,7 +68,7 @@ def test_jobs_start_in_priority_order(smoke):
     assert logs, "the smoke run left no Snakemake log"
     starts = _job_starts(logs[0])
     first = {}
-    for stamp, rule, wildcards in starts:
+    for stamp, rule, _wildcards in starts:
         first.setdefault(rule, stamp)
     assert first["calibrate"] <= first["mmlu"], starts
     selfchats = [(stamp, wildcards) for stamp, rule, wildcards in starts if rule == "selfchat"]

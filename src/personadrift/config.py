@@ -188,7 +188,6 @@ def check_entry(path, family: str, entry: dict) -> list:
 
 def _check_cross_fields(config: dict, path) -> None:
     from personadrift.interventions.layers import layers_problem
-    from personadrift.interventions.settings import expand_settings
 
     _check_batch_invariance(config["model"], path)
     problem = layers_problem(config["attention"]["layers"])
@@ -223,7 +222,7 @@ def _check_backends(config: dict, path) -> None:
     from personadrift.runtime.backends import BACKENDS, backend_of
 
     study = backend_of(config)
-    used = {}
+    used: dict = {}
     for s in expand_settings(config["interventions"]):
         backend = backend_of(config, s)
         backend.refuse(s, path)
@@ -275,7 +274,7 @@ def _check_mmlu_size(config: dict, path) -> None:
 REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: personas/ is looked up here
 
 
-def resolve_data_paths(config: dict, path: str | Path = "config", base: str | Path = REPO_ROOT) -> dict:
+def resolve_data_paths(config: dict, path: str | Path | Overlay = "config", base: str | Path = REPO_ROOT) -> dict:
     """Persona and topic files as given if they exist from the working directory, else relative
     to the workflow's folder ``base`` (so a run from elsewhere still finds personas/)."""
     def find(p: str, field: str) -> str:
@@ -532,13 +531,14 @@ def _validate(args) -> None:
     """The workflow's own check (rules/common.smk calls the same check_config)."""
     from personadrift.interventions.settings import expand_settings
 
+    source: str | Overlay
     if args.params:
         config, source = config_from_args(args), "--params"
     else:
-        source = args.config or "config.yaml"
-        if not args.config and not Path(source).exists():
+        named = args.config or "config.yaml"
+        if not args.config and not Path(named).exists():
             raise InputError("(command line)", "--config", "no config given and no config.yaml here")
-        source = read_config(source)
+        source = read_config(named)
         config = source.config
     personas, topics = check_config(config, source)
     if args.show:  # the merged, validated config, defaults filled in: what every step reads

@@ -43,9 +43,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 __all__ = [
     "ClusterUnavailable",
@@ -288,7 +288,7 @@ class SlurmCluster:
 
     def diagnostics(self) -> str:
         parts = [f"state dir: {self.root}"]
-        for d, log in self.logs.items():
+        for _d, log in self.logs.items():
             parts.append(f"--- {log} (tail) ---\n{_tail(log)}")
         return "\n".join(parts)
 
@@ -298,7 +298,7 @@ class SlurmCluster:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self
 
     def __exit__(self, *exc) -> None:

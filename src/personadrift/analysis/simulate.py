@@ -587,7 +587,8 @@ def fit_designs(scores: pd.DataFrame, *, setting: str = "none", seed: int = 0,
 # Power from the data's own variance: the correlation across settings, and the check that the
 # simulated standard error of every claim matches the observed one before any power is quoted.
 
-SE_TOLERANCE = 0.25  # a claim's simulated se within 25% of the observed one (the sd of an se over 48 conversations is ~10%)
+# a claim's simulated se within 25% of the observed one (the sd of an se over 48 conversations is ~10%)
+SE_TOLERANCE = 0.25
 CORRELATIONS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 
 

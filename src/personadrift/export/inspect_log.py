@@ -80,10 +80,10 @@ def _persona(p: dict) -> dict:
 
 
 def _messages(rec: dict, setting: str, model: str) -> list:
-    from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
+    from inspect_ai.model import ChatMessage, ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
 
     turns, _ = turn_list(rec)
-    out = []
+    out: list[ChatMessage] = []
     for i, m in enumerate(agent_messages(rec["agent"]["system_prompt"], rec["history"])):
         # message 0 is the system prompt, then one message per history entry
         turn = turns[i - 1] if i else {}

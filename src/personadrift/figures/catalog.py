@@ -74,8 +74,8 @@ settings on the same conversation seeds (a difference in differences). Round 0 i
 any dialog with fresh seeds (not the calibration that selected the personas), so the change from
 round 0 is not regression to the mean; it measures the dialog's arrival in context, not the decline
 over the dialog. A claim that is not significant is read with its interval: the data make effects
-outside it unlikely and cannot tell apart the effects inside it, zero among them. Every claim's estimate, interval, Holm p and
-verdict (under both treatments of answers the judge could not score) is in the study's
+outside it unlikely and cannot tell apart the effects inside it, zero among them. Every claim's
+estimate, interval, Holm p and verdict (under both treatments of answers the judge could not score) is in the study's
 ``tables/none/change.csv`` and in the right panel of the figure (filled: significant). Personas:
 {{ c["personas"]["files"] | length }} files; calibration threshold
 {{ c["personas"]["calibration"]["keep_threshold"] }}. The dialogs and probe answers behind every

@@ -196,7 +196,10 @@ class HFEngine:
             raise ValueError("a continuation has no tokens")
         budget = max((len(c) for c in continuations), default=0)
         rows = memory.call_rows(self, requests, budget)  # memory hook
-        chunks, seen, size = [[]], set(), 0  # at most ``rows`` rows of distinct prompts per call
+        # at most ``rows`` rows of distinct prompts per call
+        chunks: list[list[int]] = [[]]
+        seen: set = set()
+        size = 0
         for i, r in enumerate(requests):
             sig = self._prompt_signature(r)
             if sig not in seen:

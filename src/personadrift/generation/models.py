@@ -323,9 +323,8 @@ def load_model(model_dir: str | Path, spec: dict | None = None, *, job=None) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from personadrift.generation.linear_kernels import KernelUnavailable, set_linear_kernel
-
     from personadrift import job as job_resources
+    from personadrift.generation.linear_kernels import KernelUnavailable, set_linear_kernel
 
     spec = spec or {}
     job = job or job_resources.current()

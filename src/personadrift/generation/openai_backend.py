@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from personadrift.errors import InputError, PersonaDriftError
@@ -305,8 +306,9 @@ class OpenAIEngine:
         try:
             known = {k: v for k, v in payload.items() if k not in EXTRA_BODY_KEYS}
             extra = {k: payload[k] for k in EXTRA_BODY_KEYS if k in payload}
+            options: dict[str, Any] = {"extra_body": extra} if extra else {}
             resp = self._client.chat.completions.create(**known, extra_headers={REQUEST_ID_HEADER: request_id},
-                                                        **({"extra_body": extra} if extra else {}))
+                                                        **options)
         except openai.APITimeoutError:
             failure = (f"timed out after {self.timeout_s:g} s, {self.max_retries + 1} attempts", "")
         except openai.APIConnectionError as exc:

@@ -31,6 +31,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from personadrift.errors import PersonaDriftError
 from personadrift.generation.api import Completion, GenRequest, Sampling
@@ -89,11 +90,10 @@ class VLLMEngine:
                  enforce_eager: bool = False, gpu_memory_utilization: float = 0.9,
                  cpu_kvcache_gib: int | None = None, max_num_seqs: int | None = None,
                  identity: dict | None = None):
+        import torch
         from transformers import AutoConfig, AutoTokenizer
 
         from personadrift.generation.chat import ChatFormat
-
-        import torch
 
         if not torch.cuda.is_available():
             # vLLM's CPU build: the engine core and its worker in this process, not spawned ones,
@@ -110,7 +110,7 @@ class VLLMEngine:
         self.max_context = min(x for x in (max_model_len, positions) if x) if (max_model_len or positions) else None
         from vllm import LLM
 
-        kwargs = {"max_num_seqs": max_num_seqs} if max_num_seqs else {}
+        kwargs: dict[str, Any] = {"max_num_seqs": max_num_seqs} if max_num_seqs else {}
         if int(tensor_parallel_size) == 1:  # the worker in this process: no second start-up
             kwargs["distributed_executor_backend"] = "uni"
         self.llm = LLM(model=self.weights, skip_tokenizer_init=True, dtype=dtype,
@@ -170,7 +170,9 @@ class VLLMEngine:
             ended = bool(tokens) and tokens[-1] in self.eos_ids
             body = tokens[:-1] if ended else tokens
             self.stats.generated_tokens += len(body)
-            out[qi].append(Completion(text=self.tokenizer.decode(body, skip_special_tokens=True),
+            text = self.tokenizer.decode(body, skip_special_tokens=True)
+            assert isinstance(text, str)  # one sequence decodes to one text
+            out[qi].append(Completion(text=text,
                                       prompt_tokens=len(res.prompt_token_ids), new_tokens=len(body),
                                       finish_reason="stop" if ended else "length"))
         return out

@@ -66,7 +66,8 @@ class Method:
             "method": {"const": self.name},
             # its values, the registered backends, are filled in by the config check (runtime/backends/)
             "backend": {"type": "string", "description": "Backend of this setting's self-chat (default: the "
-                        "study's backend). Methods that need the model's internals need a backend that gives them (hf)."},
+                        "study's backend). Methods that need the model's internals need a backend that gives "
+                        "them (hf)."},
             **self.options,
         }
         required = ["method"]

@@ -75,7 +75,9 @@ def select(personas: Sequence, calibration: pd.DataFrame, cal: dict, *, source: 
     table; fewer than ``min_kept`` personas kept is an input error (``source``: the table)."""
     means = calibration.groupby(["persona", "condition"])["score"].mean().unstack("condition")
     threshold, min_lift = cal["keep_threshold"], cal["min_lift"]
-    kept, dropped, summary = [], [], []
+    kept: list = []
+    dropped: list = []
+    summary: list = []
     for p in personas:
         a = float(means.loc[p.id, "persona"]) if p.id in means.index else float("nan")
         b = float(means.loc[p.id, "no_persona"]) if p.id in means.index else float("nan")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from personadrift.reproduce.manifest import build_manifest, read_manifest, read_transcripts, word_hash
 
+
 @dataclass
 class Departure:
     setting: str
@@ -88,7 +89,8 @@ def _first_word(expected_fp: str, text: str) -> str:
             if k >= len(words):
                 return f"word {k}: the run's text ends after {len(words)} words, the expected one goes on"
             if i >= len(exp):
-                return f"word {k}: the expected text ends after {len(exp) // 4} words, the run's goes on with {words[k]!r}"
+                return (f"word {k}: the expected text ends after {len(exp) // 4} words, "
+                        f"the run's goes on with {words[k]!r}")
             return f"word {k}: the run has {words[k]!r} (the expected word is known by its hash only)"
     return "the same words, other whitespace"
 
@@ -140,7 +142,7 @@ def model_dir_of(results: Path, model: str | None) -> Path | None:
 
 def _events(entry: dict) -> list[tuple[tuple, str, str]]:
     """A conversation's texts in the order they depend on the dialog: (order key, label, fingerprint)."""
-    out = []
+    out: list[tuple[tuple, str, str]] = []
     speakers = entry.get("speakers", [])
     for i, fp in enumerate(entry["turns"]):
         who = speakers[i] if i < len(speakers) and speakers[i] else ""

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from personadrift.errors import PersonaDriftError
 
-
 # CUDA errors no retry on the same software can fix: the driver is older than the torch wheel's
 # CUDA, the wheel has no kernels for this GPU, a kernel asserted on its input (the same input
 # asserts again), an operation the library does not support here. An illegal memory access, an

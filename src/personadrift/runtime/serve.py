@@ -8,7 +8,8 @@ optional drift interventions applied to every request: each registered method's 
 OpenAI client, and the workflow's ``backend: openai``, can then use it.
 
 Endpoints: ``POST /v1/chat/completions`` (non-streaming; ``messages``, ``temperature``,
-``top_p``, ``top_k`` (an extra of vLLM, TGI and llama.cpp servers), ``max_tokens``/``max_completion_tokens``, ``n``, ``seed``), ``GET /v1/models``,
+``top_p``, ``top_k`` (an extra of vLLM, TGI and llama.cpp servers), ``max_tokens``/``max_completion_tokens``,
+``n``, ``seed``), ``GET /v1/models``,
 ``GET /health``. Bad input gets a 400 with an OpenAI-style ``{"error": {...}}`` body.
 
 Semantics:

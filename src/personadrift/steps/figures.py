@@ -19,7 +19,8 @@ def largest_drop(agent) -> tuple[int, str]:
     if len(compliant):
         drop = (compliant[first] - compliant[last]).sort_values(ascending=False, kind="stable")
         return int(drop.index[0]), (f"largest drop in stability from round {first} to round {last} among the "
-                                    f"{len(compliant)} conversations that started compliant (round-{first} score >= 0.5)")
+                                    f"{len(compliant)} conversations that started compliant "
+                                    f"(round-{first} score >= 0.5)")
     best = agent[first].sort_values(ascending=False, kind="stable")
     return int(best.index[0]), (f"no conversation started compliant (round-{first} score >= 0.5); shown: "
                                 f"the highest round-{first} score")

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from personadrift.command import Command, arg
@@ -30,7 +31,8 @@ def _snakemake() -> list[str]:
     return [found] if found else [sys.executable, "-m", "snakemake"]
 
 
-def run_seeds(config: dict, config_path: str | None, *, cores: int, snakefile, extra: list[str] = ()) -> dict[int, Path]:
+def run_seeds(config: dict, config_path: str | None, *, cores: int, snakefile,
+              extra: Sequence[str] = ()) -> dict[int, Path]:
     """One Snakemake run per seed up to its manifest; seed -> manifest path. A seed whose
     outputs are up to date costs Snakemake's planning only."""
     manifests = {}
@@ -50,7 +52,7 @@ def run_seeds(config: dict, config_path: str | None, *, cores: int, snakefile, e
 
 
 def robustness(config: dict, config_path: str | None, *, cores: int, snakefile, out=None, run: bool = True,
-               extra: list[str] = ()) -> Path:
+               extra: Sequence[str] = ()) -> Path:
     """Run every seed (``run``; else read the manifests already there) and write the table."""
     from personadrift.tables import write_table
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from personadrift.command import Command, arg
 from personadrift.errors import InputError
 from personadrift.numerics import record as numerics_record
+from personadrift.protocol.calibration import PoolPersona
 from personadrift.provenance import provenance
 from personadrift.runtime.backends import backend_of
 from personadrift.runtime.factory import make_engine, model_identity
-from personadrift.protocol.calibration import PoolPersona
 from personadrift.storage import read_json
 
 
