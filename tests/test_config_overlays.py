@@ -121,7 +121,8 @@ def test_an_error_names_the_file_that_holds_the_bad_key(tmp_path, bad_in):
       "personas.upstream_topics_sha256", "personas.calibration.samples", "personas.calibration.max_new_tokens",
       "selfchat.conversations", "selfchat.shard_size", "selfchat.max_new_tokens", "selfchat.probe_max_new_tokens",
       "selfchat.min_new_tokens", "selfchat.context_policy", "attention.conversations", "mmlu.questions",
-      "scoring.resamples", "resources.gpus", "resources.mem_mb", "resources.runtime_min", "resources.threads"}),
+      "scoring.resamples", "resources.gpus", "resources.cpu_fallback", "resources.mem_mb", "resources.runtime_min",
+      "resources.threads"}),
 ])
 def test_the_shipped_overlays_hold_only_their_differences(overlay, base, changed):
     """The laptop study is the default scaled up and the rehearsal is the paper's protocol on a
