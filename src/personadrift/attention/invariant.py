@@ -6,12 +6,19 @@ batch's key length and splits its work by the batch's query length, so the summa
 row's softmax and of its weighted sum of values changes with its mates, and its output with it
 in the last bits.
 
-Here every row is computed on its own: its real keys (the slots its mask shows) and its real
+Plain attention (no ``attention_context``: the self-chat's ordinary forward) runs on the whole
+batch at once (:func:`batched_invariant_attention`): each row's real keys (the slots its mask shows)
+are gathered to the front of a key axis cut into blocks of BLOCK keys, and every reduction over keys
+runs block by block in an order fixed by the row's own keys; the matmuls have fixed depths and at
+least ROWS query rows, whatever the batch. Padding queries get zeros (nothing reads them).
+
+Inside an ``attention_context`` (split-softmax) every row is computed on its own: its real keys and
 queries are cut out of the batch, so each call's shapes and contents are the row's alone, exactly
-those it has when it runs alone, and the wrapped function (:func:`split_softmax_attention`: plain
-SDPA outside an ``attention_context``, split-softmax inside one) computes the row as it would
-alone. Padding queries get zeros (nothing reads them). The row's own causal mask is
-bottom-right aligned: its queries are its last real slots.
+those it has when it runs alone, and :func:`split_softmax_attention` computes the row as it would
+alone. The row's own causal mask is bottom-right aligned: its queries are its last real slots.
+
+The two paths sum in different orders: a row's attention is the same in any batch on either, not
+the same on both (they agree to float32 rounding).
 
 What stays batch-dependent: a prompt-share recorder (``attention_context(recorder=...)``) sees
 the whole batch, so calls with one run the wrapped function on the batch as it is.
@@ -31,7 +38,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from personadrift.attention.context import _STATE, current_state
 from personadrift.attention.split_softmax import split_softmax_attention, visible_mask
 
-__all__ = ["NAME", "batch_invariant_attention", "row_slots"]
+__all__ = ["NAME", "batch_invariant_attention", "batched_invariant_attention", "row_slots"]
 
 NAME = "batch_invariant"
 
@@ -228,8 +235,9 @@ def batch_invariant_attention(
     sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """AttentionInterface function: :func:`split_softmax_attention` row by row on each row's real
-    keys and queries. Returns (attn_output [b, q, heads, head_dim], None)."""
+    """AttentionInterface function: :func:`batched_invariant_attention` for plain attention, else
+    :func:`split_softmax_attention` row by row on each row's real keys and queries. Returns
+    (attn_output [b, q, heads, head_dim], None)."""
     state = current_state()
     if sliding_window is not None or (state is not None and state.recorder is not None):
         # a window counts slots, not real keys; a recorder holds the batch's shape
