@@ -203,10 +203,12 @@ def batched_invariant_attention(query: torch.Tensor, key: torch.Tensor, value: t
     values = value.new_empty(b * kvh * length, dv + 1)
     torch.index_select(value.reshape(-1, dv), 0, plan.flat, out=values[:, :dv])
     values[:, dv] = 1.0
-    scores = torch.matmul(queries, keys.transpose(-1, -2)).masked_fill_(~plan.visible, float("-inf"))
-    top = scores.amax(3, keepdim=True)
+    scores = torch.matmul(queries, keys.transpose(-1, -2))
+    hidden = ~plan.visible
+    top = scores.masked_fill(hidden, float("-inf")).amax(3, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row that sees nothing
-    weights = torch.exp_(scores.sub_(top))
+    # exp of finite numbers only (its vectorised path is several times slower on -inf), then exact zeros
+    weights = torch.exp_(scores.sub_(top).masked_fill_(hidden, 0.0)).masked_fill_(hidden, 0.0)
     nb = length // BLOCK
     blocks = torch.matmul(weights.view(b, kvh, plan.rows, nb, BLOCK).transpose(2, 3),
                           values.view(b, kvh, nb, BLOCK, dv + 1))  # [b, kvh, nb, M, dv + 1]
