@@ -6,19 +6,12 @@ batch's key length and splits its work by the batch's query length, so the summa
 row's softmax and of its weighted sum of values changes with its mates, and its output with it
 in the last bits.
 
-Plain attention (no ``attention_context``: the self-chat's ordinary forward) runs on the whole
-batch at once (:func:`batched_invariant_attention`): each row's real keys (the slots its mask shows)
-are gathered to the front of a key axis cut into blocks of BLOCK keys, and every reduction over keys
-runs block by block in an order fixed by the row's own keys; the matmuls have fixed depths and at
-least ROWS query rows, whatever the batch. Padding queries get zeros (nothing reads them).
-
-Inside an ``attention_context`` (split-softmax) every row is computed on its own: its real keys and
+Here every row is computed on its own: its real keys (the slots its mask shows) and its real
 queries are cut out of the batch, so each call's shapes and contents are the row's alone, exactly
-those it has when it runs alone, and :func:`split_softmax_attention` computes the row as it would
-alone. The row's own causal mask is bottom-right aligned: its queries are its last real slots.
-
-The two paths sum in different orders: a row's attention is the same in any batch on either, not
-the same on both (they agree to float32 rounding).
+those it has when it runs alone, and the wrapped function (:func:`split_softmax_attention`: plain
+SDPA outside an ``attention_context``, split-softmax inside one) computes the row as it would
+alone. Padding queries get zeros (nothing reads them). The row's own causal mask is
+bottom-right aligned: its queries are its last real slots.
 
 What stays batch-dependent: a prompt-share recorder (``attention_context(recorder=...)``) sees
 the whole batch, so calls with one run the wrapped function on the batch as it is.
@@ -36,9 +29,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from personadrift.attention.context import _STATE, current_state
-from personadrift.attention.split_softmax import split_softmax_attention, visible_mask
+from personadrift.attention.split_softmax import split_softmax_attention
 
-__all__ = ["NAME", "batch_invariant_attention", "batched_invariant_attention", "row_slots"]
+__all__ = ["NAME", "batch_invariant_attention", "row_slots"]
 
 NAME = "batch_invariant"
 
@@ -121,108 +114,7 @@ def _row_state(state, i: int, key_idx: torch.Tensor | None, kv_len: int):
     return sub
 
 
-BLOCK = 64  # keys per block of the batched path's fixed reduction order
-ROWS = 8  # the batched path's matmuls get a multiple of this many query rows (at least this many)
-CHUNK_ELEMENTS = 1 << 24  # the batched path's score matrix at most this big: longer batches run in row chunks
-_PLAN: list = [None, None]  # (mask object, its plan): every layer of a forward shares one mask
-
-
-@dataclasses.dataclass
-class _KeyPlan:
-    """Where each row's real keys are, for the batched path (one per forward: every layer shares it).
-
-    ``flat`` [b * kv_heads * L]: row i's real key slots in slot order, then slot 0 as filler, as
-    indices into a [b * kv_heads * kv_len] view of the keys or values; ``visible`` [b, 1, M, L]:
-    which of them each query row sees (rows ordered as ``[b, kv_heads, groups * q, L]``, filler
-    keys and padding rows never); ``real_query`` [b, q]: queries that see their own slot (the others
-    get zeros). L is the longest row's count rounded up to BLOCK, M the rows rounded up to ROWS."""
-
-    flat: torch.Tensor
-    visible: torch.Tensor
-    real_query: torch.Tensor
-    rows: int
-    kv_heads: int
-    kv_len: int
-
-
-def _key_plan(attention_mask: torch.Tensor | None, b: int, q_len: int, kv_len: int, heads: int, kv_heads: int,
-              device: torch.device) -> _KeyPlan:
-    vis = visible_mask(attention_mask, q_len, kv_len, device).expand(b, 1, q_len, kv_len)[:, 0]
-    keys = vis.any(1)  # a padding slot is masked for every query; a real one is seen by the last real query
-    counts = keys.sum(1)
-    length = max(BLOCK, -(-int(counts.max()) // BLOCK) * BLOCK)
-    rows, slots = keys.nonzero(as_tuple=True)  # row-major, slots ascending
-    rank = keys.cumsum(1)[rows, slots] - 1
-    index = torch.zeros(b, length, dtype=torch.long, device=device)
-    index[rows, rank] = slots
-    filled = torch.arange(length, device=device)[None, :] < counts[:, None]
-    visible = vis.gather(2, index[:, None, :].expand(b, q_len, length)) & filled[:, None, :]
-    m = (heads // kv_heads) * q_len
-    padded = max(ROWS, -(-m // ROWS) * ROWS)
-    visible_rows = torch.zeros(b, 1, padded, length, dtype=torch.bool, device=device)
-    visible_rows[:, 0, :m] = visible.repeat(1, heads // kv_heads, 1)
-    diag = torch.arange(q_len, device=device)
-    real_query = vis[:, diag, kv_len - q_len + diag]
-    base = (torch.arange(b, device=device)[:, None] * kv_heads + torch.arange(kv_heads, device=device)[None, :]) * kv_len
-    flat = (base[:, :, None] + index[:, None, :]).reshape(-1)
-    return _KeyPlan(flat, visible_rows, real_query, padded, kv_heads, kv_len)
-
-
-def batched_invariant_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: _KeyPlan,
-                                scaling: float | None) -> torch.Tensor:
-    """Plain attention of every row at once, each row's reductions in an order fixed by its real keys.
-
-    Each row's real keys and values are gathered to the front of a key axis of length L (a multiple
-    of BLOCK), its query rows padded to M (a multiple of ROWS, at least ROWS), so every matmul has a
-    fixed depth and no shape that a row alone lacks: the kernels picked for 1 to 3 rows, or for a key
-    count that is not a multiple of BLOCK, sum in other orders (measured on an AMD EPYC, AVX2-pinned).
-
-    * Scores: [M, head_dim] x [head_dim, L], one dot product of depth head_dim per (query, key).
-    * Softmax max: exact in any order. exp: elementwise on a tensor whose size is a multiple of BLOCK,
-      so every element takes the same vectorised path.
-    * Weighted sum of values and softmax denominator (the values carry a channel of ones): BLOCK keys
-      at a time, one matmul of depth BLOCK per block, the block partials added left to right. Keys
-      past a row's count weigh exactly 0, so neither the batch's key length nor its number of rows
-      changes a row's sums.
-
-    Returns [b, q, heads, head_dim_v]."""
-    b, h, q_len, d = query.shape
-    kvh, dv = key.shape[1], value.shape[-1]
-    length = plan.flat.numel() // (b * kvh)
-    per_row = kvh * plan.rows * length
-    step = max(1, CHUNK_ELEMENTS // per_row)
-    if b > step:  # rows are independent: chunks give every row the same sums
-        parts = [batched_invariant_attention(query[i:i + step], key[i:i + step], value[i:i + step],
-                                             _chunk(plan, i, i + step, length), scaling) for i in range(0, b, step)]
-        return torch.cat(parts)
-    m = (h // kvh) * q_len
-    scale = d ** -0.5 if scaling is None else scaling
-    queries = query.new_zeros(b, kvh, plan.rows, d)
-    torch.mul(query.reshape(b, kvh, m, d), scale, out=queries[:, :, :m])
-    keys = torch.index_select(key.reshape(-1, d), 0, plan.flat).view(b, kvh, length, d)
-    values = value.new_empty(b * kvh * length, dv + 1)
-    torch.index_select(value.reshape(-1, dv), 0, plan.flat, out=values[:, :dv])
-    values[:, dv] = 1.0
-    scores = torch.matmul(queries, keys.transpose(-1, -2))
-    hidden = ~plan.visible
-    top = scores.masked_fill(hidden, float("-inf")).amax(3, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row that sees nothing
-    # exp of finite numbers only (its vectorised path is several times slower on -inf), then exact zeros
-    weights = torch.exp_(scores.sub_(top).masked_fill_(hidden, 0.0)).masked_fill_(hidden, 0.0)
-    nb = length // BLOCK
-    blocks = torch.matmul(weights.view(b, kvh, plan.rows, nb, BLOCK).transpose(2, 3),
-                          values.view(b, kvh, nb, BLOCK, dv + 1))  # [b, kvh, nb, M, dv + 1]
-    acc = blocks[:, :, 0, :m]
-    for j in range(1, nb):
-        acc = acc + blocks[:, :, j, :m]
-    out = (acc[..., :dv] / acc[..., dv:]).reshape(b, h, q_len, dv).transpose(1, 2)
-    return torch.where(plan.real_query[:, :, None, None], out, out.new_zeros(()))
-
-
-def _chunk(plan: _KeyPlan, start: int, stop: int, length: int) -> _KeyPlan:
-    n = plan.kv_heads * length
-    flat = plan.flat[start * n:stop * n] - start * plan.kv_heads * plan.kv_len
-    return dataclasses.replace(plan, flat=flat, visible=plan.visible[start:stop], real_query=plan.real_query[start:stop])
+_PLAN: list = [None, None]  # (mask object, its row slots): every layer of a forward shares one mask
 
 
 def batch_invariant_attention(
@@ -237,9 +129,8 @@ def batch_invariant_attention(
     sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """AttentionInterface function: :func:`batched_invariant_attention` for plain attention, else
-    :func:`split_softmax_attention` row by row on each row's real keys and queries. Returns
-    (attn_output [b, q, heads, head_dim], None)."""
+    """AttentionInterface function: :func:`split_softmax_attention` row by row on each row's real
+    keys and queries. Returns (attn_output [b, q, heads, head_dim], None)."""
     state = current_state()
     if sliding_window is not None or (state is not None and state.recorder is not None):
         # a window counts slots, not real keys; a recorder holds the batch's shape
@@ -247,14 +138,7 @@ def batch_invariant_attention(
                                        softcap=softcap, sliding_window=sliding_window, **kwargs)
     b, h, q_len, d = query.shape
     kv_len = key.shape[2]
-    if state is None and softcap is None and (dropout == 0.0 or not module.training):
-        plan = _PLAN[1]
-        if not (_PLAN[0] is attention_mask and attention_mask is not None and isinstance(plan, _KeyPlan)
-                and plan.real_query.shape == (b, q_len) and plan.kv_len == kv_len and plan.kv_heads == key.shape[1]):
-            plan = _key_plan(attention_mask, b, q_len, kv_len, h, key.shape[1], query.device)
-            _PLAN[0], _PLAN[1] = attention_mask, plan
-        return batched_invariant_attention(query, key, value, plan, scaling).contiguous(), None
-    if _PLAN[0] is attention_mask and attention_mask is not None and isinstance(_PLAN[1], list) and len(_PLAN[1]) == b:
+    if _PLAN[0] is attention_mask and attention_mask is not None and len(_PLAN[1]) == b:
         plan = _PLAN[1]
     else:
         plan = row_slots(attention_mask, b, q_len, kv_len)

@@ -7,9 +7,8 @@ order fixed by the row alone:
 * linear layers (and the lm_head): oneDNN's matmul on a packed weight at every row count
   (:class:`~personadrift.generation.linear_kernels.InvariantOneDNNLinear`, probed bitwise at 1 to
   1,000 rows and every position, 1 and 2 threads);
-* attention: the batch at once, each row's real keys gathered into fixed blocks and reduced block
-  by block in a fixed order; split-softmax row by row on each row's real keys and queries
-  (:mod:`personadrift.attention.invariant`);
+* attention: each row on its own real keys and queries
+  (:mod:`personadrift.attention.invariant`), wrapping plain SDPA and split-softmax;
 * the rest is per row already: RMSNorm reduces over one row's hidden vector, rotary embeddings
   and the MLP's activation are elementwise, sampling draws from each row's own stream.
 
