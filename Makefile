@@ -16,11 +16,12 @@
 #                             config's own seed is the study itself) and tabulate each claim's share
 #                             of seeds and estimate spread: results/<study>-robustness/claims.csv
 #   make lint                 ruff and mypy on the package, snakemake --lint, snakefmt --check
-#   make test                 set up the venv, lint, then run the whole test suite
+#   make test                 set up both venvs, lint, then run the whole test suite
+#   make lock                 regenerate requirements.lock (hash-checked) after editing requirements.txt
 # No activation needed: every target calls the tools in .venv/bin.
-# Everything is installed from requirements.txt (pinned) into .venv, and the vLLM backend's
-# environment from requirements-vllm.txt into .venv-vllm; the model and MMLU are fetched by the
-# workflow itself.
+# Everything is installed from requirements.lock (requirements.txt's pins and their dependencies,
+# hash-checked) into .venv, and the vLLM backend's environment from requirements-vllm.txt into
+# .venv-vllm; the model and MMLU are fetched by the workflow itself.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,16 +30,25 @@ export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 CORES ?= 2
 
-.PHONY: setup setup-vllm figures figure figure-docs validate verify expected robustness test lint report rulegraph clean-results
+.PHONY: setup setup-vllm lock figures figure figure-docs validate verify expected robustness test lint report rulegraph clean-results
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# uv installs the hash-checked lock (requirements.lock, from requirements.txt by `make lock`) and
+# byte-compiles it: pip took most of a minute more (docs/measurements.md, Timings). Keep the
+# byte-compilation: where PYTHONDONTWRITEBYTECODE is set, as on many CI runners, Python never caches
+# what it compiles, and every process, every workflow job, would compile torch and transformers
+# anew (about 14 s of CPU each). uv reads neither pip.conf nor PIP_* variables: UV_SOURCES hands it
+# pip's find-links and index URLs (this machine's torch wheel is one of them).
+UV_SOURCES = $(shell $(PYTHON) envs/pip_sources.py) --index-strategy unsafe-best-match
+UV = $(BIN)/python -m uv
+
+# the venv with the installer (uv, and pip for the tests that build a wheel)
+$(BIN)/uv: requirements-setup.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# pip byte-compiles what it installs (keep it: where PYTHONDONTWRITEBYTECODE is set, as on many
-	# CI runners, Python never caches what it compiles, and every process, every workflow job, would
-	# compile torch and transformers anew: about 14 s of CPU each)
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-setup.txt
+
+$(VENV)/.installed: requirements.lock pyproject.toml $(BIN)/uv
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes --compile-bytecode $(UV_SOURCES) -r requirements.lock
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $@
 
 # The vLLM backend's own environment (its torch and transformers pins differ from ours): every
@@ -53,6 +63,11 @@ $(VENV_VLLM)/.installed: requirements-vllm.txt pyproject.toml
 	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps -r requirements-vllm.txt
 	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+# the hash-checked locks: requirements.txt's pins and everything they need; the installer's
+lock: $(BIN)/uv
+	$(UV) pip compile --quiet --generate-hashes --python-version 3.11 $(UV_SOURCES) -o requirements.lock requirements.txt
+	$(UV) pip compile --quiet --generate-hashes --python-version 3.11 $(UV_SOURCES) -o requirements-setup.txt requirements-setup.in
 
 setup: $(VENV)/.installed
 

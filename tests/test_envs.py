@@ -82,6 +82,31 @@ def test_requirements_are_exact_pins_and_cover_the_package():
         assert canonicalize_name(Requirement(dep).name) in REQS, f"pyproject dependency {dep} is not pinned in requirements.txt"
 
 
+def parse_lock(path: Path) -> dict[str, tuple[Version, int]]:
+    """name (normalised) -> (version, number of hashes) of a uv-compiled, hash-checked lock."""
+    out: dict[str, tuple[Version, int]] = {}
+    name = None
+    for line in path.read_text().splitlines():
+        if m := re.match(r"^([A-Za-z0-9_.\-\[\]]+)==(\S+)", line):
+            name = canonicalize_name(m.group(1).split("[")[0])
+            out[name] = (Version(m.group(2)), 0)
+        elif name and line.strip().startswith("--hash=sha256:"):
+            version, hashes = out[name]
+            out[name] = (version, hashes + 1)
+    return out
+
+
+@pytest.mark.parametrize("pins, lock", [("requirements.txt", "requirements.lock"),
+                                        ("requirements-setup.in", "requirements-setup.txt")])
+def test_the_lock_that_make_setup_installs_has_every_pin_and_a_hash_for_each_package(pins, lock):
+    """`make setup` installs the lock with hashes required; `make lock` rebuilds it from the pins."""
+    locked = parse_lock(REPO / lock)
+    for name, req in parse_requirements(REPO / pins).items():
+        assert name in locked, f"{lock}: {req} is missing (run `make lock`)"
+        assert req.specifier.contains(locked[name][0]), f"{lock}: {name}=={locked[name][0]}, {pins} pins {req} (run `make lock`)"
+    assert all(hashes for _, hashes in locked.values()), f"{lock}: a package without a hash"
+
+
 def test_there_is_an_env_file():
     assert ENV_FILES, "no envs/*.yaml"
 
