@@ -147,3 +147,14 @@ def embedded_model(embedded_model_dir):
 
     lm = load_model(embedded_model_dir)
     return lm.model, lm.tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _fresh_job_state(monkeypatch):
+    """A workflow job is one process: what a command run in-process records about its job (its
+    resources, the memory note an out-of-memory error writes) must not reach the next test's
+    engines."""
+    from personadrift import job
+
+    monkeypatch.setattr(job, "_current", job.JobResources())
+    monkeypatch.setattr(job, "_memory_note", None)
