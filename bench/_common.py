@@ -100,12 +100,24 @@ def alternate(measure, reference: str, candidate: str, pairs: int) -> tuple[dict
     result, so every candidate run sits between two reference runs and a steady drift of the
     machine's speed cancels. Returns the runs per mode and, per candidate run, the mean of its two
     neighbours divided by it (the candidate's speed relative to the reference)."""
-    runs: dict[str, list[float]] = {reference: [], candidate: []}
-    for mode in [reference] + [candidate, reference] * pairs:
+    runs, ratios = alternate_modes(measure, reference, [candidate], pairs)
+    return runs, ratios[candidate]
+
+
+def alternate_modes(measure, reference: str, candidates: list[str], pairs: int,
+                    unit: str = "s per conversation") -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """:func:`alternate` with several candidates: reference, then (each candidate, reference) x
+    ``pairs``, so every candidate run sits between two reference runs. ``measure`` returns a time
+    (``unit``); each candidate's ratios are the mean of its neighbours divided by it."""
+    runs: dict[str, list[float]] = {m: [] for m in [reference, *candidates]}
+    ratios: dict[str, list[float]] = {c: [] for c in candidates}
+    previous = None
+    for mode in [reference] + [m for _ in range(pairs) for c in candidates for m in (c, reference)]:
         runs[mode].append(measure(mode))
-        print(f"{mode}: {runs[mode][-1]:.4g} s per conversation", flush=True)
-    ref = runs[reference]
-    ratios = [(ref[i] + ref[i + 1]) / 2 / c for i, c in enumerate(runs[candidate])]
+        print(f"{mode}: {runs[mode][-1]:.4g} {unit}", flush=True)
+        if mode == reference and previous is not None:  # closes the candidate run just before it
+            ratios[previous].append((runs[reference][-2] + runs[reference][-1]) / 2 / runs[previous][-1])
+        previous = mode if mode != reference else None
     return runs, ratios
 
 

@@ -104,6 +104,13 @@ def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_eng
     round's user turn; agent turns run alone. Every reply is appended to ``texts`` if given."""
     eng = engine_on(model, tok, sampling=Sampling(max_new_tokens=tokens, min_new_tokens=tokens, top_k=top_k),
                     max_batch=256)
+    schedule(eng, convs, rounds, runs, probe_tokens, texts)
+    return eng if return_engine else eng.stats.generated_tokens
+
+
+def schedule(eng, convs, rounds, runs, probe_tokens, texts=None) -> None:
+    """``run_engine``'s calls on any engine with ``generate`` (the HF engine, the vLLM engine): the
+    replies' budget is the engine's sampling's, the probes' ``probe_tokens``."""
     hist = [[t] for t in convs]
     replies = texts if texts is not None else []
     probes: list[GenRequest] = []
@@ -121,7 +128,6 @@ def run_engine(model, tok, convs, rounds, tokens, runs, probe_tokens, return_eng
         probes = [GenRequest(probe_messages(AGENT, h, PROBE), seed=i, key=f"{i}/a", n=runs, persist=False,
                              max_new_tokens=probe_tokens) for i, h in enumerate(hist)]
     replies += [x for o in eng.generate(probes) for x in o]
-    return eng if return_engine else eng.stats.generated_tokens
 
 
 def run_upstream(model, tok, convs, rounds, tokens, runs, probe_tokens):

