@@ -15,6 +15,7 @@ import pytest
 
 from personadrift.figures import function
 from personadrift.figures.catalog import FIGURES, figure_docs, study_figures
+from support.simulated_study import drift_tables_of_simulated_study
 from support.workflow import REPO, SMOKE, snakemake
 
 
@@ -79,25 +80,8 @@ def test_the_rule_builds_every_declared_figure_into_the_studys_folder(tmp_path):
 @pytest.fixture(scope="module")
 def drift_tables(tmp_path_factory):
     """A simulated study with a planted decline through the score and drift-table steps."""
-    from personadrift.analysis import simulate as sim
-    from personadrift.steps.score import drift_tables, score
-
-    tmp = tmp_path_factory.mktemp("drift")
-    design = sim.drifting(16, drop=2.0, effects={"none": 0.0, "control": 0.0})
-    dirs = sim.write_study(design, seed=5, out_dir=tmp)
-    config = {"study": "sim", "seed": 0, "model": {"name": "simulated"},
-              "selfchat": {"runs": design.runs, "user_system_prompt": True},
-              "scoring": {"english_fluency_gate": False, "confidence": 0.9, "resamples": 200,
-                          "bootstrap_unit": "conversation", "method": "t"}}
-    csvs = []
-    for s, d in dirs.items():
-        csvs.append(tmp / f"{s}.csv")
-        score(config, [d], csvs[-1])
-    pool = tmp / "pool.json"
-    pool.write_text(json.dumps({"personas": [{"id": "p"}], "dropped": [], "rule": "all kept"}))
-    paths = [tmp / "by_round.csv", tmp / "change.csv", tmp / "study.json"]
-    drift_tables(config, csvs, pool, *paths, out_errors=tmp / "errors.csv")
-    return [str(p) for p in paths]
+    out = drift_tables_of_simulated_study(tmp_path_factory.mktemp("drift"), 16, seed=5)
+    return [str(out[k]) for k in ("by_round", "change", "study")]
 
 
 def test_the_drift_figures_caption_is_three_sentences_with_the_fitted_ends(drift_tables):

@@ -11,6 +11,7 @@ import pytest
 from personadrift.analysis import simulate as sim
 from personadrift.analysis.stats import change_over_dialog
 from personadrift.protocol.scoring import score_dirs
+from support.simulated_study import drift_tables_of_simulated_study
 
 # Over STUDIES seeded studies, an interval of nominal level 0.95 must cover the truth at a rate
 # within MARGIN of 0.95 (the binomial standard error of 100 studies is about 0.022).
@@ -192,24 +193,10 @@ def test_a_simulated_study_runs_through_the_workflow_steps(tmp_path):
     import json
 
     from personadrift.figures import draw
-    from personadrift.steps.score import drift_tables, score
 
-    design = sim.drifting(12, drop=2.0, effects={"none": 0.0, "control": 0.0})
-    dirs = sim.write_study(design, seed=3, out_dir=tmp_path)
-    config = {"study": "sim", "seed": 0, "model": {"name": "simulated"},
-              "selfchat": {"runs": design.runs, "user_system_prompt": True},
-              "scoring": {"english_fluency_gate": False, "confidence": 0.9, "resamples": 200,
-                          "bootstrap_unit": "conversation", "method": "t"}}
-    csvs = []
-    for s, d in dirs.items():
-        csvs.append(tmp_path / f"{s}.csv")
-        score(config, [d], csvs[-1])
-    pool = tmp_path / "pool.json"
-    pool.write_text(json.dumps({"personas": [{"id": "p"}], "dropped": [], "rule": "all kept"}))
-    t = {k: tmp_path / f"{k}.csv" for k in ("by_round", "change")}
-    drift_tables(config, csvs, pool, t["by_round"], t["change"], tmp_path / "study.json",
-                 out_errors=tmp_path / "errors.csv")
-    errors = pd.read_csv(tmp_path / "errors.csv")
+    t = drift_tables_of_simulated_study(tmp_path, 12, seed=3)
+    csvs = t["scores"]
+    errors = pd.read_csv(t["errors"])
     assert set(errors["setting"]) == {"none", "control"} and (errors["judge_errors"] == 0).all()
     assert errors["answers"].sum() == sum(len(pd.read_csv(c)) for c in csvs)
     ch = pd.read_csv(t["change"])
