@@ -48,7 +48,7 @@ def toy_config(**overrides) -> dict:
         "attention": {"conversations": 1},
         "mmlu": {"questions": 4},
         "scoring": {"resamples": 100},
-        "resources": {"gpus": 1, "threads": 1, "mem_mb": 2000, "runtime_min": 10},
+        "resources": {"gpus": 1, "cpu_fallback": True, "threads": 1, "mem_mb": 2000, "runtime_min": 10},
     }
     cfg.update(overrides)
     return cfg
