@@ -137,4 +137,4 @@ def test_a_study_mixes_vllm_and_hf_settings(embedded_model_dir, tmp_path):
     assert (res / "tables" / "tradeoff.csv").exists()
     manifest = json.loads((tmp_path / "figures/all").read_text())
     drawn = {e["figure"] for e in manifest["figures"]}
-    assert "figures/mitigation_over_rounds.pdf" in drawn and "figures/attention_decay.pdf" in drawn
+    assert "figures/vllm-mixed/mitigation_over_rounds.pdf" in drawn and "figures/vllm-mixed/attention_decay.pdf" in drawn
