@@ -432,6 +432,7 @@ def grouped_query_check(tok, args, work: Path, log, *, cuda: bool) -> dict:
     context sizes the full model (``LLAMA2_70B_LAYERS`` layers run one after the other)."""
     from personadrift.generation.api import GenRequest, Intervention, Sampling
     from personadrift.generation.models import check_placement
+    from personadrift.interventions.split_softmax import SplitSoftmaxHook
     from personadrift.runtime.factory import engine_on
 
     shape = "gqa_tiny" if args.tiny else "70b_slice"
@@ -456,7 +457,7 @@ def grouped_query_check(tok, args, work: Path, log, *, cuda: bool) -> dict:
     try:
         for ctx in contexts:
             rec = {}
-            for name, iv in (("plain", Intervention()), ("split", Intervention(split_k=0.5))):
+            for name, iv in (("plain", Intervention()), ("split", Intervention((SplitSoftmaxHook(k=0.5),)))):
                 eng = engine_on(m, tok, sampling=Sampling(max_new_tokens=4, min_new_tokens=4, top_k=50),
                                 intervention=iv, max_batch=args.max_batch)
                 rows = []

@@ -7,6 +7,7 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.linear_kernels import onednn_available
+from support.interventions import guided, split
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="batch invariance needs oneDNN's linear (x86 CPU)")
 
@@ -21,8 +22,8 @@ SAMPLINGS = {
 ENGINE_SIZES = {"protocol": (1, 2, 12, 48), "hot": (1, 5, 7, 36)}
 INTERVENTIONS = {
     "none": Intervention(),
-    "split": Intervention(split_k=0.5),
-    "guidance": Intervention(guidance_scale=1.5),
+    "split": split(0.5),
+    "guidance": guided(1.5),
 }
 
 
@@ -123,7 +124,7 @@ def request(text: str, i: int, guided: bool) -> GenRequest:
 
 def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_SIZES):
     """The row's replies and first-token log-probabilities alone, and in each batch size."""
-    guided = intervention.guidance_scale is not None
+    guided = intervention.hook("branch") is not None
     row = request("What is your hobby?", 0, guided)
     alone_eng = HFEngine(*lm, sampling=sampling, intervention=intervention)
     alone = alone_eng.complete([row])[0][0].text
@@ -161,9 +162,9 @@ def test_split_softmax_rows_are_split_softmax(invariant_tiny, tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     reqs = [request(t, i, False) for i, t in enumerate(["What is your hobby?"] + mates(4))]
-    split = Intervention(split_k=0.25)
-    inv = HFEngine(*invariant_tiny, intervention=split).next_token_logprobs(reqs)
-    ref = HFEngine(plain, tok, intervention=split).next_token_logprobs(reqs)
+    iv = split(0.25)
+    inv = HFEngine(*invariant_tiny, intervention=iv).next_token_logprobs(reqs)
+    ref = HFEngine(plain, tok, intervention=iv).next_token_logprobs(reqs)
     off = HFEngine(plain, tok).next_token_logprobs(reqs)
     assert torch.allclose(inv, ref, atol=1e-4)
     assert not torch.allclose(inv, off, atol=1e-3)

@@ -171,7 +171,7 @@ def test_every_method_owns_its_switches():
     assert list(s) == ["none", "control", "ss-k0.5", "rep-every2", "g-g2"]
     assert not s["control"].user_persona and s["none"].user_persona
     assert s["ss-k0.5"].intervenes("dialog") and not s["ss-k0.5"].intervenes("probe") and s["ss-k0.5"].intervenes("mmlu")
-    assert s["g-g2"].intervenes("probe") and s["g-g2"].engine_intervention().guidance_scale == 2.0
+    assert s["g-g2"].intervenes("probe") and s["g-g2"].engine_intervention().hook("branch").scale == 2.0
     msgs = [{"role": "system", "content": "p"}, {"role": "user", "content": "q"}]
     assert s["g-g2"].negative_messages(msgs) == msgs[1:] and s["ss-k0.5"].negative_messages(msgs) is None
     assert s["rep-every2"].repetition().every == 2 and s["none"].repetition() is None

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from personadrift.attention.context import attention_context
-from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.chat import ChatFormat
 from personadrift.generation.dialog import agent_messages, user_messages
 from personadrift.generation.engine import HFEngine
+from support.interventions import guided
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +68,6 @@ def test_split_softmax_k1_and_guidance_g1_are_the_identity_on_the_real_model(emb
     assert (plain - changed).abs().max() > 1e-3
     greedy = Sampling(do_sample=False, max_new_tokens=12)
     a = HFEngine(model, tok, sampling=greedy).generate([GenRequest(msgs, seed=1)])
-    b = HFEngine(model, tok, sampling=greedy, intervention=Intervention(guidance_scale=1.0)).generate(
+    b = HFEngine(model, tok, sampling=greedy, intervention=guided(1.0)).generate(
         [GenRequest(msgs, seed=1, intervene=True, negative_messages=msgs[1:])])
     assert a == b

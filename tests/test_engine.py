@@ -5,6 +5,7 @@ import torch
 
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
+from support.interventions import guided, split
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
 
@@ -79,10 +80,10 @@ def test_guidance_scale_one_equals_plain_generation(tiny_model):
     msgs = convo(1)
     neg = msgs[1:]
     plain = engine(tiny_model).generate([GenRequest(msgs, seed=5)])
-    guided = engine(tiny_model, intervention=Intervention(guidance_scale=1.0)).generate(
+    at_one = engine(tiny_model, intervention=guided(1.0)).generate(
         [GenRequest(msgs, seed=5, intervene=True, negative_messages=neg)])
-    assert plain == guided
-    strong = engine(tiny_model, intervention=Intervention(guidance_scale=3.0)).generate(
+    assert plain == at_one
+    strong = engine(tiny_model, intervention=guided(3.0)).generate(
         [GenRequest(msgs, seed=5, intervene=True, negative_messages=neg)])
     assert strong != plain
 
@@ -114,8 +115,8 @@ def test_nucleus_matches_transformers_top_p_and_falls_back_exactly():
             assert torch.allclose(ours, ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("intervention", [Intervention(split_k=0.5), Intervention(split_k=0.25, split_layers=[0]),
-                                          Intervention(guidance_scale=2.0)])
+@pytest.mark.parametrize("intervention", [split(0.5), split(0.25, [0]),
+                                          guided(2.0)])
 def test_interventions_keep_batched_equal_to_unbatched(tiny_model, intervention):
     s = Sampling(do_sample=False, max_new_tokens=8)
 
@@ -157,7 +158,7 @@ def test_prefill_groups_are_the_cheapest_partition():
     assert len(prefill_groups([20] * 24 + [40] * 12, [1] * 36)) == 2  # a round's probes beside user turns
 
 
-@pytest.mark.parametrize("intervention", [Intervention(), Intervention(split_k=0.5), Intervention(guidance_scale=2.0)])
+@pytest.mark.parametrize("intervention", [Intervention(), split(0.5), guided(2.0)])
 def test_a_prefill_split_by_length_changes_no_reply(tiny_model, intervention):
     """Requests of very different prompt lengths prefill in separate forwards, then decode as one
     batch (``prefill_groups``): each reply equals the reply it gets alone, interventions included."""
@@ -423,7 +424,7 @@ def test_requests_with_their_own_budgets_share_a_call_without_changing_replies(t
     assert plain[0][0].new_tokens == 5
 
 
-@pytest.mark.parametrize("intervention", [Intervention(), Intervention(split_k=0.5), Intervention(guidance_scale=2.0)])
+@pytest.mark.parametrize("intervention", [Intervention(), split(0.5), guided(2.0)])
 def test_bfloat16_generates_under_every_intervention(tiny_model_each_dtype, intervention):
     """The paper config runs bfloat16 on GPUs and ``bfloat16_if_native`` on CPUs: split-softmax
     and guidance work in that dtype (finite scores, every reply to its budget, batched rows the

@@ -11,14 +11,15 @@ import torch
 
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
+from support.interventions import guided, split
 from support.virtual_devices import DeviceMixError, spread_over_virtual_devices, virtual_devices
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
 INTERVENTIONS = {
     "none": Intervention(),
-    "split": Intervention(split_k=0.5),
-    "split_layer_1": Intervention(split_k=0.25, split_layers=[1]),
-    "guidance": Intervention(guidance_scale=2.0),
+    "split": split(0.5),
+    "split_layer_1": split(0.25, [1]),
+    "guidance": guided(2.0),
 }
 
 

@@ -15,6 +15,7 @@ from personadrift.attention.grouped import NAME, query_groups
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.tiny import build_tiny_model
+from support.interventions import split
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
 
@@ -75,12 +76,12 @@ def test_the_engine_switches_grouped_query_models_only(gqa_dir, tiny_model_dir):
     eager, _ = load(gqa_dir, "eager")
     HFEngine(eager, tok)
     assert eager.config._attn_implementation == "eager"  # chosen by the user: left alone
-    split, _ = load(gqa_dir, "sdpa")
-    HFEngine(split, tok, intervention=Intervention(split_k=0.5))
-    assert split.config._attn_implementation == "split_softmax"
+    hooked, _ = load(gqa_dir, "sdpa")
+    HFEngine(hooked, tok, intervention=split(0.5))
+    assert hooked.config._attn_implementation == "split_softmax"
 
 
-@pytest.mark.parametrize("intervention", [Intervention(), Intervention(split_k=0.5)], ids=["default", "split"])
+@pytest.mark.parametrize("intervention", [Intervention(), split(0.5)], ids=["default", "split"])
 def test_grouped_decode_never_repeats_keys_and_matches_eager(gqa_dir, repeats, intervention):
     s = Sampling(max_new_tokens=6, do_sample=False)
     model, tok = load(gqa_dir, "sdpa")
@@ -92,7 +93,7 @@ def test_grouped_decode_never_repeats_keys_and_matches_eager(gqa_dir, repeats, i
     assert eng.stats.reused_tokens > 0 and eng.stats.generated_tokens > 0
     ref_model, _ = load(gqa_dir, "eager")
     ref = HFEngine(ref_model, tok, sampling=s, intervention=intervention)
-    if intervention.split_k is not None:  # split-softmax's eager float64 reference
+    if intervention.hook("attention") is not None:  # split-softmax's eager float64 reference
         ref_model.set_attn_implementation("split_softmax_eager")
     assert ref_model.config._attn_implementation in ("eager", "split_softmax_eager")
     repeats.clear()

@@ -11,6 +11,7 @@ from transformers import LlamaConfig
 from personadrift.generation import memory
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
+from support.interventions import guided
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
 
@@ -95,7 +96,7 @@ class OutOfMemoryAbove:
         self.handle.remove()
 
 
-@pytest.mark.parametrize("intervention", [Intervention(), Intervention(guidance_scale=2.0)])
+@pytest.mark.parametrize("intervention", [Intervention(), guided(2.0)])
 def test_out_of_memory_halves_the_call_and_changes_no_text(tiny_model, intervention):
     model, tok = tiny_model
     s = Sampling(max_new_tokens=6)

@@ -16,6 +16,7 @@ import pytest
 from personadrift.capability import mmlu
 from personadrift.capability.mmlu import Question
 from personadrift.errors import ChecksumError, InputError
+from support.interventions import guided, split
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmlu"
 SAMPLE = FIXTURES / "sample.jsonl"  # 11 lines: 10 questions, 3 subjects, a header row at line 6
@@ -547,7 +548,7 @@ def test_continuation_logprobs_equals_a_plain_forward(tiny_model):
 
 @pytest.mark.parametrize("intervention", ["split_softmax", "guidance"])
 def test_continuation_logprobs_applies_interventions_as_generation_does(tiny_model, intervention):
-    from personadrift.generation.api import GenRequest, Intervention
+    from personadrift.generation.api import GenRequest
     from personadrift.generation.dialog import negative_branch
 
     model, tok = tiny_model
@@ -555,9 +556,9 @@ def test_continuation_logprobs_applies_interventions_as_generation_does(tiny_mod
     convs = [[{"role": "system", "content": "You love playing tennis."},
               {"role": "user", "content": mmlu.format_cloze_prompt(q)}] for q in qs]
     if intervention == "split_softmax":
-        iv, neg = Intervention(split_k=0.25), lambda m: None
+        iv, neg = split(0.25), lambda m: None
     else:
-        iv, neg = Intervention(guidance_scale=1.5), negative_branch
+        iv, neg = guided(1.5), negative_branch
     reply = mmlu.ReplyTokens(tok)
     reqs = [GenRequest(c, seed=0, intervene=True, negative_messages=neg(c)) for c, q in zip(convs, qs) for _ in q.choices]
     conts = [reply(c, choice) for c, q in zip(convs, qs) for choice in q.choices]

@@ -7,6 +7,7 @@ import torch
 from personadrift.attention.reference import split_softmax_reference
 from personadrift.attention.split_softmax import split_softmax_core, split_softmax_decode
 from personadrift.generation.guidance import guidance_mix
+from support.interventions import guided
 
 BF16_UNIT = 2.0**-8  # bfloat16's unit roundoff (8 significant bits)
 
@@ -66,13 +67,13 @@ def test_guided_engine_scores_of_a_bfloat16_model_are_the_float64_mix_of_its_log
     the float64 mix of the two branches' logits (each branch run alone, on its own)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from personadrift.generation.api import GenRequest, Intervention
+    from personadrift.generation.api import GenRequest
     from personadrift.generation.engine import HFEngine
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
     msgs = [{"role": "system", "content": "You love tennis."}, {"role": "user", "content": "What is your hobby?"}]
-    eng = HFEngine(model, tok, intervention=Intervention(guidance_scale=2.5))
+    eng = HFEngine(model, tok, intervention=guided(2.5))
     lp = eng.next_token_logprobs([GenRequest(msgs, seed=0, intervene=True, negative_messages=msgs[1:])])
     assert lp.dtype == torch.float32
     with torch.inference_mode():

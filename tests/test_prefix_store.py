@@ -11,6 +11,7 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.kv_buffers import Prefix, PrefixStore
+from support.interventions import guided, split
 from support.virtual_devices import spread_over_virtual_devices, virtual_devices
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
@@ -64,7 +65,7 @@ def homes(eng):
 
 @pytest.mark.parametrize("name", ["none", "split", "guidance"])
 def test_prefixes_stay_on_their_layers_devices_or_spill_and_come_back_with_the_same_texts(tiny_model_dir, name):
-    iv = {"none": Intervention(), "split": Intervention(split_k=0.5), "guidance": Intervention(guidance_scale=2.0)}[name]
+    iv = {"none": Intervention(), "split": split(0.5), "guidance": guided(2.0)}[name]
     s = Sampling(max_new_tokens=6)
     model, tok = load(tiny_model_dir)
     expected = dialog(HFEngine(model, tok, sampling=s, intervention=iv))

@@ -103,7 +103,7 @@ def test_serve_takes_its_flag_and_serves_its_guidance(toy_method, tmp_path):
     tiny_model_dir = tmp_path / "tiny"
     fetch_model({"name": "tiny", "source": "tiny"}, tiny_model_dir)  # as serve --tiny does
     engine = hf_engine(tiny_model_dir, {}, settings=settings, max_batch=8)
-    assert engine.identity["chat_template_sha256"] and engine.intervention.guidance_scale == 2.0
+    assert engine.identity["chat_template_sha256"] and engine.intervention.hook("branch").scale == 2.0
     msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about day 1."}]
     with build_app(engine, model_name="tiny", settings=settings)("127.0.0.1", 0).start() as srv:
         assert srv.app.rows(srv.app.parse({"messages": msgs, "n": 3})) == 6  # two rows per sample

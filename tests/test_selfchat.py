@@ -17,6 +17,7 @@ from personadrift.protocol.personas import load_personas, load_topics, persona_r
 from personadrift.steps.models import fetch_model
 from personadrift.steps.selfchat import selfchat_shard
 from personadrift.storage import atomic_write_json
+from support.interventions import guided
 from support.workflow import REPO
 
 
@@ -385,12 +386,12 @@ def test_upstream_sampling_keys_reach_the_engines(tmp_path):
 def test_guidance_with_forced_reply_lengths_samples(tiny_model):
     """min_new_tokens (the rehearsal forces long replies) under guidance: suppressing the end of
     turn in both branches before mixing them gave nan probabilities and a crash."""
-    from personadrift.generation.api import GenRequest, Intervention, Sampling
+    from personadrift.generation.api import GenRequest, Sampling
     from personadrift.generation.dialog import agent_messages, negative_branch
     from personadrift.generation.engine import HFEngine
 
     eng = HFEngine(*tiny_model, sampling=Sampling(min_new_tokens=6, max_new_tokens=6),
-                   intervention=Intervention(guidance_scale=3.0))
+                   intervention=guided(3.0))
     msgs = agent_messages("You love tennis.", ["Hi?"])
     out = eng.complete([GenRequest(msgs, seed=s, intervene=True, negative_messages=negative_branch(msgs))
                         for s in range(4)])
@@ -414,7 +415,7 @@ def test_probes_sharing_a_call_with_the_next_turn_change_no_text(tiny_model, tmp
     cfg = make_config("unused", turns=6, max_new_tokens=8, probe_max_new_tokens=5, runs=2)
     cfg["interventions"] = {"none": {"method": "none"}, "cfg": {"method": "cfg", "guidance_scale": [2.0]}}
     setting = next(s for s in expand_settings(cfg["interventions"]) if s.method == method)
-    iv = Intervention(guidance_scale=2.0) if method == "cfg" else Intervention()
+    iv = guided(2.0) if method == "cfg" else Intervention()
     calls = {}
     records = {}
     for name, cls in (("merged", ShardRun), ("one-step", OneStepPerCall)):

@@ -14,14 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from personadrift.generation.api import GenRequest, Intervention, Sampling
+from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.dialog import without_system
 from personadrift.generation.engine import HFEngine
+from personadrift.interventions.guidance import GuidanceHook
 from personadrift.interventions.layers import parse_layers_flag
 from personadrift.interventions.settings import settings_from_flags
+from personadrift.interventions.split_softmax import SplitSoftmaxHook
 from personadrift.runtime.factory import combined_intervention
 from personadrift.runtime.serve import build_app
 from support.faults import FaultPlan
+from support.interventions import split
 
 SYSTEM = "You love playing tennis and bring it up whenever you can."
 
@@ -180,15 +183,15 @@ def test_faults_are_answered_like_a_real_api(plain):
 
 def test_split_softmax_and_guidance_servers(tiny_model_dir, tiny_model):
     model, tok = sharp_model(tiny_model_dir)
-    split = settings_from_flags({"--split-k": 0.5})
-    iv = combined_intervention(split)
-    assert iv == Intervention(split_k=0.5)
+    flagged = settings_from_flags({"--split-k": 0.5})
+    iv = combined_intervention(flagged)
+    assert iv == split(0.5)
     sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=8)
     reqs = [GenRequest(msgs(i), seed=i, persist=False, intervene=True) for i in range(6)]
     plain = [t[0] for t in HFEngine(*sharp_model(tiny_model_dir), sampling=sampling).generate(reqs)]
     body = {"temperature": 1.0, "top_p": 0.9, "max_tokens": 8}
     with build_app(HFEngine(model, tok, intervention=iv), model_name="tiny-ss",
-                   settings=split)("127.0.0.1", 0).start() as srv:
+                   settings=flagged)("127.0.0.1", 0).start() as srv:
         served = [post(srv.url, {**body, "messages": r.messages, "seed": r.seed})[1]["choices"][0]["message"]["content"]
                   for r in reqs]
     direct = [t[0] for t in HFEngine(model, tok, sampling=sampling, intervention=iv).generate(reqs)]
@@ -216,7 +219,7 @@ def test_an_app_refuses_an_engine_whose_intervention_is_not_its_settings(tiny_mo
     """The settings decide which requests are intervened on; the engine must apply exactly theirs."""
     model, tok = tiny_model
     with pytest.raises(ValueError, match="not the settings'"):
-        build_app(HFEngine(model, tok, intervention=Intervention(split_k=0.5)), model_name="tiny")
+        build_app(HFEngine(model, tok, intervention=split(0.5)), model_name="tiny")
 
 
 def test_bad_method_flags_name_the_flag():
@@ -265,7 +268,7 @@ def test_serve_flags_are_the_registered_methods_with_the_configured_negative_bra
     settings = settings_from_flags(method_flags(args))
     assert sorted(s.method for s in settings) == ["cfg", "split_softmax"]
     iv = combined_intervention(settings)
-    assert (iv.split_k, iv.split_layers, iv.guidance_scale) == (0.5, [0], 2.0)
+    assert sorted(iv.hooks, key=repr) == [GuidanceHook(scale=2.0), SplitSoftmaxHook(k=0.5, layers=(0,))]
     guided = next(s for s in settings if s.method == "cfg")
     assert guided.negative_messages(msgs) == [{"role": "system", "content": ""}, msgs[1]]
     assert settings_from_flags({"--guidance-scale": 1.5})[0].negative_messages(msgs) == msgs[1:]

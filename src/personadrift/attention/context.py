@@ -1,9 +1,13 @@
 """Per-call state of the custom attention functions, set by a context manager.
 
 Whoever runs the model says which KEY slots hold system-prompt tokens (and, optionally, which
-slot is the first real token of each row) for the duration of a ``with`` block::
+slot is the first real token of each row) for the duration of a ``with`` block, and which
+reweighting of the prompt's attention share applies (a
+:class:`~personadrift.generation.hooks.PromptAttentionHook`; ``split_k=`` builds split-softmax's)::
 
     with attention_context(prompt_mask, split_k=0.5, layers="all"):
+        model.generate(...)
+    with attention_context(prompt_mask, reweight=hook):
         model.generate(...)
 
 The registered attention functions (``"split_softmax"``, ``"prompt_share"``) read this state on
@@ -33,6 +37,7 @@ import torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from personadrift.attention.recorder import PromptShareRecorder
+    from personadrift.generation.hooks import PromptAttentionHook
 
 __all__ = ["AttentionState", "attention_context", "current_state"]
 
@@ -45,18 +50,15 @@ class AttentionState:
 
     prompt_mask: torch.Tensor  # bool [batch, n_slots]
     first_mask: torch.Tensor | None = None  # bool [batch, n_slots]
-    split_k: float | None = None
-    layers: frozenset[int] | None = None  # None = all layers
+    reweight: PromptAttentionHook | None = None  # the reweighting of the prompt's share; None: none
     recorder: PromptShareRecorder | None = None
     cache: object | None = None  # a transformers Cache, to read sliding layers' cumulative_length
     _seen: dict[int, int] = field(default_factory=dict)
     _index_cache: dict = field(default_factory=dict)
 
     def intervenes(self, layer_idx: int | None) -> bool:
-        """True if split-softmax must be applied in this layer."""
-        if self.split_k is None or self.split_k == 1.0:
-            return False
-        return self.layers is None or (layer_idx is not None and layer_idx in self.layers)
+        """True if the prompt's attention share is reweighted in this layer."""
+        return self.reweight is not None and self.reweight.applies_to(layer_idx)
 
     # -- slot bookkeeping -------------------------------------------------------------------
     def slot_offset(self, layer_idx: int | None, q_len: int, kv_len: int, sliding: bool) -> int:
@@ -140,12 +142,13 @@ def current_state() -> AttentionState | None:
     return _STATE.get()
 
 
-def _normalise_layers(layers: LayerSpec) -> frozenset[int] | None:
+def layer_tuple(layers: LayerSpec) -> tuple[int, ...] | None:
+    """``"all"``/None as None, else the layer indices, sorted."""
     if layers is None or (isinstance(layers, str) and layers == "all"):
         return None
     if isinstance(layers, str):
         raise ValueError(f"layers must be 'all', None or a collection of ints, got {layers!r}")
-    return frozenset(int(i) for i in layers)
+    return tuple(sorted({int(i) for i in layers}))
 
 
 @contextmanager
@@ -155,10 +158,11 @@ def attention_context(
     first_mask: torch.Tensor | None = None,
     split_k: float | None = None,
     layers: LayerSpec = None,
+    reweight: PromptAttentionHook | None = None,
     recorder: PromptShareRecorder | None = None,
     cache: object | None = None,
 ) -> Iterator[AttentionState]:
-    """Set the prompt slots (and optionally split-softmax / a recorder) for the enclosed model calls.
+    """Set the prompt slots (and optionally a reweighting / a recorder) for the enclosed model calls.
 
     Args:
         prompt_mask: bool [batch, n_slots], True where the KEY slot holds a system-prompt token.
@@ -166,8 +170,9 @@ def attention_context(
             attention sink). Only the recorder uses it; if None, the first visible key of each
             query row is taken.
         split_k: the split-softmax exponent k in (0, 1]; None or 1 means no intervention.
-        layers: layers (``module.layer_idx``) the intervention applies to: ``"all"``/None, or a
+        layers: layers (``module.layer_idx``) split-softmax applies to: ``"all"``/None, or a
             list/range of indices. The recorder always records every layer.
+        reweight: any prompt-attention hook (instead of ``split_k``; it names its own layers).
         recorder: a :class:`~personadrift.attention.recorder.PromptShareRecorder` to fill.
         cache: optional, the transformers ``Cache`` the model uses. Only sliding-window layers
             whose cache keeps just the last keys need it: their slot offset is then read from
@@ -178,13 +183,16 @@ def attention_context(
         raise ValueError(f"prompt_mask must be [batch, n_slots], got shape {tuple(prompt_mask.shape)}")
     if first_mask is not None and first_mask.shape[0] != prompt_mask.shape[0]:
         raise ValueError("first_mask and prompt_mask must have the same batch size")
-    if split_k is not None and not (0.0 < float(split_k) <= 1.0):
-        raise ValueError(f"split_k must be in (0, 1], got {split_k}")
+    if split_k is not None:
+        if reweight is not None:
+            raise ValueError("give split_k or reweight, not both")
+        from personadrift.interventions.split_softmax import SplitSoftmaxHook
+
+        reweight = SplitSoftmaxHook(k=float(split_k), layers=layer_tuple(layers))
     state = AttentionState(
         prompt_mask=prompt_mask.to(torch.bool),
         first_mask=None if first_mask is None else first_mask.to(torch.bool),
-        split_k=None if split_k is None else float(split_k),
-        layers=_normalise_layers(layers),
+        reweight=reweight,
         recorder=recorder,
         cache=cache,
     )

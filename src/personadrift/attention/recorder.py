@@ -3,8 +3,8 @@
 Inside every attention call, for every layer and head, the attention probabilities of each query
 are reduced to five numbers (``FIELDS``):
 
-0. ``prompt_share``: attention mass on the system-prompt key slots (after split-softmax, if the
-   context sets ``split_k`` for this layer: then pi^k);
+0. ``prompt_share``: attention mass on the system-prompt key slots (after the context's
+   reweighting, if it applies to this layer: pi^k under split-softmax);
 1. ``first_share``: mass on the first real token (the attention sink), likewise post-intervention;
 2. ``log_S_prompt``: logsumexp of the (scaled) prompt scores, log of the unnormalised prompt weight;
 3. ``log_S_other``: logsumexp of the scores of all other visible keys;
@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from personadrift.attention.context import LayerSpec, attention_context
+from personadrift.attention.split_softmax import head_selection, visible_mask
 from personadrift.attention.split_softmax import register as _register
-from personadrift.attention.split_softmax import split_factors, visible_mask
+from personadrift.generation.hooks import PromptAttentionHook
 
 __all__ = [
     "FIELDS",
@@ -50,14 +51,14 @@ def attention_stats(
     prompt_flags: torch.Tensor,
     first_flags: torch.Tensor | None,
     scale: float,
-    split_k: float | None = None,
+    reweight: PromptAttentionHook | None = None,
     chunk_elements: int = 1 << 21,
 ) -> torch.Tensor:
     """Per-query reductions [b, heads, q, 5] (see ``FIELDS``) of one attention call, float32.
 
     query [b, h, q, d]; key [b, hk, kv, d]; prompt_flags/first_flags bool [b, kv] (first_flags
-    None: the first visible key of each query row). ``split_k`` applies split-softmax to the two
-    shares. Scores are formed ``chunk_elements`` at a time along the query axis.
+    None: the first visible key of each query row). ``reweight`` (a prompt-attention hook, e.g.
+    split-softmax's) applies to the two shares. Scores are formed ``chunk_elements`` at a time along the query axis.
     """
     b, h, q_len, d = query.shape
     hk, kv_len = key.shape[1], key.shape[2]
@@ -124,8 +125,11 @@ def attention_stats(
             is_p = fp.gather(-1, fi[:, 0])[:, None, None, :]  # [b, 1, 1, C]
             first_p, first_o = pf * is_p, pf * ~is_p
         log_so = lse + torch.log(other)
-        if split_k is not None and split_k != 1.0:
-            pik, r = split_factors(share, other, split_k)
+        if reweight is not None and not reweight.is_identity():
+            pik, r = reweight.factors(share, other)
+            if reweight.heads is not None:  # other heads keep their shares
+                sel = head_selection(reweight.heads, h, dev).view(1, hk, n_rep, 1)
+                pik, r = torch.where(sel, share, pik), torch.where(sel, r, 1.0)
             up = torch.where(share > 0, pik / share.clamp_min(torch.finfo(share.dtype).tiny), torch.zeros_like(share))
             first = first_p * up + first_o * r
             share = torch.where(share > 0, pik, torch.zeros_like(share))

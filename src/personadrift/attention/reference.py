@@ -13,6 +13,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from personadrift.attention.context import current_state
+from personadrift.generation.hooks import PromptAttentionHook
 
 __all__ = ["split_softmax_reference", "split_softmax_eager_attention", "NAME"]
 
@@ -26,15 +27,17 @@ def split_softmax_reference(
     attention_mask: torch.Tensor | None,
     *,
     prompt_flags: torch.Tensor | None,
-    k: float | None,
+    k: float | None = None,
     scale: float,
+    reweight: PromptAttentionHook | None = None,
     dropout: float = 0.0,
     training: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output [b, h, q, dv], weights [b, h, q, kv]) of split-softmax attention, computed eagerly.
 
     attention_mask: additive float or bool [b|1, 1, q, kv], or None (= upper-left causal for
-    q > 1, as SDPA). prompt_flags: bool [b, kv]. k None or 1: plain softmax attention.
+    q > 1, as SDPA). prompt_flags: bool [b, kv]. k None or 1: plain softmax attention. Any other
+    prompt-attention hook (``reweight``) rescales the weights by its own factors (in float64).
     """
     n_rep = query.shape[1] // key.shape[1]
     q_len, kv_len = query.shape[2], key.shape[2]
@@ -62,6 +65,17 @@ def split_softmax_reference(
         up = torch.where(pi > 0, pik / pi.clamp_min(1e-300), torch.zeros_like(pi))
         down = torch.where(po > 0, (1 - pik) / po.clamp_min(1e-300), torch.full_like(po, k))
         p = torch.where(fl, p * up, p * down)
+    elif reweight is not None and not reweight.is_identity() and prompt_flags is not None:
+        fl = prompt_flags[:, None, None, :kv_len].to(torch.bool)
+        pi = (p * fl).sum(-1, keepdim=True).clamp(0.0, 1.0)
+        po = (p * ~fl).sum(-1, keepdim=True).clamp(0.0, 1.0)
+        share, down = reweight.factors(pi, po)
+        up = torch.where(pi > 0, share / pi.clamp_min(1e-300), torch.zeros_like(pi))
+        if reweight.heads is not None:
+            sel = torch.zeros(p.shape[1], dtype=torch.bool, device=p.device)
+            sel[[h for h in reweight.heads if h < p.shape[1]]] = True
+            up, down = torch.where(sel[:, None, None], up, 1.0), torch.where(sel[:, None, None], down, 1.0)
+        p = torch.where(fl, p * up, p * down)
     if dropout > 0.0:
         p = torch.nn.functional.dropout(p, p=dropout, training=training)
     out = torch.matmul(p, v_)
@@ -85,14 +99,14 @@ def split_softmax_eager_attention(
         raise NotImplementedError("split_softmax_eager attention does not support softcap")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     state = current_state()
-    flags, k = None, None
+    flags, hook = None, None
     if state is not None:
         layer_idx = getattr(module, "layer_idx", None)
         offset = state.slot_offset(layer_idx, query.shape[2], key.shape[2], sliding_window is not None)
         if state.intervenes(layer_idx):
-            flags, k = state.key_flags(key.shape[2], offset, query.device)[0], state.split_k
+            flags, hook = state.key_flags(key.shape[2], offset, query.device)[0], state.reweight
     out, w = split_softmax_reference(
-        query, key, value, attention_mask, prompt_flags=flags, k=k, scale=scale,
+        query, key, value, attention_mask, prompt_flags=flags, reweight=hook, scale=scale,
         dropout=dropout, training=module.training,
     )
     return out.transpose(1, 2).contiguous(), w

@@ -50,6 +50,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from personadrift.attention.context import AttentionState, current_state
+from personadrift.generation.hooks import PromptAttentionHook
 
 __all__ = ["split_softmax_attention", "split_softmax_core", "split_softmax_decode", "visible_mask", "split_factors",
            "fused_width", "grouped_sdpa", "takes_grouped_keys", "plain_attention", "NAME"]
@@ -85,6 +86,26 @@ def split_factors(pi: torch.Tensor, po: torch.Tensor, k: float) -> tuple[torch.T
     pik = torch.exp(k * log_pi)
     r = torch.where(po > 0, -torch.expm1(k * log_pi) / po.clamp_min(torch.finfo(po.dtype).tiny), torch.full_like(po, k))
     return pik, r.clamp(k, 1.0)
+
+
+def split_decode_factors(pi: torch.Tensor, k: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, r) with a = pi^k / pi = pi^(k-1) and r = (1 - pi^k) / (1 - pi), for one query per row
+    (:func:`prompt_reweight_decode`). pi is a float in [0, 1], so 1 - pi is exact for pi >= 1/2
+    (Sterbenz) and log(pi) is accurate; r = -expm1(k log pi) / (1 - pi) is clamped to its range
+    [k, 1] (pi = 1 gives 0 / 0 -> k via the clamp of a tiny denominator; pi = 0 gives r = 1); a is
+    clamped to 1e30, which only matters when pi < 1e-30, where u = pi O_p = 0 or tiny, so a * u
+    stays <= pi^k |V|."""
+    log_pi = torch.log(pi)
+    a = torch.exp((k - 1.0) * log_pi).clamp_max(1e30)
+    r = (torch.expm1(k * log_pi).neg_() / (1.0 - pi).clamp_min(1e-30)).clamp_(k, 1.0)
+    return a, r
+
+
+def head_selection(heads, n_heads: int, device: torch.device) -> torch.Tensor:
+    """bool [n_heads]: True at the query heads a hook acts on."""
+    sel = torch.zeros(n_heads, dtype=torch.bool, device=device)
+    sel[[h for h in heads if h < n_heads]] = True
+    return sel
 
 
 def fused_width(d: int, dv: int) -> int:
@@ -146,15 +167,18 @@ def split_softmax_core(
     prompt_flags: torch.Tensor,
     prompt_idx: torch.Tensor,
     prompt_valid: torch.Tensor,
-    k: float,
     scale: float,
+    k: float | None = None,
+    reweight: PromptAttentionHook | None = None,
 ) -> torch.Tensor:
-    """Split-softmax attention output [b, heads, q, dv] (see the module docstring for the math).
+    """Split-softmax attention output [b, heads, q, dv] (see the module docstring for the math),
+    or that of any ``reweight`` hook (split-softmax's with exponent ``k`` if none is given).
 
     query [b, h, q, d]; key/value [b, hk, kv, d|dv] (not repeated); attention_mask as the model
     passes it (bool/float [b|1, 1, q, kv] or None); prompt_flags bool [b, kv]; prompt_idx/valid
     [b, P] the prompt slots per row (padded, ``valid`` marks real entries).
     """
+    reweight = reweight or _split_hook(k)
     b, h, q_len, d = query.shape
     hk, kv_len, dv = key.shape[1], key.shape[2], value.shape[-1]
     n_rep = h // hk
@@ -203,7 +227,10 @@ def split_softmax_core(
     else:
         o_aug = grouped_sdpa(q_aug, k_aug, v_aug, mask, scale=scale, is_causal=is_causal)
     o_all, pi, po = o_aug[..., :dv], o_aug[..., dv : dv + 1], o_aug[..., dv + 1 : dv + 2]
-    pik, r = split_factors(pi.float(), po.float(), k)
+    pik, r = reweight.factors(pi.float(), po.float())
+    if reweight.heads is not None:  # other heads: share pi, r = 1, out = O_all
+        sel = head_selection(reweight.heads, h, dev).view(1, h, 1, 1)
+        pik, r = torch.where(sel, pi.float().clamp(0, 1), pik), torch.where(sel, r, 1.0)
     out = pik * o_p + r * (o_all - pi.clamp(0, 1) * o_p)
     return out.to(query.dtype)
 
@@ -214,26 +241,27 @@ def split_softmax_decode(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     *,
-    k: float,
     scale: float,
     span: tuple[int, int] | None,
     prompt_idx: torch.Tensor | None = None,
     prompt_valid: torch.Tensor | None = None,
+    k: float | None = None,
+    reweight: PromptAttentionHook | None = None,
 ) -> torch.Tensor:
-    """Split-softmax for ONE query per row (KV-cached decoding): output [b, heads, 1, dv].
+    """Split-softmax (or any ``reweight`` hook's reweighting) for ONE query per row (KV-cached
+    decoding): output [b, heads, 1, dv].
 
     A single query row is only O(kv_len) (the same memory as SDPA's own math kernel), so the row
     is formed explicitly, which needs far fewer kernel launches than the prefill decomposition:
     p = softmax(row), pi = sum of p over prompt keys, and with u = p_prompt @ V_prompt
     (= pi * O_p) and O_all = p @ V,
 
-        out = r * O_all + (a - r) * u,   a = pi^(k-1) = pi^k / pi,   r = (1 - pi^k) / (1 - pi).
+        out = r * O_all + (a - r) * u,   a = pi^(k-1) = pi^k / pi,   r = (1 - pi^k) / (1 - pi)
 
-    Stability: pi is a float in [0, 1], so 1 - pi is exact for pi >= 1/2 (Sterbenz) and log(pi)
-    is accurate; r = -expm1(k log pi) / (1 - pi) is clamped to its range [k, 1] (pi = 1 gives
-    0 / 0 -> k via the clamp of a tiny denominator; pi = 0 gives r = 1); a is clamped to 1e30,
-    which only matters when pi < 1e-30, where u = 0 or tiny, so a * u stays <= pi^k |V|.
+    (a hook gives its own a = share(pi) / pi and r: ``decode_factors``; split-softmax's, and why
+    they are stable: :func:`split_decode_factors`).
     """
+    reweight = reweight or _split_hook(k)
     b, h, _, d = query.shape
     hk, kv_len, dv = key.shape[1], key.shape[2], value.shape[-1]
     n_rep = h // hk
@@ -259,14 +287,23 @@ def split_softmax_decode(
         p_p = p_p * prompt_valid[:, None, None, :]
         v_p = value.gather(2, prompt_idx[:, None, :, None].expand(b, hk, pp, dv))
     pi = p_p.sum(-1, keepdim=True).clamp(0.0, 1.0)
-    log_pi = torch.log(pi)
-    a = torch.exp((k - 1.0) * log_pi).clamp_max(1e30)
-    r = (torch.expm1(k * log_pi).neg_() / (1.0 - pi).clamp_min(1e-30)).clamp_(k, 1.0)
+    a, r = reweight.decode_factors(pi)
+    if reweight.heads is not None:  # other heads: a = r = 1, out = O_all
+        sel = head_selection(reweight.heads, h, pi.device).view(1, hk, n_rep, 1)
+        a, r = torch.where(sel, a, 1.0), torch.where(sel, r, 1.0)
     vd = value.dtype
     o_all = torch.matmul(p.to(vd), value)  # [b, hk, n_rep, dv]
     u = torch.matmul(p_p.to(vd), v_p)
     out = r * o_all + (a - r) * u
     return out.to(query.dtype).reshape(b, h, 1, dv)
+
+
+def _split_hook(k: float | None) -> PromptAttentionHook:
+    from personadrift.interventions.split_softmax import SplitSoftmaxHook
+
+    if k is None:
+        raise TypeError("give the split exponent k or a reweight hook")
+    return SplitSoftmaxHook(k=k)
 
 
 def _prompt_args(state: AttentionState, kv_len: int, offset: int, device: torch.device) -> dict:
@@ -329,7 +366,7 @@ def split_softmax_attention(
         flags, first = state.key_flags(kv_len, offset, query.device)
         stats = attention_stats(
             query, key, attention_mask, prompt_flags=flags, first_flags=first, scale=scale,
-            split_k=state.split_k if active else None, chunk_elements=state.recorder.chunk_elements,
+            reweight=state.reweight if active else None, chunk_elements=state.recorder.chunk_elements,
         )
         state.recorder.add(layer_idx, stats)
 
@@ -338,29 +375,29 @@ def split_softmax_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
             sliding_window=sliding_window, **kwargs,
         )
-    k = state.split_k
-    assert k is not None  # intervenes() holds only with an exponent
+    hook = state.reweight
+    assert hook is not None  # intervenes() holds only with a hook
     if dropout > 0.0:
         from personadrift.attention.reference import split_softmax_reference
 
         out, _ = split_softmax_reference(
             query, key, value, attention_mask, prompt_flags=state.key_flags(kv_len, offset, query.device)[0],
-            k=k, scale=scale, dropout=dropout, training=module.training,
+            reweight=hook, scale=scale, dropout=dropout, training=module.training,
         )
         return out.transpose(1, 2).contiguous(), None
     if q_len == 1:
         span = state.prompt_span() if offset == 0 else None
         if span is not None and span[1] <= kv_len:
-            out = split_softmax_decode(query, key, value, attention_mask, k=k, scale=scale, span=span)
+            out = split_softmax_decode(query, key, value, attention_mask, reweight=hook, scale=scale, span=span)
         else:
             idx, valid = state.prompt_index(kv_len, offset, query.device)
             out = split_softmax_decode(
-                query, key, value, attention_mask, k=k, scale=scale, span=None,
+                query, key, value, attention_mask, reweight=hook, scale=scale, span=None,
                 prompt_idx=idx, prompt_valid=valid,
             )
     else:
         out = split_softmax_core(
-            query, key, value, attention_mask, k=k, scale=scale,
+            query, key, value, attention_mask, reweight=hook, scale=scale,
             **_prompt_args(state, kv_len, offset, query.device),
         )
     return out.transpose(1, 2).contiguous(), None

@@ -24,11 +24,30 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Intervention:
-    """Inference-time drift control applied to rows whose request has ``intervene=True``."""
+    """What the engine does inside the model for rows whose request has ``intervene=True``: the
+    methods' hooks (:mod:`personadrift.generation.hooks`), at most one of each kind. No hooks:
+    the model runs as it is."""
 
-    split_k: float | None = None  # split-softmax exponent; None = off
-    split_layers: object = "all"  # "all", list of layer indices
-    guidance_scale: float | None = None  # classifier-free guidance; None = off
+    hooks: tuple = ()
+
+    def __post_init__(self):
+        kinds = [getattr(h, "kind", None) for h in self.hooks]
+        for h, kind in zip(self.hooks, kinds):
+            if kind not in HOOK_KINDS:
+                raise TypeError(f"{h!r} is not an engine hook (kind {kind!r}; known: {HOOK_KINDS})")
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"an engine takes one hook of each kind; {twice[0]!r} is given twice: {self.hooks}")
+
+    def hook(self, kind: str):
+        """The hook of ``kind`` (one of :data:`HOOK_KINDS`), or None."""
+        return next((h for h in self.hooks if h.kind == kind), None)
+
+
+# what an engine offers a method (generation/hooks.py): a reweighting of the attention paid to the
+# system prompt's keys, a second branch whose logits are mixed with the request's, an edit of the
+# residual stream at chosen layers
+HOOK_KINDS = ("attention", "branch", "residual")
 
 
 @dataclass
@@ -39,10 +58,11 @@ class GenRequest:
     n: int = 1  # samples
     persist: bool = True  # store the resulting prefix under ``key`` (dialog turns, not forks)
     intervene: bool = False  # apply the engine's intervention to this request
-    negative_messages: list[dict] | None = None  # unconditional branch for guidance
+    negative_messages: list[dict] | None = None  # the messages of the second branch (a branch hook)
     # this request's reply budget, overriding the call's: requests with different budgets (a
     # round's probes and the next user turn) can then share one batched call
     max_new_tokens: int | None = None
+    persona: str | None = None  # the agent persona's id, for hooks that act per persona (steering vectors)
 
 
 @dataclass(frozen=True)

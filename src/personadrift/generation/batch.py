@@ -8,7 +8,7 @@
   batch, right-aligned; finished rows stay until few are left, then the batch is compacted once.
 * Device placement: slot ids, the attention mask and positions are built on the host once per
   batch, then live on the inputs' device and are updated there (a decode step sends nothing but
-  the rows' new token ids); the prompt masks of split-softmax are moved once per batch. Every
+  the rows' new token ids); the prompt masks of the attention hook are moved once per batch. Every
   other tensor is moved to the device of what it meets (each layer's device for its cache, the
   logits' device for picking rows).
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.cache_utils import Cache
 
-from personadrift.generation.guidance import Pairing, guidance_mix
+from personadrift.generation.guidance import Pairing
 from personadrift.generation.kv_buffers import BufferLayer, Prefix, left_padded
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,9 +42,11 @@ class Row:
     target: list[int]  # the rendered prompt's token ids
     reuse: int  # leading tokens whose KV comes from ``past``
     past: Prefix | None
-    span: tuple[int, int] | None  # the system prompt's token range, for split-softmax
+    span: tuple[int, int] | None  # the system prompt's token range (attention hooks, blanked branches)
     store_key: str | None  # where the finished row's prefix is stored (None: not stored)
-    intervene: bool = False  # split-softmax applies to this row's system-prompt keys
+    intervene: bool = False  # the attention and residual hooks act on this row
+    persona: str | None = None  # its request's persona (residual hooks may act per persona)
+    blank: bool = False  # its system-prompt tokens enter as zero embeddings (a branch hook's row)
 
 
 @dataclass
@@ -64,8 +66,9 @@ class Batch:
     # set by build() or merge()
     slot_ids: torch.Tensor  # [rows, capacity] token ids, pad where masked
     mask: torch.Tensor  # [rows, capacity] 1 where a slot holds a token
-    prompt: torch.Tensor  # [rows, width] the system prompt's slots (split-softmax)
+    prompt: torch.Tensor  # [rows, width] the system prompt's slots of intervened rows (attention hook)
     first: torch.Tensor  # [rows, width] each row's first slot
+    blank: torch.Tensor | None  # [rows, width] slots whose token enters as a zero embedding (None: none)
     width: int  # columns filled so far
     new_len: int
     logits: torch.Tensor  # [rows, vocab] each row's next-token logits, after the first forward
@@ -80,6 +83,8 @@ class Batch:
         self.pairing = Pairing()
         self._plan: PickPlan | None = None
         self._ctx_masks = None
+        self._residual_rows = None
+        self.blank = None
 
     @classmethod
     def build(cls, engine: HFEngine, rows: list[Row], pairing: Pairing, reserve: int = 0) -> Batch:
@@ -96,6 +101,7 @@ class Batch:
         mask = torch.zeros((n, cap), dtype=torch.long)
         prompt = torch.zeros((n, width), dtype=torch.bool)
         first = torch.zeros((n, width), dtype=torch.bool)
+        blank = torch.zeros((n, width), dtype=torch.bool) if any(r.blank for r in rows) else None
         for i, r in enumerate(rows):
             new = r.target[r.reuse :]
             a = past_len - r.reuse  # first slot of the re-used prefix
@@ -109,6 +115,10 @@ class Batch:
             if r.span is not None and r.intervene:
                 s, e = r.span
                 prompt[i, [slots[j] for j in range(s, e)]] = True
+            if r.span is not None and r.blank:
+                assert blank is not None
+                s, e = r.span
+                blank[i, [slots[j] for j in range(s, e)]] = True
             engine.stats.prompt_tokens += len(new)
             engine.stats.reused_tokens += r.reuse
         if past_len:
@@ -122,6 +132,7 @@ class Batch:
                 self.cache.layers.append(BufferLayer(capacity=cap, pending=(torch.stack(ks), torch.stack(vs))))
         dev = engine.device
         self.slot_ids, self.mask, self.prompt, self.first = slot_ids.to(dev), mask.to(dev), prompt, first
+        self.blank = blank
         self.width, self.new_len = width, new_len  # width: columns filled so far
         self.live = list(range(n))
         return self
@@ -169,29 +180,45 @@ class Batch:
         return self.mask.shape[0]
 
     def _context(self):
+        """The hooks' per-batch state for one forward: the attention hook's prompt slots, the
+        residual hook's rows."""
+        hooks = contextlib.ExitStack()
         iv = self.engine.intervention
-        if iv.split_k is None or not bool(self.prompt.any()):
-            return contextlib.nullcontext()
-        from personadrift.attention.context import attention_context
+        reweight = iv.hook("attention")
+        if reweight is not None and bool(self.prompt.any()):
+            from personadrift.attention.context import attention_context
 
-        if self._ctx_masks is None:  # slots past the prompt mask are never prompt, never first
-            self._ctx_masks = (self.prompt.to(self.engine.device), self.first.to(self.engine.device))
-        prompt, first = self._ctx_masks
-        return attention_context(
-            prompt,
-            first_mask=first,
-            split_k=iv.split_k,
-            layers=iv.split_layers,
-            cache=self.cache,  # sliding-window caches drop old keys; the context needs the offset
-        )
+            if self._ctx_masks is None:  # slots past the prompt mask are never prompt, never first
+                self._ctx_masks = (self.prompt.to(self.engine.device), self.first.to(self.engine.device))
+            prompt, first = self._ctx_masks
+            hooks.enter_context(attention_context(
+                prompt,
+                first_mask=first,
+                reweight=reweight,
+                cache=self.cache,  # sliding-window caches drop old keys; the context needs the offset
+            ))
+        if iv.hook("residual") is not None and any(r.intervene for r in self.rows):
+            from personadrift.generation.residual import residual_rows
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: int = 1) -> None:
+            if self._residual_rows is None:
+                self._residual_rows = ([r.persona for r in self.rows],
+                                       torch.tensor([r.intervene for r in self.rows], dtype=torch.bool))
+            hooks.enter_context(residual_rows(*self._residual_rows))
+        return hooks
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: int = 1,
+                 blank: torch.Tensor | None = None) -> None:
         """One forward over ``input_ids`` (the newest columns); keeps the logits of the last
-        ``keep`` positions ([batch, vocab] when keep == 1, else [batch, keep, vocab])."""
+        ``keep`` positions ([batch, vocab] when keep == 1, else [batch, keep, vocab]). Tokens
+        where ``blank`` ([batch, columns]) is set enter as zero embeddings."""
         dev = self.engine.device
+        inputs: dict = {"input_ids": input_ids.to(dev)}
+        if blank is not None and bool(blank.any()):
+            embeds = self.engine.model.get_input_embeddings()(inputs.pop("input_ids"))
+            inputs["inputs_embeds"] = embeds.masked_fill(blank.to(embeds.device)[..., None], 0.0)
         with self._context():
             out = self.engine.model(
-                input_ids=input_ids.to(dev),
+                **inputs,
                 attention_mask=self.mask[:, : self.width].to(dev),
                 position_ids=positions.to(dev),
                 past_key_values=self.cache,
@@ -204,8 +231,9 @@ class Batch:
     def forward_prefill(self, keep: int = 1) -> None:
         positions = (self.mask[:, : self.width].cumsum(-1) - 1).clamp(min=0)
         self.next_pos = positions[:, -1] + 1
-        self._forward(self.slot_ids[:, self.width - self.new_len : self.width],
-                      positions[:, -self.new_len :], keep)
+        new = slice(self.width - self.new_len, self.width)
+        self._forward(self.slot_ids[:, new], positions[:, -self.new_len :], keep,
+                      None if self.blank is None else self.blank[:, new])
 
     def forward_step(self, tokens: torch.Tensor | list[int]) -> None:
         """Append one token per row (finished rows get a placeholder) and run one forward."""
@@ -244,6 +272,7 @@ class Batch:
         self.next_pos = self.next_pos.index_select(0, on_dev)
         self.logits = self.logits.index_select(0, idx.to(self.logits.device))
         self._ctx_masks = None
+        self._residual_rows = None
         self._plan = None
 
     def retire(self, finished: list[int], store) -> list[int] | None:
@@ -305,26 +334,25 @@ class Batch:
             tokens[plan.uncond] = picked.index_select(0, plan.guided_pos)  # follows the sampled text
         return tokens
 
-    def sampling_scores(self, guidance_scale: float | None) -> torch.Tensor:
+    def sampling_scores(self, branch) -> torch.Tensor:
         """float32 scores [sampled rows, vocab] of the live sampled rows (``pick_plan().sampled``):
-        the raw logits of plain rows, the guidance mix of guided ones."""
+        the raw logits of plain rows, the ``branch`` hook's mix of paired ones."""
         plan = self.pick_plan()
         scores = self.logits.index_select(0, plan.rows).float()
         if plan.guided_pos is not None:
-            assert plan.uncond is not None and guidance_scale is not None  # guided rows come in pairs
-            mixed = guidance_mix(scores.index_select(0, plan.guided_pos),
-                                 self.logits.index_select(0, plan.uncond), guidance_scale)
+            assert plan.uncond is not None and branch is not None  # paired rows come from a branch hook
+            mixed = branch.mix(scores.index_select(0, plan.guided_pos), self.logits.index_select(0, plan.uncond))
             scores = scores.index_copy(0, plan.guided_pos, mixed)
         return scores
 
-    def next_token_logprobs(self, guidance_scale: float | None) -> torch.Tensor:
+    def next_token_logprobs(self, branch) -> torch.Tensor:
         """float32 log-probabilities [sampled rows, vocab] of every sampled row's next token (the
-        guidance mix, not renormalised, for guided rows), in row order."""
+        ``branch`` hook's mix, not renormalised, for paired rows), in row order."""
         logp = torch.log_softmax(self.logits.float(), dim=-1)
         sampled = self.pairing.sampled(list(range(self.size)))
         for i in sampled:
             p = self.pairing.partner(i)
             if p is not None:
-                assert guidance_scale is not None  # a row has a partner only under guidance
-                logp[i] = guidance_mix(self.logits[i], self.logits[p], guidance_scale)
+                assert branch is not None  # a row has a partner only under a branch hook
+                logp[i] = branch.mix(self.logits[i], self.logits[p])
         return logp.index_select(0, torch.tensor(sampled, dtype=torch.long, device=logp.device))

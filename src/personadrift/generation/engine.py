@@ -16,9 +16,11 @@ global random stream (so a conversation's text would depend on its batch-mates).
 * samples each row from one uniform number per step drawn from its own seeded stream
   (``generation/sampling.py``), so a conversation's text is fixed by its seed, whatever else
   shares the batch, on any device;
-* runs classifier-free guidance as paired rows (with and without the system prompt) whose
-  log-probabilities are mixed before sampling (``generation/guidance.py``), and split-softmax
-  through the registered attention function with a per-row mask of system-prompt key slots.
+* applies the intervention's hooks (``generation/hooks.py``) to intervened requests without
+  knowing the methods that made them: a branch hook as paired rows (the request's and its
+  second branch's) whose logits are mixed before sampling (``generation/guidance.py``), an
+  attention hook through the registered attention function with a per-row mask of system-prompt
+  key slots, a residual hook as forward hooks on its decoder layers (``generation/residual.py``).
 
 The batch (``generation/batch.py``) and the KV buffers and prefix store
 (``generation/kv_buffers.py``) live in their own modules; this one schedules requests into
@@ -27,6 +29,7 @@ batches, runs the decode loop and scores continuations.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +38,7 @@ from personadrift.generation import memory
 from personadrift.generation.api import Completion, GenRequest, Intervention, Sampling
 from personadrift.generation.batch import Batch, Row
 from personadrift.generation.chat import ChatFormat
-from personadrift.generation.guidance import Pairing, guidance_mix
+from personadrift.generation.guidance import Pairing
 from personadrift.generation.kv_buffers import PrefixStore
 from personadrift.generation.sampling import NUCLEUS_CANDIDATES, row_uniforms, sample_tokens
 from personadrift.seeding import derive_seed
@@ -110,6 +113,7 @@ class HFEngine:
         self.chat = chat or ChatFormat(tokenizer)
         self.sampling = sampling
         self.intervention = intervention
+        self.branch = intervention.hook("branch")  # mixes a second row's logits with each intervened request's
         self.max_batch = max_batch
         self.progress = progress  # a tqdm bar per generate call of several batches (rule logs)
         self.nucleus_candidates = NUCLEUS_CANDIDATES  # top tokens sorted before the full-sort fallback
@@ -126,8 +130,12 @@ class HFEngine:
         self._eos_index: dict[torch.device, torch.Tensor] = {}  # eos_ids as a tensor, per device
         # the longest prompt + reply the model was trained for (None if its config does not say)
         self.max_context = getattr(model.config, "max_position_embeddings", None)
-        # the batch-invariant attention already wraps split-softmax (generation/batch_invariance.py)
-        if intervention.split_k is not None and model.config._attn_implementation != "batch_invariant":
+        if intervention.hook("residual") is not None:
+            from personadrift.generation.residual import install_residual_hook
+
+            install_residual_hook(model, intervention.hook("residual"))
+        # the batch-invariant attention already wraps the hooked attention (generation/batch_invariance.py)
+        if intervention.hook("attention") is not None and model.config._attn_implementation != "batch_invariant":
             from personadrift.attention import split_softmax  # noqa: F401  (registers the function)
 
             model.set_attn_implementation("split_softmax")
@@ -179,7 +187,7 @@ class HFEngine:
             rows += memory.halving_on_oom(  # memory hook
                 self, reqs,
                 lambda part: list(
-                    self._prefill(part, expand=False).next_token_logprobs(self.intervention.guidance_scale)),
+                    self._prefill(part, expand=False).next_token_logprobs(self.branch)),
                 budget=1)
         return torch.stack(rows)
 
@@ -222,14 +230,14 @@ class HFEngine:
         """Sum of the log-probabilities of each continuation's tokens, teacher-forced as the reply
         after its request's rendered prompt (generation prompt included); float64 [len(requests)].
 
-        Interventions apply as in generation: split-softmax on intervened rows' system-prompt
-        keys; guidance as paired rows, each token scored by the renormalised mix
-        ``log_softmax(u + g (c - u))``, the distribution generation samples from at temperature
+        Interventions apply as in generation: the hooks on intervened rows; a branch hook as
+        paired rows, each token scored by the renormalised mix (guidance:
+        ``log_softmax(u + g (c - u))``), the distribution generation samples from at temperature
         1 before top-p. Requests with the same prompt share one encoding of it: the prompts of a
         chunk are encoded in one forward (re-using a cached prefix under ``key``, storing
         nothing), then all continuations after them in one more. ``n`` and ``seed`` are unused.
         """
-        g = self.intervention.guidance_scale or 0.0  # rows have partners only when it is set
+        branch = self.branch  # rows have partners only when there is one
         prompt_of: dict[tuple, int] = {}  # one entry per distinct prompt
         reps: list[int] = []  # representative request of each prompt
         which: list[int] = []  # prompt index of each request
@@ -259,14 +267,14 @@ class HFEngine:
                 ci = row_of[p]
                 ui = pairing.partner(ci)
                 lp0 = first[ci] if ui is None else torch.log_softmax(
-                    guidance_mix(last[ci], last[ui], g), dim=-1)
+                    branch.mix(last[ci], last[ui]), dim=-1)
                 for i in by_prompt[p]:
                     cont = [int(t) for t in continuations[i]]
                     out[i] = float(lp0[cont[0]])
                     if len(cont) == 1:
                         continue
-                    own = [Row(rows[j].target + cont[:-1], len(rows[j].target), prefixes[j],
-                               rows[j].span if j == ci else None, None, rows[j].intervene)
+                    own = [dataclasses.replace(rows[j], target=rows[j].target + cont[:-1],
+                                               reuse=len(rows[j].target), past=prefixes[j], store_key=None)
                            for j in ([ci] if ui is None else [ci, ui])]
                     tail.append((i, own))
             tail.sort(key=lambda t: len(continuations[t[0]]))  # little padding within a forward
@@ -300,7 +308,7 @@ class HFEngine:
                     if u is None:
                         lp = torch.log_softmax(logits[j, width - c:].float(), dim=-1)
                     else:
-                        lp = torch.log_softmax(guidance_mix(logits[j, width - c:], logits[u, width - c:], g), dim=-1)
+                        lp = torch.log_softmax(branch.mix(logits[j, width - c:], logits[u, width - c:]), dim=-1)
                     out[i] += float(lp.gather(1, cont_ids[1:, None]).sum())
                 start = stop
         return out
@@ -314,11 +322,7 @@ class HFEngine:
         return r.n * (2 if self._guided(r) else 1)
 
     def _guided(self, r: GenRequest) -> bool:
-        return (
-            r.intervene
-            and self.intervention.guidance_scale is not None
-            and r.negative_messages is not None
-        )
+        return r.intervene and self.branch is not None and r.negative_messages is not None
 
     def _chunks(self, requests: list[GenRequest], by_length: bool = False, rows: int | None = None):
         """Request indices in batches of at most ``rows`` rows (default ``max_batch``). With
@@ -341,7 +345,8 @@ class HFEngine:
         if chunk:
             yield chunk
 
-    def _make_row(self, messages: list[dict], key: str | None, store: bool, intervene: bool) -> Row:
+    def _make_row(self, messages: list[dict], key: str | None, store: bool, intervene: bool,
+                  persona: str | None = None, blank: bool = False) -> Row:
         rendered = self.chat.render(messages)
         target = rendered.ids
         past = self.prefixes.get(key)
@@ -349,22 +354,23 @@ class HFEngine:
         if past is not None:
             # at least one new token must be encoded to get next-token logits
             reuse = min(_common_prefix(past.ids, target), len(target) - 1)
-        return Row(target, reuse, past, rendered.prompt_span, key if store else None, intervene)
+        return Row(target, reuse, past, rendered.prompt_span, key if store else None, intervene, persona, blank)
 
     def _request_rows(self, requests: list[GenRequest], *, store: bool) -> tuple[list[Row], Pairing]:
         """The rows of ``requests`` in order: each request's conditional row, followed, when it
-        is guided, by its unconditional row (its ``negative_messages``, cached under
-        ``key#uncond``, never intervened on); with ``store``, persisted requests' rows store
-        their prefixes when they finish."""
+        has a branch, by the branch's row (its ``negative_messages``, cached under
+        ``key#uncond``, never intervened on, its system prompt blanked if the branch hook says
+        so); with ``store``, persisted requests' rows store their prefixes when they finish."""
         rows: list[Row] = []
         pairs: dict[int, int] = {}
         for r in requests:
-            rows.append(self._make_row(r.messages, r.key, store and r.persist, r.intervene))
+            rows.append(self._make_row(r.messages, r.key, store and r.persist, r.intervene, r.persona))
             if self._guided(r):
-                assert r.negative_messages is not None  # _guided checks it
+                assert r.negative_messages is not None and self.branch is not None  # _guided checks it
                 ukey = None if r.key is None else r.key + "#uncond"
                 pairs[len(rows) - 1] = len(rows)
-                rows.append(self._make_row(r.negative_messages, ukey, store and r.persist, False))
+                rows.append(self._make_row(r.negative_messages, ukey, store and r.persist, False,
+                                           blank=self.branch.blank_prompt))
         return rows, Pairing(pairs)
 
     @staticmethod
@@ -403,7 +409,7 @@ class HFEngine:
 
     def _guided_logprobs(self, batch: Batch) -> torch.Tensor:
         """float32 next-token log-probabilities of each request's row (guided: the mix)."""
-        return batch.next_token_logprobs(self.intervention.guidance_scale)
+        return batch.next_token_logprobs(self.branch)
 
     def _generate_chunk(self, requests: list[GenRequest], limits: list[int]) -> list[list[Completion]]:
         """Sample every request of one batch; request ``q`` stops after ``limits[q]`` tokens (its
@@ -466,7 +472,7 @@ class HFEngine:
         unconditional partner's; unguided rows sample from raw logits (softmax is shift-invariant).
         """
         plan = batch.pick_plan()
-        scores = batch.sampling_scores(self.intervention.guidance_scale)
+        scores = batch.sampling_scores(self.branch)
         if suppress_eos:  # after guidance: -inf in both branches would mix to nan
             eos = self._eos_index.get(scores.device)
             if eos is None:

@@ -1,10 +1,26 @@
 """Classifier-free guidance: logits = uncond + g (cond - uncond), the unconditional branch being
-the same messages without the persona. Needs the model's logits for both branches."""
+the same messages without the persona. Needs the model's logits for both branches: a branch hook
+(:class:`~personadrift.generation.hooks.LogitsBranchHook`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from personadrift.generation.api import Intervention
+from personadrift.generation.hooks import LogitsBranchHook
 from personadrift.interventions.base import Method, applies_to
+
+
+@dataclass(frozen=True)
+class GuidanceHook(LogitsBranchHook):
+    """log p_u + g (log p_c - log p_u), in float32 (``generation/guidance.py``)."""
+
+    scale: float = 1.0
+
+    def mix(self, cond_logits, branch_logits):
+        from personadrift.generation.guidance import guidance_mix
+
+        return guidance_mix(cond_logits, branch_logits, self.scale)
 
 
 class Guidance(Method):
@@ -33,7 +49,7 @@ class Guidance(Method):
     }
 
     def intervention(self, setting):
-        return Intervention(guidance_scale=float(setting.value))
+        return Intervention((GuidanceHook(scale=float(setting.value)),))
 
     def negative_messages(self, setting, messages):
         from personadrift.generation.dialog import negative_branch

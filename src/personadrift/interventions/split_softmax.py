@@ -1,9 +1,13 @@
 """Split-softmax (the paper's method): the attention share of the system prompt, pi, becomes
-pi^k in the chosen layers. Needs the model's internals."""
+pi^k in the chosen layers. Needs the model's internals: an attention hook
+(:class:`~personadrift.generation.hooks.PromptAttentionHook`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from personadrift.generation.api import Intervention
+from personadrift.generation.hooks import PromptAttentionHook
 from personadrift.interventions.base import EntryError, Method, applies_to
 from personadrift.interventions.layers import (
     check_layers_depth,
@@ -11,6 +15,31 @@ from personadrift.interventions.layers import (
     layers_problem,
     parse_layers_flag,
 )
+
+
+@dataclass(frozen=True)
+class SplitSoftmaxHook(PromptAttentionHook):
+    """share(pi) = pi^k, k in (0, 1]; the stable factorisations live with the attention math
+    (``attention/split_softmax.py``: :func:`split_factors`, :func:`split_decode_factors`)."""
+
+    k: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 < float(self.k) <= 1.0:
+            raise ValueError(f"split_k must be in (0, 1], got {self.k}")
+
+    def is_identity(self):
+        return self.k == 1.0
+
+    def factors(self, pi, po):
+        from personadrift.attention.split_softmax import split_factors
+
+        return split_factors(pi, po, self.k)
+
+    def decode_factors(self, pi):
+        from personadrift.attention.split_softmax import split_decode_factors
+
+        return split_decode_factors(pi, self.k)
 
 
 class SplitSoftmax(Method):
@@ -44,7 +73,8 @@ class SplitSoftmax(Method):
 
     def intervention(self, setting):
         layers = layer_indices(setting.options.get("layers", "all"))
-        return Intervention(split_k=float(setting.value), split_layers=layers)
+        hook = SplitSoftmaxHook(k=float(setting.value), layers=None if layers == "all" else tuple(layers))
+        return Intervention((hook,))
 
     def intervenes(self, setting, phase):
         return applies_to(setting, phase)

@@ -25,20 +25,11 @@ def sampling_from(config: dict):
 
 
 def combined_intervention(settings: Sequence):
-    """One engine intervention from the settings' own: each setting sets the fields its method
-    uses (split-softmax and guidance can run together in ``serve``)."""
-    import dataclasses
-
+    """One engine intervention from the settings' own: their hooks together (split-softmax and
+    guidance can run together in ``serve``; two hooks of one kind are an error)."""
     from personadrift.generation.api import Intervention
 
-    out = Intervention()
-    default = Intervention()
-    for st in settings:
-        iv = st.engine_intervention()
-        changed = {f.name: getattr(iv, f.name) for f in dataclasses.fields(iv)
-                   if getattr(iv, f.name) != getattr(default, f.name)}
-        out = dataclasses.replace(out, **changed)
-    return out
+    return Intervention(tuple(h for st in settings for h in st.engine_intervention().hooks))
 
 
 def hf_engine(model_dir: str | Path, model_config: dict, *, settings: Sequence = (), sampling=None,

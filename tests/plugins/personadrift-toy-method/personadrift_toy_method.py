@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from personadrift.generation.api import Intervention
 from personadrift.interventions.base import Method
+from personadrift.interventions.guidance import GuidanceHook
 
 NEUTRAL = "You are a helpful assistant."
 
@@ -27,7 +28,7 @@ class NeutralContrast(Method):
     serve_flags = {"--toy-weight": ("weight", {"type": float, "help": "toy: contrast weight >= 1"})}
 
     def intervention(self, setting):
-        return Intervention(guidance_scale=float(setting.value))
+        return Intervention((GuidanceHook(scale=float(setting.value)),))
 
     def negative_messages(self, setting, messages):
         return [{"role": "system", "content": NEUTRAL}] + [m for m in messages if m["role"] != "system"]
