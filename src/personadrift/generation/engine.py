@@ -313,6 +313,85 @@ class HFEngine:
                 start = stop
         return out
 
+    @torch.inference_mode()
+    def continuation_states(self, requests: list[GenRequest], continuations: list[list[int]], *,
+                            layer: int | None = None):
+        """Teacher-forced, request by request: yields ``(i, logprobs, hidden)`` for request ``i``
+        with ``logprobs`` float32 [len(cont), vocab] (row m: the next-token distribution after
+        the prompt and ``cont[:m]``, the one :meth:`continuation_logprobs` scores ``cont[m]``
+        from, interventions applied the same way) and ``hidden`` float32 [len(cont), hidden] the
+        output of decoder layer ``layer`` at the continuation's own tokens (after any residual
+        hook on that layer), or None without ``layer``.
+
+        Full distributions are large (vocab floats per position), so requests go in forwards of
+        at most ``max_batch`` rows and ``CONTINUATION_POSITIONS // 2`` kept positions, and each
+        forward's tensors are dropped once its requests were yielded: the caller keeps what it
+        reduces them to. Prompts are encoded with their continuation in one forward (no prompt
+        is shared). Requests are yielded in order of length, not in ``requests`` order.
+        """
+        if len(requests) != len(continuations):
+            raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
+        if any(len(c) == 0 for c in continuations):
+            raise ValueError("a continuation has no tokens")
+        captured: list[torch.Tensor] = []
+        handle = None
+        if layer is not None:
+            from personadrift.generation.residual import decoder_layers
+
+            layers = decoder_layers(self.model)
+            if not 0 <= layer < len(layers):
+                raise ValueError(f"layer {layer}: the model has {len(layers)} decoder layers")
+
+            def keep_output(module, args, output):
+                captured.append(output[0] if isinstance(output, tuple) else output)
+
+            handle = layers[layer].register_forward_hook(keep_output)
+        try:
+            order = sorted(range(len(requests)), key=lambda i: len(continuations[i]))
+            cap = self.CONTINUATION_POSITIONS // 2
+            start = 0
+            while start < len(order):
+                stop, n_rows, keep = start, 0, 0
+                while stop < len(order):
+                    need = 2 if self._guided(requests[order[stop]]) else 1
+                    k = max(keep, len(continuations[order[stop]]) + 1)
+                    if stop > start and (n_rows + need > self.max_batch or (n_rows + need) * k > cap):
+                        break
+                    n_rows, keep, stop = n_rows + need, k, stop + 1
+                chunk = order[start:stop]
+                rows: list[Row] = []
+                pairs: dict[int, int] = {}
+                first_row: list[int] = []
+                for i in chunk:
+                    own, pairing = self._request_rows([requests[i]], store=False)
+                    cont = [int(t) for t in continuations[i]]
+                    first_row.append(len(rows))
+                    if pairing.partner(0) is not None:
+                        pairs[len(rows)] = len(rows) + 1
+                    rows += [dataclasses.replace(r, target=r.target + cont) for r in own]
+                pairing = Pairing(pairs)
+                captured.clear()
+                batch = Batch.build(self, rows, pairing)
+                batch.forward_prefill(keep=keep)
+                logits = batch.logits
+                hidden = captured[-1] if captured else None
+                for i, j in zip(chunk, first_row):
+                    n = len(continuations[i])
+                    own_logits = logits[j, keep - 1 - n : keep - 1]  # position m predicts cont[m]
+                    u = pairing.partner(j)
+                    if u is None:
+                        lp = torch.log_softmax(own_logits.float(), dim=-1)
+                    else:
+                        lp = torch.log_softmax(self.branch.mix(own_logits, logits[u, keep - 1 - n : keep - 1]), dim=-1)
+                    h = None if hidden is None else hidden[j, -n:].float()
+                    yield i, lp, h
+                del batch, logits, hidden
+                captured.clear()
+                start = stop
+        finally:
+            if handle is not None:
+                handle.remove()
+
     # ----------------------------------------------------------------- batching
     def _prompt_signature(self, r: GenRequest) -> tuple:
         """What makes two scoring requests share one encoding of their prompt."""

@@ -1,0 +1,160 @@
+"""Drift without a judge (analysis/drift_signals.py, HFEngine.continuation_states): each signal
+against a direct computation with plain forwards of the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+
+SYSTEM = "You love playing tennis and bring it up whenever you can."
+PROBE = "What do you do on weekends?"
+
+
+def _setting(name="none", **options):
+    from personadrift.interventions.settings import expand_settings
+
+    return expand_settings({name: {"method": "none", **options}})[0]
+
+
+def _record(answers_by_round: dict[int, list[str]]) -> dict:
+    """A transcript record in the self-chat's shape: probes after history entries 0, 2, 4, ..."""
+    history = ["Is tea better than coffee?", "Tea, after a match.", "Why tea?", "It calms me down.",
+               "And coffee?", "Coffee is for the morning."]
+    probes = []
+    for rnd, answers in answers_by_round.items():
+        for kind, persona in (("agent", "tennis"), ("user", "pirate")):
+            probes.append({"round": rnd, "turn": 2 * rnd, "kind": kind, "persona": persona,
+                           "question": PROBE if kind == "agent" else "Say something like a pirate.",
+                           "answers": answers, "completions": [], "context": "ok"})
+    return {"conversation": 3, "agent": {"id": "tennis", "system_prompt": SYSTEM},
+            "user": {"id": "pirate", "system_prompt": "You talk like a pirate."},
+            "topic": history[0], "history": history, "probes": probes, "complete": True}
+
+
+def _plain(model, ids):
+    """Log-softmax [positions, vocab] and hidden states of one plain forward of ``ids``."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    return torch.log_softmax(out.logits[0].float(), -1), out.hidden_states
+
+
+def test_continuation_states_match_plain_forwards(tiny_model):
+    """Every position's distribution and the chosen layer's output, per request, whatever the
+    chunking (max_batch 2, continuations of several lengths)."""
+    import torch
+
+    from personadrift.generation.api import GenRequest
+    from personadrift.generation.engine import HFEngine
+
+    model, tok = tiny_model
+    engine = HFEngine(model, tok, max_batch=2)
+    msgs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+            for q in ("Hello there.", "What is your favourite sport, and why?", "Hi.")]
+    conts = [tok("Tennis, of course.", add_special_tokens=False)["input_ids"],
+             tok("I play every day", add_special_tokens=False)["input_ids"][:3],
+             tok("Yes", add_special_tokens=False)["input_ids"]]
+    reqs = [GenRequest(m, seed=0) for m in msgs]
+    layer = 0  # not the last: transformers gives the last layer's output after the final norm
+    assert model.config.num_hidden_layers > 1
+    seen = set()
+    for i, logp, hidden in engine.continuation_states(reqs, conts, layer=layer):
+        seen.add(i)
+        ids = engine.chat.render(msgs[i]).ids
+        ref, states = _plain(model, ids + conts[i])
+        n = len(conts[i])
+        assert logp.shape == (n, ref.shape[-1])
+        torch.testing.assert_close(logp, ref[len(ids) - 1 : len(ids) - 1 + n], atol=1e-4, rtol=0)
+        # hidden_states[0] is the embeddings: decoder layer L's output is hidden_states[L + 1]
+        torch.testing.assert_close(hidden, states[layer + 1][0, len(ids):].float(), atol=1e-4, rtol=0)
+    assert seen == {0, 1, 2}
+    with pytest.raises(ValueError, match="decoder layers"):
+        next(engine.continuation_states(reqs, conts, layer=99))
+
+
+def test_kl_and_projection_against_two_plain_forwards(tiny_model):
+    """(a) the KL of each probe answer is torch's KL of the two plain forwards' log-softmaxes over
+    the answer's positions (dialog context from the dialog; fresh: system prompt and probe); round 0
+    is the fresh context itself, so its KL is zero. (b) the projection is the dialog forward's
+    hidden states at the answer's tokens, by hand, on a vector built here."""
+    import torch
+    import torch.nn.functional as F
+
+    from personadrift.analysis.drift_signals import measure
+    from personadrift.capability.mmlu.scoring import ReplyTokens
+    from personadrift.generation.dialog import probe_messages
+    from personadrift.generation.engine import HFEngine
+
+    model, tok = tiny_model
+    engine = HFEngine(model, tok, max_batch=3)
+    rec = _record({0: ["I play tennis."], 1: ["Tennis again!", "Weekends mean the court."],
+                   2: ["Arr, I sail."]})
+    layer = 0
+    g = torch.Generator().manual_seed(0)
+    vectors = {p: torch.randn(model.config.hidden_size, generator=g) for p in ("tennis", "pirate")}
+    df = measure(engine, [rec], _setting(), vectors=(layer, vectors))
+    assert len(df) == 2 * 4 and df["kl"].notna().all() and df["projection"].notna().all()
+    reply = ReplyTokens(tok)
+    for probe in rec["probes"]:
+        fresh = probe_messages(SYSTEM, [], probe["question"])
+        dialog = probe_messages(SYSTEM, rec["history"][: probe["turn"]], probe["question"])
+        for s, answer in enumerate(probe["answers"]):
+            cont = reply(dialog, answer)
+            d_ids, f_ids = engine.chat.render(dialog).ids, engine.chat.render(fresh).ids
+            lp_d, states = _plain(model, d_ids + cont)
+            lp_f, _ = _plain(model, f_ids + cont)
+            lp_d = lp_d[len(d_ids) - 1 : len(d_ids) - 1 + len(cont)]
+            lp_f = lp_f[len(f_ids) - 1 : len(f_ids) - 1 + len(cont)]
+            ref_kl = float(F.kl_div(lp_f, lp_d, log_target=True, reduction="none").sum(-1).mean())
+            v = vectors[probe["persona"]]
+            ref_proj = float((states[layer + 1][0, len(d_ids):] @ (v / v.norm())).mean())
+            row = df[(df["round"] == probe["round"]) & (df["kind"] == probe["kind"]) & (df["sample"] == s)].iloc[0]
+            assert row["answer_tokens"] == len(cont)
+            assert row["kl"] == pytest.approx(ref_kl, abs=1e-5)
+            assert row["projection"] == pytest.approx(ref_proj, abs=1e-4)
+    assert df.loc[df["round"] == 0, "kl"].abs().max() < 1e-6
+    assert df.loc[df["round"] > 0, "kl"].min() > 1e-4  # the dialog moves the tiny model
+
+
+def test_missing_persona_vector_and_unasked_probes(tiny_model):
+    import torch
+
+    from personadrift.analysis.drift_signals import measure
+    from personadrift.errors import InputError
+    from personadrift.generation.engine import HFEngine
+
+    model, tok = tiny_model
+    engine = HFEngine(model, tok)
+    rec = _record({0: ["I play tennis."], 1: []})
+    for p in rec["probes"]:
+        if p["round"] == 1:
+            p["context"] = "overflow"
+    df = measure(engine, [rec], _setting())
+    assert df["projection"].isna().all()  # no vectors: no projection
+    assert df.loc[df["round"] == 1, "kl"].isna().all() and (df.loc[df["round"] == 1, "context"] == "overflow").all()
+    with pytest.raises(InputError, match="pirate: no vector for this persona"):
+        measure(engine, [rec], _setting(), vectors=(0, {"tennis": torch.ones(model.config.hidden_size)}),
+                vectors_source="persona_vectors/layer0.safetensors")
+
+
+def test_interventions_apply_in_both_contexts(tiny_model):
+    """Under split-softmax on probes, round 0 still compares a context with itself (KL zero), and the
+    later rounds' KL is the intervened model's, not the plain one's."""
+    from personadrift.analysis.drift_signals import measure
+    from personadrift.generation.engine import HFEngine
+    from personadrift.interventions.settings import expand_settings
+    from support.interventions import split
+
+    model, tok = tiny_model
+    rec = _record({0: ["I play tennis."], 1: ["Tennis again!"]})
+    setting = next(s for s in expand_settings({"split": {"method": "split_softmax", "k": [0.25]}})
+                   if s.method == "split_softmax")
+    assert setting.intervenes("probes")
+    try:
+        got = measure(HFEngine(model, tok, intervention=split(0.25)), [rec], setting)
+    finally:
+        model.set_attn_implementation("sdpa")
+    plain = measure(HFEngine(model, tok), [rec], _setting())
+    assert got.loc[got["round"] == 0, "kl"].abs().max() < 1e-6
+    later = abs(got.loc[got["round"] == 1, "kl"].to_numpy() - plain.loc[plain["round"] == 1, "kl"].to_numpy())
+    assert later.max() > 1e-5
