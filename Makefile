@@ -30,7 +30,7 @@ export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 CORES ?= 2
 
-.PHONY: setup setup-vllm lock figures figure figure-docs validate verify expected robustness test lint report rulegraph clean-results
+.PHONY: setup setup-vllm lock figures figure signals figure-docs validate verify expected robustness test lint report rulegraph clean-results
 
 # uv installs the hash-checked lock (requirements.lock, from requirements.txt by `make lock`) and
 # byte-compiles it: pip took most of a minute more (docs/measurements.md, Timings). Keep the
@@ -104,6 +104,10 @@ DIR ?=
 figure: setup
 	study=$$(python -c 'import sys; from personadrift.config import load_config; print(load_config(sys.argv[1])["study"])' $(CONFIG)) && \
 	snakemake "figures/$$study/$(NAME).pdf" "figures/$$study/$(NAME).png" --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(abspath $(CONFIG))) $(if $(DIR),--snakefile $(abspath Snakefile) --directory $(DIR))
+
+# drift without a judge (rules/signals.smk): every setting's signals, tables and the drift_signals figure
+signals: setup
+	snakemake signals_all --cores $(CORES) $(if $(filter-out config.yaml,$(CONFIG)),--configfile $(abspath $(CONFIG)))
 
 validate: setup
 	personadrift validate --config $(CONFIG) $(if $(SHOW),--show)

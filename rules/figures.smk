@@ -9,7 +9,16 @@
 # model) gets the dialog figures only (attention and MMLU need the model's internals).
 FIGURE_TABLES = {
     fig.name: figure_tables(fig)
-    for fig in study_figures(internals=BACKENDS[config["backend"]].local_weights)
+    for fig in study_figures(
+        internals=BACKENDS[config["backend"]].local_weights, config=config
+    )
+}
+# ... and those a config switch leaves out of figures/all (built when asked for)
+BUILDABLE_FIGURE_TABLES = {
+    fig.name: figure_tables(fig)
+    for fig in study_figures(
+        internals=BACKENDS[config["backend"]].local_weights, switched=True
+    )
 }
 
 # The drift tables of every control setting (e.g. the length-only control), built with
@@ -27,7 +36,7 @@ localrules:
 
 rule figure:
     input:
-        lambda wildcards: FIGURE_TABLES[wildcards.name],
+        lambda wildcards: BUILDABLE_FIGURE_TABLES[wildcards.name],
     output:
         pdf=f"{FIGURES}/{{name}}.pdf",
         png=report(
@@ -41,7 +50,7 @@ rule figure:
     benchmark:
         f"{BENCHMARKS}/figures/{{name}}.tsv"
     wildcard_constraints:
-        name="|".join(FIGURE_TABLES),
+        name="|".join(BUILDABLE_FIGURE_TABLES),
     conda:
         "../envs/analysis.yaml"
     shell:

@@ -158,3 +158,98 @@ def test_interventions_apply_in_both_contexts(tiny_model):
     assert got.loc[got["round"] == 0, "kl"].abs().max() < 1e-6
     later = abs(got.loc[got["round"] == 1, "kl"].to_numpy() - plain.loc[plain["round"] == 1, "kl"].to_numpy())
     assert later.max() > 1e-5
+
+
+def test_signals_step_on_a_small_real_study(tiny_model_dir, tmp_path):
+    """(c) the steps of rules/signals.smk on real tiny-model transcripts (the baseline and the
+    repetition baseline, whose dialog context re-inserts the system prompt): one row per probe
+    answer, the judge's rows exactly; zero KL at round 0; a repetition answer's KL equals the direct
+    computation in the context the self-chat rendered; then the tables, claims and association."""
+    import json
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personadrift.capability.mmlu.scoring import ReplyTokens
+    from personadrift.config import validate_config
+    from personadrift.generation.chat import ChatFormat
+    from personadrift.generation.dialog import probe_messages
+    from personadrift.interventions.settings import setting_by_name
+    from personadrift.protocol.personas import load_personas, load_topics, persona_record
+    from personadrift.steps.models import fetch_model
+    from personadrift.steps.score import score
+    from personadrift.steps.selfchat import selfchat_shard
+    from personadrift.steps.signals import signal_tables, signals
+    from personadrift.storage import atomic_write_json, read_json
+    from personadrift.tables import provenance_path, read_table
+    from support.workflow import REPO
+
+    cfg = validate_config({
+        "model": {"name": "tiny", "source": "local", "path": str(tiny_model_dir)},
+        "selfchat": {"conversations": 3, "shard_size": 3, "turns": 6, "runs": 2,
+                     "max_new_tokens": 6, "probe_max_new_tokens": 5},
+        "personas": {"files": [str(REPO / "personas/benchmark/persona.yaml")],
+                     "topics": str(REPO / "personas/topics.yaml")},
+        "interventions": {"none": {"method": "none"}, "repeat": {"method": "repetition", "every": [1]}},
+        "scoring": {"resamples": 200},
+    })
+    fetch_model(cfg, tmp_path / "model")
+    personas = load_personas(cfg["personas"]["files"])
+    atomic_write_json(tmp_path / "pool.json", {"personas": [persona_record(p) for p in personas], "dropped": [],
+                                               "topics": load_topics(cfg["personas"]["topics"]), "rule": "all"})
+    sig_csvs, score_csvs = [], []
+    for name in ("none", "repeat-every1"):
+        out = tmp_path / "transcripts" / name
+        selfchat_shard(cfg, setting_name=name, shard=0, model_dir=tmp_path / "model", pool_json=tmp_path / "pool.json",
+                       out_dir=out, checkpoint_dir=tmp_path / "ckpt" / name)
+        score_csvs.append(tmp_path / f"scores-{name}.csv")
+        score(cfg, [out], score_csvs[-1])
+        sig_csvs.append(tmp_path / f"signals-{name}.csv")
+        signals(cfg, setting_name=name, model_dir=tmp_path / "model", transcript_dirs=[out], out_csv=sig_csvs[-1])
+        sig, sc = read_table(sig_csvs[-1]), read_table(score_csvs[-1])
+        keys = ["conversation", "round", "kind", "sample"]
+        assert sorted(map(tuple, sig[keys].to_numpy().tolist())) == sorted(map(tuple, sc[keys].to_numpy().tolist()))
+        assert len(sig) == 3 * 4 * 2 * 2  # conversations x rounds 0..3 x probe kinds x runs
+        answered = sig["answer_tokens"] > 0
+        assert answered.sum() > len(sig) // 2
+        assert sig.loc[answered & (sig["round"] == 0), "kl"].abs().max() < 1e-5
+        assert sig.loc[answered & (sig["round"] > 0), "kl"].min() > 0
+        assert sig["projection"].isna().all()  # no persona vectors given
+        assert json.loads(provenance_path(sig_csvs[-1]).read_text())["seconds"] > 0
+
+    # one repetition answer by hand: the system prompt is re-inserted before later user turns
+    rec = read_json(next((tmp_path / "transcripts" / "repeat-every1").glob("conv-*.json")))
+    probe = next(p for p in rec["probes"] if p["round"] == 3 and p["answers"] and p["answers"][0])
+    setting = setting_by_name(cfg["interventions"], "repeat-every1")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    chat = ChatFormat(tok)
+    rep = setting.repetition().for_template(chat.mid_dialog_system)
+    dialog = probe_messages(rec["agent"]["system_prompt"], rec["history"][: probe["turn"]], probe["question"], rep)
+    assert sum(m["role"] == "system" for m in dialog) > 1
+    fresh = probe_messages(rec["agent"]["system_prompt"], [], probe["question"])
+    cont = ReplyTokens(tok)(dialog, probe["answers"][0])
+    d_ids, f_ids = chat.render(dialog).ids, chat.render(fresh).ids
+    lp_d, _ = _plain(model, d_ids + cont)
+    lp_f, _ = _plain(model, f_ids + cont)
+    ref = float(F.kl_div(lp_f[len(f_ids) - 1 : -1], lp_d[len(d_ids) - 1 : -1], log_target=True,
+                         reduction="none").sum(-1).mean())
+    sig = read_table(sig_csvs[1])
+    row = sig[(sig["conversation"] == rec["conversation"]) & (sig["round"] == 3) & (sig["kind"] == probe["kind"])
+              & (sig["sample"] == 0)].iloc[0]
+    assert row["kl"] == pytest.approx(ref, abs=1e-5)
+
+    out = {k: tmp_path / f"{k}.csv" for k in ("by_round", "change")}
+    signal_tables({**cfg, "seed": 0}, sig_csvs, score_csvs, out["by_round"], out["change"], tmp_path / "assoc.json")
+    by_round, change = read_table(out["by_round"]), read_table(out["change"])
+    assert set(by_round["signal"]) == {"kl"} and set(by_round["round"]) == {0, 1, 2, 3}
+    assert set(by_round["setting"]) == {"none", "repeat-every1"}
+    kl_shift = change[(change["signal"] == "kl") & (change["claim"] == "shift")]
+    assert kl_shift["p_value"].isna().all() and not kl_shift["significant"].any()
+    drift = change[change["claim"] == "drift"]
+    assert len(drift) == 4 and drift["p_holm"].notna().all()
+    assert (change["n_comparisons"] == 4).all()
+    assoc = json.loads((tmp_path / "assoc.json").read_text())
+    assert set(assoc) == {"none", "repeat-every1"}
+    assert assoc["none"]["kl"]["n_conversations"] == 3

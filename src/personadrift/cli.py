@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "personadrift.steps.selfchat",
     "personadrift.steps.score",
     "personadrift.steps.attention",
+    "personadrift.steps.signals",
     "personadrift.steps.mitigation",
     "personadrift.steps.figures",
     "personadrift.steps.verify",

@@ -28,6 +28,8 @@ class Figure:
     ``needs_internals``: drawn from attention or MMLU, which an API model cannot give.
     ``per_study``: built by rule ``figure`` for every study (the comparison is built by rule
     ``compare`` from several studies' tables, and ``command`` names how to build it).
+    ``switch``: a boolean config key (dotted) that puts the figure in ``figures/all``; without
+    it the figure is built only when asked for (its rule ``figure`` target, or its own target).
     """
 
     name: str
@@ -39,6 +41,7 @@ class Figure:
     needs_internals: bool = False
     per_study: bool = True
     command: str = ""
+    switch: str = ""
 
     def make_command(self) -> str:
         return self.command or f"make figure NAME={self.name}"
@@ -151,6 +154,23 @@ method across its grid, intervals on both axes (stability: {{ how }}; MMLU: Wils
 MMLU form (letter or cloze) whose no-intervention accuracy is above chance (paper Fig. 6).
 """,
     ),
+    Figure(
+        "drift_signals", "signals:drift_signals",
+        tables=("drift_tables.by_round", "signal_tables.by_round", "signal_tables.change"),
+        needs_internals=True, switch="signals.enabled",
+        claim="Beyond the paper: drift without a judge (KL from the fresh context, persona-vector projection)",
+        command="`make signals` (or `signals.enabled: true` in the config)",
+        caption="""
+Drift without a judge, beside the judges' curve: per round, the mean over conversations of the
+agent's per-token KL divergence KL(p_dialog || p_fresh) between its next-token distributions over
+each probe answer in the dialog's context and in a fresh context (system prompt and probe only),
+and the answer's mean projection on its persona's vector, with {{ how }}. Teacher-forced on the
+stored answers; the setting's intervention applies in both contexts. The signals' claims (round-0
+shift, decline over the dialog) are Holm-adjusted in a family of their own
+(``tables/none/signals_change.csv``); their link with the judge score within conversations is in
+``tables/none/signals_vs_judge.json``.
+""",
+    ),
 )
 
 BY_NAME: dict[str, Figure] = {f.name: f for f in FIGURES}
@@ -158,9 +178,20 @@ if len(BY_NAME) != len(FIGURES):
     raise ValueError("two figures in catalog.FIGURES share a name")
 
 
-def study_figures(*, internals: bool = True) -> list[Figure]:
-    """The figures rule ``figure`` builds for one study (without model internals: the dialog ones)."""
-    return [f for f in FIGURES if f.per_study and (internals or not f.needs_internals)]
+def study_figures(*, internals: bool = True, config: dict | None = None, switched: bool = False) -> list[Figure]:
+    """The figures of one study's ``figures/all`` (without model internals: the dialog ones); a
+    figure with a ``switch`` only where ``config`` turns it on, or every one with ``switched``
+    (what rule ``figure`` can build)."""
+    return [f for f in FIGURES if f.per_study and (internals or not f.needs_internals)
+            and (not f.switch or switched or (config is not None and bool(config_value(config, f.switch))))]
+
+
+def config_value(config: dict, dotted: str):
+    """The value of the dotted key ``dotted`` in ``config`` (None where a section lacks it)."""
+    value = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def table_refs(fig: Figure) -> list[tuple[str, str | None]]:

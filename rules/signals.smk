@@ -1,0 +1,73 @@
+# Drift without a judge: every probe answer teacher-forced on the HF engine (the backend that
+# gives internals, whatever backend ran the self-chat), in its dialog's context and in the fresh
+# one (system prompt and probe); then tables per round, the signals' claims and their link with
+# the judge. `snakemake signals` builds them for every setting; signals.enabled puts the
+# baseline's in figures/all (off by default: docs/measurements.md, Timings).
+
+SIGNALS_RESULTS = f"{RESULTS}/signals"
+
+
+rule signals:
+    input:
+        model=MODEL,
+        transcripts=lambda wildcards: transcripts(wildcards.setting),
+        # LEAD, after merging the persona-vector rule: add its output here, e.g.
+        #   vectors=rules.persona_vectors.output[0],   (results/<study>/persona_vectors/layer<L>.safetensors)
+        # and append " --vectors {input.vectors:q}" to the shell command below; the step loads it with
+        # personadrift.protocol.persona_vectors.load_persona_vectors. Without it, projection is NaN.
+    output:
+        f"{SIGNALS_RESULTS}/{{setting}}.csv",
+    log:
+        f"{LOGS}/signals/{{setting}}.log",
+    benchmark:
+        f"{BENCHMARKS}/signals/{{setting}}.tsv"
+    wildcard_constraints:
+        setting=one_of(SETTINGS),
+    conda:
+        "../envs/model.yaml"
+    threads: config["resources"]["threads"]
+    resources:
+        **model_resources(),
+    params:
+        config_json=setting_params("model", "seed", backend=INTERNALS_BACKEND),
+        model_dir=lambda wildcards, input: os.path.dirname(input.model),
+    shell:
+        "personadrift signals --params {params.config_json:q} --setting {wildcards.setting:q}"
+        " --model-dir {params.model_dir:q} --threads {threads} --out {output:q}"
+        " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
+        " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb}"
+        " {input.transcripts:q} > {log:q} 2>&1"
+
+
+localrules:
+    signal_tables,
+    signals_all,
+
+
+rule signal_tables:
+    input:
+        signals=rules.signals.output[0],
+        scores=rules.score.output[0],
+    output:
+        by_round=f"{RESULTS}/tables/{{setting}}/signals_by_round.csv",
+        change=f"{RESULTS}/tables/{{setting}}/signals_change.csv",
+        association=f"{RESULTS}/tables/{{setting}}/signals_vs_judge.json",
+    log:
+        f"{LOGS}/tables/signals_{{setting}}.log",
+    benchmark:
+        f"{BENCHMARKS}/tables/signals_{{setting}}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        config_json=config_provider("scoring", "seed"),
+    shell:
+        "personadrift signal-tables --params {params.config_json:q} --scores {input.scores:q}"
+        " --by-round {output.by_round:q} --change {output.change:q}"
+        " --association {output.association:q} {input.signals:q} > {log:q} 2>&1"
+
+
+# `snakemake signals_all`: every setting's signals and tables, and the figure beside the judge's curve.
+rule signals_all:
+    input:
+        expand(rules.signal_tables.output, setting=SETTINGS),
+        expand(f"{FIGURES}/drift_signals.{{ext}}", ext=("pdf", "png")),
