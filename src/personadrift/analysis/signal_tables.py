@@ -85,12 +85,13 @@ def signal_change(signals: pd.DataFrame, *, method: str = "t", confidence: float
 
 def association_with_judge(signals: pd.DataFrame, scores: pd.DataFrame, *, confidence: float = 0.95) -> dict:
     """Per signal: its within-conversation association with stability (the agent probe's judge
-    score), per conversation and round, net of conversation and round (two-way fixed effects,
-    cluster-robust over conversations), as the attention link is estimated."""
+    score), per conversation and dialog round (1..R: at round 0 the KL is zero by design), net of
+    conversation and round (two-way fixed effects, cluster-robust over conversations), as the
+    attention link is estimated."""
     stab = scores[scores["kind"] == "agent"].groupby(["conversation", "round"], as_index=False)["score"].mean()
-    out: dict = {"judge": "stability (agent probe's judge score)"}
+    out: dict = {"judge": "stability (agent probe's judge score)", "rounds": "dialog rounds (1..R)"}
     for signal in SIGNALS:
-        d = _as_scores(signals[signals["kind"] == "agent"], signal)
+        d = _as_scores(signals[(signals["kind"] == "agent") & (signals["round"] >= 1)], signal)
         per = d.groupby(["conversation", "round"], as_index=False)["score"].mean().rename(columns={"score": signal})
         joined = per.merge(stab, on=["conversation", "round"], how="inner")
         out[signal] = within_conversation_association(joined, confidence=confidence, x=signal, y="score")

@@ -159,7 +159,6 @@ MMLU form (letter or cloze) whose no-intervention accuracy is above chance (pape
         tables=("drift_tables.by_round", "signal_tables.by_round", "signal_tables.change"),
         needs_internals=True, switch="signals.enabled",
         claim="Beyond the paper: drift without a judge (KL from the fresh context, persona-vector projection)",
-        command="`make signals` (or `signals.enabled: true` in the config)",
         caption="""
 Drift without a judge, beside the judges' curve: per round, the mean over conversations of the
 agent's per-token KL divergence KL(p_dialog || p_fresh) between its next-token distributions over
