@@ -7,14 +7,14 @@
 SIGNALS_RESULTS = f"{RESULTS}/signals"
 
 
+# LEAD, after merging the persona-vector rule: add its output to the input below, e.g.
+#   vectors=rules.persona_vectors.output[0],   (results/<study>/persona_vectors/layer<L>.safetensors)
+# and append " --vectors {input.vectors:q}" to the shell command; the step loads it with
+# personadrift.protocol.persona_vectors.load_persona_vectors. Without it, projection is NaN.
 rule signals:
     input:
         model=MODEL,
         transcripts=lambda wildcards: transcripts(wildcards.setting),
-        # LEAD, after merging the persona-vector rule: add its output here, e.g.
-        #   vectors=rules.persona_vectors.output[0],   (results/<study>/persona_vectors/layer<L>.safetensors)
-        # and append " --vectors {input.vectors:q}" to the shell command below; the step loads it with
-        # personadrift.protocol.persona_vectors.load_persona_vectors. Without it, projection is NaN.
     output:
         f"{SIGNALS_RESULTS}/{{setting}}.csv",
     log:

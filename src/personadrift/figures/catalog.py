@@ -187,7 +187,7 @@ def study_figures(*, internals: bool = True, config: dict | None = None, switche
 
 def config_value(config: dict, dotted: str):
     """The value of the dotted key ``dotted`` in ``config`` (None where a section lacks it)."""
-    value = config
+    value: object = config
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value

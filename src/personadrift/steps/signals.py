@@ -12,7 +12,7 @@ from personadrift.tables import read_table, write_table
 
 def load_vectors(path) -> tuple[int, dict]:
     """(layer, {persona id: vector}) from a persona-vector file (protocol/persona_vectors.py)."""
-    from personadrift.protocol.persona_vectors import load_persona_vectors  # type: ignore[import-not-found]
+    from personadrift.protocol.persona_vectors import load_persona_vectors
 
     return load_persona_vectors(path)
 
