@@ -114,3 +114,17 @@ def test_the_drift_caption_counts_the_verdicts_the_other_judge_error_treatment_c
         "3 answers could not be judged and are scored 0 (dropped instead, 1 claim changes verdict)")
     same = change.assign(significant_if_dropped=change["significant"])
     assert judge_error_note(same, {"judge_errors": 3}).endswith("(dropped instead, no claims change verdict)")
+
+
+def test_a_switched_figure_joins_figures_all_only_where_the_config_turns_it_on():
+    """drift_signals (signals.enabled) stays out of the default's figures/all, which its model time
+    would lengthen, and rule figure can still build it; an API study never gets it (no internals)."""
+    from personadrift.config import load_config
+
+    config = load_config(REPO / "config.yaml")
+    assert config["signals"]["enabled"] is False
+    names = lambda **kw: {f.name for f in study_figures(**kw)}  # noqa: E731
+    assert "drift_signals" not in names(config=config)
+    assert "drift_signals" in names(config={**config, "signals": {"enabled": True}})
+    assert "drift_signals" in names(switched=True)
+    assert "drift_signals" not in names(internals=False, switched=True)
