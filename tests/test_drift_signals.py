@@ -93,6 +93,8 @@ def test_kl_and_projection_against_two_plain_forwards(tiny_model):
     g = torch.Generator().manual_seed(0)
     vectors = {p: torch.randn(model.config.hidden_size, generator=g) for p in ("tennis", "pirate")}
     df = measure(engine, [rec], _setting(), vectors=(layer, vectors))
+    assert engine.stats.reused_tokens > 0  # a later round re-uses the dialog prefix an earlier one cached
+    assert not engine.prefixes.peek("3/signals")  # and nothing stays cached
     assert len(df) == 2 * 4 and df["kl"].notna().all() and df["projection"].notna().all()
     reply = ReplyTokens(tok)
     for probe in rec["probes"]:

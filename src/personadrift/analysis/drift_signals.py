@@ -80,9 +80,10 @@ def answer_requests(rec: dict, setting: Setting, repetition, intervene: bool):
         history = window(rec["history"][: probe["turn"]], probe.get("dropped_rounds", 0))
         dialog = probe_messages(sys, history, probe["question"], repetition)
         fresh = probe_messages(sys, [], probe["question"], repetition)
-        reqs = [GenRequest(m, seed=0, key=None, persist=False, intervene=intervene,
+        # the dialog's prefix is cached under the conversation's key: the next round re-uses it
+        reqs = [GenRequest(m, seed=0, key=key, persist=key is not None, intervene=intervene,
                            negative_messages=setting.negative_messages(m), persona=rec["agent"]["id"])
-                for m in (dialog, fresh)]
+                for m, key in ((dialog, f"{rec['conversation']}/signals"), (fresh, None))]
         for i, answer in enumerate(probe["answers"]):
             yield {**base, "sample": i}, reqs[0], reqs[1], answer
 
@@ -118,9 +119,12 @@ def measure(engine, records: list[dict], setting: Setting, *,
             requests += [dialog, fresh]
             conts += [ids, ids]
     layer = vectors[0] if vectors is not None else None
+    # round by round, so that each dialog's next round extends the prefix its last one cached
+    order = sorted(range(len(requests)), key=lambda i: rows[owner[i][0]]["turn"])
     pending: dict[int, torch.Tensor] = {}  # an answer's first distribution until its partner comes
-    for i, logp, hidden in engine.continuation_states(requests, conts, layer=layer):
-        r, which = owner[i]
+    for k, logp, hidden in engine.continuation_states([requests[i] for i in order], [conts[i] for i in order],
+                                                      layer=layer, store=True):
+        r, which = owner[order[k]]
         if which == "dialog" and vectors is not None:
             rows[r]["projection"] = mean_projection(hidden, vectors[1][rows[r]["persona"]])
         other = pending.pop(r, None)
@@ -129,4 +133,6 @@ def measure(engine, records: list[dict], setting: Setting, *,
             continue
         dialog_lp, fresh_lp = (logp, other) if which == "dialog" else (other, logp)
         rows[r]["kl"] = mean_kl(dialog_lp, fresh_lp)
+    for key in {q.key for q in requests if q.key is not None}:
+        engine.prefixes.discard(key)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -315,7 +315,7 @@ class HFEngine:
 
     @torch.inference_mode()
     def continuation_states(self, requests: list[GenRequest], continuations: list[list[int]], *,
-                            layer: int | None = None):
+                            layer: int | None = None, store: bool = False):
         """Teacher-forced, request by request: yields ``(i, logprobs, hidden)`` for request ``i``
         with ``logprobs`` float32 [len(cont), vocab] (row m: the next-token distribution after
         the prompt and ``cont[:m]``, the one :meth:`continuation_logprobs` scores ``cont[m]``
@@ -326,8 +326,11 @@ class HFEngine:
         Full distributions are large (vocab floats per position), so requests go in forwards of
         at most ``max_batch`` rows and ``CONTINUATION_POSITIONS // 2`` kept positions, and each
         forward's tensors are dropped once its requests were yielded: the caller keeps what it
-        reduces them to. Prompts are encoded with their continuation in one forward (no prompt
-        is shared). Requests are yielded in order of length, not in ``requests`` order.
+        reduces them to. Prompts are encoded with their continuation in one forward, re-using
+        the longest prefix cached under the request's ``key``. Requests are yielded in order of
+        length; with ``store``, in ``requests`` order instead, and each persisted request's
+        prompt and continuation are cached under its key once its forward ran, so a later
+        request that extends them (the next round of the same dialog) encodes only the rest.
         """
         if len(requests) != len(continuations):
             raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
@@ -347,7 +350,9 @@ class HFEngine:
 
             handle = layers[layer].register_forward_hook(keep_output)
         try:
-            order = sorted(range(len(requests)), key=lambda i: len(continuations[i]))
+            order = list(range(len(requests)))
+            if not store:
+                order.sort(key=lambda i: len(continuations[i]))
             cap = self.CONTINUATION_POSITIONS // 2
             start = 0
             while start < len(order):
@@ -363,7 +368,7 @@ class HFEngine:
                 pairs: dict[int, int] = {}
                 first_row: list[int] = []
                 for i in chunk:
-                    own, pairing = self._request_rows([requests[i]], store=False)
+                    own, pairing = self._request_rows([requests[i]], store=store)
                     cont = [int(t) for t in continuations[i]]
                     first_row.append(len(rows))
                     if pairing.partner(0) is not None:
@@ -375,6 +380,9 @@ class HFEngine:
                 batch.forward_prefill(keep=keep)
                 logits = batch.logits
                 hidden = captured[-1] if captured else None
+                for j, row in enumerate(rows):
+                    if row.store_key is not None:
+                        self.prefixes.put(row.store_key, batch.extract(j))
                 for i, j in zip(chunk, first_row):
                     n = len(continuations[i])
                     own_logits = logits[j, keep - 1 - n : keep - 1]  # position m predicts cont[m]
