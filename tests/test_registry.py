@@ -81,7 +81,7 @@ def test_the_toy_method_is_unknown_until_its_package_is_installed(toy_site):
 def test_its_entry_keys_are_its_own(toy_method):
     from personadrift.config import validate_config
     from personadrift.errors import InputError
-    from personadrift.interventions.settings import expand_family
+    from personadrift.interventions.settings import expand_settings
 
     cfg = validate_config(toy_config())
     toy = expand_settings(cfg["interventions"])[1]
