@@ -245,6 +245,11 @@ def test_method_settings_names_options_and_serve_flags():
     with pytest.raises(InputError) as e:
         settings_from_flags({"--instaboost": 3.0, "--instaboost-heads": []})
     assert e.value.field == "--instaboost-heads" and "selects no head" in e.value.problem
+    # split-softmax and InstABoost both reweight the prompt's attention: one engine cannot run both
+    with pytest.raises(InputError) as e:
+        settings_from_flags({"--instaboost": 3.0, "--split-k": 0.5})
+    assert "--instaboost and --split-k both act through the engine's attention hook" in str(e.value)
+    assert len(settings_from_flags({"--instaboost": 3.0, "--guidance-scale": 2.0})) == 2  # two kinds: fine
 
 
 def refused(config) -> InputError:
