@@ -7,7 +7,7 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.linear_kernels import onednn_available
-from support.interventions import guided, split
+from support.interventions import boosted, guided, split
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="batch invariance needs oneDNN's linear (x86 CPU)")
 
@@ -24,6 +24,7 @@ INTERVENTIONS = {
     "none": Intervention(),
     "split": split(0.5),
     "guidance": guided(1.5),
+    "instaboost": boosted(4.0),
 }
 
 
@@ -285,6 +286,6 @@ def test_embedded_model_rows_are_bitwise_the_same_alone_and_in_batches(embedded_
         prompts = mates(size - 1)
         prompts.insert(1 % size, row)
         assert torch.equal(forward_logits(model, tok, prompts, steps=3, row=1 % size), alone), size
-    for name in ("none", "split", "guidance"):
+    for name in ("none", "split", "guidance", "instaboost"):
         engine_case((model, tok), INTERVENTIONS[name], Sampling(temperature=1.5, top_p=0.95, max_new_tokens=16),
                     sizes=(1, 2, 7))

@@ -2,6 +2,7 @@
 
 from personadrift.generation.api import Intervention
 from personadrift.interventions.guidance import GuidanceHook
+from personadrift.interventions.instaboost import InstABoostHook
 from personadrift.interventions.split_softmax import SplitSoftmaxHook
 
 
@@ -13,3 +14,9 @@ def split(k: float, layers=None) -> Intervention:
 def guided(scale: float) -> Intervention:
     """Classifier-free guidance at ``scale``."""
     return Intervention((GuidanceHook(scale=scale),))
+
+
+def boosted(alpha: float, layers=None, heads=None) -> Intervention:
+    """InstABoost with factor ``alpha`` in ``layers`` and query ``heads`` (None: all)."""
+    return Intervention((InstABoostHook(alpha=alpha, layers=None if layers is None else tuple(layers),
+                                        heads=None if heads is None else tuple(heads)),))

@@ -129,7 +129,7 @@ def attention_stats(
             pik, r = reweight.factors(share, other)
             if reweight.heads is not None:  # other heads keep their shares
                 sel = head_selection(reweight.heads, h, dev).view(1, hk, n_rep, 1)
-                pik, r = torch.where(sel, share, pik), torch.where(sel, r, 1.0)
+                pik, r = torch.where(sel, pik, share), torch.where(sel, r, 1.0)
             up = torch.where(share > 0, pik / share.clamp_min(torch.finfo(share.dtype).tiny), torch.zeros_like(share))
             first = first_p * up + first_o * r
             share = torch.where(share > 0, pik, torch.zeros_like(share))

@@ -230,7 +230,7 @@ def split_softmax_core(
     pik, r = reweight.factors(pi.float(), po.float())
     if reweight.heads is not None:  # other heads: share pi, r = 1, out = O_all
         sel = head_selection(reweight.heads, h, dev).view(1, h, 1, 1)
-        pik, r = torch.where(sel, pi.float().clamp(0, 1), pik), torch.where(sel, r, 1.0)
+        pik, r = torch.where(sel, pik, pi.float().clamp(0, 1)), torch.where(sel, r, 1.0)
     out = pik * o_p + r * (o_all - pi.clamp(0, 1) * o_p)
     return out.to(query.dtype)
 

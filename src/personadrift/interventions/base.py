@@ -88,6 +88,10 @@ class Method:
     def check_depth(self, setting: Setting, n_layers: int) -> None:
         """Checks against the model once its depth is known (at planning or at job start)."""
 
+    def check_heads(self, setting: Setting, n_heads: int) -> None:
+        """Checks against the model's number of query heads per layer, once known (at planning
+        where the model's config.json is readable, else at job start)."""
+
     # ------------------------------------------------------------------ runtime
     def intervention(self, setting: Setting) -> Intervention:
         """The engine settings of ``setting`` (none by default)."""

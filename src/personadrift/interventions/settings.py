@@ -144,6 +144,15 @@ def settings_from_flags(values: dict) -> list[Setting]:
             out += check_family(impl.name, entry)
         except EntryError as e:
             raise InputError("(command line)", flag_of.get(e.key, grid_flag), e.problem) from None
+    # an engine takes one hook of each kind: two methods acting through the same one cannot share it
+    by_kind: dict[str, list[str]] = {}
+    for s in out:
+        for hook in s.engine_intervention().hooks:
+            by_kind.setdefault(hook.kind, []).append(next(iter(s.impl.serve_flags)))
+    for kind, flags in by_kind.items():
+        if len(flags) > 1:
+            raise InputError("(command line)", flags[-1], f"{' and '.join(flags)} both act through the engine's "
+                             f"{kind} hook, and an engine takes one of each kind: give one of them")
     return out
 
 
