@@ -13,3 +13,10 @@ def split(k: float, layers=None) -> Intervention:
 def guided(scale: float) -> Intervention:
     """Classifier-free guidance at ``scale``."""
     return Intervention((GuidanceHook(scale=scale),))
+
+
+def anchored(omega: float, mask: str = "pad") -> Intervention:
+    """Selective prompt anchoring at strength ``omega``, the system prompt masked with ``mask``."""
+    from personadrift.interventions.spa import MASKS, SPAHook
+
+    return Intervention((SPAHook(omega=omega, blank_token=MASKS[mask]),))
