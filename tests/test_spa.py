@@ -174,3 +174,37 @@ def test_a_self_chat_under_spa_runs_on_the_engine(tiny_model, tmp_path):
     assert texts("spa-o1") == texts("none")
     assert texts("spa-o3") != texts("none")
 
+
+
+@pytest.mark.parametrize("token", ["eos", None])
+def test_a_prefill_split_by_length_changes_no_reply(tiny_model, token):
+    """Requests of very different prompt lengths prefill in separate forwards (each with its own
+    masked slots), then decode as one batch: each reply equals the reply it gets alone, and the
+    stored prefixes (the masked branch's included) serve the next turn as a fresh run's do."""
+    model, tok = tiny_model
+    s = Sampling(max_new_tokens=8)
+
+    def req(i):
+        return spa_request(convo(i * 9), seed=i, key=f"c{i}")  # prompt lengths far apart
+
+    eng = HFEngine(model, tok, sampling=s, intervention=spa(2.0, token))
+    eng.prefill_forward_tokens = 0  # split wherever it saves padding
+    batched = eng.generate([req(i) for i in range(4)])
+    assert eng.stats.forward_calls > 8  # more than one prefill forward before the 7 decode steps
+    single = [HFEngine(model, tok, sampling=s, intervention=spa(2.0, token)).generate([req(i)])[0] for i in range(4)]
+    assert batched == single
+    follow = [spa_request(r.messages + [{"role": "assistant", "content": t[0]}, {"role": "user", "content": "More."}],
+                          seed=9, key=r.key) for r, t in zip([req(i) for i in range(4)], batched)]
+    again = HFEngine(model, tok, sampling=s, intervention=spa(2.0, token))
+    again.generate([req(i) for i in range(4)])
+    assert eng.generate(follow) == again.generate(follow)
+
+
+def test_spa_generates_in_each_dtype(tiny_model_each_dtype):
+    """Finite scores and every reply to its budget in float32 and bfloat16 (the mix runs in float32)."""
+    model, tok = tiny_model_each_dtype
+    eng = HFEngine(model, tok, sampling=Sampling(max_new_tokens=6, min_new_tokens=6), intervention=spa(3.0, "eos"))
+    reqs = [spa_request(convo(i), seed=i, key=f"c{i}") for i in range(3)]
+    assert [c[0].new_tokens for c in eng.complete(reqs)] == [6, 6, 6]
+    lp = eng.next_token_logprobs(reqs)
+    assert lp.dtype == torch.float32 and lp.shape[0] == 3 and torch.isfinite(lp).all()
