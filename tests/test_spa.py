@@ -208,3 +208,47 @@ def test_spa_generates_in_each_dtype(tiny_model_each_dtype):
     assert [c[0].new_tokens for c in eng.complete(reqs)] == [6, 6, 6]
     lp = eng.next_token_logprobs(reqs)
     assert lp.dtype == torch.float32 and lp.shape[0] == 3 and torch.isfinite(lp).all()
+
+
+def test_serve_flags_build_the_setting_and_serve_what_the_engine_generates(tiny_model):
+    """--spa-omega / --spa-mask make the setting a config entry would; a served reply equals the
+    engine's own under SPA; a bad omega names its flag."""
+    from personadrift.errors import InputError
+    from personadrift.interventions.settings import settings_from_flags
+    from personadrift.runtime.factory import combined_intervention
+    from personadrift.runtime.serve import build_app, build_parser, method_flags
+    from test_serve import post
+
+    settings = settings_from_flags(method_flags(build_parser().parse_args(["--tiny", "--spa-omega", "3",
+                                                                           "--spa-mask", "zero"])))
+    assert [s.name for s in settings] == ["spa-o3"]
+    iv = combined_intervention(settings)
+    assert iv.hooks == (SPAHook(omega=3.0, blank_token=None),)
+    model, tok = tiny_model
+    reqs = [GenRequest(convo(i), seed=i, persist=False) for i in range(3)]
+    body = {"temperature": 1.0, "top_p": 0.9, "max_tokens": 8}
+    with build_app(HFEngine(model, tok, intervention=iv), model_name="tiny-spa",
+                   settings=settings)("127.0.0.1", 0).start() as srv:
+        served = [post(srv.url, {**body, "messages": r.messages, "seed": r.seed})[1]["choices"][0]["message"]["content"]
+                  for r in reqs]
+    s = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=8)
+    direct = HFEngine(model, tok, sampling=s, intervention=iv).generate(
+        [spa_request(r.messages, seed=r.seed, persist=False) for r in reqs])
+    assert served == [t[0] for t in direct]
+    assert served != [t[0] for t in HFEngine(model, tok, sampling=s).generate(reqs)]  # SPA changed replies
+    with pytest.raises(InputError, match=r"--spa-omega: .*1"):
+        settings_from_flags({"--spa-omega": 0.5})
+
+
+def test_a_mask_token_the_tokenizer_lacks_is_refused_at_job_start_naming_the_key(tiny_model):
+    from personadrift.errors import InputError
+    from personadrift.interventions.settings import expand_settings
+    from personadrift.runtime.factory import engine_on
+
+    model, tok = tiny_model
+    setting = next(s for s in expand_settings({"a": {"method": "spa", "omega": [2], "mask": "unk"}})
+                   if s.method == "spa")
+    with pytest.raises(InputError, match=r"^cfg\.yaml: interventions\.a\.mask: 'unk': the model's tokenizer has no unk"):
+        engine_on(model, tok, settings=[setting], where="cfg.yaml")
+    ok = next(s for s in expand_settings({"a": {"method": "spa", "omega": [2], "mask": "zero"}}) if s.method == "spa")
+    assert engine_on(model, tok, settings=[ok]).branch == SPAHook(omega=2.0, blank_token=None)

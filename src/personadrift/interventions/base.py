@@ -88,6 +88,9 @@ class Method:
     def check_depth(self, setting: Setting, n_layers: int) -> None:
         """Checks against the model once its depth is known (at planning or at job start)."""
 
+    def check_tokenizer(self, setting: Setting, tokenizer) -> None:
+        """Checks against the model's tokenizer at job start, before the engine is built."""
+
     # ------------------------------------------------------------------ runtime
     def intervention(self, setting: Setting) -> Intervention:
         """The engine settings of ``setting`` (none by default)."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from personadrift.generation.api import Intervention
 from personadrift.generation.hooks import LogitsBranchHook
-from personadrift.interventions.base import Method, applies_to
+from personadrift.interventions.base import EntryError, Method, applies_to
 
 # the ``mask`` option: what each system-prompt token enters the second pass as
 MASKS = {"pad": "pad", "unk": "unk", "zero": None}  # option value -> the branch hook's blank_token
@@ -85,6 +85,11 @@ class SelectivePromptAnchoring(Method):
     # MMLU's prompt is the persona as system prompt and one user question: SPA masks that system
     # prompt and amplifies its contribution, so its scores are its own, not the baseline's
     single_turn_as_baseline = False
+
+    def check_tokenizer(self, setting, tokenizer):
+        token = MASKS[setting.options.get("mask", "pad")]
+        if token not in (None, "pad") and getattr(tokenizer, f"{token}_token_id", None) is None:
+            raise EntryError("mask", f"{token!r}: the model's tokenizer has no {token} token (use pad or zero)")
 
     def intervention(self, setting):
         mask = setting.options.get("mask", "pad")
