@@ -59,7 +59,8 @@ def test_the_built_in_methods_are_entry_points_of_personadrift():
     assert own == {"none": "personadrift.interventions.none:NoIntervention",
                    "split_softmax": "personadrift.interventions.split_softmax:SplitSoftmax",
                    "repetition": "personadrift.interventions.repetition:PromptRepetition",
-                   "cfg": "personadrift.interventions.guidance:Guidance"}
+                   "cfg": "personadrift.interventions.guidance:Guidance",
+                   "spa": "personadrift.interventions.spa:SelectivePromptAnchoring"}
     assert {name: f"{type(m).__module__}:{type(m).__name__}" for name, m in METHODS.items()} == own
 
 
