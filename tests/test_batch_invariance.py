@@ -7,7 +7,7 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.linear_kernels import onednn_available
-from support.interventions import boosted, guided, split
+from support.interventions import anchored, boosted, guided, split
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="batch invariance needs oneDNN's linear (x86 CPU)")
 
@@ -25,6 +25,7 @@ INTERVENTIONS = {
     "split": split(0.5),
     "guidance": guided(1.5),
     "instaboost": boosted(4.0),
+    "spa": anchored(2.0),
 }
 
 
@@ -118,14 +119,17 @@ def convo(text: str, i: int) -> list[dict]:
             {"role": "user", "content": text}]
 
 
-def request(text: str, i: int, guided: bool) -> GenRequest:
+def request(text: str, i: int, branch) -> GenRequest:
+    """An intervened request; under a branch hook its branch is the conversation without its system
+    prompt (guidance) or, where the hook blanks the prompt (SPA), the conversation itself."""
     msgs = convo(text, i)
-    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=msgs[1:] if guided else None)
+    negative = None if branch is None else (msgs if branch.blank_prompt else msgs[1:])
+    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=negative)
 
 
 def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_SIZES):
     """The row's replies and first-token log-probabilities alone, and in each batch size."""
-    guided = intervention.hook("branch") is not None
+    guided = intervention.hook("branch")
     row = request("What is your hobby?", 0, guided)
     alone_eng = HFEngine(*lm, sampling=sampling, intervention=intervention)
     alone = alone_eng.complete([row])[0][0].text
@@ -286,6 +290,6 @@ def test_embedded_model_rows_are_bitwise_the_same_alone_and_in_batches(embedded_
         prompts = mates(size - 1)
         prompts.insert(1 % size, row)
         assert torch.equal(forward_logits(model, tok, prompts, steps=3, row=1 % size), alone), size
-    for name in ("none", "split", "guidance", "instaboost"):
+    for name in ("none", "split", "guidance", "instaboost", "spa"):
         engine_case((model, tok), INTERVENTIONS[name], Sampling(temperature=1.5, top_p=0.95, max_new_tokens=16),
                     sizes=(1, 2, 7))

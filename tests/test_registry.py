@@ -60,7 +60,8 @@ def test_the_built_in_methods_are_entry_points_of_personadrift():
                    "split_softmax": "personadrift.interventions.split_softmax:SplitSoftmax",
                    "repetition": "personadrift.interventions.repetition:PromptRepetition",
                    "cfg": "personadrift.interventions.guidance:Guidance",
-                   "instaboost": "personadrift.interventions.instaboost:InstABoost"}
+                   "instaboost": "personadrift.interventions.instaboost:InstABoost",
+                   "spa": "personadrift.interventions.spa:SelectivePromptAnchoring"}
     assert {name: f"{type(m).__module__}:{type(m).__name__}" for name, m in METHODS.items()} == own
 
 

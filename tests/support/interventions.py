@@ -20,3 +20,10 @@ def boosted(alpha: float, layers=None, heads=None) -> Intervention:
     """InstABoost with factor ``alpha`` in ``layers`` and query ``heads`` (None: all)."""
     return Intervention((InstABoostHook(alpha=alpha, layers=None if layers is None else tuple(layers),
                                         heads=None if heads is None else tuple(heads)),))
+
+
+def anchored(omega: float, mask: str = "pad") -> Intervention:
+    """Selective prompt anchoring at strength ``omega``, the system prompt masked with ``mask``."""
+    from personadrift.interventions.spa import MASKS, SPAHook
+
+    return Intervention((SPAHook(omega=omega, blank_token=MASKS[mask]),))

@@ -92,6 +92,9 @@ class Method:
         """Checks against the model's number of query heads per layer, once known (at planning
         where the model's config.json is readable, else at job start)."""
 
+    def check_tokenizer(self, setting: Setting, tokenizer) -> None:
+        """Checks against the model's tokenizer at job start, before the engine is built."""
+
     # ------------------------------------------------------------------ runtime
     def intervention(self, setting: Setting) -> Intervention:
         """The engine settings of ``setting`` (none by default)."""
