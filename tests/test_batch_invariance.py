@@ -7,7 +7,7 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.linear_kernels import onednn_available
-from support.interventions import guided, split
+from support.interventions import guided, split, steered, vectors_file
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="batch invariance needs oneDNN's linear (x86 CPU)")
 
@@ -25,6 +25,8 @@ INTERVENTIONS = {
     "split": split(0.5),
     "guidance": guided(1.5),
 }
+# persona-vector steering needs a vectors file of the model's width: the fixture ``steering``
+ENGINE_INTERVENTIONS = [*INTERVENTIONS, "steering"]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,14 @@ def invariant_tiny(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     assert set_batch_invariant(model) == "onednn" and batch_invariant_of(model)
     return model, tok
+
+
+@pytest.fixture(scope="module")
+def steering(invariant_tiny, tmp_path_factory):
+    """Steering with capping at the last layer, random directions, one per convo() persona."""
+    model, _ = invariant_tiny
+    path = vectors_file(tmp_path_factory.mktemp("vectors") / "layer1.safetensors", model.config.hidden_size, layer=1)
+    return steered(path, 0.8, layer=1, cap=True)
 
 
 @pytest.fixture
@@ -119,7 +129,8 @@ def convo(text: str, i: int) -> list[dict]:
 
 def request(text: str, i: int, guided: bool) -> GenRequest:
     msgs = convo(text, i)
-    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=msgs[1:] if guided else None)
+    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=msgs[1:] if guided else None,
+                      persona=["tennis", "pirate"][i % 2])  # convo()'s system prompt (steering's vector)
 
 
 def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_SIZES):
@@ -139,9 +150,10 @@ def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=str)
-@pytest.mark.parametrize("intervention", INTERVENTIONS, ids=str)
-def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervention, sampling):
-    engine_case(invariant_tiny, INTERVENTIONS[intervention], SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
+@pytest.mark.parametrize("intervention", ENGINE_INTERVENTIONS, ids=str)
+def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervention, sampling, request):
+    iv = request.getfixturevalue("steering") if intervention == "steering" else INTERVENTIONS[intervention]
+    engine_case(invariant_tiny, iv, SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
 
 
 def test_engine_row_is_the_same_on_two_threads(invariant_tiny):
