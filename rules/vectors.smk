@@ -18,6 +18,8 @@ rule persona_vectors:
         f"{BENCHMARKS}/persona_vectors/layer{{layer}}.tsv"
     wildcard_constraints:
         layer=r"\d+",
+    # it gates its settings' self-chats, as calibration gates all of them
+    priority: PRIORITY_POOL
     conda:
         "../envs/model.yaml"
     threads: config["resources"]["threads"]

@@ -276,3 +276,32 @@ def test_layer_past_the_model_depth_names_the_key(default):
     default["interventions"] = {"none": {"method": "none"}, "steer": {"method": "steer", "alpha": [1], "layer": 2}}
     e = refused(default)
     assert e.field == "interventions.steer.layer" and "layer 2 does not exist: the model has 2 layers" in e.problem
+
+
+def test_the_dag_gives_steering_jobs_their_vectors_and_no_other_job(tmp_path):
+    """Dry run: one persona_vectors job per steered layer, an input of its settings' self-chat and
+    MMLU jobs (handed over as --method-inputs); the baseline's jobs read no vectors."""
+    import re
+
+    import yaml
+
+    from support.workflow import SMOKE, snakemake
+
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["interventions"] = {"none": {"method": "none"},
+                            "steer": {"method": "steer", "alpha": [0.5, 1], "layer": 1},
+                            "capped": {"method": "steer", "alpha": [0], "layer": 0, "cap": True}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    plan = snakemake(tmp_path, "--configfile", tmp_path / "c.yaml", "-n", "-p", "--cores", "1",
+                     "results/smoke/tables/tradeoff.csv").stdout
+    jobs = re.findall(r"rule (\w+):\n    input: ([^\n]*)\n    output: ([^\n]*)", plan)
+    vectors = sorted(sorted(out.split(", ")) for rule, _, out in jobs if rule == "persona_vectors")
+    assert vectors == [[f"results/smoke/persona_vectors/layer{i}.json",
+                        f"results/smoke/persona_vectors/layer{i}.safetensors"] for i in (0, 1)]
+    for rule, inputs, out in jobs:
+        if rule in ("selfchat", "mmlu"):
+            layer = 1 if "/steer-" in out else 0 if "/capped-" in out else None
+            read = re.findall(r"persona_vectors/layer(\d)\.safetensors", inputs)
+            assert read == ([] if layer is None else [str(layer)]), (rule, out, inputs)
+    assert "--method-inputs '{\"persona_vectors\": \"results/smoke/persona_vectors/layer1.safetensors\"}'" in plan
+    assert "--key interventions.capped.layer" in plan and "--key interventions.steer.layer" in plan
