@@ -7,7 +7,7 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.linear_kernels import onednn_available
-from support.interventions import anchored, boosted, guided, split
+from support.interventions import anchored, boosted, guided, split, steered, vectors_file
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="batch invariance needs oneDNN's linear (x86 CPU)")
 
@@ -27,6 +27,8 @@ INTERVENTIONS = {
     "instaboost": boosted(4.0),
     "spa": anchored(2.0),
 }
+# persona-vector steering needs a vectors file of the model's width: the fixture ``steering``
+ENGINE_INTERVENTIONS = [*INTERVENTIONS, "steering"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,14 @@ def invariant_tiny(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     assert set_batch_invariant(model) == "onednn" and batch_invariant_of(model)
     return model, tok
+
+
+@pytest.fixture(scope="module")
+def steering(invariant_tiny, tmp_path_factory):
+    """Steering with capping at the last layer, random directions, one per convo() persona."""
+    model, _ = invariant_tiny
+    path = vectors_file(tmp_path_factory.mktemp("vectors") / "layer1.safetensors", model.config.hidden_size, layer=1)
+    return steered(path, 0.8, layer=1, cap=True)
 
 
 @pytest.fixture
@@ -124,7 +134,8 @@ def request(text: str, i: int, branch) -> GenRequest:
     prompt (guidance) or, where the hook blanks the prompt (SPA), the conversation itself."""
     msgs = convo(text, i)
     negative = None if branch is None else (msgs if branch.blank_prompt else msgs[1:])
-    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=negative)
+    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=negative,
+                      persona=["tennis", "pirate"][i % 2])  # convo()'s system prompt (steering's vector)
 
 
 def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_SIZES):
@@ -144,9 +155,10 @@ def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=str)
-@pytest.mark.parametrize("intervention", INTERVENTIONS, ids=str)
-def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervention, sampling):
-    engine_case(invariant_tiny, INTERVENTIONS[intervention], SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
+@pytest.mark.parametrize("intervention", ENGINE_INTERVENTIONS, ids=str)
+def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervention, sampling, request):
+    iv = request.getfixturevalue("steering") if intervention == "steering" else INTERVENTIONS[intervention]
+    engine_case(invariant_tiny, iv, SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
 
 
 def test_engine_row_is_the_same_on_two_threads(invariant_tiny):

@@ -61,7 +61,8 @@ def test_the_built_in_methods_are_entry_points_of_personadrift():
                    "repetition": "personadrift.interventions.repetition:PromptRepetition",
                    "cfg": "personadrift.interventions.guidance:Guidance",
                    "instaboost": "personadrift.interventions.instaboost:InstABoost",
-                   "spa": "personadrift.interventions.spa:SelectivePromptAnchoring"}
+                   "spa": "personadrift.interventions.spa:SelectivePromptAnchoring",
+                   "steer": "personadrift.interventions.steering:Steering"}
     assert {name: f"{type(m).__module__}:{type(m).__name__}" for name, m in METHODS.items()} == own
 
 
@@ -192,12 +193,12 @@ def test_the_figures_draw_it_in_its_own_colour_and_label(toy_study, toy_method):
 # ------------------------------------------------------------------ broken plug-ins
 METHOD_BASE = "from personadrift.interventions.base import Method\n"
 BROKEN = {  # case -> (module code, entry points, what the error says after naming the entry point)
-    "import-error": ("import steering_kernels_not_installed\n", {"steer": "broken_method:Steer"},
+    "import-error": ("import steering_kernels_not_installed\n", {"warp": "broken_method:Steer"},
                      "cannot be loaded (ModuleNotFoundError: No module named 'steering_kernels_not_installed')"),
-    "not-a-method": ("class Steer:\n    name = 'steer'\n", {"steer": "broken_method:Steer"},
+    "not-a-method": ("class Steer:\n    name = 'warp'\n", {"warp": "broken_method:Steer"},
                      "<class 'broken_method.Steer'> is not a subclass of personadrift.interventions.base.Method"),
     "other-name": (METHOD_BASE + "class Steer(Method):\n    name = 'steering'\n    label = 'steering'\n",
-                   {"steer": "broken_method:Steer"}, "the class's name is 'steering'; an entry point is named after its "
+                   {"warp": "broken_method:Steer"}, "the class's name is 'steering'; an entry point is named after its "
                    "method's name (the config's method: value)"),
 }
 
@@ -246,7 +247,7 @@ def test_the_command_line_prints_a_broken_plug_in_as_one_line(broken_sites):
                           env={**os.environ, **env_with(broken_sites["import-error"])})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "personadrift: error: entry point 'steer = broken_method:Steer' (group personadrift.methods) of distribution "
+        "personadrift: error: entry point 'warp = broken_method:Steer' (group personadrift.methods) of distribution "
         "personadrift-broken-import-error 0.1.0: cannot be loaded (ModuleNotFoundError: No module named "
         "'steering_kernels_not_installed')"]
 

@@ -318,7 +318,8 @@ class HFEngine:
     # ----------------------------------------------------------------- batching
     def _prompt_signature(self, r: GenRequest) -> tuple:
         """What makes two scoring requests share one encoding of their prompt."""
-        return (repr(r.messages), repr(r.negative_messages) if self._guided(r) else None, r.intervene, r.key)
+        return (repr(r.messages), repr(r.negative_messages) if self._guided(r) else None, r.intervene, r.key,
+                r.persona)  # a residual hook may act per persona
 
     def _rows_needed(self, r: GenRequest) -> int:
         return r.n * (2 if self._guided(r) else 1)

@@ -95,6 +95,13 @@ class Method:
     def check_tokenizer(self, setting: Setting, tokenizer) -> None:
         """Checks against the model's tokenizer at job start, before the engine is built."""
 
+    def inputs(self, setting: Setting, results: str) -> dict[str, str]:
+        """Files this setting's model jobs (self-chat, MMLU) read besides the model, name -> path
+        under the study's results folder ``results`` (persona vectors, say). The rules make them
+        inputs of those jobs, so the rules that write them run first, and the steps hand them to
+        the setting (:meth:`Setting.with_inputs`); none by default."""
+        return {}
+
     # ------------------------------------------------------------------ runtime
     def intervention(self, setting: Setting) -> Intervention:
         """The engine settings of ``setting`` (none by default)."""

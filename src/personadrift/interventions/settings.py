@@ -11,7 +11,7 @@ What a setting does is decided by its method object (``interventions/<method>.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from personadrift.generation.api import Intervention
@@ -28,6 +28,8 @@ class Setting:
     value: Any = None  # the grid value (a number; None for methods without a grid)
     options: dict = field(default_factory=dict, compare=False, hash=False)  # method keys, defaults filled
     backend: str | None = None  # a registered backend (runtime/backends/); None = the study's
+    # the method's input files (Method.inputs), name -> path, once a step has them (with_inputs)
+    inputs: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def impl(self) -> Method:
@@ -45,6 +47,10 @@ class Setting:
     def user_persona(self) -> bool:
         """False for the length-only control: the user bot talks without a persona."""
         return self.impl.user_persona(self)
+
+    def with_inputs(self, paths: dict) -> Setting:
+        """This setting with its method's input files (the rule's ``--method-inputs``)."""
+        return replace(self, inputs=dict(paths))
 
     def engine_intervention(self) -> Intervention:
         return self.impl.intervention(self)
@@ -76,6 +82,10 @@ class Setting:
                **{k: v for k, v in self.options.items() if k not in ("method", "backend", self.impl.grid_key)}}
         if self.backend:
             out["backend"] = self.backend
+        if self.inputs:  # which files, by content: a changed file is another setting's output
+            from personadrift.generation.models import sha256_file
+
+            out["inputs"] = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in sorted(self.inputs.items())}
         return out
 
 
