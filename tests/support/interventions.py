@@ -6,6 +6,11 @@ from personadrift.interventions.instaboost import InstABoostHook
 from personadrift.interventions.split_softmax import SplitSoftmaxHook
 
 
+def split_hook(k: float, layers=None) -> SplitSoftmaxHook:
+    """Split-softmax's attention hook, exponent ``k``, in ``layers`` (None or "all": all)."""
+    return SplitSoftmaxHook(k=k, layers=None if layers in (None, "all") else tuple(layers))
+
+
 def split(k: float, layers=None) -> Intervention:
     """Split-softmax with exponent ``k`` in ``layers`` (None: all)."""
     return Intervention((SplitSoftmaxHook(k=k, layers=None if layers is None else tuple(layers)),))
