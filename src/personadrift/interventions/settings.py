@@ -159,9 +159,9 @@ def settings_from_flags(values: dict) -> list[Setting]:
     for s in out:
         for hook in s.engine_intervention().hooks:
             by_kind.setdefault(hook.kind, []).append(next(iter(s.impl.serve_flags)))
-    for kind, flags in by_kind.items():
-        if len(flags) > 1:
-            raise InputError("(command line)", flags[-1], f"{' and '.join(flags)} both act through the engine's "
+    for kind, clashing in by_kind.items():
+        if len(clashing) > 1:
+            raise InputError("(command line)", clashing[-1], f"{' and '.join(clashing)} both act through the engine's "
                              f"{kind} hook, and an engine takes one of each kind: give one of them")
     return out
 
