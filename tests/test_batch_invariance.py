@@ -178,7 +178,7 @@ def test_split_softmax_rows_are_split_softmax(invariant_tiny, tiny_model_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    reqs = [request(t, i, False) for i, t in enumerate(["What is your hobby?"] + mates(4))]
+    reqs = [request(t, i, None) for i, t in enumerate(["What is your hobby?"] + mates(4))]
     iv = split(0.25)
     inv = HFEngine(*invariant_tiny, intervention=iv).next_token_logprobs(reqs)
     ref = HFEngine(plain, tok, intervention=iv).next_token_logprobs(reqs)
@@ -194,7 +194,7 @@ def test_resume_reencoding_measured(invariant_tiny):
     lm = invariant_tiny
     s = Sampling(max_new_tokens=10)
     live = HFEngine(*lm, sampling=s)
-    reqs = [request("What is your hobby?", i, False) for i in range(3)]
+    reqs = [request("What is your hobby?", i, None) for i in range(3)]
     first = live.generate(reqs)
     follow = [GenRequest(r.messages + [{"role": "assistant", "content": t[0]}, {"role": "user", "content": "Tell me more."}],
                          seed=9, key=r.key) for r, t in zip(reqs, first)]
