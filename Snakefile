@@ -25,6 +25,7 @@ rule all:
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/personas.smk"
+include: "rules/vectors.smk"
 include: "rules/selfchat.smk"
 include: "rules/score.smk"
 include: "rules/attention.smk"

@@ -61,6 +61,7 @@ from pathlib import Path
 import torch
 
 import personadrift  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+from personadrift.interventions.split_softmax import SplitSoftmaxHook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
 
@@ -637,7 +638,7 @@ def split_cost(model, tok, args, device) -> dict:
         t = time.perf_counter()
         with torch.no_grad():
             if impl == "split_softmax":
-                with attention_context(pm, split_k=0.5):
+                with attention_context(pm, reweight=SplitSoftmaxHook(k=0.5)):
                     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
             else:
                 model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)

@@ -15,6 +15,7 @@ import time
 import torch
 
 from _common import add_model_args, dialog, load  # noqa: E402  (bench/ is on sys.path)
+from personadrift.interventions.split_softmax import SplitSoftmaxHook
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
         t = time.perf_counter()
         with torch.no_grad():
             if impl == "split_softmax":
-                with attention_context(pm, split_k=args.k):
+                with attention_context(pm, reweight=SplitSoftmaxHook(k=args.k)):
                     out = model.generate(input_ids=ids, attention_mask=am, **kw)
             else:
                 out = model.generate(input_ids=ids, attention_mask=am, **kw)

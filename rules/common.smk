@@ -24,6 +24,7 @@ try:
         backend_of,
         internals_backends,
     )
+    from personadrift.protocol.persona_vectors import sidecar_path, vectors_path
     from personadrift.interventions.settings import (
         expand_settings,
         mitigation_settings,
@@ -243,6 +244,30 @@ PRIORITY_POOL = 20
 def selfchat_priority(wildcards):
     """Settings decoding more rows per sampled reply (the longest self-chats) first."""
     return 9 + setting_named(wildcards.setting).rows_per_sample()
+
+
+def method_inputs(wildcards):
+    """The files the setting's method reads besides the model (Method.inputs: persona vectors,
+    say), name -> path: named inputs of its self-chat and MMLU jobs, handed to the step as
+    --method-inputs."""
+    s = setting_named(wildcards.setting)
+    return s.impl.inputs(s, RESULTS)
+
+
+def method_inputs_json(wildcards):
+    return json.dumps(method_inputs(wildcards), sort_keys=True)
+
+
+def vector_keys(wildcards):
+    """The config entries whose settings read the persona vectors of this layer (rules/vectors.smk;
+    the step's error names them)."""
+    path = vectors_path(RESULTS, wildcards.layer)
+    keys = {
+        f"interventions.{s.family}.layer"
+        for s in expand_settings(config["interventions"])
+        if path in s.impl.inputs(s, RESULTS).values()
+    }
+    return ",".join(sorted(keys)) or "layer"
 
 
 def transcripts(setting):

@@ -32,6 +32,7 @@ rule fetch_mmlu:
 # scored twice.
 rule mmlu:
     input:
+        unpack(method_inputs),
         model=MODEL,
         mmlu=rules.fetch_mmlu.output[0],
     output:
@@ -50,9 +51,11 @@ rule mmlu:
     params:
         config_json=setting_params("model", "seed", "mmlu", backend=INTERNALS_BACKEND),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
+        method_inputs=method_inputs_json,
     shell:
         "personadrift mmlu --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --mmlu {input.mmlu:q} --threads {threads}"
+        " --method-inputs {params.method_inputs:q}"
         " --out {output:q}"
         " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
         " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb} > {log:q} 2>&1"

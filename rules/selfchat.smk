@@ -5,6 +5,7 @@
 
 rule selfchat:
     input:
+        unpack(method_inputs),
         model=MODEL,
         pool=rules.select_personas.output.pool,
     output:
@@ -27,10 +28,12 @@ rule selfchat:
         # outside the output: Snakemake deletes outputs of failed jobs, checkpoints survive
         checkpoints=lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.setting}/shard-{wildcards.shard}",
         cli=env_cli(MODEL_ENV),
+        method_inputs=method_inputs_json,
     shell:
         "{params.cli} selfchat --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --shard {wildcards.shard:q} --model-dir {params.model_dir:q} --pool {input.pool:q}"
         " --out {output:q} --checkpoints {params.checkpoints:q} --threads {threads}"
+        " --method-inputs {params.method_inputs:q}"
         " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
         " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb} > {log:q} 2>&1"
 
@@ -45,3 +48,4 @@ use rule selfchat as selfchat_vllm with:
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         checkpoints=lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.setting}/shard-{wildcards.shard}",
         cli=env_cli("vllm"),
+        method_inputs=method_inputs_json,

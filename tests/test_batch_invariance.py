@@ -7,7 +7,7 @@ import torch
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
 from personadrift.generation.linear_kernels import onednn_available
-from support.interventions import guided, split
+from support.interventions import anchored, boosted, guided, split, steered, vectors_file
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="batch invariance needs oneDNN's linear (x86 CPU)")
 
@@ -24,7 +24,11 @@ INTERVENTIONS = {
     "none": Intervention(),
     "split": split(0.5),
     "guidance": guided(1.5),
+    "instaboost": boosted(4.0),
+    "spa": anchored(2.0),
 }
+# persona-vector steering needs a vectors file of the model's width: the fixture ``steering``
+ENGINE_INTERVENTIONS = [*INTERVENTIONS, "steering"]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +41,14 @@ def invariant_tiny(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     assert set_batch_invariant(model) == "onednn" and batch_invariant_of(model)
     return model, tok
+
+
+@pytest.fixture(scope="module")
+def steering(invariant_tiny, tmp_path_factory):
+    """Steering with capping at the last layer, random directions, one per convo() persona."""
+    model, _ = invariant_tiny
+    path = vectors_file(tmp_path_factory.mktemp("vectors") / "layer1.safetensors", model.config.hidden_size, layer=1)
+    return steered(path, 0.8, layer=1, cap=True)
 
 
 @pytest.fixture
@@ -117,14 +129,18 @@ def convo(text: str, i: int) -> list[dict]:
             {"role": "user", "content": text}]
 
 
-def request(text: str, i: int, guided: bool) -> GenRequest:
+def request(text: str, i: int, branch) -> GenRequest:
+    """An intervened request; under a branch hook its branch is the conversation without its system
+    prompt (guidance) or, where the hook blanks the prompt (SPA), the conversation itself."""
     msgs = convo(text, i)
-    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=msgs[1:] if guided else None)
+    negative = None if branch is None else (msgs if branch.blank_prompt else msgs[1:])
+    return GenRequest(msgs, seed=100 + i, key=f"c{i}", intervene=True, negative_messages=negative,
+                      persona=["tennis", "pirate"][i % 2])  # convo()'s system prompt (steering's vector)
 
 
 def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_SIZES):
     """The row's replies and first-token log-probabilities alone, and in each batch size."""
-    guided = intervention.hook("branch") is not None
+    guided = intervention.hook("branch")
     row = request("What is your hobby?", 0, guided)
     alone_eng = HFEngine(*lm, sampling=sampling, intervention=intervention)
     alone = alone_eng.complete([row])[0][0].text
@@ -139,9 +155,10 @@ def engine_case(lm, intervention: Intervention, sampling: Sampling, sizes=BATCH_
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=str)
-@pytest.mark.parametrize("intervention", INTERVENTIONS, ids=str)
-def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervention, sampling):
-    engine_case(invariant_tiny, INTERVENTIONS[intervention], SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
+@pytest.mark.parametrize("intervention", ENGINE_INTERVENTIONS, ids=str)
+def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervention, sampling, request):
+    iv = request.getfixturevalue("steering") if intervention == "steering" else INTERVENTIONS[intervention]
+    engine_case(invariant_tiny, iv, SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
 
 
 def test_engine_row_is_the_same_on_two_threads(invariant_tiny):
@@ -161,7 +178,7 @@ def test_split_softmax_rows_are_split_softmax(invariant_tiny, tiny_model_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    reqs = [request(t, i, False) for i, t in enumerate(["What is your hobby?"] + mates(4))]
+    reqs = [request(t, i, None) for i, t in enumerate(["What is your hobby?"] + mates(4))]
     iv = split(0.25)
     inv = HFEngine(*invariant_tiny, intervention=iv).next_token_logprobs(reqs)
     ref = HFEngine(plain, tok, intervention=iv).next_token_logprobs(reqs)
@@ -177,7 +194,7 @@ def test_resume_reencoding_measured(invariant_tiny):
     lm = invariant_tiny
     s = Sampling(max_new_tokens=10)
     live = HFEngine(*lm, sampling=s)
-    reqs = [request("What is your hobby?", i, False) for i in range(3)]
+    reqs = [request("What is your hobby?", i, None) for i in range(3)]
     first = live.generate(reqs)
     follow = [GenRequest(r.messages + [{"role": "assistant", "content": t[0]}, {"role": "user", "content": "Tell me more."}],
                          seed=9, key=r.key) for r, t in zip(reqs, first)]
@@ -285,6 +302,6 @@ def test_embedded_model_rows_are_bitwise_the_same_alone_and_in_batches(embedded_
         prompts = mates(size - 1)
         prompts.insert(1 % size, row)
         assert torch.equal(forward_logits(model, tok, prompts, steps=3, row=1 % size), alone), size
-    for name in ("none", "split", "guidance"):
+    for name in ("none", "split", "guidance", "instaboost", "spa"):
         engine_case((model, tok), INTERVENTIONS[name], Sampling(temperature=1.5, top_p=0.95, max_new_tokens=16),
                     sizes=(1, 2, 7))

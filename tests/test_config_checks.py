@@ -358,3 +358,17 @@ def test_a_rules_params_get_the_schemas_defaults_in_their_sections_only():
                               "bootstrap_unit": "conversation"}
     assert cfg["personas"]["calibration"]["samples"] >= 1 and cfg["seed"] == 3
     assert "study" not in cfg and "selfchat" not in cfg
+
+
+@pytest.mark.parametrize("entry,field,problem", [
+    ({"omega": [0.5]}, "interventions.a.omega[0]", "less than the minimum of 1"),  # weakens the prompt: no control
+    ({"omega": ["strong"]}, "interventions.a.omega[0]", "expected number"),
+    ({"omega": []}, "interventions.a.omega", "should be non-empty"),
+    ({"omega": [2], "chosen": 3}, "interventions.a.chosen", "not one of the grid values"),
+    ({"omega": [2], "mask": "blank"}, "interventions.a.mask", "'blank' is not one of"),
+    ({}, "interventions.a.omega", "required by method spa"),
+])
+def test_a_bad_spa_entry_names_its_key(default, entry, field, problem):
+    with_iv(default, a={"method": "spa", **entry})
+    e = refused(default)
+    assert e.field == field and problem in e.problem, str(e)

@@ -8,7 +8,7 @@ from personadrift.generation.api import GenRequest, Sampling
 from personadrift.generation.chat import ChatFormat
 from personadrift.generation.dialog import agent_messages, user_messages
 from personadrift.generation.engine import HFEngine
-from support.interventions import guided
+from support.interventions import guided, split_hook
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +58,9 @@ def test_split_softmax_k1_and_guidance_g1_are_the_identity_on_the_real_model(emb
     before = model.config._attn_implementation
     model.set_attn_implementation("split_softmax")
     try:
-        with attention_context(prompt, split_k=1.0):
+        with attention_context(prompt, reweight=split_hook(1.0)):
             same = model(ids).logits
-        with attention_context(prompt, split_k=0.5):
+        with attention_context(prompt, reweight=split_hook(0.5)):
             changed = model(ids).logits
     finally:
         model.set_attn_implementation(before)

@@ -11,7 +11,7 @@ import torch
 
 from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.generation.engine import HFEngine
-from support.interventions import guided, split
+from support.interventions import guided, split, split_hook
 from support.virtual_devices import DeviceMixError, spread_over_virtual_devices, virtual_devices
 
 SYSTEMS = ["You love tennis.", "Always answer in French, s'il vous plait.", "You are a pirate; talk like one."]
@@ -117,11 +117,11 @@ def test_the_recorder_runs_across_devices(tiny_model_dir):
     mask[1, :3] = 0  # a left-padded row
     prompt = torch.zeros_like(ids, dtype=torch.bool)
     prompt[:, 3:6] = True
-    expected = record_prompt_share(model, ids, mask, prompt, split_k=0.5)
+    expected = record_prompt_share(model, ids, mask, prompt, reweight=split_hook(0.5))
     with virtual_devices():
         spread_over_virtual_devices(model, 3)
         dev = model.model.embed_tokens.weight.device
-        got = record_prompt_share(model, ids.to(dev), mask.to(dev), prompt.to(dev), split_k=0.5)
+        got = record_prompt_share(model, ids.to(dev), mask.to(dev), prompt.to(dev), reweight=split_hook(0.5))
         stats = got.stats.cpu()
     assert torch.allclose(stats, expected.stats, atol=1e-5, equal_nan=True)
 

@@ -7,7 +7,7 @@ import torch
 from personadrift.attention.reference import split_softmax_reference
 from personadrift.attention.split_softmax import split_softmax_core, split_softmax_decode
 from personadrift.generation.guidance import guidance_mix
-from support.interventions import guided
+from support.interventions import guided, split_hook
 
 BF16_UNIT = 2.0**-8  # bfloat16's unit roundoff (8 significant bits)
 
@@ -32,7 +32,7 @@ def test_split_softmax_decode_in_bfloat16_is_as_close_to_float64_as_its_output_r
             flags[:, 2:8] = True
             ref, _ = split_softmax_reference(q.double(), k.double(), v.double(), None, prompt_flags=flags,
                                              k=0.5, scale=1.0)
-            out = split_softmax_decode(q, k, v, None, k=0.5, scale=1.0, span=(2, 8))
+            out = split_softmax_decode(q, k, v, None, reweight=split_hook(0.5), scale=1.0, span=(2, 8))
             assert out.dtype == torch.bfloat16
             worst = max(worst, float((out.double() - ref).abs().max() / (BF16_UNIT * ref.abs().max())))
     assert worst < 2.0
@@ -46,7 +46,7 @@ def test_split_softmax_prefill_in_bfloat16_matches_float64(magnitude):
     idx = torch.arange(2, 8).expand(2, 6)
     ref, _ = split_softmax_reference(q.double(), k.double(), v.double(), None, prompt_flags=flags, k=0.5, scale=1.0)
     out = split_softmax_core(q, k, v, None, prompt_flags=flags, prompt_idx=idx,
-                             prompt_valid=torch.ones(2, 6, dtype=torch.bool), k=0.5, scale=1.0)
+                             prompt_valid=torch.ones(2, 6, dtype=torch.bool), reweight=split_hook(0.5), scale=1.0)
     assert out.dtype == torch.bfloat16
     assert float((out.double() - ref).abs().max()) < 4 * BF16_UNIT * float(ref.abs().max())
 

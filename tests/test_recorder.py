@@ -16,6 +16,7 @@ from personadrift.attention import (
     record_prompt_share,
 )
 from personadrift.attention.recorder import default_position_ids
+from support.interventions import split_hook
 
 SCORES: list[torch.Tensor] = []
 
@@ -150,14 +151,14 @@ def test_recorder_with_split_k(pair, k):
     h = model.config.num_attention_heads
     v = am.bool()[:, None, :].expand(-1, h, -1)
     plain = record_prompt_share(model, ids, am, pm, fm)
-    rec = record_prompt_share(model, ids, am, pm, fm, split_k=k)
+    rec = record_prompt_share(model, ids, am, pm, fm, reweight=split_hook(k))
     # layer 0 sees the same inputs: its share is pi^k, the raw log-weights are unchanged
     assert (rec.prompt_share[0] - plain.prompt_share[0] ** k)[v].abs().max() < 1e-5
     assert (rec.log_S_prompt[0] - plain.log_S_prompt[0])[v].abs().max() < 1e-5
     # every layer agrees with the eager reference's post-intervention weights
     model.set_attn_implementation("split_softmax_eager")
     try:
-        with torch.no_grad(), attention_context(pm, split_k=k):
+        with torch.no_grad(), attention_context(pm, reweight=split_hook(k)):
             out = model(input_ids=ids, attention_mask=am, position_ids=pos, output_attentions=True)
     finally:
         model.set_attn_implementation("sdpa")
@@ -165,7 +166,7 @@ def test_recorder_with_split_k(pair, k):
         assert (rec.prompt_share[li] - (w * pm[:, None, None, :]).sum(-1))[v].abs().max() < 1e-5
         assert (rec.first_share[li] - (w * fm[:, None, None, :]).sum(-1))[v].abs().max() < 1e-5
     # only the chosen layers are intervened
-    rec1 = record_prompt_share(model, ids, am, pm, fm, split_k=k, layers=[1])
+    rec1 = record_prompt_share(model, ids, am, pm, fm, reweight=split_hook(k, [1]))
     assert (rec1.prompt_share[0] - plain.prompt_share[0])[v].abs().max() < 1e-6
     assert (rec1.prompt_share[1] - plain.prompt_share[1] ** k)[v].abs().max() < 1e-5
 

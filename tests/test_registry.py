@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 import pytest
 import yaml
 
-from personadrift.generation.api import GenRequest, Sampling
+from personadrift.generation.api import GenRequest, Intervention, Sampling
 from personadrift.interventions import METHODS, MethodPluginError
 from support.plugins import TOY_METHOD, env_with, install, on_path, write_plugin
 from support.workflow import BIN, REPO, snakemake
@@ -59,7 +59,10 @@ def test_the_built_in_methods_are_entry_points_of_personadrift():
     assert own == {"none": "personadrift.interventions.none:NoIntervention",
                    "split_softmax": "personadrift.interventions.split_softmax:SplitSoftmax",
                    "repetition": "personadrift.interventions.repetition:PromptRepetition",
-                   "cfg": "personadrift.interventions.guidance:Guidance"}
+                   "cfg": "personadrift.interventions.guidance:Guidance",
+                   "instaboost": "personadrift.interventions.instaboost:InstABoost",
+                   "spa": "personadrift.interventions.spa:SelectivePromptAnchoring",
+                   "steer": "personadrift.interventions.steering:Steering"}
     assert {name: f"{type(m).__module__}:{type(m).__name__}" for name, m in METHODS.items()} == own
 
 
@@ -103,7 +106,7 @@ def test_serve_takes_its_flag_and_serves_its_guidance(toy_method, tmp_path):
     tiny_model_dir = tmp_path / "tiny"
     fetch_model({"name": "tiny", "source": "tiny"}, tiny_model_dir)  # as serve --tiny does
     engine = hf_engine(tiny_model_dir, {}, settings=settings, max_batch=8)
-    assert engine.identity["chat_template_sha256"] and engine.intervention.hook("branch").scale == 2.0
+    assert engine.identity["chat_template_sha256"] and engine.intervention.hook("branch").weight == 2.0
     msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about day 1."}]
     with build_app(engine, model_name="tiny", settings=settings)("127.0.0.1", 0).start() as srv:
         assert srv.app.rows(srv.app.parse({"messages": msgs, "n": 3})) == 6  # two rows per sample
@@ -120,6 +123,32 @@ def test_serve_takes_its_flag_and_serves_its_guidance(toy_method, tmp_path):
     unguided = direct.generate([GenRequest(msgs, seed=3, persist=False, intervene=True,
                                            negative_messages=[msgs[1]])])
     assert served != unguided[0][0]  # the neutral branch is the toy's own, not guidance's
+
+
+def test_its_own_hook_is_what_the_engine_applies(toy_method, tiny_model):
+    """The engine mixes the toy's branch with the hook the plug-in module defines, naming no
+    method: its next-token scores are the toy's mix of two plain forwards of the model."""
+    import torch
+
+    from personadrift.generation.engine import HFEngine
+
+    model, tok = tiny_model
+    hook = toy_method.NeutralContrastHook(weight=2.5)
+    msgs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Tell me about day {i}."}]
+            for i in range(3)]
+    negative = [[{"role": "system", "content": toy_method.NEUTRAL}, m[1]] for m in msgs]
+    engine = HFEngine(model, tok, intervention=Intervention((hook,)))
+    got = engine.next_token_logprobs([GenRequest(m, seed=0, intervene=True, negative_messages=n)
+                                      for m, n in zip(msgs, negative)])
+
+    def last_logits(messages):
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            return model(input_ids=ids["input_ids"]).logits[0, -1]
+
+    for i, (m, n) in enumerate(zip(msgs, negative)):
+        lc, ln = (torch.log_softmax(last_logits(x).float(), -1) for x in (m, n))
+        torch.testing.assert_close(got[i], ln + 2.5 * (lc - ln), atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +193,12 @@ def test_the_figures_draw_it_in_its_own_colour_and_label(toy_study, toy_method):
 # ------------------------------------------------------------------ broken plug-ins
 METHOD_BASE = "from personadrift.interventions.base import Method\n"
 BROKEN = {  # case -> (module code, entry points, what the error says after naming the entry point)
-    "import-error": ("import steering_kernels_not_installed\n", {"steer": "broken_method:Steer"},
+    "import-error": ("import steering_kernels_not_installed\n", {"warp": "broken_method:Steer"},
                      "cannot be loaded (ModuleNotFoundError: No module named 'steering_kernels_not_installed')"),
-    "not-a-method": ("class Steer:\n    name = 'steer'\n", {"steer": "broken_method:Steer"},
+    "not-a-method": ("class Steer:\n    name = 'warp'\n", {"warp": "broken_method:Steer"},
                      "<class 'broken_method.Steer'> is not a subclass of personadrift.interventions.base.Method"),
     "other-name": (METHOD_BASE + "class Steer(Method):\n    name = 'steering'\n    label = 'steering'\n",
-                   {"steer": "broken_method:Steer"}, "the class's name is 'steering'; an entry point is named after its "
+                   {"warp": "broken_method:Steer"}, "the class's name is 'steering'; an entry point is named after its "
                    "method's name (the config's method: value)"),
 }
 
@@ -218,6 +247,48 @@ def test_the_command_line_prints_a_broken_plug_in_as_one_line(broken_sites):
                           env={**os.environ, **env_with(broken_sites["import-error"])})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "personadrift: error: entry point 'steer = broken_method:Steer' (group personadrift.methods) of distribution "
+        "personadrift: error: entry point 'warp = broken_method:Steer' (group personadrift.methods) of distribution "
         "personadrift-broken-import-error 0.1.0: cannot be loaded (ModuleNotFoundError: No module named "
         "'steering_kernels_not_installed')"]
+
+
+def test_the_readme_plug_in_runs_as_written(tmp_path, tiny_model):
+    """The README's plug-in (its module as printed there, its entry point as the README says) is
+    installed with pip and found; its hook, applied by the engine, gives the logits of the eager
+    reference that rescales the weights to the share it asks for."""
+    import re
+
+    import torch
+
+    from personadrift.attention import attention_context  # registers the eager reference too
+    from personadrift.generation.engine import HFEngine
+    from personadrift.interventions.settings import expand_family
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Adding an intervention method"):]
+    entry = re.search(r'entry-points\."personadrift\.methods"\] (\w+) = "([\w.:]+)"', section)
+    code = re.search(r"```python\n# (\w+)\.py\n(.*?)```", section, re.S)
+    assert entry and code
+    site = install(write_plugin(tmp_path / "src", "personadrift-floor", code.group(1), code.group(2),
+                                {entry.group(1): entry.group(2)}), tmp_path / "site")
+    model, tok = tiny_model
+    with on_path(site):
+        floor = METHODS[entry.group(1)]
+        (setting,) = expand_family("floor", {"method": floor.name, floor.grid_key: [0.4]})
+        engine = HFEngine(model, tok, intervention=floor.intervention(setting))
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about day 2."}]
+        got = engine.next_token_logprobs([GenRequest(msgs, seed=0, intervene=True)])[0]
+        rendered = engine.chat.render(msgs)
+        ids = torch.tensor([rendered.ids])
+        prompt = torch.zeros_like(ids, dtype=torch.bool)
+        prompt[0, rendered.prompt_span[0]:rendered.prompt_span[1]] = True
+        previous = model.config._attn_implementation
+        model.set_attn_implementation("split_softmax_eager")
+        try:
+            with torch.no_grad(), attention_context(prompt, reweight=engine.intervention.hook("attention")):
+                want = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+        finally:
+            model.set_attn_implementation(previous)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    plain = HFEngine(model, tok).next_token_logprobs([GenRequest(msgs, seed=0, intervene=True)])[0]
+    assert not torch.allclose(got, plain, atol=1e-3)  # the floor changed the prompt's share

@@ -9,6 +9,7 @@ import torch
 
 from personadrift.attention import attention_context, split_factors
 from personadrift.attention.split_softmax import split_softmax_attention
+from support.interventions import split_hook
 
 
 def _batch(seed: int = 0, T: int = 40, vocab: int = 300):
@@ -58,7 +59,7 @@ def test_k1_equals_sdpa_prefill(models):
     for model in models:
         base = _logits(model, "sdpa", ids, am, pos)
         assert torch.allclose(_logits(model, "split_softmax", ids, am, pos), base, atol=1e-5, rtol=0)
-        got = _logits(model, "split_softmax", ids, am, pos, prompt_mask=pm, split_k=1.0)
+        got = _logits(model, "split_softmax", ids, am, pos, prompt_mask=pm, reweight=split_hook(1.0))
         assert torch.allclose(got, base, atol=1e-5, rtol=0)
 
 
@@ -81,7 +82,7 @@ def test_k1_equals_sdpa_generate(models):
     am[2, 20:23] = 1  # generate() derives positions from the mask; keep holes for prefill tests
     model = models[1]
     seq0, lg0 = _generate(model, "sdpa", ids, am)
-    seq1, lg1 = _generate(model, "split_softmax", ids, am, prompt_mask=pm, split_k=1.0)
+    seq1, lg1 = _generate(model, "split_softmax", ids, am, prompt_mask=pm, reweight=split_hook(1.0))
     assert torch.equal(seq0, seq1)
     assert torch.allclose(lg0, lg1, atol=1e-5, rtol=0)
 
@@ -92,8 +93,8 @@ def test_efficient_equals_reference(models, k, layers):
     ids, am, pos, pm = _batch()
     valid = am.bool()
     for model in models:
-        eff = _logits(model, "split_softmax", ids, am, pos, prompt_mask=pm, split_k=k, layers=layers)
-        ref = _logits(model, "split_softmax_eager", ids, am, pos, prompt_mask=pm, split_k=k, layers=layers)
+        eff = _logits(model, "split_softmax", ids, am, pos, prompt_mask=pm, reweight=split_hook(k, layers))
+        ref = _logits(model, "split_softmax_eager", ids, am, pos, prompt_mask=pm, reweight=split_hook(k, layers))
         base = _logits(model, "sdpa", ids, am, pos)
         assert (eff - ref)[valid].abs().max() < 1e-5
         assert (eff - base)[valid].abs().max() > 1e-3  # the intervention does something
@@ -109,8 +110,8 @@ def test_efficient_equals_reference_generate(models, shared_span):
         pm[:] = False
         pm[:, 2:9] = True
     model = models[1]
-    seq_e, lg_e = _generate(model, "split_softmax", ids, am, prompt_mask=pm, split_k=0.5)
-    seq_r, lg_r = _generate(model, "split_softmax_eager", ids, am, prompt_mask=pm, split_k=0.5)
+    seq_e, lg_e = _generate(model, "split_softmax", ids, am, prompt_mask=pm, reweight=split_hook(0.5))
+    seq_r, lg_r = _generate(model, "split_softmax_eager", ids, am, prompt_mask=pm, reweight=split_hook(0.5))
     assert torch.equal(seq_e, seq_r)
     assert torch.allclose(lg_e, lg_r, atol=1e-5, rtol=0)
 
@@ -130,12 +131,12 @@ def test_prompt_share_becomes_pi_to_the_k(models, k):
     ids, am, pos, pm = _batch()
     valid = am.bool()[:, None, :]  # [b, 1, q]
     model = models[1]
-    plain = _weights(model, ids, am, pos, prompt_mask=pm, split_k=1.0)
+    plain = _weights(model, ids, am, pos, prompt_mask=pm, reweight=split_hook(1.0))
     fl = pm[:, None, None, :].float()
     last = len(plain) - 1
     # layer 0 under "all" and the last layer when only it is intervened see unchanged inputs
     for layers, li in (("all", 0), ([last], last)):
-        after = _weights(model, ids, am, pos, prompt_mask=pm, split_k=k, layers=layers)
+        after = _weights(model, ids, am, pos, prompt_mask=pm, reweight=split_hook(k, layers))
         pi = (plain[li] * fl).sum(-1)
         got = (after[li] * fl).sum(-1)
         assert torch.allclose(after[li].sum(-1)[valid.expand_as(pi)], torch.ones(()), atol=1e-5)
@@ -175,22 +176,22 @@ def test_mask_registered_and_causal(models):
     AttentionMaskInterface.register("split_softmax_spy", sdpa_mask)
     ids, am, pos, pm = _batch()
     model = models[1]
-    a = _logits(model, "split_softmax_spy", ids, am, pos, prompt_mask=pm, split_k=0.5)
+    a = _logits(model, "split_softmax_spy", ids, am, pos, prompt_mask=pm, reweight=split_hook(0.5))
     assert seen and all(m is not None for m in seen)  # padded batch: a materialised mask
     ids2 = ids.clone()
     ids2[:, 30:] = (ids2[:, 30:] + 7) % 300 + 3
-    b = _logits(model, "split_softmax_spy", ids2, am, pos, prompt_mask=pm, split_k=0.5)
+    b = _logits(model, "split_softmax_spy", ids2, am, pos, prompt_mask=pm, reweight=split_hook(0.5))
     assert torch.allclose(a[:, :30], b[:, :30], atol=1e-6) and not torch.allclose(a[:, 30:], b[:, 30:])
     # unpadded input: the mask may be None (SDPA's own causal flag) and must still be causal
-    a1 = _logits(model, "split_softmax", ids[:1], None, None, prompt_mask=pm[:1], split_k=0.5)
-    b1 = _logits(model, "split_softmax", ids2[:1], None, None, prompt_mask=pm[:1], split_k=0.5)
+    a1 = _logits(model, "split_softmax", ids[:1], None, None, prompt_mask=pm[:1], reweight=split_hook(0.5))
+    b1 = _logits(model, "split_softmax", ids2[:1], None, None, prompt_mask=pm[:1], reweight=split_hook(0.5))
     assert torch.allclose(a1[:, :30], b1[:, :30], atol=1e-6)
     # negative control: without a registered mask the model passes None. Our function then
     # falls back to SDPA-style causal attention (it never goes non-causal), but padding and
     # holes are ignored, so padded rows come out wrong: the registration is required.
     AttentionInterface.register("split_softmax_nomask", split_softmax_attention)
     seen.clear()
-    a2 = _logits(model, "split_softmax_nomask", ids, am, pos, prompt_mask=pm, split_k=0.5)
+    a2 = _logits(model, "split_softmax_nomask", ids, am, pos, prompt_mask=pm, reweight=split_hook(0.5))
     assert torch.allclose(a2[0], a[0], atol=1e-5)
     assert not torch.allclose(a2[1:][am[1:].bool()], a[1:][am[1:].bool()], atol=1e-3)
 
@@ -218,7 +219,7 @@ def test_sliding_window_rows_without_prompt_untouched(models):
     idx = torch.arange(5).expand(b, 5)
     out = split_softmax_core(
         q, k, v, mask, prompt_flags=flags, prompt_idx=idx, prompt_valid=torch.ones(b, 5, dtype=torch.bool),
-        k=0.3, scale=d**-0.5,
+        reweight=split_hook(0.3), scale=d**-0.5,
     )
     plain = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask
@@ -257,7 +258,7 @@ def test_sliding_window_cache_offsets():
         model.set_attn_implementation(impl)
         kw = {"past_key_values": cache, "use_cache": True} if not isinstance(cache, bool) else {"use_cache": cache}
         ctx_cache = cache if not isinstance(cache, bool) else None
-        with torch.no_grad(), attention_context(pm, split_k=0.5, cache=ctx_cache):
+        with torch.no_grad(), attention_context(pm, reweight=split_hook(0.5), cache=ctx_cache):
             g = model.generate(
                 input_ids=ids, max_new_tokens=8, min_new_tokens=8, do_sample=False,
                 output_logits=True, return_dict_in_generate=True, **kw,

@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from personadrift.attention import attention_context
 from personadrift.attention import split_softmax as ss
 from personadrift.attention.reference import split_softmax_reference
+from support.interventions import split_hook
 
 
 def _inputs(d, *, b=2, h=4, hk=2, q_len=24, kv=40, seed=0, dtype=torch.float32):
@@ -34,7 +35,7 @@ def _inputs(d, *, b=2, h=4, hk=2, q_len=24, kv=40, seed=0, dtype=torch.float32):
 
 def _core(q, k, v, flags, idx, mask, scale):
     return ss.split_softmax_core(q, k, v, mask, prompt_flags=flags, prompt_idx=idx,
-                                 prompt_valid=torch.ones_like(idx, dtype=torch.bool), k=0.5, scale=scale)
+                                 prompt_valid=torch.ones_like(idx, dtype=torch.bool), reweight=split_hook(0.5), scale=scale)
 
 
 class SdpaCalls:
@@ -190,7 +191,7 @@ def test_a_gqa_model_gives_the_outputs_it_gives_with_repeated_keys(tiny_model, m
         model.set_attn_implementation(name)
         cache = DynamicCache(config=cfg)
         try:
-            with torch.no_grad(), attention_context(pm, split_k=split) if impl != "sdpa_grouped" else nullcontext():
+            with torch.no_grad(), attention_context(pm, reweight=split and split_hook(split)) if impl != "sdpa_grouped" else nullcontext():
                 first = model(input_ids=ids[:, :cut], attention_mask=am[:, :cut], position_ids=pos[:, :cut],
                               past_key_values=cache, use_cache=True).logits
                 rest = model(input_ids=ids[:, cut:], attention_mask=am, position_ids=pos[:, cut:],

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "personadrift.config",
     "personadrift.steps.models",
     "personadrift.steps.personas",
+    "personadrift.steps.vectors",
     "personadrift.steps.selfchat",
     "personadrift.steps.score",
     "personadrift.steps.attention",

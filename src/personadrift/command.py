@@ -19,6 +19,11 @@ def arg(*flags: str, **kwargs) -> tuple:
     return flags, kwargs
 
 
+# a model step's ``--method-inputs``: the setting's method's input files (Method.inputs) as JSON
+METHOD_INPUTS = arg("--method-inputs", default="{}",
+                    help="JSON {name: path}: the files the setting's method reads (rules/common.smk: method_inputs)")
+
+
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """``--config`` | ``--params``, ``--threads``, and Snakemake's attempt (runtime/attempts.py)."""
     g = p.add_mutually_exclusive_group()

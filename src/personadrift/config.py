@@ -355,6 +355,9 @@ def check_model(config: dict, path, workdir: str | Path = ".") -> None:
     depth = model_depth(config, workdir)
     if depth is not None:
         check_depth(config, depth, path)
+    heads = model_heads(config, workdir)
+    if heads is not None:
+        check_heads(config, heads, path)
     context = model_context(config, workdir)
     if context is not None:
         check_budgets(config, context, path)
@@ -428,6 +431,11 @@ def model_depth(config: dict, workdir: str | Path = ".") -> int | None:
     return _model_config_value(config, workdir, "num_hidden_layers", "layers")
 
 
+def model_heads(config: dict, workdir: str | Path = ".") -> int | None:
+    """Number of query heads per layer of the configured model, if knowable without loading it."""
+    return _model_config_value(config, workdir, "num_attention_heads", "heads")
+
+
 def model_context(config: dict, workdir: str | Path = ".") -> int | None:
     """Positions (prompt + reply) the model may use, if knowable without loading it: ``model.max_context``,
     else its config's ``max_position_embeddings`` (the engine's own rule)."""
@@ -470,6 +478,18 @@ def check_depth(config: dict, n_layers: int, path="config") -> None:
             check_layers_depth(config["attention"].get("layers", "all"), n_layers)
     except EntryError as e:
         raise InputError(path, f"{where}.{e.key}", e.problem) from None
+
+
+def check_heads(config: dict, n_heads: int, path="config") -> None:
+    """Every query head a setting selects exists in a model of ``n_heads`` heads per layer."""
+    from personadrift.interventions.base import EntryError
+    from personadrift.interventions.settings import expand_settings
+
+    for s in expand_settings(config["interventions"]):
+        try:
+            s.impl.check_heads(s, n_heads)
+        except EntryError as e:
+            raise InputError(path, f"interventions.{s.family}.{e.key}", e.problem) from None
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:

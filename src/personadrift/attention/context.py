@@ -3,11 +3,9 @@
 Whoever runs the model says which KEY slots hold system-prompt tokens (and, optionally, which
 slot is the first real token of each row) for the duration of a ``with`` block, and which
 reweighting of the prompt's attention share applies (a
-:class:`~personadrift.generation.hooks.PromptAttentionHook`; ``split_k=`` builds split-softmax's)::
+:class:`~personadrift.generation.hooks.PromptAttentionHook`, e.g. split-softmax's)::
 
-    with attention_context(prompt_mask, split_k=0.5, layers="all"):
-        model.generate(...)
-    with attention_context(prompt_mask, reweight=hook):
+    with attention_context(prompt_mask, reweight=SplitSoftmaxHook(k=0.5)):
         model.generate(...)
 
 The registered attention functions (``"split_softmax"``, ``"prompt_share"``) read this state on
@@ -28,10 +26,10 @@ a fresh prefill and restarts the count).
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["AttentionState", "attention_context", "current_state"]
 
-LayerSpec = Literal["all"] | Sequence[int] | range | None
 
 
 @dataclass
@@ -142,22 +139,11 @@ def current_state() -> AttentionState | None:
     return _STATE.get()
 
 
-def layer_tuple(layers: LayerSpec) -> tuple[int, ...] | None:
-    """``"all"``/None as None, else the layer indices, sorted."""
-    if layers is None or (isinstance(layers, str) and layers == "all"):
-        return None
-    if isinstance(layers, str):
-        raise ValueError(f"layers must be 'all', None or a collection of ints, got {layers!r}")
-    return tuple(sorted({int(i) for i in layers}))
-
-
 @contextmanager
 def attention_context(
     prompt_mask: torch.Tensor,
     *,
     first_mask: torch.Tensor | None = None,
-    split_k: float | None = None,
-    layers: LayerSpec = None,
     reweight: PromptAttentionHook | None = None,
     recorder: PromptShareRecorder | None = None,
     cache: object | None = None,
@@ -169,10 +155,9 @@ def attention_context(
         first_mask: bool [batch, n_slots], True at the first real token of each row (the
             attention sink). Only the recorder uses it; if None, the first visible key of each
             query row is taken.
-        split_k: the split-softmax exponent k in (0, 1]; None or 1 means no intervention.
-        layers: layers (``module.layer_idx``) split-softmax applies to: ``"all"``/None, or a
-            list/range of indices. The recorder always records every layer.
-        reweight: any prompt-attention hook (instead of ``split_k``; it names its own layers).
+        reweight: the prompt-attention hook to apply (split-softmax's, say:
+            ``interventions/split_softmax.SplitSoftmaxHook``); it names its own layers. None: plain
+            attention. The recorder always records every layer.
         recorder: a :class:`~personadrift.attention.recorder.PromptShareRecorder` to fill.
         cache: optional, the transformers ``Cache`` the model uses. Only sliding-window layers
             whose cache keeps just the last keys need it: their slot offset is then read from
@@ -183,12 +168,6 @@ def attention_context(
         raise ValueError(f"prompt_mask must be [batch, n_slots], got shape {tuple(prompt_mask.shape)}")
     if first_mask is not None and first_mask.shape[0] != prompt_mask.shape[0]:
         raise ValueError("first_mask and prompt_mask must have the same batch size")
-    if split_k is not None:
-        if reweight is not None:
-            raise ValueError("give split_k or reweight, not both")
-        from personadrift.interventions.split_softmax import SplitSoftmaxHook
-
-        reweight = SplitSoftmaxHook(k=float(split_k), layers=layer_tuple(layers))
     state = AttentionState(
         prompt_mask=prompt_mask.to(torch.bool),
         first_mask=None if first_mask is None else first_mask.to(torch.bool),

@@ -21,14 +21,16 @@ tokens^2 is ever held across layers. The attention OUTPUT is computed by the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from personadrift.attention.context import LayerSpec, attention_context
+from personadrift.attention.context import attention_context
 from personadrift.attention.split_softmax import head_selection, visible_mask
 from personadrift.attention.split_softmax import register as _register
-from personadrift.generation.hooks import PromptAttentionHook
+
+if TYPE_CHECKING:  # pragma: no cover  (attention applies the hooks generation defines)
+    from personadrift.generation.hooks import PromptAttentionHook
 
 __all__ = [
     "FIELDS",
@@ -129,7 +131,7 @@ def attention_stats(
             pik, r = reweight.factors(share, other)
             if reweight.heads is not None:  # other heads keep their shares
                 sel = head_selection(reweight.heads, h, dev).view(1, hk, n_rep, 1)
-                pik, r = torch.where(sel, share, pik), torch.where(sel, r, 1.0)
+                pik, r = torch.where(sel, pik, share), torch.where(sel, r, 1.0)
             up = torch.where(share > 0, pik / share.clamp_min(torch.finfo(share.dtype).tiny), torch.zeros_like(share))
             first = first_p * up + first_o * r
             share = torch.where(share > 0, pik, torch.zeros_like(share))
@@ -226,14 +228,14 @@ def record_prompt_share(
     prompt_mask: torch.Tensor,
     first_mask: torch.Tensor | None = None,
     *,
-    split_k: float | None = None,
-    layers: LayerSpec = None,
+    reweight: PromptAttentionHook | None = None,
     position_ids: torch.Tensor | None = None,
     chunk_elements: int = 1 << 21,
 ) -> Recording:
     """One teacher-forced forward (``logits_to_keep=1``) with the ``"prompt_share"`` attention.
 
-    The model's attention implementation is switched for the call and restored afterwards.
+    The model's attention implementation is switched for the call and restored afterwards;
+    ``reweight`` (a prompt-attention hook, e.g. split-softmax's) applies in its layers.
     ``position_ids`` default to :func:`default_position_ids` of the attention mask.
     """
     if attention_mask is None:
@@ -244,7 +246,7 @@ def record_prompt_share(
     previous = model.config._attn_implementation
     model.set_attn_implementation(NAME)
     try:
-        with attention_context(prompt_mask, first_mask=first_mask, split_k=split_k, layers=layers, recorder=recorder):
+        with attention_context(prompt_mask, first_mask=first_mask, reweight=reweight, recorder=recorder):
             out = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

@@ -7,13 +7,17 @@ returns the post-intervention attention weights, which ``output_attentions=True`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from personadrift.attention.context import current_state
-from personadrift.generation.hooks import PromptAttentionHook
+
+if TYPE_CHECKING:  # pragma: no cover  (attention applies the hooks generation defines)
+    from personadrift.generation.hooks import PromptAttentionHook
 
 __all__ = ["split_softmax_reference", "split_softmax_eager_attention", "NAME"]
 

@@ -43,6 +43,8 @@ function the model passes ``attention_mask=None`` and attention silently becomes
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -50,7 +52,9 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from personadrift.attention.context import AttentionState, current_state
-from personadrift.generation.hooks import PromptAttentionHook
+
+if TYPE_CHECKING:  # pragma: no cover  (attention applies the hooks generation defines)
+    from personadrift.generation.hooks import PromptAttentionHook
 
 __all__ = ["split_softmax_attention", "split_softmax_core", "split_softmax_decode", "visible_mask", "split_factors",
            "fused_width", "grouped_sdpa", "takes_grouped_keys", "plain_attention", "NAME"]
@@ -168,17 +172,15 @@ def split_softmax_core(
     prompt_idx: torch.Tensor,
     prompt_valid: torch.Tensor,
     scale: float,
-    k: float | None = None,
-    reweight: PromptAttentionHook | None = None,
+    reweight: PromptAttentionHook,
 ) -> torch.Tensor:
     """Split-softmax attention output [b, heads, q, dv] (see the module docstring for the math),
-    or that of any ``reweight`` hook (split-softmax's with exponent ``k`` if none is given).
+    or that of any other ``reweight`` hook.
 
     query [b, h, q, d]; key/value [b, hk, kv, d|dv] (not repeated); attention_mask as the model
     passes it (bool/float [b|1, 1, q, kv] or None); prompt_flags bool [b, kv]; prompt_idx/valid
     [b, P] the prompt slots per row (padded, ``valid`` marks real entries).
     """
-    reweight = reweight or _split_hook(k)
     b, h, q_len, d = query.shape
     hk, kv_len, dv = key.shape[1], key.shape[2], value.shape[-1]
     n_rep = h // hk
@@ -230,7 +232,7 @@ def split_softmax_core(
     pik, r = reweight.factors(pi.float(), po.float())
     if reweight.heads is not None:  # other heads: share pi, r = 1, out = O_all
         sel = head_selection(reweight.heads, h, dev).view(1, h, 1, 1)
-        pik, r = torch.where(sel, pi.float().clamp(0, 1), pik), torch.where(sel, r, 1.0)
+        pik, r = torch.where(sel, pik, pi.float().clamp(0, 1)), torch.where(sel, r, 1.0)
     out = pik * o_p + r * (o_all - pi.clamp(0, 1) * o_p)
     return out.to(query.dtype)
 
@@ -245,8 +247,7 @@ def split_softmax_decode(
     span: tuple[int, int] | None,
     prompt_idx: torch.Tensor | None = None,
     prompt_valid: torch.Tensor | None = None,
-    k: float | None = None,
-    reweight: PromptAttentionHook | None = None,
+    reweight: PromptAttentionHook,
 ) -> torch.Tensor:
     """Split-softmax (or any ``reweight`` hook's reweighting) for ONE query per row (KV-cached
     decoding): output [b, heads, 1, dv].
@@ -261,7 +262,6 @@ def split_softmax_decode(
     (a hook gives its own a = share(pi) / pi and r: ``decode_factors``; split-softmax's, and why
     they are stable: :func:`split_decode_factors`).
     """
-    reweight = reweight or _split_hook(k)
     b, h, _, d = query.shape
     hk, kv_len, dv = key.shape[1], key.shape[2], value.shape[-1]
     n_rep = h // hk
@@ -296,14 +296,6 @@ def split_softmax_decode(
     u = torch.matmul(p_p.to(vd), v_p)
     out = r * o_all + (a - r) * u
     return out.to(query.dtype).reshape(b, h, 1, dv)
-
-
-def _split_hook(k: float | None) -> PromptAttentionHook:
-    from personadrift.interventions.split_softmax import SplitSoftmaxHook
-
-    if k is None:
-        raise TypeError("give the split exponent k or a reweight hook")
-    return SplitSoftmaxHook(k=k)
 
 
 def _prompt_args(state: AttentionState, kv_len: int, offset: int, device: torch.device) -> dict:

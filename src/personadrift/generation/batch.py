@@ -46,7 +46,7 @@ class Row:
     store_key: str | None  # where the finished row's prefix is stored (None: not stored)
     intervene: bool = False  # the attention and residual hooks act on this row
     persona: str | None = None  # its request's persona (residual hooks may act per persona)
-    blank: bool = False  # its system-prompt tokens enter as zero embeddings (a branch hook's row)
+    blank: bool = False  # its system-prompt tokens are blanked (a branch hook's row: Batch._forward)
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Batch:
     mask: torch.Tensor  # [rows, capacity] 1 where a slot holds a token
     prompt: torch.Tensor  # [rows, width] the system prompt's slots of intervened rows (attention hook)
     first: torch.Tensor  # [rows, width] each row's first slot
-    blank: torch.Tensor | None  # [rows, width] slots whose token enters as a zero embedding (None: none)
+    blank: torch.Tensor | None  # [rows, width] slots whose token is blanked (None: none)
     width: int  # columns filled so far
     new_len: int
     logits: torch.Tensor  # [rows, vocab] each row's next-token logits, after the first forward
@@ -210,12 +210,17 @@ class Batch:
                  blank: torch.Tensor | None = None) -> None:
         """One forward over ``input_ids`` (the newest columns); keeps the logits of the last
         ``keep`` positions ([batch, vocab] when keep == 1, else [batch, keep, vocab]). Tokens
-        where ``blank`` ([batch, columns]) is set enter as zero embeddings."""
+        where ``blank`` ([batch, columns]) is set enter as the engine's blank token (its
+        embedding, scaled as the model scales any token's) or, without one, as zero embeddings.
+        The slot ids keep the real tokens: the prefix store matches the text, not the blank."""
         dev = self.engine.device
         inputs: dict = {"input_ids": input_ids.to(dev)}
         if blank is not None and bool(blank.any()):
-            embeds = self.engine.model.get_input_embeddings()(inputs.pop("input_ids"))
-            inputs["inputs_embeds"] = embeds.masked_fill(blank.to(embeds.device)[..., None], 0.0)
+            if self.engine.blank_id is not None:
+                inputs["input_ids"] = inputs["input_ids"].masked_fill(blank.to(dev), self.engine.blank_id)
+            else:
+                embeds = self.engine.model.get_input_embeddings()(inputs.pop("input_ids"))
+                inputs["inputs_embeds"] = embeds.masked_fill(blank.to(embeds.device)[..., None], 0.0)
         with self._context():
             out = self.engine.model(
                 **inputs,

@@ -127,6 +127,8 @@ class HFEngine:
         if self.pad_id is None:
             self.pad_id = tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
+        # the token a branch row's blanked prompt tokens enter as (None: zero embeddings)
+        self.blank_id = _blank_id(self.branch, tokenizer, self.pad_id)
         self._eos_index: dict[torch.device, torch.Tensor] = {}  # eos_ids as a tensor, per device
         # the longest prompt + reply the model was trained for (None if its config does not say)
         self.max_context = getattr(model.config, "max_position_embeddings", None)
@@ -403,7 +405,8 @@ class HFEngine:
     # ----------------------------------------------------------------- batching
     def _prompt_signature(self, r: GenRequest) -> tuple:
         """What makes two scoring requests share one encoding of their prompt."""
-        return (repr(r.messages), repr(r.negative_messages) if self._guided(r) else None, r.intervene, r.key)
+        return (repr(r.messages), repr(r.negative_messages) if self._guided(r) else None, r.intervene, r.key,
+                r.persona)  # a residual hook may act per persona
 
     def _rows_needed(self, r: GenRequest) -> int:
         return r.n * (2 if self._guided(r) else 1)
@@ -577,6 +580,18 @@ class HFEngine:
 
 def _strip_eos(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens[:-1] if tokens and tokens[-1] in eos else tokens
+
+
+def _blank_id(branch, tokenizer, pad_id: int) -> int | None:
+    """The id of the special token the branch hook blanks with (None: zero embeddings)."""
+    name = getattr(branch, "blank_token", None) if branch is not None and branch.blank_prompt else None
+    if name is None:
+        return None
+    tid = pad_id if name == "pad" else getattr(tokenizer, f"{name}_token_id", None)
+    if not isinstance(tid, int):
+        raise ValueError(f"the branch hook blanks the prompt with the tokenizer's {name!r} token, but this "
+                         f"tokenizer has none ({name}_token_id is {tid!r}); choose another token or zero embeddings")
+    return tid
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

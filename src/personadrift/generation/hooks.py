@@ -11,9 +11,10 @@ without knowing which method made them. Three kinds, one of each per engine:
   + 1 - pi)). The registered attention function (``attention/split_softmax.py``) computes it
   without forming the attention matrix, from the two factors the hook gives.
 * :class:`LogitsBranchHook` (``"branch"``): every intervened request runs a second row, its
-  ``negative_messages`` (optionally with the system prompt's token embeddings zeroed), which
-  follows the request's sampled tokens; the next-token scores are ``mix(request's logits, the
-  branch's logits)``. Classifier-free guidance is one.
+  ``negative_messages`` (optionally with the system prompt's tokens blanked: each enters as a zero
+  vector or as a chosen special token's embedding), which follows the request's sampled tokens;
+  the next-token scores are ``mix(request's logits, the branch's logits)``. Classifier-free
+  guidance is one; selective prompt anchoring (the same messages, the prompt blanked) another.
 * :class:`ResidualHook` (``"residual"``): the hidden states leaving chosen decoder layers are
   edited, per row (each row knows its request's persona). Activation steering is one.
 
@@ -70,9 +71,14 @@ class LogitsBranchHook:
     """A second branch per intervened request whose logits are mixed with the request's."""
 
     kind: ClassVar[str] = "branch"
-    # the branch row's system-prompt tokens enter the model as zero embeddings (their positions
-    # and the rest of the row unchanged): the model reads the same text with the prompt masked
+    # the branch row's system-prompt tokens are blanked (their positions and the rest of the row
+    # unchanged): the model reads the same text with the prompt masked
     blank_prompt: bool = False
+    # what a blanked token enters as: None, a zero embedding; else the name of a special token of
+    # the tokenizer ("pad", "unk", "mask", ...: its ``<name>_token_id``; "pad" is the engine's
+    # padding token, the end-of-sequence token where the tokenizer has no pad token), whose
+    # embedding takes each blanked token's place, as if that token stood there
+    blank_token: str | None = None
 
     def mix(self, cond_logits: Tensor, branch_logits: Tensor) -> Tensor:
         """float32 scores [..., vocab] (sampling takes them as they are; scoring renormalises)."""

@@ -207,6 +207,7 @@ class ShardRun:
             persist=phase == "dialog",
             intervene=self._applies(phase),
             negative_messages=self.setting.negative_messages(msgs),
+            persona=rec["agent"]["id"],  # the agent's persona (steering's vector), also on the user persona's probe
         )
 
     def _fit(self, rec: dict, view, history: list[str], limit: int, what: str, keep: int):

