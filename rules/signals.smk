@@ -1,18 +1,28 @@
 # Drift without a judge: every probe answer teacher-forced on the HF engine (the backend that
 # gives internals, whatever backend ran the self-chat), in its dialog's context and in the fresh
 # one (system prompt and probe); then tables per round, the signals' claims and their link with
-# the judge. `snakemake signals` builds them for every setting; signals.enabled puts the
-# baseline's in figures/all (off by default: docs/measurements.md, Timings).
+# the judge. `snakemake signals_all` builds them for every setting; signals.enabled puts the
+# baseline's in figures/all (off by default: docs/measurements.md, Timings); signals.layer picks
+# the persona vectors of the projection (none: no projection).
 
 SIGNALS_RESULTS = f"{RESULTS}/signals"
 
 
-# LEAD, after merging the persona-vector rule: add its output to the input below, e.g.
-#   vectors=rules.persona_vectors.output[0],   (results/<study>/persona_vectors/layer<L>.safetensors)
-# and append " --vectors {input.vectors:q}" to the shell command; the step loads it with
-# personadrift.protocol.persona_vectors.load_persona_vectors. Without it, projection is NaN.
+SIGNAL_LAYER = config["signals"]["layer"]
+
+
+def signal_vectors(wildcards):
+    """The persona vectors the projection is taken on (rules/vectors.smk), when signals.layer is set."""
+    if SIGNAL_LAYER is None:
+        return {}
+    return {"vectors": vectors_path(RESULTS, SIGNAL_LAYER)}
+
+
+# The setting's own method inputs (steering's vectors) rebuild its engine as it generated.
 rule signals:
     input:
+        unpack(method_inputs),
+        unpack(signal_vectors),
         model=MODEL,
         transcripts=lambda wildcards: transcripts(wildcards.setting),
     output:
@@ -31,9 +41,14 @@ rule signals:
     params:
         config_json=setting_params("model", "seed", backend=INTERNALS_BACKEND),
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
+        method_inputs=method_inputs_json,
+        vectors=lambda wildcards, input: (
+            f"--vectors {shlex.quote(input.vectors)}" if "vectors" in input.keys() else ""
+        ),
     shell:
         "personadrift signals --params {params.config_json:q} --setting {wildcards.setting:q}"
         " --model-dir {params.model_dir:q} --threads {threads} --out {output:q}"
+        " --method-inputs {params.method_inputs:q} {params.vectors}"
         " --attempt {resources.attempt} --no-retry-note {log:q}.no-retry --require-gpus {resources.required_gpus}"
         " --gpu-memory-gb {resources.gpu_memory_gb} --mem-mb {resources.mem_mb}"
         " {input.transcripts:q} > {log:q} 2>&1"

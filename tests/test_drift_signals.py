@@ -220,6 +220,22 @@ def test_signals_step_on_a_small_real_study(tiny_model_dir, tmp_path):
         assert sig["projection"].isna().all()  # no persona vectors given
         assert json.loads(provenance_path(sig_csvs[-1]).read_text())["seconds"] > 0
 
+    # with persona vectors (a file as rule persona_vectors writes it): the projection of every answer
+    from personadrift.protocol.persona_vectors import PersonaVectors, write
+
+    g = torch.Generator().manual_seed(1)
+    hidden_size = AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.hidden_size
+    vectors = {p.id: torch.randn(hidden_size, generator=g) for p in personas}
+    write(PersonaVectors(0, vectors, 1.0), tmp_path / "layer0.safetensors", provenance={})
+    with_vectors = tmp_path / "signals-none-vectors.csv"
+    signals(cfg, setting_name="none", model_dir=tmp_path / "model", transcript_dirs=[tmp_path / "transcripts" / "none"],
+            out_csv=with_vectors, vectors_path=tmp_path / "layer0.safetensors")
+    sig, plain = read_table(with_vectors), read_table(sig_csvs[0])
+    answered = sig["answer_tokens"] > 0
+    assert sig.loc[answered, "projection"].notna().all() and sig.loc[~answered, "projection"].isna().all()
+    assert sig["kl"].equals(plain["kl"])
+    assert json.loads(provenance_path(with_vectors).read_text())["vectors"]["layer"] == 0
+
     # one repetition answer by hand: the system prompt is re-inserted before later user turns
     rec = read_json(next((tmp_path / "transcripts" / "repeat-every1").glob("conv-*.json")))
     probe = next(p for p in rec["probes"] if p["round"] == 3 and p["answers"] and p["answers"][0])

@@ -119,12 +119,9 @@ def measure(engine, records: list[dict], setting: Setting, *,
             requests += [dialog, fresh]
             conts += [ids, ids]
     layer = vectors[0] if vectors is not None else None
-    # round by round, so that each dialog's next round extends the prefix its last one cached
-    order = sorted(range(len(requests)), key=lambda i: rows[owner[i][0]]["turn"])
     pending: dict[int, torch.Tensor] = {}  # an answer's first distribution until its partner comes
-    for k, logp, hidden in engine.continuation_states([requests[i] for i in order], [conts[i] for i in order],
-                                                      layer=layer, store=True):
-        r, which = owner[order[k]]
+    for k, logp, hidden in _round_by_round(engine, requests, conts, [rows[r]["turn"] for r, _ in owner], layer):
+        r, which = owner[k]
         if which == "dialog" and vectors is not None:
             rows[r]["projection"] = mean_projection(hidden, vectors[1][rows[r]["persona"]])
         other = pending.pop(r, None)
@@ -136,3 +133,13 @@ def measure(engine, records: list[dict], setting: Setting, *,
     for key in {q.key for q in requests if q.key is not None}:
         engine.prefixes.discard(key)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _round_by_round(engine, requests: list[GenRequest], conts: list[list[int]], turns: list[int], layer):
+    """``engine.continuation_states`` one round at a time (index into ``requests``, distributions,
+    states): each round's dialogs extend the prefixes the round before cached under their keys."""
+    for turn in sorted(set(turns)):
+        idx = [i for i, t in enumerate(turns) if t == turn]
+        for k, logp, hidden in engine.continuation_states([requests[i] for i in idx], [conts[i] for i in idx],
+                                                          layer=layer, store=True):
+            yield idx[k], logp, hidden

@@ -328,11 +328,12 @@ class HFEngine:
         Full distributions are large (vocab floats per position), so requests go in forwards of
         at most ``max_batch`` rows and ``CONTINUATION_POSITIONS // 2`` kept positions, and each
         forward's tensors are dropped once its requests were yielded: the caller keeps what it
-        reduces them to. Prompts are encoded with their continuation in one forward, re-using
-        the longest prefix cached under the request's ``key``. Requests are yielded in order of
-        length; with ``store``, in ``requests`` order instead, and each persisted request's
-        prompt and continuation are cached under its key once its forward ran, so a later
-        request that extends them (the next round of the same dialog) encodes only the rest.
+        reduces them to. Prompts are encoded with their continuation, re-using the longest
+        prefix cached under the request's ``key`` when the call starts, requests with similar
+        counts of tokens to encode sharing a forward; they are yielded in that order, not in
+        ``requests`` order. With ``store``, each persisted request's prompt and continuation are
+        cached under its key, so a later call's request that extends them (the next round of the
+        same dialog) encodes only the rest.
         """
         if len(requests) != len(continuations):
             raise ValueError(f"{len(requests)} requests but {len(continuations)} continuations")
@@ -352,15 +353,22 @@ class HFEngine:
 
             handle = layers[layer].register_forward_hook(keep_output)
         try:
-            order = list(range(len(requests)))
-            if not store:
-                order.sort(key=lambda i: len(continuations[i]))
+            # every request's rows now (a later forward's stores serve the next call, not this one),
+            # then forwards of requests of similar new-token counts: little padding in each
+            built = []
+            for r, c in zip(requests, continuations):
+                own, pairing = self._request_rows([r], store=store)
+                cont = [int(t) for t in c]
+                built.append(([dataclasses.replace(row, target=row.target + cont) for row in own],
+                              pairing.partner(0) is not None))
+            new_tokens = [max(len(row.target) - row.reuse for row in own) for own, _ in built]
+            order = sorted(range(len(requests)), key=lambda i: (new_tokens[i], len(continuations[i])))
             cap = self.CONTINUATION_POSITIONS // 2
             start = 0
             while start < len(order):
                 stop, n_rows, keep = start, 0, 0
                 while stop < len(order):
-                    need = 2 if self._guided(requests[order[stop]]) else 1
+                    need = len(built[order[stop]][0])
                     k = max(keep, len(continuations[order[stop]]) + 1)
                     if stop > start and (n_rows + need > self.max_batch or (n_rows + need) * k > cap):
                         break
@@ -370,12 +378,11 @@ class HFEngine:
                 pairs: dict[int, int] = {}
                 first_row: list[int] = []
                 for i in chunk:
-                    own, pairing = self._request_rows([requests[i]], store=store)
-                    cont = [int(t) for t in continuations[i]]
+                    own, paired = built[i]
                     first_row.append(len(rows))
-                    if pairing.partner(0) is not None:
+                    if paired:
                         pairs[len(rows)] = len(rows) + 1
-                    rows += [dataclasses.replace(r, target=r.target + cont) for r in own]
+                    rows += own
                 pairing = Pairing(pairs)
                 captured.clear()
                 batch = Batch.build(self, rows, pairing)

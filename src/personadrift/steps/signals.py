@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from personadrift.command import Command, arg
+from personadrift.command import METHOD_INPUTS, Command, arg
 from personadrift.storage import atomic_write_json, read_json
 from personadrift.tables import read_table, write_table
 
@@ -18,7 +18,7 @@ def load_vectors(path) -> tuple[int, dict]:
 
 
 def signals(config: dict, *, setting_name: str, model_dir, transcript_dirs: list, out_csv, vectors_path=None,
-            threads=None) -> None:
+            threads=None, method_inputs: dict | None = None) -> None:
     """Teacher-force every probe answer of ``setting_name``'s transcripts on the HF engine: one row
     per answer with ``kl`` and ``projection`` (analysis/drift_signals.py); the seconds it took go
     in the table's provenance (``seconds``)."""
@@ -27,7 +27,7 @@ def signals(config: dict, *, setting_name: str, model_dir, transcript_dirs: list
     from personadrift.protocol.scoring import transcript_paths
     from personadrift.runtime.factory import make_engine, model_identity
 
-    setting = setting_by_name(config["interventions"], setting_name)
+    setting = setting_by_name(config["interventions"], setting_name).with_inputs(method_inputs or {})
     engine = make_engine(config, model_dir, setting, threads=threads)
     records = [read_json(p) for p in transcript_paths(transcript_dirs)]
     vectors = load_vectors(vectors_path) if vectors_path else None
@@ -61,11 +61,11 @@ COMMANDS = [
     Command("signals", "judge-free drift signals of every probe answer (teacher-forced KL and projection)",
             lambda config, a: signals(config, setting_name=a.setting, model_dir=a.model_dir,
                                       transcript_dirs=a.transcripts, out_csv=a.out, vectors_path=a.vectors,
-                                      threads=a.threads),
+                                      threads=a.threads, method_inputs=json.loads(a.method_inputs)),
             (arg("--setting", default="none"), arg("--model-dir", required=True), arg("--out", required=True),
              arg("--vectors", default=None,
                  help="persona vectors (results/<study>/persona_vectors/layer<L>.safetensors)"),
-             arg("transcripts", nargs="+", help="transcript folders"))),
+             METHOD_INPUTS, arg("transcripts", nargs="+", help="transcript folders"))),
     Command("signal-tables", "the signals per round, their claims, their link with the judge",
             lambda config, a: signal_tables(config, a.signals, a.scores, a.by_round, a.change, a.association),
             (arg("--scores", nargs="+", required=True, help="the judge's score tables of the same settings"),
