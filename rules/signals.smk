@@ -8,21 +8,19 @@
 SIGNALS_RESULTS = f"{RESULTS}/signals"
 
 
-SIGNAL_LAYER = config["signals"]["layer"]
-
-
-def signal_vectors(wildcards):
-    """The persona vectors the projection is taken on (rules/vectors.smk), when signals.layer is set."""
-    if SIGNAL_LAYER is None:
-        return {}
-    return {"vectors": vectors_path(RESULTS, SIGNAL_LAYER)}
+# The persona vectors the projection is taken on (rules/vectors.smk), when signals.layer is set.
+SIGNAL_VECTORS = (
+    {}
+    if config["signals"]["layer"] is None
+    else {"vectors": vectors_path(RESULTS, config["signals"]["layer"])}
+)
 
 
 # The setting's own method inputs (steering's vectors) rebuild its engine as it generated.
 rule signals:
     input:
         unpack(method_inputs),
-        unpack(signal_vectors),
+        **SIGNAL_VECTORS,
         model=MODEL,
         transcripts=lambda wildcards: transcripts(wildcards.setting),
     output:
@@ -43,7 +41,9 @@ rule signals:
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         method_inputs=method_inputs_json,
         vectors=lambda wildcards, input: (
-            f"--vectors {shlex.quote(input.vectors)}" if "vectors" in input.keys() else ""
+            f"--vectors {shlex.quote(input.vectors)}"
+            if "vectors" in input.keys()
+            else ""
         ),
     shell:
         "personadrift signals --params {params.config_json:q} --setting {wildcards.setting:q}"
