@@ -72,6 +72,38 @@ def test_continuation_states_match_plain_forwards(tiny_model):
         next(engine.continuation_states(reqs, conts, layer=99))
 
 
+@pytest.mark.parametrize("method", ["guidance", "split_softmax"])
+def test_continuation_states_apply_interventions_as_scoring_does(tiny_model, method):
+    """Under a branch hook (guidance: the mixed, renormalised distribution) and an attention hook, the
+    distributions' log-probabilities of the continuation's own tokens sum to continuation_logprobs'
+    (itself checked against a direct reference in test_mmlu.py)."""
+    import torch
+
+    from personadrift.generation.api import GenRequest
+    from personadrift.generation.dialog import negative_branch
+    from personadrift.generation.engine import HFEngine
+    from support.interventions import guided, split
+
+    model, tok = tiny_model
+    msgs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+            for q in ("Hello there.", "What is your favourite sport, and why?")]
+    conts = [tok("Tennis, of course.", add_special_tokens=False)["input_ids"],
+             tok("I play", add_special_tokens=False)["input_ids"]]
+    iv = guided(1.5) if method == "guidance" else split(0.25)
+    reqs = [GenRequest(m, seed=0, intervene=True, negative_messages=negative_branch(m) if method == "guidance" else None)
+            for m in msgs]
+    try:
+        engine = HFEngine(model, tok, intervention=iv, max_batch=3)
+        want = engine.continuation_logprobs(reqs, conts)
+        got = {i: float(lp.gather(1, torch.tensor(conts[i])[:, None]).sum())
+               for i, lp, _ in engine.continuation_states(reqs, conts)}
+        plain = HFEngine(model, tok).continuation_logprobs([GenRequest(m, seed=0) for m in msgs], conts)
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert [got[i] for i in range(len(reqs))] == pytest.approx(want.tolist(), abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(want.tolist(), plain.tolist())) > 1e-3  # the intervention acts
+
+
 def test_kl_and_projection_against_two_plain_forwards(tiny_model):
     """(a) the KL of each probe answer is torch's KL of the two plain forwards' log-softmaxes over
     the answer's positions (dialog context from the dialog; fresh: system prompt and probe); round 0
@@ -271,3 +303,27 @@ def test_signals_step_on_a_small_real_study(tiny_model_dir, tmp_path):
     assoc = json.loads((tmp_path / "assoc.json").read_text())
     assert set(assoc) == {"none", "repeat-every1"}
     assert assoc["none"]["kl"]["n_conversations"] == 3
+
+
+@pytest.mark.slow
+def test_signals_all_on_the_shared_smoke_study(smoke):
+    """The rules end to end on the shared smoke study (tiny model; it adds results/smoke/signals and
+    the signal tables): every setting's signals, one row per judged answer, under every method (the
+    guided one teacher-forced with its branch), the tables, and the figure, while figures/all of the
+    default config stays without them."""
+    from personadrift.tables import read_table
+    from support.workflow import SMOKE, snakemake
+
+    snakemake(smoke, "--configfile", SMOKE, "--cores", "2", "signals_all")
+    results = smoke / "results" / "smoke"
+    settings = sorted(p.stem for p in (results / "scores").glob("*.csv"))
+    assert len(settings) >= 5
+    keys = ["conversation", "round", "kind", "sample"]
+    for s in settings:
+        sig, sc = read_table(results / "signals" / f"{s}.csv"), read_table(results / "scores" / f"{s}.csv")
+        assert sorted(map(tuple, sig[keys].to_numpy().tolist())) == sorted(map(tuple, sc[keys].to_numpy().tolist()))
+        answered = sig["answer_tokens"] > 0
+        assert sig.loc[answered & (sig["round"] == 0), "kl"].abs().max() < 1e-4, s
+        assert (results / "tables" / s / "signals_change.csv").is_file()
+    assert (smoke / "figures" / "smoke" / "drift_signals.png").stat().st_size > 1000
+    assert "drift_signals" not in (smoke / "figures" / "smoke" / "all").read_text()

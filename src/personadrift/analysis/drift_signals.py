@@ -131,7 +131,7 @@ def measure(engine, records: list[dict], setting: Setting, *,
         dialog_lp, fresh_lp = (logp, other) if which == "dialog" else (other, logp)
         rows[r]["kl"] = mean_kl(dialog_lp, fresh_lp)
     for key in {q.key for q in requests if q.key is not None}:
-        engine.prefixes.discard(key)
+        engine.forget(key)  # the dialog's prefix and its guidance branch's (key#uncond)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
