@@ -1,0 +1,69 @@
+"""The arena (configs/arena.yaml): every installed control on one protocol. Its smoke runs the
+arena's settings, as the file writes them, through the whole DAG on the tiny model."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pandas as pd
+import pytest
+import yaml
+
+from personadrift.config import load_config
+from support.workflow import REPO, SMOKE, snakemake
+
+ARENA = REPO / "configs" / "arena.yaml"
+
+
+def test_the_arena_runs_every_method_personadrift_registers():
+    own = {ep.name for ep in entry_points(group="personadrift.methods") if ep.dist.name == "personadrift"}
+    cfg = load_config(ARENA)
+    assert {entry["method"] for entry in cfg["interventions"].values()} == own
+    assert cfg["study"] == "arena" and cfg["model"]["name"] == load_config(REPO / "config.yaml")["model"]["name"]
+
+
+@pytest.fixture(scope="module")
+def arena_smoke(tmp_path_factory):
+    """The arena's settings on the smoke study's tiny model and sizes (steering at the tiny
+    model's last layer), run to figures/all."""
+    work = tmp_path_factory.mktemp("arena-smoke")
+    smoke = yaml.safe_load(SMOKE.read_text())
+    overlay = {
+        "extends": str(ARENA),
+        "study": "arena-smoke",
+        "model": {"$patch": "replace", **smoke["model"]},
+        # the smoke study's sections as they are, not merged into the default's
+        **{k: {"$patch": "replace", **smoke[k]}
+           for k in ("personas", "selfchat", "attention", "mmlu", "scoring", "resources")},
+        "interventions": {"steer": {"layer": 1}, "cap": {"layer": 1}},
+    }
+    (work / "arena-smoke.yaml").write_text(yaml.safe_dump(overlay))
+    snakemake(work, "--configfile", work / "arena-smoke.yaml", "--cores", "2", "figures/all")
+    return work
+
+
+@pytest.mark.slow
+def test_every_control_runs_on_the_baselines_seeds_and_reaches_the_figures(arena_smoke):
+    from personadrift.interventions.settings import expand_settings
+
+    cfg = load_config(arena_smoke / "arena-smoke.yaml")
+    settings = expand_settings(cfg["interventions"])
+    res = arena_smoke / "results" / "arena-smoke"
+    plans = {}
+    for s in settings:
+        scores = pd.read_csv(res / "scores" / f"{s.name}.csv")
+        plans[s.name] = scores.drop_duplicates("conversation").set_index("conversation")[["agent_persona", "user_persona", "topic"]]
+    for name, plan in plans.items():  # every setting: the baseline's persona pairs
+        pd.testing.assert_frame_equal(plan, plans["none"], obj=name)
+    tradeoff = pd.read_csv(res / "tables" / "tradeoff.csv")
+    compared = [s.name for s in settings if not s.is_control]
+    assert sorted(tradeoff["setting"]) == sorted(compared)
+    # one Holm family per claim over every compared setting: each new control enlarges it
+    others = tradeoff[tradeoff["setting"] != "none"]
+    assert others["stability_diff_p_holm"].notna().sum() == len(compared) - 1
+    assert (others["stability_diff_p_holm"] >= others["stability_diff_p"]).all()
+    assert others["mmlu_accuracy"].notna().all()  # every control has its MMLU cost
+    by_round = pd.read_csv(res / "tables" / "mitigation_by_round.csv")
+    assert set(by_round["setting"]) >= set(compared)
+    for figure in ("tradeoff_stability_mmlu", "mitigation_over_rounds"):
+        assert (arena_smoke / "figures" / "arena-smoke" / f"{figure}.png").stat().st_size > 0
