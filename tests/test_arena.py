@@ -24,8 +24,8 @@ def test_the_arena_runs_every_method_personadrift_registers():
 
 @pytest.fixture(scope="module")
 def arena_smoke(tmp_path_factory):
-    """The arena's settings on the smoke study's tiny model and sizes (steering at the tiny
-    model's last layer), run to figures/all."""
+    """The arena's settings and signals on the smoke study's tiny model and sizes (steering and
+    the projection at the tiny model's last layer), run to figures/all."""
     work = tmp_path_factory.mktemp("arena-smoke")
     smoke = yaml.safe_load(SMOKE.read_text())
     overlay = {
@@ -36,6 +36,7 @@ def arena_smoke(tmp_path_factory):
         **{k: {"$patch": "replace", **smoke[k]}
            for k in ("personas", "selfchat", "attention", "mmlu", "scoring", "resources")},
         "interventions": {"steer": {"layer": 1}, "cap": {"layer": 1}},
+        "signals": {"layer": 1},
     }
     (work / "arena-smoke.yaml").write_text(yaml.safe_dump(overlay))
     snakemake(work, "--configfile", work / "arena-smoke.yaml", "--cores", "2", "figures/all")
@@ -65,5 +66,7 @@ def test_every_control_runs_on_the_baselines_seeds_and_reaches_the_figures(arena
     assert others["mmlu_accuracy"].notna().all()  # every control has its MMLU cost
     by_round = pd.read_csv(res / "tables" / "mitigation_by_round.csv")
     assert set(by_round["setting"]) >= set(compared)
-    for figure in ("tradeoff_stability_mmlu", "mitigation_over_rounds"):
+    signals = pd.read_csv(res / "tables" / "none" / "signals_by_round.csv")  # the judge-free signals
+    assert len(signals) and signals.notna().any().all()
+    for figure in ("tradeoff_stability_mmlu", "mitigation_over_rounds", "drift_signals"):
         assert (arena_smoke / "figures" / "arena-smoke" / f"{figure}.png").stat().st_size > 0
