@@ -36,7 +36,7 @@ class NeutralContrastHook(LogitsBranchHook):
 class NeutralContrast(Method):
     name = "toy_contrast"
     label = "contrast with a neutral prompt"
-    color = "#ff7f0e"
+    color = "#e377c2"
     grid_key = "weight"
     short = "w"
     needs_internals = True
