@@ -70,3 +70,18 @@ def test_every_control_runs_on_the_baselines_seeds_and_reaches_the_figures(arena
     assert len(signals) and signals.notna().any().all()
     for figure in ("tradeoff_stability_mmlu", "mitigation_over_rounds", "drift_signals"):
         assert (arena_smoke / "figures" / "arena-smoke" / f"{figure}.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_method_in_two_families_is_named_by_family_in_the_trade_off_legend(arena_smoke):
+    """steer and cap are both method steer: the legend names each family, not the method twice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from personadrift.figures.mitigation import tradeoff_stability_mmlu
+
+    fig = tradeoff_stability_mmlu(str(arena_smoke / "results" / "arena-smoke" / "tables" / "tradeoff.csv"))
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "persona-vector steering (steer)" in legend and "persona-vector steering (cap)" in legend
+    assert "split-softmax" in legend and "InstABoost" in legend  # one family: the method's own label
+

@@ -108,13 +108,16 @@ def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
 def tradeoff_stability_mmlu(tradeoff_csv: str):
     t = pd.read_csv(tradeoff_csv)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for _family, d in t[t["method"] != "none"].groupby("family", sort=False):
+    families = t.groupby("method")["family"].unique()  # a method in two families: both named, marked apart
+    for family, d in t[t["method"] != "none"].groupby("family", sort=False):
         d = d.sort_values("value")
         m = d["method"].iloc[0]
+        nth = list(families[m]).index(family)
+        label = method_label(m) + (f" ({family})" if len(families[m]) > 1 else "")
         ax.errorbar(d["mmlu_accuracy"], d["stability"],
                     xerr=[d["mmlu_accuracy"] - d["mmlu_ci_low"], d["mmlu_ci_high"] - d["mmlu_accuracy"]],
                     yerr=[d["stability"] - d["stability_ci_low"], d["stability_ci_high"] - d["stability"]],
-                    fmt="-o", color=method_color(m), ms=4, lw=1, capsize=2, label=method_label(m))
+                    fmt="-" + "o^vD"[nth % 4], color=method_color(m), ms=4, lw=1, capsize=2, label=label)
         for _, r in d.iterrows():
             ax.annotate(f"{r['value']:g}", (r["mmlu_accuracy"], r["stability"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
