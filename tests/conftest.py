@@ -158,3 +158,21 @@ def _fresh_job_state(monkeypatch):
 
     monkeypatch.setattr(job, "_current", job.JobResources())
     monkeypatch.setattr(job, "_memory_note", None)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir):
+    """(plain, sharp): the tiny model (4 query heads over 2 KV heads, 2 layers), and a copy with
+    q/k scaled so attention is peaked (prompt shares near 0 and 1): the attention-hook tests."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    sharp = copy.deepcopy(plain)
+    with torch.no_grad():
+        for layer in sharp.model.layers:
+            layer.self_attn.q_proj.weight.mul_(6.0)
+            layer.self_attn.k_proj.weight.mul_(6.0)
+    return plain, sharp

@@ -5,7 +5,6 @@ error naming the file and key; a self-chat shard runs under it through the workf
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -77,21 +76,6 @@ def _batch(seed: int = 0, T: int = 40, vocab: int = 300, shared_span: bool = Fal
         pm[1, 5:15] = True
         pm[2, 3:10] = True
     return ids, am, pm
-
-
-@pytest.fixture(scope="module")
-def models(tiny_model_dir):
-    """(plain, sharp): the tiny model (4 query heads over 2 KV heads, 2 layers), and a copy with
-    q/k scaled so attention is peaked (prompt shares near 0 and 1)."""
-    from transformers import AutoModelForCausalLM
-
-    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    sharp = copy.deepcopy(plain)
-    with torch.no_grad():
-        for layer in sharp.model.layers:
-            layer.self_attn.q_proj.weight.mul_(6.0)
-            layer.self_attn.k_proj.weight.mul_(6.0)
-    return plain, sharp
 
 
 def run_logits(model, impl, ids, am, pm, hook=None, steps=5):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -26,20 +24,6 @@ def _batch(seed: int = 0, T: int = 40, vocab: int = 300):
     pm[1, 5:15] = True
     pm[2, 3:10] = True
     return ids, am, pos, pm
-
-
-@pytest.fixture(scope="module")
-def models(tiny_model_dir):
-    """(plain, sharp): the tiny model, and a copy with q/k scaled so attention is peaked."""
-    from transformers import AutoModelForCausalLM
-
-    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    sharp = copy.deepcopy(plain)
-    with torch.no_grad():
-        for layer in sharp.model.layers:
-            layer.self_attn.q_proj.weight.mul_(6.0)
-            layer.self_attn.k_proj.weight.mul_(6.0)
-    return plain, sharp
 
 
 def _logits(model, impl, ids, am, pos, **ctx):
