@@ -141,6 +141,12 @@ def phase_name(phase: str) -> str:
     return phase
 
 
+# the ``apply_to`` option of methods that act on the agent's generations: its schema, which
+# :func:`applies_to` reads
+APPLY_TO = {"enum": ["dialog", "probes", "both"], "default": "both",
+            "description": "Agent generations the method applies to (MMLU: always)."}
+
+
 def applies_to(setting: Setting, phase: str) -> bool:
     """The ``apply_to`` option (dialog | probes | both) for phases of the self-chat; MMLU always."""
     phase = phase_name(phase)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from personadrift.generation.api import Intervention
 from personadrift.generation.hooks import LogitsBranchHook
-from personadrift.interventions.base import Method, applies_to
+from personadrift.interventions.base import APPLY_TO, Method, applies_to
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,7 @@ class Guidance(Method):
     grid_item = {"type": "number", "minimum": 1}
     grid_description = "Guidance scales g >= 1: logits = uncond + g (cond - uncond)."
     options = {
-        "apply_to": {"enum": ["dialog", "probes", "both"], "default": "both",
-                     "description": "Agent generations the method applies to (MMLU: always)."},
+        "apply_to": APPLY_TO,
         "negative": {"enum": ["no_system", "empty_system"], "default": "no_system",
                      "description": "The unconditional branch: the messages without system messages (a "
                                     "template may insert its default one), or with an empty system message."},

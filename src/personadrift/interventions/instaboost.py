@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from personadrift.generation.api import Intervention
 from personadrift.generation.hooks import PromptAttentionHook
-from personadrift.interventions.base import EntryError, Method, applies_to
+from personadrift.interventions.base import APPLY_TO, EntryError, Method, applies_to
 from personadrift.interventions.layers import (
     check_layers_depth,
     layer_indices,
@@ -133,8 +133,7 @@ class InstABoost(Method):
                    "description": 'Layers: "all", a list of indices, or {start, stop} (stop exclusive).'},
         "heads": {"default": "all",
                   "description": 'Query heads boosted in those layers: "all" or a non-empty list of indices.'},
-        "apply_to": {"enum": ["dialog", "probes", "both"], "default": "both",
-                     "description": "Agent generations the method applies to (MMLU: always)."},
+        "apply_to": APPLY_TO,
     }
     serve_flags = {
         "--instaboost": ("boost", {"type": float, "help": "InstABoost factor alpha >= 1 on the system prompt's "

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from personadrift.generation.api import Intervention
 from personadrift.generation.hooks import LogitsBranchHook
-from personadrift.interventions.base import EntryError, Method, applies_to
+from personadrift.interventions.base import APPLY_TO, EntryError, Method, applies_to
 
 # the ``mask`` option: what each system-prompt token enters the second pass as
 MASKS = {"pad": "pad", "unk": "unk", "zero": None}  # option value -> the branch hook's blank_token
@@ -68,8 +68,7 @@ class SelectivePromptAnchoring(Method):
     grid_description = ("Anchoring strengths omega >= 1: logits = masked + omega (original - masked), the masked "
                         "pass with the system prompt's tokens masked; 1 is the model as it is.")
     options = {
-        "apply_to": {"enum": ["dialog", "probes", "both"], "default": "both",
-                     "description": "Agent generations the method applies to (MMLU: always)."},
+        "apply_to": APPLY_TO,
         "mask": {"enum": sorted(MASKS), "default": "pad",
                  "description": "What each system-prompt token enters the masked pass as: the embedding of the "
                                 "tokenizer's pad token (the end-of-sequence token where it has none) or unk token, "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from personadrift.generation.api import Intervention
 from personadrift.generation.hooks import PromptAttentionHook
-from personadrift.interventions.base import EntryError, Method, applies_to
+from personadrift.interventions.base import APPLY_TO, EntryError, Method, applies_to
 from personadrift.interventions.layers import (
     check_layers_depth,
     layer_indices,
@@ -54,8 +54,7 @@ class SplitSoftmax(Method):
     options = {
         "layers": {"default": "all",
                    "description": 'Layers: "all", a list of indices, or {start, stop} (stop exclusive).'},
-        "apply_to": {"enum": ["dialog", "probes", "both"], "default": "both",
-                     "description": "Agent generations the method applies to (MMLU: always)."},
+        "apply_to": APPLY_TO,
     }
     serve_flags = {
         "--split-k": ("k", {"type": float, "help": "split-softmax exponent k in (0, 1] (off by default)"}),

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from personadrift.generation.api import Intervention
 from personadrift.generation.hooks import ResidualHook
-from personadrift.interventions.base import EntryError, Method, applies_to
+from personadrift.interventions.base import APPLY_TO, EntryError, Method, applies_to
 
 VECTORS = "persona_vectors"  # the name of the method's input file (Method.inputs, Setting.inputs)
 
@@ -107,8 +107,7 @@ class Steering(Method):
         "cap": {"type": "boolean", "default": False,
                 "description": "Also cap: after adding, raise the projection on the persona's unit vector to at least "
                                "the 25th percentile of its calibration answers' projections."},
-        "apply_to": {"enum": ["dialog", "probes", "both"], "default": "both",
-                     "description": "Agent generations the method applies to (MMLU: always)."},
+        "apply_to": APPLY_TO,
     }
 
     def check(self, family, entry):
