@@ -105,6 +105,34 @@ def test_the_drift_figures_caption_is_three_sentences_with_the_fitted_ends(drift
     assert (round(d.first_mean, 2), round(d.last_mean, 2)) != (round(a, 2), round(b, 2))
 
 
+def test_the_drift_caption_names_the_share_that_stopped_and_what_could_have_been_shown(drift_tables, tmp_path):
+    """With no stop planted it says none stopped; with a quarter of the baseline's conversations
+    stopped early (planted), it names how many of how many, as the scores flag them. A claim not
+    shown carries the change the study had 80% power to show (analysis.stats.detectable_change)."""
+    from personadrift.analysis.stats import detectable_change, stopped_by
+    from personadrift.figures.drift import _claim, drift_caption
+
+    by_round, change = pd.read_csv(drift_tables[0]), pd.read_csv(drift_tables[1])
+    study = json.loads(open(drift_tables[2]).read())
+    assert "(none stopped early)" in drift_caption(by_round, change, study, [])
+
+    out = drift_tables_of_simulated_study(tmp_path, 16, seed=5, stop_share={"none": 0.25})
+    by_round, change = pd.read_csv(out["by_round"]), pd.read_csv(out["change"])
+    study = json.loads(out["study"].read_text())
+    none_scores = pd.read_csv(next(p for p in out["scores"] if p.stem == "none"))
+    stopped = len(stopped_by(none_scores, int(by_round["round"].max())))
+    assert 0 < stopped < 16
+    text = drift_caption(by_round, change, study, [])
+    assert f"({stopped} of 16 conversations, {stopped / 16:.0%}, stopped early with their context full" in text
+    assert len(re.findall(r"[.)](?= [A-Z]|$)", text)) == 3, text
+    d = _claim(change, "none", "agent", "drift")
+    if not d.significant:
+        x = detectable_change(d.se, int(d.n_conversations), int(d.n_comparisons), confidence=d.confidence)
+        assert f"a change of {x:.2f} or more either way would have been shown with 80% power" in text
+    else:
+        assert "80% power" not in text
+
+
 def test_the_drift_caption_counts_the_verdicts_the_other_judge_error_treatment_changes():
     from personadrift.figures.drift import judge_error_note
 
@@ -128,3 +156,25 @@ def test_a_switched_figure_joins_figures_all_only_where_the_config_turns_it_on()
     assert "drift_signals" in names(config={**config, "signals": {"enabled": True}})
     assert "drift_signals" in names(switched=True)
     assert "drift_signals" not in names(internals=False, switched=True)
+
+
+def test_the_mitigation_caption_names_stopped_conversations_and_what_a_null_could_have_shown():
+    """Per compared setting: conversations stopped early (in it or the baseline), and for a claim
+    not shown, the difference it had 80% power to show at its family's Bonferroni level."""
+    from personadrift.analysis.stats import detectable_change
+    from personadrift.figures.mitigation import _stopped_clause, mitigation_sentence
+
+    def row(method, value, significant, stopped):
+        return {"method": method, "value": value, "family": method, "chosen": True, "n_conversations": 48,
+                "n_stopped": stopped, "n_comparisons": 6, "confidence": 0.95,
+                **{f"stability_diff{k}": v for k, v in {"": 0.1, "_ci_low": -0.02, "_ci_high": 0.22, "_p_holm": 0.4,
+                                                       "_significant": significant, "_se": 0.06}.items()}}
+
+    t = pd.DataFrame([row("none", np.nan, False, 0), row("repetition", 1.0, False, 6),
+                      row("split_softmax", 0.5, True, 0)])
+    assert _stopped_clause(t) == ("stopped early, in the setting or the baseline: prompt repetition (every=1) "
+                                  "6 (12%), split-softmax (k=0.5) 0 (0%)")
+    assert _stopped_clause(t.assign(n_stopped=0)) == "none stopped early"
+    x = detectable_change(0.06, 48, 6)
+    assert f"(no significant difference; shown with 80% power only from ±{x:.2f})" in mitigation_sentence(t.iloc[1])
+    assert "80% power" not in mitigation_sentence(t.iloc[2]) and "raises the level" in mitigation_sentence(t.iloc[2])

@@ -179,6 +179,19 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
+def detectable_change(se: float, n: int, comparisons: int = 1, *, confidence: float = 0.95,
+                      power: float = 0.8) -> float:
+    """The smallest true effect a claim with standard error ``se`` over ``n`` conversations shows
+    with probability ``power``: (t_{1-a/2} + t_power) x se on n - 1 degrees of freedom, at the
+    Bonferroni level a = (1 - confidence) / comparisons, which Holm's first step uses and no later
+    step needs more than (so the figure is an upper bound for a claim in a Holm family). A t-test's
+    figure; for the bootstrap and sign-flip intervals, an approximation. NaN below 2 conversations."""
+    if n < 2 or not np.isfinite(se) or se <= 0:
+        return float("nan")
+    alpha = (1 - confidence) / max(int(comparisons), 1)
+    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * se)
+
+
 def describe(method: str, confidence: float) -> str:
     """How intervals are made, for captions: e.g. '95% t-interval over conversations drawn from the
     study's persona pool' (what the interval is over: see the comment above :data:`CLAIMS`)."""

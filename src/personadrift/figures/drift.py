@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from personadrift.analysis.stats import METHOD_NAME
+from personadrift.analysis.stats import METHOD_NAME, detectable_change
 from personadrift.figures.style import KIND_COLOR, KIND_LABEL, band, caption
 
 CONTROL = "control"  # the setting whose user bot has no persona (length-only drift)
@@ -41,6 +41,25 @@ def fitted_ends(by_round: pd.DataFrame, d) -> tuple[float, float]:
     return start, start + d.change
 
 
+def detectable_clause(r) -> str:
+    """For a claim not shown: the smallest change the study would have shown with 80% power."""
+    comparisons = int(r.n_comparisons) if r.family == "holm" and np.isfinite(r.n_comparisons) else 1
+    x = detectable_change(float(r.se), int(r.n_conversations), comparisons, confidence=float(r.confidence))
+    return f"; a change of {x:.2f} or more either way would have been shown with 80% power" if np.isfinite(x) else ""
+
+
+def stopped_clause(by_round: pd.DataFrame, setting: str = "none", kind: str = "agent") -> str:
+    """How many of a setting's conversations the context policy stopped before its last round."""
+    rows = by_round[(by_round["setting"] == setting) & (by_round["kind"] == kind)]
+    if rows.empty or "n_stopped" not in rows:
+        return ""
+    stopped, total = int(rows["n_stopped"].max()), int((rows["n_running"] + rows["n_stopped"]).max())
+    if not stopped:
+        return "none stopped early"
+    return (f"{stopped} of {total} conversations, {stopped / total:.0%}, stopped early with their context full: a "
+            "round's mean is over those still running")
+
+
 def verdict_sentence(by_round: pd.DataFrame, change: pd.DataFrame, setting: str = "none",
                      kind: str = "agent") -> str:
     """The one verdict the drift figure carries: did stability change over the dialog's rounds."""
@@ -53,7 +72,7 @@ def verdict_sentence(by_round: pd.DataFrame, change: pd.DataFrame, setting: str 
     if d.significant:
         verb = "fell" if d.change < 0 else "rose"
         return f"{what} {verb} significantly over the dialog, {ends}: change {_stat(d)}."
-    return f"{what} did not change significantly over the dialog: {ends}, change {_stat(d)}."
+    return f"{what} did not change significantly over the dialog: {ends}, change {_stat(d)}{detectable_clause(d)}."
 
 
 def judge_error_note(change: pd.DataFrame, study: dict) -> str:
@@ -140,8 +159,10 @@ def drift_caption(by_round: pd.DataFrame, change: pd.DataFrame, study: dict, fla
     the dialog, where every other claim is (the report's caption defines them)."""
     method = study.get("method", "percentile")
     control = (by_round["setting"] == CONTROL).any()
+    stopped = stopped_clause(by_round)
     plotted = (f"Mean judge score per round, n = {study['conversations']} conversations x {study['runs']} "
-               f"sample{'s' if study['runs'] != 1 else ''} per probe; bands: {study['confidence']:.0%} "
+               f"sample{'s' if study['runs'] != 1 else ''} per probe" + (f" ({stopped})" if stopped else "")
+               + f"; bands: {study['confidence']:.0%} "
                f"{METHOD_NAME.get(method, method)} over {study['bootstrap_unit']}s"
                + ("; dashed: the control, whose user bot has no persona" if control else "")
                + (f"; shaded rounds {', '.join(map(str, flagged))}: some prompts did not fit the context"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
-from personadrift.analysis.stats import describe
+from personadrift.analysis.stats import describe, detectable_change
 from personadrift.figures.style import band, caption
 from personadrift.interventions import METHODS
 
@@ -43,7 +44,9 @@ def _method(t: pd.DataFrame) -> tuple[str, float]:
 
 def _verdict(r, col: str, up: str, down: str) -> str:
     if not r.get(f"{col}_significant", False):
-        return "no significant difference"
+        x = detectable_change(float(r.get(f"{col}_se", np.nan)), int(r["n_conversations"]),
+                              int(r["n_comparisons"]), confidence=float(r["confidence"]))
+        return "no significant difference" + (f"; shown with 80% power only from ±{x:.2f}" if np.isfinite(x) else "")
     return up if r[col] > 0 else down
 
 
@@ -59,6 +62,19 @@ def mitigation_sentence(r) -> str:
         text += (f"; change over the dialog {stat('drift_diff')} "
                  f"({_verdict(r, 'drift_diff', 'reduces the decline', 'steepens the decline')})")
     return text + "."
+
+
+def _stopped_clause(shown: pd.DataFrame) -> str:
+    """How many conversations the context policy stopped early, per compared setting (in it or in
+    the baseline: a paired claim uses the rounds both reached)."""
+    if "n_stopped" not in shown:
+        return ""
+    rows = shown[shown["method"] != "none"]
+    if not int(rows["n_stopped"].sum()):
+        return "none stopped early"
+    return "stopped early, in the setting or the baseline: " + ", ".join(
+        f"{_label(r)} {int(r['n_stopped'])} ({int(r['n_stopped']) / int(r['n_conversations']):.0%})"
+        for _, r in rows.iterrows())
 
 
 def _errors_sentence(t: pd.DataFrame) -> str:
@@ -93,7 +109,8 @@ def mitigation_over_rounds(by_round_csv: str, tradeoff_csv: str):
     how = describe(*_method(trade))
     claims = [mitigation_sentence(r) for _, r in shown.iterrows() if r["method"] != "none"]
     caption(fig, "Stability per round for no intervention and each method at its chosen setting, on the same "
-                 f"conversations (same seeds and persona pairs; n = {int(shown['n_conversations'].max())}); bands: "
+                 f"conversations (same seeds and persona pairs; n = {int(shown['n_conversations'].max())}"
+                 + (f", {stopped}" if (stopped := _stopped_clause(shown)) else "") + "); bands: "
                  f"{how}. Two claims per method, each a paired difference from no intervention with its {how}: "
                  "the level over the dialog (mean over rounds 1 and later; higher: the method raises the level) "
                  "and the change over the dialog (fitted least-squares change from round 1 to the last; less "
