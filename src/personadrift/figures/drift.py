@@ -51,7 +51,7 @@ def detectable_clause(r) -> str:
 def stopped_clause(by_round: pd.DataFrame, setting: str = "none", kind: str = "agent") -> str:
     """How many of a setting's conversations the context policy stopped before its last round."""
     rows = by_round[(by_round["setting"] == setting) & (by_round["kind"] == kind)]
-    if rows.empty or "n_stopped" not in rows:
+    if rows.empty or not {"n_stopped", "n_running"} <= set(rows.columns):
         return ""
     stopped, total = int(rows["n_stopped"].max()), int((rows["n_running"] + rows["n_stopped"]).max())
     if not stopped:
