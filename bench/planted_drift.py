@@ -184,9 +184,9 @@ def smallest(df: pd.DataFrame, size_col: str, target: float = 0.8) -> str:
         return "not quoted (its simulated standard error differs from the study's: see the se check)"
     d = df[df["power"] >= target]
     if d.empty:
-        best = df.sort_values("power").iloc[-1]
-        return (f"not reached in the scanned range (largest {abs(best[size_col]):.2f} has power "
-                f"{best['power']:.2f})")
+        largest = df.loc[df[size_col].abs().idxmax()]  # the largest effect scanned, not the most powerful row
+        return (f"not reached in the scanned range (largest {abs(largest[size_col]):.2f} has power "
+                f"{largest['power']:.2f})")
     return f"{abs(d.sort_values(size_col, key=abs).iloc[0][size_col]):.2f}"
 
 

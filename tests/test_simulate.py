@@ -350,3 +350,20 @@ def test_every_returned_fit_reproduces_the_studys_variances():
     for f in fits:
         again = moments(sim.simulate_scores(replace(f, conversations=20_000), seed=0))
         assert np.allclose(again / observed, 1.0, atol=0.1), (f, again, observed)
+
+
+def test_the_power_summary_names_the_largest_effect_scanned_when_none_reaches_80_percent():
+    """Where no planted effect reaches the target, the sentence gives the largest one scanned and
+    its power (not the row of highest power, which may be a smaller effect)."""
+    import importlib.util
+
+    from support.workflow import REPO
+
+    spec = importlib.util.spec_from_file_location("planted_drift", REPO / "bench" / "planted_drift.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    smallest = bench.smallest
+    df = pd.DataFrame({"true_change": [0.0, -0.05, -0.16], "power": [0.01, 0.04, 0.0], "quoted": True})
+    assert smallest(df, "true_change") == "not reached in the scanned range (largest 0.16 has power 0.00)"
+    assert smallest(df.assign(power=[0.0, 0.85, 0.9]), "true_change") == "0.05"
+    assert smallest(df.assign(quoted=[True, False, True]), "true_change").startswith("not quoted")
