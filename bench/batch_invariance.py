@@ -23,6 +23,11 @@ import copy
 
 
 def main() -> None:
+    from personadrift import numerics
+
+    # the numerics config.yaml's model jobs run with (model.cpu_numerics), set before torch loads: on
+    # an AVX-512 CPU oneDNN's native kernels are not batch-invariant and the invariant model refuses
+    numerics.apply(numerics.DEFAULT)
     from _common import add_model_args
     from selfchat_throughput import add_shape_args
 
