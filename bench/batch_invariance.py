@@ -23,11 +23,17 @@ import copy
 
 
 def main() -> None:
+    from pathlib import Path
+
+    import yaml
+
     from personadrift import numerics
 
-    # the numerics config.yaml's model jobs run with (model.cpu_numerics), set before torch loads: on
-    # an AVX-512 CPU oneDNN's native kernels are not batch-invariant and the invariant model refuses
-    numerics.apply(numerics.DEFAULT)
+    # the numerics config.yaml's model jobs run with (model.cpu_numerics), set before torch loads, as
+    # engines_cpu.py does: on an AVX-512 CPU oneDNN's native kernels are not batch-invariant, and
+    # the invariant model refuses to build
+    model = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["model"]
+    numerics.apply(model.get("cpu_numerics", numerics.DEFAULT))
     from _common import add_model_args
     from selfchat_throughput import add_shape_args
 
