@@ -3,6 +3,8 @@ arena's settings, as the file writes them, through the whole DAG on the tiny mod
 
 from __future__ import annotations
 
+import re
+import shutil
 from importlib.metadata import entry_points
 
 import pandas as pd
@@ -23,39 +25,55 @@ def test_the_arena_runs_every_method_personadrift_registers():
 
 
 @pytest.fixture(scope="module")
-def arena_smoke(tmp_path_factory):
+def arena_smoke(smoke, tmp_path_factory):
     """The arena's settings and signals on the smoke study's tiny model and sizes (steering and
-    the projection at the tiny model's last layer), run to figures/all."""
+    the projection at the tiny model's last layer), run to figures/all in a copy of the shared
+    smoke study's folder: the paper's settings are done there, so only the newer controls, their
+    MMLU, the persona vectors and the signals run, as when a user adds the arena to a finished
+    study. Returns (folder, Snakemake's log)."""
     work = tmp_path_factory.mktemp("arena-smoke")
-    smoke = yaml.safe_load(SMOKE.read_text())
+    shutil.copytree(smoke, work, symlinks=True, dirs_exist_ok=True)
+    smoke_cfg = yaml.safe_load(SMOKE.read_text())
     overlay = {
         "extends": str(ARENA),
-        "study": "arena-smoke",
-        "model": {"$patch": "replace", **smoke["model"]},
+        "study": smoke_cfg["study"],  # the same study: its finished settings are reused, not rerun
+        "model": {"$patch": "replace", **smoke_cfg["model"]},
         # the smoke study's sections as they are, not merged into the default's
-        **{k: {"$patch": "replace", **smoke[k]}
+        **{k: {"$patch": "replace", **smoke_cfg[k]}
            for k in ("personas", "selfchat", "attention", "mmlu", "scoring", "resources")},
         "interventions": {"steer": {"layer": 1}, "cap": {"layer": 1}},
         "signals": {"layer": 1},
     }
     (work / "arena-smoke.yaml").write_text(yaml.safe_dump(overlay))
-    snakemake(work, "--configfile", work / "arena-smoke.yaml", "--cores", "2", "figures/all")
-    return work
+    proc = snakemake(work, "--configfile", work / "arena-smoke.yaml", "--cores", "2", "figures/all")
+    return work, proc.stdout + proc.stderr
+
+
+def ran(log: str, rule: str) -> int:
+    """How many jobs of ``rule`` Snakemake's job-stats table says it ran (0 when absent)."""
+    match = re.search(rf"^{rule}\s+(\d+)$", log, re.MULTILINE)
+    return int(match.group(1)) if match else 0
 
 
 @pytest.mark.slow
 def test_every_control_runs_on_the_baselines_seeds_and_reaches_the_figures(arena_smoke):
     from personadrift.interventions.settings import expand_settings
 
-    cfg = load_config(arena_smoke / "arena-smoke.yaml")
+    work, log = arena_smoke
+    cfg = load_config(work / "arena-smoke.yaml")
     settings = expand_settings(cfg["interventions"])
-    res = arena_smoke / "results" / "arena-smoke"
+    res = work / "results" / cfg["study"]
     plans = {}
     for s in settings:
         scores = pd.read_csv(res / "scores" / f"{s.name}.csv")
         plans[s.name] = scores.drop_duplicates("conversation").set_index("conversation")[["agent_persona", "user_persona", "topic"]]
     for name, plan in plans.items():  # every setting: the baseline's persona pairs
         pd.testing.assert_frame_equal(plan, plans["none"], obj=name)
+    # only the newer controls were generated: the paper's settings' transcripts came from the study
+    new = [s for s in settings if s.name not in {f.name for f in expand_settings(load_config(SMOKE)["interventions"])}]
+    shards = len(list((res / "transcripts" / "none").glob("shard-*")))
+    assert len(new) == 4 and ran(log, "selfchat") == 4 * shards, log[-3000:]
+    assert ran(log, "calibrate") == 0 and ran(log, "attention") == 0, log[-3000:]
     tradeoff = pd.read_csv(res / "tables" / "tradeoff.csv")
     compared = [s.name for s in settings if not s.is_control]
     assert sorted(tradeoff["setting"]) == sorted(compared)
@@ -69,7 +87,7 @@ def test_every_control_runs_on_the_baselines_seeds_and_reaches_the_figures(arena
     signals = pd.read_csv(res / "tables" / "none" / "signals_by_round.csv")  # the judge-free signals
     assert len(signals) and signals.notna().any().all()
     for figure in ("tradeoff_stability_mmlu", "mitigation_over_rounds", "drift_signals"):
-        assert (arena_smoke / "figures" / "arena-smoke" / f"{figure}.png").stat().st_size > 0
+        assert (work / "figures" / cfg["study"] / f"{figure}.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -80,7 +98,9 @@ def test_a_method_in_two_families_is_named_by_family_in_the_trade_off_legend(are
     matplotlib.use("Agg")
     from personadrift.figures.mitigation import tradeoff_stability_mmlu
 
-    fig = tradeoff_stability_mmlu(str(arena_smoke / "results" / "arena-smoke" / "tables" / "tradeoff.csv"))
+    work, _ = arena_smoke
+    study = load_config(work / "arena-smoke.yaml")["study"]
+    fig = tradeoff_stability_mmlu(str(work / "results" / study / "tables" / "tradeoff.csv"))
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "persona-vector steering (steer)" in legend and "persona-vector steering (cap)" in legend
     assert "split-softmax" in legend and "InstABoost" in legend  # one family: the method's own label

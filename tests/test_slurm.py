@@ -25,6 +25,12 @@ from support.slurm_cluster import (
     start_cluster,
 )
 
+# Jobs submitted at once in the workflow runs below: more than the node's 2 CPUs, so the next jobs
+# wait in SLURM's queue and start the moment a CPU frees, while Snakemake sleeps between status
+# checks (the plugin backs off 1, 11, 21 s while none has finished). With 2 at a time the CPU sat
+# idle through those sleeps: the smoke DAG took 220 s here, with 8 queued 131 s.
+QUEUED_JOBS = 8
+
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
@@ -206,7 +212,7 @@ def test_smoke_workflow_runs_to_figures_all_through_the_slurm_executor(slurm_clu
         tmp_path,
         ["figures/all"],
         ["--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile", str(REPO_ROOT / "configs/smoke.yaml"),
-         "--jobs", "2"],
+         "--jobs", str(QUEUED_JOBS)],
         cluster=slurm_cluster,
         timeout=900,
     )
@@ -241,7 +247,7 @@ def test_rehearsal_runs_through_the_slurm_executor(slurm_cluster, tmp_path):
         [f"{r}/scores/none.csv"] + [f"{r}/transcripts/{s}/shard-0" for s in ("control", "split-k0.5", "repeat-every1",
                                                                            "cfg-g1.5")],
         ["--snakefile", str(REPO_ROOT / "Snakefile"), "--configfile", str(REPO_ROOT / "configs/rehearsal.yaml"),
-         "--jobs", "2"],
+         "--jobs", str(QUEUED_JOBS)],
         cluster=slurm_cluster,
         timeout=3000,
     )
