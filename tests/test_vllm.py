@@ -122,6 +122,8 @@ def test_a_study_mixes_vllm_and_hf_settings(embedded_model_dir, tmp_path):
     cfg["study"] = "vllm-mixed"
     cfg["model"] = {"name": "smollm2", "source": "local", "path": str(embedded_model_dir / "weights")}
     cfg["selfchat"]["shard_size"] = 3  # one vLLM load per setting
+    # two of the five persona files: calibrating all 100 personas on the real model took 35 s
+    cfg["personas"]["files"] = ["personas/benchmark/persona.yaml", "personas/benchmark/language.yaml"]
     cfg["vllm"] = {"enforce_eager": True, "cpu_kvcache_gib": 1}
     for family in ("none", "control", "repeat"):
         cfg["interventions"][family]["backend"] = "vllm"
