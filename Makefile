@@ -52,16 +52,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml $(BIN)/uv
 	touch $@
 
 # The vLLM backend's own environment (its torch and transformers pins differ from ours): every
-# package pinned in requirements-vllm.txt, installed without dependency resolution so that PyPI's
-# CUDA-built torchvision/torchaudio/torchcodec never land beside the CPU torch; the package
-# itself editable, without its dependencies (they are in the list). Rules of vLLM settings call
-# its CLI (rules/common.smk: env_cli). Built by `make setup-vllm` (and `make test`).
+# package pinned in requirements-vllm.txt, installed by uv without dependency resolution so that
+# PyPI's CUDA-built torchvision/torchaudio/torchcodec never land beside the CPU torch, and
+# byte-compiled whole (vLLM imports much of itself lazily, in its engine's subprocess too; uv is
+# several times faster than pip here: docs/measurements.md, Timings); the package itself
+# editable, without its dependencies (they are in the list).
+# Rules of vLLM settings call its CLI (rules/common.smk: env_cli). Built by `make setup-vllm` (and
+# `make test`).
 VENV_VLLM ?= .venv-vllm
-$(VENV_VLLM)/.installed: requirements-vllm.txt pyproject.toml
+$(VENV_VLLM)/.installed: requirements-vllm.txt pyproject.toml $(BIN)/uv
 	$(PYTHON) -m venv $(VENV_VLLM)
-	$(VENV_VLLM)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps -r requirements-vllm.txt
-	$(VENV_VLLM)/bin/python -m pip install --quiet --no-deps -e .
+	$(UV) pip install --quiet --python $(VENV_VLLM)/bin/python --no-deps --compile-bytecode $(UV_SOURCES) -r requirements-vllm.txt
+	$(UV) pip install --quiet --python $(VENV_VLLM)/bin/python --no-deps $(UV_SOURCES) -e .
 	touch $@
 
 # the hash-checked locks: requirements.txt's pins and everything they need; the installer's

