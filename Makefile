@@ -28,15 +28,19 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
+# Every process a recipe starts caches the bytecode it compiles (CPython's default), so what a job
+# imports beyond personadrift.bytecode's list is compiled once, not by every job (the tests too).
+unexport PYTHONDONTWRITEBYTECODE
 CORES ?= 2
 
 .PHONY: setup setup-vllm lock figures figure signals figure-docs validate verify expected robustness test lint report rulegraph clean-results
 
-# uv installs the hash-checked lock (requirements.lock, from requirements.txt by `make lock`) and
-# byte-compiles it: pip took most of a minute more (docs/measurements.md, Timings). Keep the
-# byte-compilation: where PYTHONDONTWRITEBYTECODE is set, as on many CI runners, Python never caches
-# what it compiles, and every process, every workflow job, would compile torch and transformers
-# anew (about 14 s of CPU each). uv reads neither pip.conf nor PIP_* variables: UV_SOURCES hands it
+# uv installs the hash-checked lock (requirements.lock, from requirements.txt by `make lock`): pip
+# took most of a minute more (docs/measurements.md, Timings). Then personadrift.bytecode caches the
+# bytecode of what the workflow's jobs import (about a fifth of the venv; byte-compiling all of it
+# was most of the setup's time): where PYTHONDONTWRITEBYTECODE is set, as on many CI runners, Python
+# never caches what it compiles, and every workflow job would compile torch and transformers anew
+# (about 14 s of CPU each). uv reads neither pip.conf nor PIP_* variables: UV_SOURCES hands it
 # pip's find-links and index URLs (this machine's torch wheel is one of them).
 UV_SOURCES = $(shell $(PYTHON) envs/pip_sources.py) --index-strategy unsafe-best-match
 UV = $(BIN)/python -m uv
@@ -47,8 +51,9 @@ $(BIN)/uv: requirements-setup.txt
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-setup.txt
 
 $(VENV)/.installed: requirements.lock pyproject.toml $(BIN)/uv
-	$(UV) pip install --quiet --python $(BIN)/python --require-hashes --compile-bytecode $(UV_SOURCES) -r requirements.lock
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes $(UV_SOURCES) -r requirements.lock
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(BIN)/python -m personadrift.bytecode
 	touch $@
 
 # The vLLM backend's own environment (its torch and transformers pins differ from ours): every

@@ -62,19 +62,3 @@ def test_wheel_refuses_a_bad_config_with_the_key_named(installed, tmp_path):
     proc = run_installed(installed, f"import personadrift.config as c; c.load_config({str(bad)!r})", cwd=REPO)
     assert proc.returncode != 0
     assert "seed" in proc.stderr and str(bad) in proc.stderr
-
-
-def test_the_setup_left_the_libraries_byte_compiled():
-    """Every workflow job is a new Python process. Where PYTHONDONTWRITEBYTECODE is set (CI runners
-    often set it) Python never caches what it compiles, so a venv installed without byte-compiling
-    makes each job compile torch and transformers from source again (about 14 s of CPU per job; it
-    made the test suite 2.7x slower). ``make setup`` keeps pip's byte-compilation."""
-    import importlib.util
-
-    import torch
-    import transformers
-    import transformers.models.llama.modeling_llama as llama
-
-    for module in (torch, transformers, llama):
-        cached = Path(importlib.util.cache_from_source(module.__file__))
-        assert cached.exists(), f"{module.__name__} has no cached bytecode ({cached}): was the venv installed with pip --no-compile?"
