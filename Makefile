@@ -59,8 +59,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml $(BIN)/uv
 # The vLLM backend's own environment (its torch and transformers pins differ from ours): every
 # package pinned in requirements-vllm.txt, installed by uv without dependency resolution so that
 # PyPI's CUDA-built torchvision/torchaudio/torchcodec never land beside the CPU torch, and
-# byte-compiled whole (vLLM imports much of itself lazily, in its engine's subprocess too; uv is
-# several times faster than pip here: docs/measurements.md, Timings); the package itself
+# byte-compiled whole (vLLM imports much of itself lazily, when its engine starts; uv took
+# less than half pip's time here: docs/measurements.md, Setup); the package itself
 # editable, without its dependencies (they are in the list).
 # Rules of vLLM settings call its CLI (rules/common.smk: env_cli). Built by `make setup-vllm` (and
 # `make test`).
