@@ -53,9 +53,10 @@ def test_every_lazily_imported_module_the_setup_caches_exists(name):
 
 
 def test_the_setup_left_what_model_and_figure_jobs_import_byte_compiled():
-    """In the venv as `make setup` left it (checked before this process imports them). Without it,
-    where PYTHONDONTWRITEBYTECODE is set, each job compiled torch and transformers anew: about 14 s
-    of CPU per job, and a test suite 2.7x slower."""
+    """In the venv as it is. Run where PYTHONDONTWRITEBYTECODE is set, this process caches nothing
+    itself, so the bytecode is `make setup`'s; under `make test` every process caches what it
+    imports and this holds anyway. Without it, where the variable is set, each job compiled torch
+    and transformers anew: about 14 s of CPU per job, and a test suite 2.7x slower."""
     names = ("torch", "transformers", "pandas", "matplotlib.backends.backend_pdf", "fontTools.subset",
              "personadrift.generation.engine", *LAZY_MODULES)
     uncached = []

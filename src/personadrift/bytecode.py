@@ -7,7 +7,7 @@ the first time a process imports it, unless PYTHONDONTWRITEBYTECODE is set, as o
 runners; there, a venv without cached bytecode makes every job compile torch and transformers
 anew (about 14 s of CPU each). Byte-compiling the whole venv at install (uv's
 ``--compile-bytecode``) does that for all of its ~20,000 files, most of which no job imports, and
-was most of the setup's time (docs/measurements.md, Timings). Here the process turns bytecode
+was most of the setup's time (docs/measurements.md, Setup). Here the process turns bytecode
 writing on and imports what the jobs import: every module of this package (torch, transformers,
 scipy, pandas and the rest at module level), the modules transformers loads lazily for a Llama
 model and its GGUF fetch, and matplotlib's PDF and PNG writers, exercised on a small figure.
