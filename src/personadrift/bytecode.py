@@ -46,9 +46,9 @@ def package_modules() -> list[str]:
 def _figure_writers() -> None:
     """Write a small figure with text to PDF and PNG in memory: loads the writers and the font
     subsetting of the PDF backend (fontTools), as every figure job does."""
-    from personadrift.figures import _headless, save
+    import matplotlib
 
-    _headless()
+    matplotlib.use("Agg")  # as personadrift.figures does (not imported here: a later stage)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(2, 1.5))
@@ -56,8 +56,8 @@ def _figure_writers() -> None:
     ax.legend()
     ax.set_title("bytecode")
     for fmt in ("pdf", "png"):
-        fig.savefig(io.BytesIO(), format=fmt)
-    save(fig, [])
+        fig.savefig(io.BytesIO(), format=fmt, bbox_inches="tight")
+    plt.close(fig)
 
 
 def warm(modules: list[str] | None = None) -> list[str]:
