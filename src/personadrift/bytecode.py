@@ -61,8 +61,8 @@ def _figure_writers() -> None:
 
 
 def warm(modules: list[str] | None = None) -> list[str]:
-    """Import ``modules`` (default: the package's and LAZY_MODULES) with bytecode writing on, then
-    the figure writers; returns one line per module that failed to import."""
+    """Import ``modules`` with bytecode writing on (default: the package's modules and
+    LAZY_MODULES, then the figure writers); returns one line per module that failed to import."""
     sys.dont_write_bytecode = False  # whatever PYTHONDONTWRITEBYTECODE says: caching is the point
     names = package_modules() + list(LAZY_MODULES) if modules is None else modules
     failed = []
