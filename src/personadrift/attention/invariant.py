@@ -13,6 +13,11 @@ SDPA outside an ``attention_context``, split-softmax inside one) computes the ro
 alone. Padding queries get zeros (nothing reads them). The row's own causal mask is
 bottom-right aligned: its queries are its last real slots.
 
+A row with one real query outside an ``attention_context`` (every row of a plain decode step)
+runs :mod:`personadrift.attention.blocked_decode` instead: a decode step's rows all in one
+blocked call whose reductions are fixed by each row alone, and a row with one query in a prefill
+the same computation on its own, so a row's path never depends on its mates.
+
 What stays batch-dependent: a prompt-share recorder (``attention_context(recorder=...)``) sees
 the whole batch, so calls with one run the wrapped function on the batch as it is.
 What is not promised: the same row built in another number of forwards (its KV cache made turn
@@ -28,6 +33,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from personadrift.attention.blocked_decode import blocked_decode_attention, compact_of, packed_row
 from personadrift.attention.context import _STATE, current_state
 from personadrift.attention.split_softmax import split_softmax_attention
 
@@ -116,7 +122,31 @@ def _row_state(state, i: int, key_idx: torch.Tensor | None, kv_len: int):
     return sub
 
 
-_PLAN: list = [None, None]  # (mask object, its row slots): every layer of a forward shares one mask
+def _row_attention(module, state, i, k_idx, kv_len, q_i, k_i, v_i, dropout, scaling, softcap, kwargs):
+    """One row's attention on its own keys: :func:`split_softmax_attention` under the row's cut
+    of the attention context."""
+    mask = _bottom_right_causal(q_i.shape[2], k_i.shape[2], q_i.device)
+    token = None
+    if state is not None:
+        token = _STATE.set(_row_state(state, i, k_idx, kv_len))
+    try:
+        o_i, _ = split_softmax_attention(module, q_i, k_i, v_i, mask, dropout=dropout, scaling=scaling,
+                                         softcap=softcap, **kwargs)
+    finally:
+        if token is not None:
+            _STATE.reset(token)
+    return o_i
+
+
+_PLAN: list = [None, None, None]  # (mask object, its row slots, decode facts): every layer of a forward shares one mask
+
+
+def _decode_facts(plan, kv_len: int) -> tuple[bool, list[int]]:
+    """For a forward of one query per row: whether the newest slot is real in every row (a
+    decode step: the packed keys grow by it), and the rows whose query is padding."""
+    last_real = all(k is None or (k.numel() and int(k[-1]) == kv_len - 1) for k, _ in plan)
+    padding = [i for i, (_, q) in enumerate(plan) if q is not None and q.numel() == 0]
+    return last_real, padding
 
 
 def batch_invariant_attention(
@@ -132,7 +162,8 @@ def batch_invariant_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """AttentionInterface function: :func:`split_softmax_attention` row by row on each row's real
-    keys and queries. Returns (attn_output [b, q, heads, head_dim], None)."""
+    keys and queries, the blocked decode attention for rows with one query outside an attention
+    context. Returns (attn_output [b, q, heads, head_dim], None)."""
     state = current_state()
     if sliding_window is not None or (state is not None and state.recorder is not None):
         # a window counts slots, not real keys; a recorder holds the batch's shape
@@ -144,7 +175,17 @@ def batch_invariant_attention(
         plan = _PLAN[1]
     else:
         plan = row_slots(attention_mask, b, q_len, kv_len)
-        _PLAN[0], _PLAN[1] = attention_mask, plan
+        _PLAN[0], _PLAN[1], _PLAN[2] = attention_mask, plan, None
+    blocked = state is None and softcap is None and dropout == 0.0
+    if blocked and q_len == 1:  # a decode step: every row in one blocked call
+        if _PLAN[2] is None:
+            _PLAN[2] = _decode_facts(plan, kv_len)
+        last_real, padding = _PLAN[2]
+        out = blocked_decode_attention(query, compact_of(key, value, [k for k, _ in plan], last_real,
+                                                              getattr(module, "layer_idx", None)), scaling)
+        if padding:
+            out[padding] = 0.0
+        return out, None
     out = query.new_zeros(b, q_len, h, value.shape[-1])
     for i, (k_idx, q_idx) in enumerate(plan):
         q_i = _take(query, i, q_idx)
@@ -152,16 +193,10 @@ def batch_invariant_attention(
         if n == 0:
             continue
         k_i, v_i = _take(key, i, k_idx), _take(value, i, k_idx)
-        mask = _bottom_right_causal(n, k_i.shape[2], query.device)
-        token = None
-        if state is not None:
-            token = _STATE.set(_row_state(state, i, k_idx, kv_len))
-        try:
-            o_i, _ = split_softmax_attention(module, q_i, k_i, v_i, mask, dropout=dropout, scaling=scaling,
-                                             softcap=softcap, **kwargs)
-        finally:
-            if token is not None:
-                _STATE.reset(token)
+        if blocked and n == 1:  # one real query: the decode steps' computation, in any batch
+            o_i = blocked_decode_attention(q_i, packed_row(k_i, v_i), scaling)
+        else:
+            o_i = _row_attention(module, state, i, k_idx, kv_len, q_i, k_i, v_i, dropout, scaling, softcap, kwargs)
         if q_idx is None:
             out[i] = o_i[0]
         else:

@@ -182,7 +182,10 @@ class Batch:
     def _context(self):
         """The hooks' per-batch state for one forward: the attention hook's prompt slots, the
         residual hook's rows."""
+        from personadrift.attention.blocked_decode import packed_beside
+
         hooks = contextlib.ExitStack()
+        hooks.enter_context(packed_beside(self.cache))  # decode steps append to the packed keys
         iv = self.engine.intervention
         reweight = iv.hook("attention")
         if reweight is not None and bool(self.prompt.any()):

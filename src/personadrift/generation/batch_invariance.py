@@ -8,7 +8,9 @@ order fixed by the row alone:
   (:class:`~personadrift.generation.linear_kernels.InvariantOneDNNLinear`, probed bitwise at 1 to
   1,000 rows and every position, 1 and 2 threads);
 * attention: each row on its own real keys and queries
-  (:mod:`personadrift.attention.invariant`), wrapping plain SDPA and split-softmax;
+  (:mod:`personadrift.attention.invariant`), wrapping plain SDPA and split-softmax; rows with one
+  query (decode steps) outside an attention context all in one call whose reductions run in
+  blocks that start at each row's first key (:mod:`personadrift.attention.blocked_decode`);
 * the rest is per row already: RMSNorm reduces over one row's hidden vector, rotary embeddings
   and the MLP's activation are elementwise, sampling draws from each row's own stream.
 
