@@ -3,9 +3,10 @@ the ordinary one.
 
 The engine's seconds per conversation with the model as `batch_invariant: false` runs it (linear
 layers on the config's kernel, fused SDPA over the padded batch) and as `batch_invariant: true`
-runs it (oneDNN's packed matmul at every row count, attention row by row on each row's real keys
-and queries: generation/batch_invariance.py), in one process, the two alternated (ordinary,
-invariant, ordinary, ...: each invariant run between two ordinary runs, so a steady drift of the
+runs it (oneDNN's packed matmul at every row count, attention on each row's real keys and
+queries: row by row in a prefill, a plain decode step's rows in one blocked call:
+generation/batch_invariance.py), in one process, the two alternated (ordinary, invariant,
+ordinary, ...: each invariant run between two ordinary runs, so a steady drift of the
 machine's speed cancels), at the workflow's thread count and schedule in the default config's
 shape, with the machine's 2048x2048 float32 matmul rate before and after.
 

@@ -95,7 +95,7 @@ def test_a_decode_step_extends_the_packed_keys_as_packing_afresh_would():
     layer = cache.layers[0]
     with packed_beside(cache):
         held = compact_of(layer.buf_k[:, :, :width], layer.buf_v[:, :, :width], slots, True, 0)
-        for step in range(BLOCK + 2):  # across a block edge for every row, and a growth of the blocks
+        for step in range(BLOCK + 2):  # every row opens a block, one widens the table
             new = torch.randn(len(rows), KV_HEADS, 1, DIM, generator=torch.Generator().manual_seed(step))
             layer.buf_k[:, :, width : width + 1], layer.buf_v[:, :, width : width + 1] = new, -new
             width += 1
@@ -105,9 +105,17 @@ def test_a_decode_step_extends_the_packed_keys_as_packing_afresh_would():
         afresh = compact_of(layer.buf_k[:, :, :width], layer.buf_v[:, :, :width], slots, True)  # no cache: packs
     assert afresh is not held
     assert torch.equal(held.counts, afresh.counts)
-    blocks = afresh.k.shape[0]
-    assert torch.equal(held.k[:blocks], afresh.k) and torch.equal(held.v[:blocks], afresh.v)
-    assert not held.k[blocks:].any()  # the blocks grown past the longest row are zeros
+    for i, (_, k, v) in enumerate(rows):
+        n = k.shape[2]
+        for packed in (held, afresh):
+            row_k, row_v = packed.row_keys(i)
+            assert torch.equal(row_k[:, :n], k[0]) and torch.equal(row_v[:, :n], v[0])
+            assert torch.equal(packed.row_keys(i)[0], afresh.row_keys(i)[0])
+    for packed in (held, afresh):  # past each row's last key, and in the pool's unused blocks: zeros
+        n = packed.counts[packed.owner] - packed.start
+        filled = torch.arange(BLOCK)[None, :] < n[:, None]
+        assert not packed.k[: packed.used].masked_fill(filled[:, None, :, None], 0).any()
+        assert not packed.k[packed.used :].any()
     assert torch.equal(blocked_decode_attention(q, held, None), blocked_decode_attention(q, afresh, None))
 
 

@@ -1,26 +1,28 @@
 """Batch-invariant attention for rows with one query (decode steps), all rows in one call.
 
 Row by row (:mod:`personadrift.attention.invariant`), a decode step costs one SDPA call per row and
-layer, most of it call overhead. Here every row of the step runs in the same few tensor operations,
+layer, much of it call overhead. Here every row of the step runs in the same few tensor operations,
 and still each row's result depends on its own keys alone, because every reduction over keys runs
 in blocks of ``BLOCK`` keys that start at the row's first real key:
 
-* each row's real keys and values are kept packed from position 0 (zeros after), in a
-  :class:`CompactKV` beside the engine's left-padded buffer: built once after a prefill, then one
-  column appended per decode step;
+* each row's real keys and values are kept in blocks of ``BLOCK`` positions (a row's position p in
+  its block p // BLOCK, zeros past its last key), the blocks of all rows in one pool, as vLLM's
+  paged attention keeps them, beside the engine's left-padded buffer: packed once after a prefill,
+  then one column appended per decode step; a step computes the blocks rows own, not a rectangle
+  padded to the longest row;
 * scores and the weighted sum of values are batched matrix products of one fixed shape per
-  (row, KV head, block): (queries per KV head x head_dim) by (head_dim x ``BLOCK``), and
+  (block, KV head): (queries per KV head x head_dim) by (head_dim x ``BLOCK``), and
   (queries per KV head x ``BLOCK``) by (``BLOCK`` x head_dim); MKL's strict reproducible mode
   (``MKL_CBWR``, pinned numerics) gives a product the same bits whatever else is in the batch;
-* the maximum score is a max (exact in any order); ``exp`` runs over tensors whose size is a
+* a row's maximum score is a max (exact in any order); ``exp`` runs over tensors whose size is a
   multiple of 64, so no element falls in a vectorised loop's scalar tail; a block's sum is a
-  reduction of 64 contiguous elements; blocks are added in a pairwise tree padded with zero
-  blocks, and a zero block adds exactly nothing, so the keys a row's batch-mates add past its
-  own never change its sums.
+  reduction of 64 contiguous elements; a row's blocks are added in their order in a pairwise tree
+  padded with zero blocks, and a zero block adds exactly nothing, so its mates' longer rows never
+  change its sums.
 
 Only for rows outside an ``attention_context`` (plain attention): split-softmax, the recorder and
-sliding windows stay row by row. The tests (tests/test_batch_invariance.py) check the bits: a row
-alone against beside mates, batch sizes 1 to 48, one and two threads.
+sliding windows stay row by row. The tests (tests/test_blocked_decode.py, and the engine's in
+tests/test_batch_invariance.py) check the bits: a row alone against beside mates, 1 and 2 threads.
 """
 
 from __future__ import annotations
@@ -52,67 +54,105 @@ def packed_beside(cache):
 
 
 class CompactKV:
-    """Per row, its real keys and values packed from position 0, block-major: ``k``/``v``
-    [blocks, b, kv_heads, BLOCK, head_dim] (position p of row i at ``[p // BLOCK, i, :, p % BLOCK]``,
-    zeros past ``counts[i]``), so that the blocks a step reads are one contiguous prefix and the
-    batched products need no copy; ``width`` buffer columns absorbed so far."""
+    """Each row's real keys and values in blocks of ``BLOCK`` positions from its first key: a pool
+    ``k``/``v`` [blocks, kv_heads, BLOCK, head_dim] (zeros where no key is), ``table`` [b, most
+    blocks] the pool index of each row's j-th block (``-1`` past its last), ``owner`` the row of
+    each used block, ``start`` its first position in that row; ``width`` buffer columns absorbed."""
 
-    __slots__ = ("k", "v", "counts", "longest", "width", "rows", "values_of")
+    __slots__ = ("k", "v", "used", "counts", "longest", "width", "rows", "table", "owner", "start", "values_of")
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, counts: list[int], width: int, values_of: int):
-        self.k, self.v, self.width = k, v, width
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, rows_blocks: list[list[int]], counts: list[int],
+                 width: int, values_of: int):
+        self.k, self.v, self.width, self.values_of = k, v, width, values_of
+        self.used = sum(len(r) for r in rows_blocks)
         self.counts = torch.tensor(counts, dtype=torch.long, device=k.device)
         self.longest = max(counts) if counts else 0
         self.rows = torch.arange(len(counts), device=k.device)
-        self.values_of = values_of  # where the values it was built from start (a check, not a reference)
+        owner, start = [0] * self.used, [0] * self.used
+        for i, blocks in enumerate(rows_blocks):
+            for j, p in enumerate(blocks):
+                owner[p], start[p] = i, j * BLOCK
+        self.owner = torch.tensor(owner, dtype=torch.long, device=k.device)
+        self.start = torch.tensor(start, dtype=torch.long, device=k.device)
+        most = max((len(r) for r in rows_blocks), default=0)
+        self.table = torch.tensor([r + [-1] * (most - len(r)) for r in rows_blocks], dtype=torch.long,
+                                  device=k.device).view(len(rows_blocks), most)
 
     def append_last(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """Absorb the buffer's newest column, real in every row (a decode step)."""
-        self._reserve(self.longest + 1)
         block, offset = self.counts // BLOCK, self.counts % BLOCK
-        self.k[block, self.rows, :, offset] = key[:, :, -1]
-        self.v[block, self.rows, :, offset] = value[:, :, -1]
+        starts = offset == 0
+        if bool(starts.any()):  # some row's new key starts a block
+            self._open_blocks(starts.nonzero().flatten(), block)
+        where = self.table[self.rows, block]
+        self.k[where, :, offset] = key[:, :, -1]
+        self.v[where, :, offset] = value[:, :, -1]
         self.counts += 1
         self.longest += 1
         self.width += 1
 
-    def _reserve(self, positions: int) -> None:
-        blocks = _blocks(positions)
-        if blocks > self.k.shape[0]:
-            grow = max(blocks, 2 * self.k.shape[0]) - self.k.shape[0]
+    def _open_blocks(self, rows: torch.Tensor, block: torch.Tensor) -> None:
+        """A new pool block for each of ``rows`` (their next position starts block ``block[i]``)."""
+        n = rows.numel()
+        if not n:
+            return
+        if self.used + n > self.k.shape[0]:
+            grow = max(self.used + n, 2 * self.k.shape[0]) - self.k.shape[0]
             self.k = torch.cat([self.k, self.k.new_zeros((grow,) + self.k.shape[1:])])
             self.v = torch.cat([self.v, self.v.new_zeros((grow,) + self.v.shape[1:])])
+        ids = torch.arange(self.used, self.used + n, device=self.k.device)
+        self.used += n
+        j = block[rows]
+        if int(j.max()) >= self.table.shape[1]:
+            self.table = torch.cat([self.table, self.table.new_full((self.table.shape[0], 1), -1)], dim=1)
+        self.table[rows, j] = ids
+        self.owner = torch.cat([self.owner, rows])
+        self.start = torch.cat([self.start, j * BLOCK])
+
+    def row_keys(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``i``'s keys and values [kv_heads, count, head_dim], in order (for checks)."""
+        blocks = [int(p) for p in self.table[i] if int(p) >= 0]
+        n = int(self.counts[i])
+        k = torch.cat([self.k[p] for p in blocks], dim=1) if blocks else self.k.new_zeros(self.k.shape[1], 0, 0)
+        v = torch.cat([self.v[p] for p in blocks], dim=1) if blocks else self.v.new_zeros(self.v.shape[1], 0, 0)
+        return k[:, :n], v[:, :n]
 
 
 def _blocks(n: int) -> int:
-    return max(1, math.ceil(n / BLOCK))
+    return math.ceil(n / BLOCK)
 
 
 def _packed(key: torch.Tensor, value: torch.Tensor, key_slots: list[torch.Tensor | None],
             capacity: int) -> CompactKV:
     b, h, kv_len, d = key.shape
-    blocks = _blocks(capacity)
-    k = key.new_zeros((blocks, b, h, BLOCK, d))
-    v = value.new_zeros((blocks, b, h, BLOCK, value.shape[3]))
-    counts = []
+    rows = []
     for i, idx in enumerate(key_slots):
         if idx is None:
-            rk, rv = key[i], value[i]
+            rows.append((key[i], value[i]))
         elif idx.numel() and int(idx[-1]) - int(idx[0]) + 1 == idx.numel():  # one contiguous run
             s = int(idx[0])
-            rk, rv = key[i, :, s : s + idx.numel()], value[i, :, s : s + idx.numel()]
+            rows.append((key[i, :, s : s + idx.numel()], value[i, :, s : s + idx.numel()]))
         else:
-            rk, rv = key[i].index_select(1, idx), value[i].index_select(1, idx)
+            rows.append((key[i].index_select(1, idx), value[i].index_select(1, idx)))
+    counts = [rk.shape[1] for rk, _ in rows]
+    # room for the rows to grow to ``capacity`` keys (the buffer's) before the pool must grow
+    room = sum(_blocks(max(c, 1) + capacity - kv_len) for c in counts)
+    k = key.new_zeros((max(room, 1), h, BLOCK, d))
+    v = value.new_zeros((max(room, 1), h, BLOCK, value.shape[3]))
+    rows_blocks, used = [], 0
+    for rk, rv in rows:
         n = rk.shape[1]
-        counts.append(n)
         full, rest = divmod(n, BLOCK)
         if full:  # [h, full * BLOCK, d] -> [full, h, BLOCK, d]
-            k[:full, i] = rk[:, : full * BLOCK].unflatten(1, (full, BLOCK)).transpose(0, 1)
-            v[:full, i] = rv[:, : full * BLOCK].unflatten(1, (full, BLOCK)).transpose(0, 1)
+            k[used : used + full] = rk[:, : full * BLOCK].unflatten(1, (full, BLOCK)).transpose(0, 1)
+            v[used : used + full] = rv[:, : full * BLOCK].unflatten(1, (full, BLOCK)).transpose(0, 1)
         if rest:
-            k[full, i, :, :rest] = rk[:, full * BLOCK :]
-            v[full, i, :, :rest] = rv[:, full * BLOCK :]
-    return CompactKV(k, v, counts, kv_len, value.data_ptr())
+            k[used + full, :, :rest] = rk[:, full * BLOCK :]
+            v[used + full, :, :rest] = rv[:, full * BLOCK :]
+        own = _blocks(n)
+        rows_blocks.append(list(range(used, used + own)))
+        used += own
+    return CompactKV(k, v, rows_blocks, counts, kv_len, value.data_ptr())
 
 
 def packed_row(key: torch.Tensor, value: torch.Tensor) -> CompactKV:
@@ -152,32 +192,35 @@ def compact_of(key: torch.Tensor, value: torch.Tensor, key_slots: list[torch.Ten
 
 
 def _tree_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over dim 0 in a pairwise tree, an odd level padded with a zero block at its end: a row
+    """Sum over dim 1 in a pairwise tree, an odd level padded with a zero block at its end: a row
     whose blocks past its own are zeros gets the sum it gets alone."""
-    while x.shape[0] > 1:
-        if x.shape[0] % 2:
-            x = torch.cat([x, x.new_zeros((1,) + x.shape[1:])])
-        x = x[0::2] + x[1::2]
-    return x[0]
+    while x.shape[1] > 1:
+        if x.shape[1] % 2:
+            x = torch.cat([x, x.new_zeros(x.shape[:1] + (1,) + x.shape[2:])], dim=1)
+        x = x[:, 0::2] + x[:, 1::2]
+    return x[:, 0]
 
 
 def blocked_decode_attention(query: torch.Tensor, compact: CompactKV, scaling: float | None) -> torch.Tensor:
-    """Attention of one query per row ([b, heads, 1, head_dim]) over each row's packed keys;
+    """Attention of one query per row ([b, heads, 1, head_dim]) over each row's blocks of keys;
     returns [b, 1, heads, head_dim]. Grouped-query heads: query head j reads KV head j // groups."""
     b, h, _, d = query.shape
-    kv_heads = compact.k.shape[2]
+    kv_heads = compact.k.shape[1]
     groups = h // kv_heads
-    n_blocks = _blocks(compact.longest)
-    compact._reserve(n_blocks * BLOCK)
-    keys, values = compact.k[:n_blocks], compact.v[:n_blocks]  # [nb, b, kvh, BLOCK, d]
-    q = query.reshape(1, b, kv_heads, groups, d)
-    scores = torch.matmul(q, keys.transpose(-1, -2))  # [nb, b, kvh, groups, BLOCK]
+    used = compact.used
+    keys, values = compact.k[:used], compact.v[:used]  # [blocks, kvh, BLOCK, d]
+    q = query.reshape(b, kv_heads, groups, d).index_select(0, compact.owner)  # each block's row's query
+    scores = torch.matmul(q, keys.transpose(-1, -2))  # [blocks, kvh, groups, BLOCK]
     scores.mul_(d**-0.5 if scaling is None else scaling)
-    past = torch.arange(n_blocks * BLOCK, device=query.device).view(n_blocks, 1, BLOCK) >= compact.counts[:, None]
-    scores.masked_fill_(past[:, :, None, None, :], float("-inf"))
-    top = scores.amax(dim=(0, 4), keepdim=True)
-    weights = scores.sub_(top).exp_()
-    total = _tree_sum(weights.sum(-1))  # [b, kvh, groups]
-    out = _tree_sum(torch.matmul(weights, values))  # [b, kvh, groups, d]
-    out = out / total[..., None]
+    past = (compact.start[:, None] + torch.arange(BLOCK, device=query.device)) >= compact.counts[compact.owner][:, None]
+    scores.masked_fill_(past[:, None, None, :], float("-inf"))
+    # per row, over its blocks (table; -1 reads an extra block of -inf, zeros): max, then sums
+    table = compact.table.clamp(min=0).masked_fill(compact.table < 0, used)
+    block_top = torch.cat([scores.amax(-1), scores.new_full((1, kv_heads, groups), float("-inf"))])
+    top = block_top[table].amax(1)  # [b, kvh, groups]
+    weights = scores.sub_(top.index_select(0, compact.owner)[..., None]).exp_()
+    sums = torch.cat([weights.sum(-1), weights.new_zeros((1, kv_heads, groups))])
+    parts = torch.matmul(weights, values)  # [blocks, kvh, groups, d]
+    parts = torch.cat([parts, parts.new_zeros((1,) + parts.shape[1:])])
+    out = _tree_sum(parts[table]) / _tree_sum(sums[table])[..., None]
     return out.reshape(b, 1, h, values.shape[-1])
