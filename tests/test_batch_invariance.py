@@ -161,6 +161,27 @@ def test_engine_row_is_the_same_alone_and_in_any_batch(invariant_tiny, intervent
     engine_case(invariant_tiny, iv, SAMPLINGS[sampling], sizes=ENGINE_SIZES[sampling])
 
 
+@pytest.mark.parametrize("blocked", [True, False], ids=["blocked", "rows"])
+def test_decode_steps_run_where_the_config_says_and_rows_stay_invariant(tiny_model_dir, monkeypatch, blocked):
+    """``model.blocked_decode``: the default runs a plain decode step's rows in the blocked call,
+    ``false`` never calls it; both keep a row's reply and log-probabilities bitwise the same alone
+    and in batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personadrift.attention import invariant
+    from personadrift.generation.batch_invariance import blocked_decode_of, set_batch_invariant
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    set_batch_invariant(model, blocked_decode=blocked)
+    assert blocked_decode_of(model) is blocked
+    calls = []
+    real = invariant.blocked_decode_attention
+    monkeypatch.setattr(invariant, "blocked_decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    engine_case((model, tok), INTERVENTIONS["none"], SAMPLINGS["protocol"], sizes=(1, 5, 12))
+    assert bool(calls) is blocked
+
+
 def test_engine_row_is_the_same_on_two_threads(invariant_tiny):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -211,17 +232,21 @@ def test_config_key_loads_records_and_refuses_torch_kernel(tiny_model_dir, tmp_p
     fetch_model({"name": "tiny", "source": "tiny"}, dest)
     on = load_model(dest, {"batch_invariant": True})
     assert on.identity["batch_invariant"] is True and on.identity["linear_kernel"] == "onednn"
-    assert on.model.config._attn_implementation == "batch_invariant"
-    off = load_model(dest, {"linear_kernel": "onednn"})
+    assert on.model.config._attn_implementation == "batch_invariant" and on.identity["blocked_decode"] is True
+    rows = load_model(dest, {"batch_invariant": True, "blocked_decode": False})
+    assert rows.model.config._attn_implementation == "batch_invariant_rows"
+    assert rows.identity["batch_invariant"] is True and rows.identity["blocked_decode"] is False
+    off = load_model(dest, {"linear_kernel": "onednn", "blocked_decode": True})  # ignored without invariance
     assert off.identity["batch_invariant"] is False and off.identity["linear_kernel"] == "onednn"
-    # a checkpoint made with one forward is not resumed with the other (same kernel name in both)
+    assert "blocked_decode" not in off.identity
+    # a checkpoint made with one forward is not resumed with another (same kernel name in all)
     from personadrift.generation.selfchat import generation_fingerprint
     from personadrift.interventions.settings import expand_settings
 
     setting = expand_settings({"none": {"method": "none"}})[0]
     config = {"selfchat": {"turns": 2}, "seed": 0, "backend": "hf"}
-    fp = [generation_fingerprint(config, setting, {"model": lm.identity}) for lm in (on, off)]
-    assert fp[0] != fp[1]
+    fp = [generation_fingerprint(config, setting, {"model": lm.identity}) for lm in (on, rows, off)]
+    assert len(set(fp)) == 3
     with pytest.raises(InputError, match="model.batch_invariant"):
         load_model(dest, {"batch_invariant": True, "linear_kernel": "torch"})
 

@@ -1,4 +1,6 @@
-"""Batch-invariant attention, registered as the ``"batch_invariant"`` attention implementation.
+"""Batch-invariant attention, registered as the ``"batch_invariant"`` attention implementation
+(decode steps blocked) and ``"batch_invariant_rows"`` (every row on its own: ``model.blocked_decode:
+false``).
 
 A row's attention must not depend on what shares its batch. Over a left-padded batch (or one
 with masked holes between a re-used prefix and the new tokens) a fused kernel reduces over the
@@ -37,9 +39,11 @@ from personadrift.attention.blocked_decode import blocked_decode_attention, comp
 from personadrift.attention.context import _STATE, current_state
 from personadrift.attention.split_softmax import split_softmax_attention
 
-__all__ = ["NAME", "batch_invariant_attention", "row_slots"]
+__all__ = ["NAME", "NAMES", "ROWS_NAME", "batch_invariant_attention", "row_by_row_attention", "row_slots"]
 
-NAME = "batch_invariant"
+NAME = "batch_invariant"  # decode steps in one blocked call
+ROWS_NAME = "batch_invariant_rows"  # every row on its own: no packed keys beside the cache
+NAMES = (NAME, ROWS_NAME)
 
 
 def row_slots(attention_mask: torch.Tensor | None, b: int, q_len: int,
@@ -149,7 +153,23 @@ def _decode_facts(plan, kv_len: int) -> tuple[bool, list[int]]:
     return last_real, padding
 
 
-def batch_invariant_attention(
+def batch_invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
+    """AttentionInterface function: :func:`split_softmax_attention` row by row on each row's real
+    keys and queries, the blocked decode attention for rows with one query outside an attention
+    context. Returns (attn_output [b, q, heads, head_dim], None)."""
+    return _invariant(module, query, key, value, attention_mask, blocked_decode=True, **kwargs)
+
+
+def row_by_row_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
+    """AttentionInterface function: every row on its own (decode steps too), as
+    :func:`batch_invariant_attention` computes prefill rows; keeps no packed keys (half the KV
+    memory of a blocked decode)."""
+    return _invariant(module, query, key, value, attention_mask, blocked_decode=False, **kwargs)
+
+
+def _invariant(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -159,11 +179,10 @@ def batch_invariant_attention(
     scaling: float | None = None,
     softcap: float | None = None,
     sliding_window: int | None = None,
+    *,
+    blocked_decode: bool,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """AttentionInterface function: :func:`split_softmax_attention` row by row on each row's real
-    keys and queries, the blocked decode attention for rows with one query outside an attention
-    context. Returns (attn_output [b, q, heads, head_dim], None)."""
     state = current_state()
     if sliding_window is not None or (state is not None and state.recorder is not None):
         # a window counts slots, not real keys; a recorder holds the batch's shape
@@ -176,7 +195,7 @@ def batch_invariant_attention(
     else:
         plan = row_slots(attention_mask, b, q_len, kv_len)
         _PLAN[0], _PLAN[1], _PLAN[2] = attention_mask, plan, None
-    blocked = state is None and softcap is None and dropout == 0.0
+    blocked = blocked_decode and state is None and softcap is None and dropout == 0.0
     if blocked and q_len == 1:  # a decode step: every row in one blocked call
         if _PLAN[2] is None:
             _PLAN[2] = _decode_facts(plan, kv_len)
@@ -211,4 +230,6 @@ def _mask(*args, **kwargs):
 
 
 AttentionInterface.register(NAME, batch_invariant_attention)
-AttentionMaskInterface.register(NAME, _mask)
+AttentionInterface.register(ROWS_NAME, row_by_row_attention)
+for _name in NAMES:
+    AttentionMaskInterface.register(_name, _mask)

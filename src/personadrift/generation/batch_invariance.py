@@ -21,17 +21,18 @@ from __future__ import annotations
 
 from personadrift.generation.linear_kernels import KernelUnavailable, linears_batch_invariant, set_linear_kernel
 
-__all__ = ["KernelUnavailable", "batch_invariant_of", "set_batch_invariant"]
+__all__ = ["KernelUnavailable", "batch_invariant_of", "blocked_decode_of", "set_batch_invariant"]
 
 
-def set_batch_invariant(model, kernel: str = "auto") -> str:
-    """Make the model's forward batch-invariant; returns the linear kernel in use ("onednn").
-    Raises KernelUnavailable where it cannot be (not float32 on the CPU, no oneDNN, kernel
-    "torch")."""
+def set_batch_invariant(model, kernel: str = "auto", *, blocked_decode: bool = True) -> str:
+    """Make the model's forward batch-invariant, its decode steps in one blocked call or, with
+    ``blocked_decode`` False, row by row (``model.blocked_decode``); returns the linear kernel in
+    use ("onednn"). Raises KernelUnavailable where it cannot be (not float32 on the CPU, no
+    oneDNN, kernel "torch")."""
     from personadrift.attention import invariant
 
     used = set_linear_kernel(model, kernel, batch_invariant=True)
-    model.set_attn_implementation(invariant.NAME)
+    model.set_attn_implementation(invariant.NAME if blocked_decode else invariant.ROWS_NAME)
     return used
 
 
@@ -40,4 +41,13 @@ def batch_invariant_of(model) -> bool:
     from personadrift.attention import invariant
 
     return (linears_batch_invariant(model)
-            and getattr(model.config, "_attn_implementation", None) == invariant.NAME)
+            and getattr(model.config, "_attn_implementation", None) in invariant.NAMES)
+
+
+def blocked_decode_of(model) -> bool | None:
+    """Whether a batch-invariant model's decode steps run blocked (None: not batch-invariant)."""
+    from personadrift.attention import invariant
+
+    if not batch_invariant_of(model):
+        return None
+    return model.config._attn_implementation == invariant.NAME

@@ -214,6 +214,10 @@ class LoadedModel:
         from personadrift.generation.batch_invariance import batch_invariant_of
 
         out["batch_invariant"] = batch_invariant_of(self.model)
+        if out["batch_invariant"]:
+            from personadrift.generation.batch_invariance import blocked_decode_of
+
+            out["blocked_decode"] = blocked_decode_of(self.model)
         return out
 
 
@@ -357,7 +361,8 @@ def load_model(model_dir: str | Path, spec: dict | None = None, *, job=None) -> 
         from personadrift.generation.batch_invariance import set_batch_invariant
 
         try:
-            set_batch_invariant(model, spec.get("linear_kernel", "auto"))
+            set_batch_invariant(model, spec.get("linear_kernel", "auto"),
+                                blocked_decode=spec.get("blocked_decode", True))
         except KernelUnavailable as e:
             raise InputError("config", "model.batch_invariant",
                              f"{e} (batch invariance is for float32 on an x86 CPU); set it to false") from None

@@ -377,6 +377,8 @@ def generation_fingerprint(config: dict, setting: Setting, provenance: dict) -> 
     keys = {k: model.get(k) for k in ("weights_sha256", "revision", "repo_id", "gguf_sha256", "chat_template_sha256",
                                       "system_prompt_folded", "base_url", "model", "dtype",
                                       "linear_kernel", "batch_invariant")}
+    if model.get("blocked_decode") is not None:  # a batch-invariant model: its decode's rounding
+        keys["blocked_decode"] = model["blocked_decode"]
     # The context policy only decides what happens once a prompt no longer fits, and its verdicts
     # are stored per turn, so a job stopped by ``error`` resumes under another policy.
     selfchat = {k: v for k, v in config["selfchat"].items() if k != "context_policy"}
