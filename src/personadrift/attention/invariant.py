@@ -145,12 +145,13 @@ def _row_attention(module, state, i, k_idx, kv_len, q_i, k_i, v_i, dropout, scal
 _PLAN: list = [None, None, None]  # (mask object, its row slots, decode facts): every layer of a forward shares one mask
 
 
-def _decode_facts(plan, kv_len: int) -> tuple[bool, list[int]]:
-    """For a forward of one query per row: whether the newest slot is real in every row (a
-    decode step: the packed keys grow by it), and the rows whose query is padding."""
-    last_real = all(k is None or (k.numel() and int(k[-1]) == kv_len - 1) for k, _ in plan)
+def _decode_facts(plan, kv_len: int) -> tuple[list, bool, list[int]]:
+    """For a forward of one query per row: each row's key slots, whether the newest slot is real
+    in every row (a decode step: the packed keys grow by it), and the rows whose query is padding."""
+    key_slots = [k for k, _ in plan]
+    last_real = all(k is None or (k.numel() and int(k[-1]) == kv_len - 1) for k in key_slots)
     padding = [i for i, (_, q) in enumerate(plan) if q is not None and q.numel() == 0]
-    return last_real, padding
+    return key_slots, last_real, padding
 
 
 def batch_invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -199,9 +200,9 @@ def _invariant(
     if blocked and q_len == 1:  # a decode step: every row in one blocked call
         if _PLAN[2] is None:
             _PLAN[2] = _decode_facts(plan, kv_len)
-        last_real, padding = _PLAN[2]
-        out = blocked_decode_attention(query, compact_of(key, value, [k for k, _ in plan], last_real,
-                                                              getattr(module, "layer_idx", None)), scaling)
+        key_slots, last_real, padding = _PLAN[2]
+        packed = compact_of(key, value, key_slots, last_real, getattr(module, "layer_idx", None))
+        out = blocked_decode_attention(query, packed, scaling)
         if padding:
             out[padding] = 0.0
         return out, None

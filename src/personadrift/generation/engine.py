@@ -137,8 +137,9 @@ class HFEngine:
 
             install_residual_hook(model, intervention.hook("residual"))
         # the batch-invariant attention already wraps the hooked attention (generation/batch_invariance.py)
-        if intervention.hook("attention") is not None and not (model.config._attn_implementation or "").startswith(
-                "batch_invariant"):
+        from personadrift.attention.invariant import NAMES as INVARIANT
+
+        if intervention.hook("attention") is not None and model.config._attn_implementation not in INVARIANT:
             from personadrift.attention import split_softmax  # noqa: F401  (registers the function)
 
             model.set_attn_implementation("split_softmax")

@@ -211,12 +211,10 @@ class LoadedModel:
         from personadrift.generation.linear_kernels import linear_kernel_of
 
         out["linear_kernel"] = linear_kernel_of(self.model)
-        from personadrift.generation.batch_invariance import batch_invariant_of
+        from personadrift.generation.batch_invariance import batch_invariant_of, blocked_decode_of
 
         out["batch_invariant"] = batch_invariant_of(self.model)
         if out["batch_invariant"]:
-            from personadrift.generation.batch_invariance import blocked_decode_of
-
             out["blocked_decode"] = blocked_decode_of(self.model)
         return out
 
