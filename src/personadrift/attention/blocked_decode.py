@@ -33,7 +33,7 @@ from contextvars import ContextVar
 
 import torch
 
-__all__ = ["BLOCK", "CompactKV", "blocked_decode_attention", "compact_of", "packed_row", "packed_beside"]
+__all__ = ["BLOCK", "CompactKV", "blocked_decode_attention", "compact_of", "packed_beside", "packed_row", "take_row"]
 
 BLOCK = 64
 _ATTR = "_personadrift_compact"  # where a key buffer keeps its CompactKV (it goes when the buffer does)
@@ -59,7 +59,8 @@ class CompactKV:
     blocks] the pool index of each row's j-th block (``-1`` past its last), ``owner`` the row of
     each used block, ``start`` its first position in that row; ``width`` buffer columns absorbed."""
 
-    __slots__ = ("k", "v", "used", "counts", "longest", "width", "rows", "table", "owner", "start", "values_of")
+    __slots__ = ("k", "v", "used", "counts", "longest", "width", "rows", "table", "lookup", "owner", "start",
+                 "values_of")
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, rows_blocks: list[list[int]], counts: list[int],
                  width: int, values_of: int):
@@ -77,6 +78,12 @@ class CompactKV:
         most = max((len(r) for r in rows_blocks), default=0)
         self.table = torch.tensor([r + [-1] * (most - len(r)) for r in rows_blocks], dtype=torch.long,
                                   device=k.device).view(len(rows_blocks), most)
+        self._derive_lookup()
+
+    def _derive_lookup(self) -> None:
+        """``table`` with ``-1`` pointing one past the used blocks (the extra block of -inf and
+        zeros the attention appends)."""
+        self.lookup = self.table.masked_fill(self.table < 0, self.used)
 
     def append_last(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """Absorb the buffer's newest column, real in every row (a decode step)."""
@@ -108,6 +115,7 @@ class CompactKV:
         self.table[rows, j] = ids
         self.owner = torch.cat([self.owner, rows])
         self.start = torch.cat([self.start, j * BLOCK])
+        self._derive_lookup()
 
     def row_keys(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row ``i``'s keys and values [kv_heads, count, head_dim], in order (for checks)."""
@@ -118,6 +126,19 @@ class CompactKV:
         return k[:, :n], v[:, :n]
 
 
+def take_row(t: torch.Tensor, i: int, idx: torch.Tensor | None) -> torch.Tensor:
+    """Row ``i`` of ``t`` ([b, heads, slots, dim]) at the slots ``idx`` (None: all), as
+    [1, heads, n, dim]: a view where they are one contiguous run, a copy otherwise."""
+    row = t[i : i + 1]
+    if idx is None:
+        return row
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) + 1 == n:
+        s = int(idx[0])
+        return row[:, :, s : s + n]
+    return row.index_select(2, idx)
+
+
 def _blocks(n: int) -> int:
     return math.ceil(n / BLOCK)
 
@@ -125,15 +146,7 @@ def _blocks(n: int) -> int:
 def _packed(key: torch.Tensor, value: torch.Tensor, key_slots: list[torch.Tensor | None],
             capacity: int) -> CompactKV:
     b, h, kv_len, d = key.shape
-    rows = []
-    for i, idx in enumerate(key_slots):
-        if idx is None:
-            rows.append((key[i], value[i]))
-        elif idx.numel() and int(idx[-1]) - int(idx[0]) + 1 == idx.numel():  # one contiguous run
-            s = int(idx[0])
-            rows.append((key[i, :, s : s + idx.numel()], value[i, :, s : s + idx.numel()]))
-        else:
-            rows.append((key[i].index_select(1, idx), value[i].index_select(1, idx)))
+    rows = [(take_row(key, i, idx)[0], take_row(value, i, idx)[0]) for i, idx in enumerate(key_slots)]
     counts = [rk.shape[1] for rk, _ in rows]
     # room for the rows to grow to ``capacity`` keys (the buffer's) before the pool must grow
     room = sum(_blocks(max(c, 1) + capacity - kv_len) for c in counts)
@@ -214,8 +227,8 @@ def blocked_decode_attention(query: torch.Tensor, compact: CompactKV, scaling: f
     scores.mul_(d**-0.5 if scaling is None else scaling)
     past = (compact.start[:, None] + torch.arange(BLOCK, device=query.device)) >= compact.counts[compact.owner][:, None]
     scores.masked_fill_(past[:, None, None, :], float("-inf"))
-    # per row, over its blocks (table; -1 reads an extra block of -inf, zeros): max, then sums
-    table = compact.table.clamp(min=0).masked_fill(compact.table < 0, used)
+    # per row, over its blocks (a -1 of the table reads an extra block of -inf, zeros): max, then sums
+    table = compact.lookup
     block_top = torch.cat([scores.amax(-1), scores.new_full((1, kv_heads, groups), float("-inf"))])
     top = block_top[table].amax(1)  # [b, kvh, groups]
     weights = scores.sub_(top.index_select(0, compact.owner)[..., None]).exp_()

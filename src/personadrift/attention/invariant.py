@@ -36,6 +36,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from personadrift.attention.blocked_decode import blocked_decode_attention, compact_of, packed_row
+from personadrift.attention.blocked_decode import take_row as _take
 from personadrift.attention.context import _STATE, current_state
 from personadrift.attention.split_softmax import split_softmax_attention
 
@@ -69,17 +70,6 @@ def _index(flags: torch.Tensor) -> torch.Tensor | None:
     if bool(flags.all()):
         return None
     return flags.nonzero().flatten()
-
-
-def _take(t: torch.Tensor, i: int, idx: torch.Tensor | None) -> torch.Tensor:
-    row = t[i : i + 1]
-    if idx is None:
-        return row
-    n = idx.numel()
-    if n and int(idx[-1]) - int(idx[0]) + 1 == n:  # one contiguous run: a view, no copy
-        s = int(idx[0])
-        return row[:, :, s : s + n]
-    return row.index_select(2, idx)
 
 
 _CAUSAL: dict[tuple[int, int, torch.device], torch.Tensor] = {}
